@@ -1,0 +1,1 @@
+"""ota: over-the-air firmware updates for MQTT device fleets, orchestrated by Temporal."""

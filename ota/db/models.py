@@ -1,0 +1,139 @@
+"""The tables. Table objects never cross into Temporal: workflows carry ids and dataclasses."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ProductBase(SQLModel):
+    product_key: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=64)
+    secure_update: bool = False
+
+
+class Product(ProductBase, table=True):
+    __tablename__ = "products"
+
+    public_key: str | None = None  # PEM, given to device makers
+    private_key_enc: str | None = None  # encrypted PEM; never leaves the service layer
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DeviceBase(SQLModel):
+    product_key: str = Field(foreign_key="products.product_key", max_length=64)
+    name: str = Field(max_length=64)
+
+
+class Device(DeviceBase, table=True):
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("product_key", "name", name="uq_device_product_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    online: bool = False
+    last_seen: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DeviceModule(SQLModel, table=True):
+    """The version a device last reported for one of its modules."""
+
+    __tablename__ = "device_modules"
+    __table_args__ = (Index("ix_device_modules_module_version", "module", "version"),)
+
+    device_id: int = Field(foreign_key="devices.id", primary_key=True)
+    module: str = Field(primary_key=True, max_length=64)
+    version: str = Field(max_length=64)
+    reported_at: datetime = Field(default_factory=utcnow)
+
+
+class FirmwareBase(SQLModel):
+    product_key: str = Field(foreign_key="products.product_key", max_length=64)
+    name: str = Field(max_length=32)
+    module: str = Field(default="default", max_length=64)
+    version: str = Field(max_length=64)  # the destination version
+    type: str = "full"
+    src_versions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    sign_method: str = "MD5"
+    description: str | None = Field(default=None, max_length=100)
+
+
+class Firmware(FirmwareBase, table=True):
+    __tablename__ = "firmware"
+
+    id: int | None = Field(default=None, primary_key=True)
+    file_name: str
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    md5: str
+    sha256: str
+    storage_key: str
+    state: str = "unverified"
+    need_verify: bool = True
+    # Differential packages generated here record the image they apply to and what they save.
+    ext_data: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def sign(self) -> str:
+        return self.md5 if self.sign_method == "MD5" else self.sha256
+
+
+class BatchBase(SQLModel):
+    firmware_id: int = Field(foreign_key="firmware.id")
+    kind: str = "static"  # verify | static | dynamic
+    target: str = "all"  # all | selected | phased
+    src_versions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    percent: int | None = None
+    scheduled_at: datetime | None = None
+    rate_per_minute: int | None = None
+    retry_interval_minutes: int | None = None  # None: do not retry; 0: retry immediately
+    max_retries: int = 1
+    timeout_minutes: int | None = None
+
+
+class Batch(BatchBase, table=True):
+    __tablename__ = "batches"
+
+    id: str = Field(primary_key=True, max_length=64)
+    product_key: str = Field(foreign_key="products.product_key", max_length=64, index=True)
+    module: str = Field(max_length=64)
+    target_version: str = Field(max_length=64)
+    state: str = "in_progress"
+    skipped: int = 0  # targeted devices already on the target version
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class Task(SQLModel, table=True):
+    """One device in one batch."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "device_id", name="uq_task_batch_device"),
+        Index("ix_tasks_batch_state", "batch_id", "state"),
+        Index("ix_tasks_device_state", "device_id", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: str = Field(foreign_key="batches.id", max_length=64)
+    device_id: int = Field(foreign_key="devices.id")
+    product_key: str = Field(max_length=64)
+    device_name: str = Field(max_length=64)
+    module: str = Field(max_length=64)
+    from_version: str | None = Field(default=None, max_length=64)
+    target_version: str = Field(max_length=64)
+    state: str = "to_be_pushed"
+    reason: str | None = Field(default=None, max_length=64)
+    progress: int | None = None  # latest percentage the device reported
+    attempts: int = 0  # pushes sent
+    started: bool = False  # the batch started this task's device workflow
+    pushed_at: datetime | None = None
+    first_progress_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)

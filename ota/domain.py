@@ -1,0 +1,264 @@
+"""States, reasons and the seed's validation rules, shared by the CLI, the API and the workflows.
+
+The string values are a contract with stored data and with the API: DO NOT CHANGE THEM.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
+
+from ota.errors import InvalidInput
+
+
+class TaskState(StrEnum):
+    TO_BE_PUSHED = "to_be_pushed"
+    PUSHED = "pushed"
+    IN_UPGRADE = "in_upgrade"
+    UPDATED = "updated"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+# A device with a task in one of these states has an ongoing update batch (seed).
+ACTIVE_TASK_STATES = (TaskState.TO_BE_PUSHED, TaskState.PUSHED, TaskState.IN_UPGRADE)
+FINAL_TASK_STATES = (TaskState.UPDATED, TaskState.FAILED, TaskState.CANCELED)
+
+
+class TaskReason(StrEnum):
+    """Why a task is where it is: the detail the seed shows beside To Be Pushed and Failed."""
+
+    OFFLINE = "offline"
+    SCHEDULED = "scheduled"
+    RATE_LIMITED = "rate_limited"
+    BUSY = "busy"
+    TIMEOUT = "timeout"
+    CANCELED = "canceled"
+    VERSION_MISMATCH = "version_mismatch"
+    UPDATE_FAILED = "update_failed"  # progress -1
+    DOWNLOAD_FAILED = "download_failed"  # progress -2
+    VERIFY_FAILED = "verify_failed"  # progress -3: checksum or signature
+    FLASH_FAILED = "flash_failed"  # progress -4
+
+
+PROGRESS_FAILURES = {
+    -1: TaskReason.UPDATE_FAILED,
+    -2: TaskReason.DOWNLOAD_FAILED,
+    -3: TaskReason.VERIFY_FAILED,
+    -4: TaskReason.FLASH_FAILED,
+}
+
+REASON_LABELS = {
+    TaskReason.OFFLINE: "Device Offline",
+    TaskReason.SCHEDULED: "Timing",
+    TaskReason.RATE_LIMITED: "Rate Limited",
+    TaskReason.BUSY: "Device has another ongoing update batch",
+    TaskReason.TIMEOUT: "Timed out",
+    TaskReason.CANCELED: "Canceled",
+    TaskReason.VERSION_MISMATCH: "Reported a version that is neither current nor target",
+    TaskReason.UPDATE_FAILED: "Update failed (-1)",
+    TaskReason.DOWNLOAD_FAILED: "Download failed (-2)",
+    TaskReason.VERIFY_FAILED: "Verification failed (-3)",
+    TaskReason.FLASH_FAILED: "Flashing failed (-4)",
+}
+
+
+class BatchKind(StrEnum):
+    VERIFY = "verify"
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class BatchState(StrEnum):
+    SCHEDULED = "scheduled"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+
+
+class Target(StrEnum):
+    ALL = "all"
+    SELECTED = "selected"
+    PHASED = "phased"
+
+
+class CancelScope(StrEnum):
+    SCHEDULED = "scheduled"  # static: scheduled tasks only; dynamic: the policy only
+    ALL = "all"  # also to_be_pushed, pushed and in_upgrade tasks
+
+
+class FirmwareType(StrEnum):
+    FULL = "full"
+    DIFF = "diff"
+
+
+class FirmwareState(StrEnum):
+    UNVERIFIED = "unverified"
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    VERIFY_FAILED = "verify_failed"
+
+
+class SignMethod(StrEnum):
+    MD5 = "MD5"
+    SHA256 = "SHA256"
+
+    @property
+    def wire(self) -> str:
+        """The spelling devices expect: the SDKs reject "MD5"."""
+        return "Md5" if self is SignMethod.MD5 else "SHA256"
+
+
+# --- the seed's limits -------------------------------------------------------------------------
+
+FIRMWARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{3,31}$")
+MODULE_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+# The seed allows [a-z0-9_-]; real versions are 1.2.3, so "." is accepted too.
+VERSION_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+DESCRIPTION_MAX = 100
+FIRMWARE_EXTENSIONS = (".tar.gz", ".bin", ".tar", ".gz", ".zip", ".gzip")
+DEFAULT_MODULE = "default"
+
+RATE_MIN, RATE_MAX = 10, 1000  # devices pushed per minute
+TIMEOUT_MIN, TIMEOUT_MAX = 1, 1440  # minutes, from the device's first progress report
+SCHEDULE_MIN, SCHEDULE_MAX = timedelta(minutes=5), timedelta(days=7)
+MAX_RETRIES_CHOICES = (1, 2, 5)
+# Retry interval choices in minutes; None is "Do Not Retry", 0 "Retry Immediately".
+RETRY_INTERVALS: dict[str, int | None] = {
+    "none": None,
+    "0": 0,
+    "10m": 10,
+    "30m": 30,
+    "1h": 60,
+    "24h": 1440,
+}
+PERCENT_MIN, PERCENT_MAX = 1, 100
+
+
+def validate_firmware_name(name: str) -> str:
+    if not FIRMWARE_NAME_RE.match(name or ""):
+        raise InvalidInput(
+            "name",
+            "must be 4 to 32 characters of letters, digits and underscores, "
+            "and must not start with an underscore",
+        )
+    return name
+
+
+def validate_module(module: str | None) -> str:
+    module = module or DEFAULT_MODULE
+    if not MODULE_RE.match(module):
+        raise InvalidInput(
+            "module", "must be 1 to 64 characters of lowercase letters, digits, '-' and '_'"
+        )
+    return module
+
+
+def validate_version(version: str, field: str = "version") -> str:
+    if not VERSION_RE.match(version or ""):
+        raise InvalidInput(
+            field, "must be 1 to 64 characters of lowercase letters, digits, '-', '_' and '.'"
+        )
+    return version
+
+
+def validate_description(description: str | None) -> str | None:
+    if description is not None and len(description) > DESCRIPTION_MAX:
+        raise InvalidInput("description", f"must be at most {DESCRIPTION_MAX} characters")
+    return description
+
+
+def firmware_extension(filename: str) -> str:
+    lower = filename.lower()
+    for ext in FIRMWARE_EXTENSIONS:  # .tar.gz before .gz
+        if lower.endswith(ext):
+            return ext
+    raise InvalidInput("file", "must be a .bin, .tar, .gz, .tar.gz, .zip or .gzip file")
+
+
+def validate_rate(rate: int | None) -> int | None:
+    if rate is not None and not RATE_MIN <= rate <= RATE_MAX:
+        raise InvalidInput("rate", f"must be between {RATE_MIN} and {RATE_MAX} devices per minute")
+    return rate
+
+
+def validate_timeout(minutes: int | None, field: str = "timeout") -> int | None:
+    if minutes is not None and not TIMEOUT_MIN <= minutes <= TIMEOUT_MAX:
+        raise InvalidInput(field, f"must be between {TIMEOUT_MIN} and {TIMEOUT_MAX} minutes")
+    return minutes
+
+
+def parse_retry_interval(value: str | int | None) -> int | None:
+    """Accepts the CLI's spelling (none, 0, 10m, 30m, 1h, 24h) or minutes (0, 10, 30, 60, 1440)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in RETRY_INTERVALS:
+        return RETRY_INTERVALS[text]
+    if text.isdigit() and int(text) in RETRY_INTERVALS.values():
+        return int(text)
+    raise InvalidInput("retry_interval", "must be one of none, 0, 10m, 30m, 1h, 24h")
+
+
+def validate_max_retries(count: int) -> int:
+    if count not in MAX_RETRIES_CHOICES:
+        raise InvalidInput("max_retries", "must be 1, 2 or 5")
+    return count
+
+
+def validate_percent(percent: int | None) -> int | None:
+    if percent is not None and not PERCENT_MIN <= percent <= PERCENT_MAX:
+        raise InvalidInput("percent", f"must be between {PERCENT_MIN} and {PERCENT_MAX}")
+    return percent
+
+
+def phased_count(total: int, percent: int) -> int:
+    """The seed: the count is rounded down, and at least one device."""
+    return max(1, total * percent // 100) if total else 0
+
+
+def validate_schedule(at: datetime | None, now: datetime | None = None) -> datetime | None:
+    if at is None:
+        return None
+    if at.tzinfo is None:
+        raise InvalidInput("at", "must include a time zone, e.g. 2026-12-01T10:00:00+00:00")
+    now = now or datetime.now(timezone.utc)
+    if not now + SCHEDULE_MIN <= at <= now + SCHEDULE_MAX:
+        raise InvalidInput("at", "must be between 5 minutes and 7 days from now")
+    return at
+
+
+def parse_progress_step(step: object) -> int | None:
+    """A progress step is a string in the SDKs and sometimes a number; None if neither."""
+    if isinstance(step, bool):
+        return None
+    if isinstance(step, int):
+        value = step
+    elif isinstance(step, str):
+        try:
+            value = int(step.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    if value in PROGRESS_FAILURES or 0 <= value <= 100:
+        return value
+    return None
+
+
+def judge_version_report(
+    state: TaskState, from_version: str | None, target_version: str, reported: str
+) -> str | None:
+    """What a version report means to an ongoing task: "updated", "failed" (retry or fail), or None.
+
+    The seed: a device in To Be Pushed or Pushed that reports a version that is neither its current
+    nor the target version has failed, and so has one In Upgrade reporting any non-target version.
+    """
+    if reported == target_version:
+        return "updated" if state in (TaskState.PUSHED, TaskState.IN_UPGRADE) else None
+    if state == TaskState.IN_UPGRADE:
+        return "failed"
+    if state in (TaskState.TO_BE_PUSHED, TaskState.PUSHED) and reported != from_version:
+        return "failed"
+    return None

@@ -1,0 +1,102 @@
+"""The one settings object, read from OTA_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    home: Path = Path(".ota")
+    database_url: str | None = None  # default: SQLite file under home
+    storage_url: str | None = None  # default: folder under home; or s3://bucket/prefix
+    s3_endpoint_url: str | None = None
+    s3_key: str | None = None
+    s3_secret: str | None = None
+    # Hand devices presigned S3 URLs instead of streaming S3 through our own download route.
+    s3_direct_urls: bool = False
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "ota"
+
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    # What devices put in front of /download: the address they reach the HTTP server at.
+    public_url: str | None = None
+
+    url_secret: str | None = None  # HMAC key for download URLs; generated under home if unset
+    url_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    api_token: str | None = None
+    key_encryption_secret: str | None = None  # encrypts secure-update private keys at rest
+
+    max_firmware: int = Field(default=500, ge=1)
+    max_firmware_bytes: int = Field(default=1000 * 1024 * 1024, ge=1)
+
+    # Batch pacing: how many device workflows one pacer turn starts, and after how many
+    # starts the batch workflow continues as new (keeps each run's history small).
+    start_burst: int = Field(default=50, ge=1, le=1000)
+    continue_as_new_every: int = Field(default=2000, ge=1)
+    batch_poll_seconds: float = Field(default=5.0, gt=0)
+    dynamic_poll_seconds: float = Field(default=10.0, gt=0)
+
+    # Bridge: how long reports are gathered before one database transaction writes them.
+    bridge_flush_seconds: float = Field(default=0.2, gt=0)
+    bridge_client_id: str = "ota-bridge"
+    bridge_share_group: str = "ota"
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'ota.db').resolve()}"
+
+    @cached_property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return str((self.home / "firmware").resolve())
+
+    @cached_property
+    def resolved_public_url(self) -> str:
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+
+    @cached_property
+    def resolved_url_secret(self) -> bytes:
+        if self.url_secret:
+            return self.url_secret.encode()
+        return _secret_file(self.home / "url-secret")
+
+    @cached_property
+    def resolved_key_encryption_secret(self) -> bytes:
+        if self.key_encryption_secret:
+            return self.key_encryption_secret.encode()
+        return _secret_file(self.home / "key-secret")
+
+
+def _secret_file(path: Path) -> bytes:
+    """A random secret kept in a file, so every process of one installation shares it."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
+        tmp.write_text(secrets.token_urlsafe(32))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)  # atomic: the first process to create it wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip().encode()
+
+
+def get_settings() -> Settings:
+    return Settings()

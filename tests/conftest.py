@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/fixtures/, one module per real service."""
+
+pytest_plugins = [
+    "tests.fixtures.database",
+    "tests.fixtures.temporal",
+    "tests.fixtures.mqtt",
+]
