@@ -6,7 +6,7 @@ The string values are a contract with stored data and with the API: DO NOT CHANG
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from ota.errors import InvalidInput
@@ -223,7 +223,7 @@ def validate_schedule(at: datetime | None, now: datetime | None = None) -> datet
         return None
     if at.tzinfo is None:
         raise InvalidInput("at", "must include a time zone, e.g. 2026-12-01T10:00:00+00:00")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if not now + SCHEDULE_MIN <= at <= now + SCHEDULE_MAX:
         raise InvalidInput("at", "must be between 5 minutes and 7 days from now")
     return at

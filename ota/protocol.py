@@ -1,0 +1,228 @@
+"""Alibaba Cloud IoT Platform's device OTA protocol: topics and payloads (see shared PROTOCOL.md).
+
+Parsing never raises to the caller: malformed input comes back as `Rejected` with a reason, and is
+counted in `REJECTED`, so no device can stop a service by sending garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from ota.domain import DEFAULT_MODULE, parse_progress_step
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 64 * 1024  # a report is a few hundred bytes; anything this big is garbage
+
+INFORM = "inform"
+PROGRESS = "progress"
+FIRMWARE_GET = "firmware_get"
+BIRTH = "birth"  # our SDK's online/offline (retained birth, last will); not part of Alibaba's
+
+# Topics a platform listens on, as MQTT subscription filters.
+DEVICE_TOPIC_FILTERS = {
+    INFORM: "/ota/device/inform/+/+",
+    PROGRESS: "/ota/device/progress/+/+",
+    FIRMWARE_GET: "/sys/+/+/thing/ota/firmware/get",
+    BIRTH: "/ota/device/status/+/+",
+}
+
+REJECTED: Counter[str] = Counter()  # reason -> count, for metrics and tests
+
+
+def inform_topic(pk: str, dn: str) -> str:
+    return f"/ota/device/inform/{pk}/{dn}"
+
+
+def upgrade_topic(pk: str, dn: str) -> str:
+    return f"/ota/device/upgrade/{pk}/{dn}"
+
+
+def progress_topic(pk: str, dn: str) -> str:
+    return f"/ota/device/progress/{pk}/{dn}"
+
+
+def firmware_get_topic(pk: str, dn: str) -> str:
+    return f"/sys/{pk}/{dn}/thing/ota/firmware/get"
+
+
+def firmware_get_reply_topic(pk: str, dn: str) -> str:
+    return f"/sys/{pk}/{dn}/thing/ota/firmware/get_reply"
+
+
+def status_topic(pk: str, dn: str) -> str:
+    """Our SDK publishes "online" here (retained) on connect and sets "offline" as its last will."""
+    return f"/ota/device/status/{pk}/{dn}"
+
+
+@dataclass(frozen=True)
+class Inform:
+    product_key: str
+    device_name: str
+    msg_id: str
+    version: str
+    module: str = DEFAULT_MODULE
+
+
+@dataclass(frozen=True)
+class Progress:
+    product_key: str
+    device_name: str
+    msg_id: str
+    step: int  # 1..100 percent, or -1..-4 failure codes
+    desc: str = ""
+    module: str = DEFAULT_MODULE
+
+
+@dataclass(frozen=True)
+class FirmwareGet:
+    product_key: str
+    device_name: str
+    msg_id: str
+    module: str = DEFAULT_MODULE
+
+
+@dataclass(frozen=True)
+class Status:
+    product_key: str
+    device_name: str
+    online: bool
+
+
+@dataclass(frozen=True)
+class Rejected:
+    topic: str
+    reason: str
+
+
+Message = Inform | Progress | FirmwareGet | Status
+
+
+def parse_topic(topic: str) -> tuple[str, str, str] | None:
+    """(kind, product key, device name) for a device topic we listen on, else None."""
+    parts = topic.split("/")
+    if len(parts) == 6 and parts[0] == "" and parts[1:3] == ["ota", "device"]:
+        kind = {"inform": INFORM, "progress": PROGRESS, "status": BIRTH}.get(parts[3])
+        if kind and parts[4] and parts[5]:
+            return kind, parts[4], parts[5]
+    if (
+        len(parts) == 8
+        and parts[0] == ""
+        and parts[1] == "sys"
+        and parts[4:]
+        == [
+            "thing",
+            "ota",
+            "firmware",
+            "get",
+        ]
+    ):
+        if parts[2] and parts[3]:
+            return FIRMWARE_GET, parts[2], parts[3]
+    return None
+
+
+def parse(topic: str, payload: bytes) -> Message | Rejected:
+    """Decode one message from a device; never raises."""
+    try:
+        return _parse(topic, payload)
+    except Exception as exc:  # a bug here must not stop the bridge either
+        log.exception("unexpected error parsing %s", topic)
+        return _reject(topic, f"internal: {exc.__class__.__name__}")
+
+
+def _parse(topic: str, payload: bytes) -> Message | Rejected:
+    where = parse_topic(topic)
+    if where is None:
+        return _reject(topic, "unknown topic")
+    kind, pk, dn = where
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return _reject(topic, "payload too large")
+    if kind == BIRTH:
+        text = payload.decode("utf-8", "replace").strip().lower()
+        if text not in ("online", "offline"):
+            return _reject(topic, "status must be online or offline")
+        return Status(pk, dn, text == "online")
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return _reject(topic, "payload is not JSON")
+    if not isinstance(body, dict):
+        return _reject(topic, "payload is not a JSON object")
+    msg_id = body.get("id", "")
+    if isinstance(msg_id, bool) or not isinstance(msg_id, (str, int)):
+        return _reject(topic, "id must be a string or a number")
+    msg_id = str(msg_id)
+    params = body.get("params", {})
+    if not isinstance(params, dict):
+        return _reject(topic, "params must be an object")
+    module = params.get("module") or DEFAULT_MODULE
+    if not isinstance(module, str):
+        return _reject(topic, "params.module must be a string")
+    if kind == INFORM:
+        version = params.get("version")
+        if not isinstance(version, str) or not version or len(version) > 64:
+            return _reject(topic, "params.version must be a string of 1 to 64 characters")
+        return Inform(pk, dn, msg_id, version, module)
+    if kind == PROGRESS:
+        step = parse_progress_step(params.get("step"))
+        if step is None:
+            return _reject(topic, "params.step must be 1..100 or -1..-4")
+        desc = params.get("desc", "")
+        return Progress(pk, dn, msg_id, step, desc if isinstance(desc, str) else "", module)
+    return FirmwareGet(pk, dn, msg_id, module)
+
+
+def _reject(topic: str, reason: str) -> Rejected:
+    REJECTED[reason] += 1
+    log.warning("rejected message on %s: %s", topic, reason)
+    return Rejected(topic, reason)
+
+
+# --- what the platform sends --------------------------------------------------------------------
+
+
+def encode_upgrade(data: dict[str, Any], msg_id: int) -> bytes:
+    """An upgrade push; `data` comes from ota.push.upgrade_data."""
+    return json.dumps(
+        {"code": "1000", "message": "success", "id": msg_id, "data": data},
+        separators=(",", ":"),
+    ).encode()
+
+
+def encode_firmware_get_reply(msg_id: str, data: dict[str, Any] | None) -> bytes:
+    """The reply to firmware/get: the pending push's data, or {} when nothing is pending."""
+    return json.dumps(
+        {"id": msg_id, "code": 200, "data": data or {}, "message": "success"},
+        separators=(",", ":"),
+    ).encode()
+
+
+# --- what a device sends (used by our SDK and the simulator) ------------------------------------
+
+
+def encode_inform(msg_id: str, version: str, module: str = DEFAULT_MODULE) -> bytes:
+    params: dict[str, Any] = {"version": version}
+    if module != DEFAULT_MODULE:
+        params["module"] = module
+    return json.dumps({"id": msg_id, "params": params}).encode()
+
+
+def encode_progress(msg_id: str, step: int, desc: str = "", module: str = DEFAULT_MODULE) -> bytes:
+    params: dict[str, Any] = {"step": str(step), "desc": desc}
+    if module != DEFAULT_MODULE:
+        params["module"] = module
+    return json.dumps({"id": msg_id, "params": params}).encode()
+
+
+def encode_firmware_get(msg_id: str, module: str = DEFAULT_MODULE) -> bytes:
+    params: dict[str, Any] = {}
+    if module != DEFAULT_MODULE:
+        params["module"] = module
+    return json.dumps(
+        {"id": msg_id, "version": "1.0", "params": params, "method": "thing.ota.firmware.get"}
+    ).encode()
