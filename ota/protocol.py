@@ -111,18 +111,12 @@ def parse_topic(topic: str) -> tuple[str, str, str] | None:
             return kind, parts[4], parts[5]
     if (
         len(parts) == 8
-        and parts[0] == ""
-        and parts[1] == "sys"
-        and parts[4:]
-        == [
-            "thing",
-            "ota",
-            "firmware",
-            "get",
-        ]
+        and parts[:2] == ["", "sys"]
+        and parts[4:] == ["thing", "ota", "firmware", "get"]
+        and parts[2]
+        and parts[3]
     ):
-        if parts[2] and parts[3]:
-            return FIRMWARE_GET, parts[2], parts[3]
+        return FIRMWARE_GET, parts[2], parts[3]
     return None
 
 

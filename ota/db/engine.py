@@ -1,4 +1,4 @@
-"""The database engine: SQLite under OTA_HOME by default, PostgreSQL when OTA_DATABASE_URL says so."""
+"""The database engine: SQLite under OTA_HOME by default, or PostgreSQL (OTA_DATABASE_URL)."""
 
 from __future__ import annotations
 
