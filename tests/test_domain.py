@@ -39,7 +39,8 @@ def test_schedule_window():
 
 
 @pytest.mark.parametrize(
-    "value,minutes", [("none", None), ("0", 0), ("10m", 10), ("30m", 30), ("1h", 60), ("24h", 1440), (60, 60)]
+    "value,minutes",
+    [("none", None), ("0", 0), ("10m", 10), ("30m", 30), ("1h", 60), ("24h", 1440), (60, 60)],
 )
 def test_retry_interval_choices(value, minutes):
     assert domain.parse_retry_interval(value) == minutes

@@ -1,0 +1,20 @@
+"""The `ota` command: each area registers its own subcommands."""
+
+from __future__ import annotations
+
+import typer
+
+from starter import batches, bridge, dev, devices, firmware, products, simulate, verify, worker
+
+app = typer.Typer(
+    help="Over-the-air firmware updates for MQTT device fleets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+for area in (products, devices, firmware, verify, batches, bridge, simulate, worker, dev):
+    area.register(app)
+
+
+def main() -> None:
+    app()
