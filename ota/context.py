@@ -1,4 +1,4 @@
-"""What every entry point needs, built lazily from one Settings: database, store, Temporal client."""
+"""What every entry point needs, built lazily from Settings: database, store, Temporal client."""
 
 from __future__ import annotations
 
