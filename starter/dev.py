@@ -1,9 +1,76 @@
-"""`ota` subcommands: dev."""
+"""`ota dev`: run the whole platform locally in the foreground; Ctrl-C stops everything."""
 
 from __future__ import annotations
 
+import logging
+import secrets
+import time
+
 import typer
+
+from ota.devstack import DevStack
+from ota.settings import get_settings
+from starter.common import setup_logging
+
+log = logging.getLogger("ota.dev")
+
+
+def _api_token(stack: DevStack) -> str:
+    """The API token: OTA_API_TOKEN, or one generated once and kept under OTA_HOME."""
+    if stack.settings.api_token:
+        return stack.settings.api_token
+    path = stack.home / "api-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def dev(
+    demo: bool = typer.Option(
+        False, "--demo", help="Also register a demo fleet of 50 simulated devices and update it."
+    ),
+) -> None:
+    """Run Temporal, an MQTT broker, the worker, the bridge and the HTTP server together."""
+    setup_logging()
+    settings = get_settings()
+    stack = DevStack(settings)
+    stack.home.mkdir(parents=True, exist_ok=True)
+    token = _api_token(stack)
+    stack.child_env["OTA_API_TOKEN"] = token
+    try:
+        stack.start(stack.temporal())
+        stack.start(stack.broker())
+        for name in ("worker", "bridge", "api"):
+            stack.start(stack.ota_service(name, name))
+        _banner(stack, token)
+        if demo:
+            from ota.demo import run_demo
+
+            run_demo(stack)
+        while (gone := stack.exited()) is None:
+            time.sleep(1)
+        log.error("%s exited; see %s/%s.log. Stopping.", gone.name, stack.logs, gone.name)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        stack.stop()
+
+
+def _banner(stack: DevStack, token: str) -> None:
+    s = stack.settings
+    host, port = s.temporal_address.rsplit(":", 1)
+    typer.echo(
+        "\nota is running.\n"
+        f"  console and API   http://{s.http_host}:{s.http_port}/   (API token: {token})\n"
+        f"  Temporal Web UI   http://{host}:{int(port) + 1000}/namespaces/{s.temporal_namespace}\n"
+        f"  MQTT broker       {s.mqtt_url}\n"
+        f"  data and logs     {stack.home}\n"
+        "Press Ctrl-C to stop.\n"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the `ota` app."""
+    app.command("dev")(dev)
