@@ -1,8 +1,9 @@
-"""A pure-Python MQTT 3.1.1 broker (amqtt) for machines without Mosquitto: `ota dev` falls back to it."""
+"""A pure-Python MQTT 3.1.1 broker (amqtt): `ota dev` falls back to it where Mosquitto is absent."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 
@@ -25,10 +26,8 @@ async def serve(host: str, port: int) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     host, port = sys.argv[1], int(sys.argv[2])
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(host, port))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
