@@ -1,0 +1,122 @@
+"""Processes of a clean benchmark stack: a fresh Temporal dev server, ota's worker and bridge."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ota.contracts import SEARCH_ATTRIBUTES
+from ota.devstack import answers
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    peak_rss_mb: float = 0.0
+
+    def sample(self) -> None:
+        """Track peak RSS of the process and its children (the simulator may fork)."""
+        total = sum(_rss_mb(pid) for pid in [self.popen.pid, *_children(self.popen.pid)])
+        self.peak_rss_mb = max(self.peak_rss_mb, total)
+
+
+@dataclass
+class BenchStack:
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+    temporal_port: int = 0
+    metrics_port: int = 0
+
+    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Proc:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
+        popen = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env, **(extra_env or {})},
+            start_new_session=True,
+        )
+        proc = Proc(name, popen)
+        self.procs.append(proc)
+        return proc
+
+    def start_temporal(self) -> Proc:
+        self.temporal_port, self.metrics_port = free_port(), free_port()
+        argv = [
+            shutil.which("temporal") or str(Path(sys.executable).parent / "temporal"),
+            "server", "start-dev", "--headless",
+            "--ip", "127.0.0.1", "--port", str(self.temporal_port),
+            "--http-port", str(free_port()), "--metrics-port", str(self.metrics_port),
+            "--db-filename", str(self.workdir / "temporal.db"),
+            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            "--log-level", "error",
+        ]  # fmt: skip
+        for key in SEARCH_ATTRIBUTES:
+            argv += ["--search-attribute", f"{key.name}=Keyword"]
+        proc = self.start("temporal", argv)
+        deadline = time.monotonic() + 60
+        while not answers("127.0.0.1", self.temporal_port):
+            if time.monotonic() > deadline or popen_dead(proc):
+                raise RuntimeError(f"temporal did not start; see {self.workdir}/temporal.log")
+            time.sleep(0.2)
+        self.env["OTA_TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
+        return proc
+
+    def sample(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.sample()
+
+    def stop(self, name: str | None = None) -> None:
+        for proc in reversed(self.procs):
+            if (name is None or proc.name == name) and proc.popen.poll() is None:
+                os.killpg(proc.popen.pid, signal.SIGINT)
+        for proc in reversed(self.procs):
+            if name is None or proc.name == name:
+                try:
+                    proc.popen.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                    proc.popen.wait()
+
+
+def popen_dead(proc: Proc) -> bool:
+    return proc.popen.poll() is not None
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids = (task / "children").read_text().split()
+            for kid in kids:
+                out += [int(kid), *_children(int(kid))]
+    except OSError:
+        pass
+    return out
