@@ -6,11 +6,12 @@ are computed, and a rejected upload leaves no object behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 TAR_MAGIC_OFFSET = 257
+# s3fs buffers a whole multipart part in memory (50 MiB by default): smaller parts keep an
+# upload's memory bounded. 8 MiB is above S3's 5 MiB minimum part size.
+S3_PART_BYTES = 8 * 1024 * 1024
 
 # The first bytes each extension must start with ("content must match its extension").
 _GZIP = (b"\x1f\x8b",)
@@ -49,6 +53,12 @@ def check_magic(extension: str, head: bytes) -> None:
         raise InvalidInput("file", f"content does not match its extension {extension}")
 
 
+def format_size(n: int) -> str:
+    """1048576000 -> "1,000 MB"; sizes that are not whole megabytes are given in bytes."""
+    mb = 1024 * 1024
+    return f"{n // mb:,} MB" if n % mb == 0 else f"{n:,} bytes"
+
+
 class FirmwareStore:
     """Where firmware files live: `root` is a folder path or s3://bucket/prefix."""
 
@@ -66,7 +76,7 @@ class FirmwareStore:
             self.root = url[len("s3://") :].rstrip("/")
         else:
             self.fs = fsspec.filesystem("file")
-            self.root = url.rstrip("/")
+            self.root = self.fs._strip_protocol(url).rstrip("/")  # absolute, no file://
             self.fs.makedirs(self.root, exist_ok=True)
 
     def path(self, key: str) -> str:
@@ -77,29 +87,49 @@ class FirmwareStore:
     ) -> StoredFile:
         """Copy `src` into the store, hashing as it goes; nothing is left behind on failure."""
         md5, sha256, size = hashlib.md5(), hashlib.sha256(), 0
-        path = self.path(key)
         head = _read_head(src)
         if extension:
             check_magic(extension, head)
+        if not head:
+            raise InvalidInput("file", "is empty")
+        dst = self._open_for_write(key)
         try:
-            with self.fs.open(path, "wb") as dst:
-                chunk = head
-                while chunk:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise InvalidInput(
-                            "file", f"must be at most {max_bytes // (1024 * 1024)} MB"
-                        )
-                    md5.update(chunk)
-                    sha256.update(chunk)
-                    dst.write(chunk)
-                    chunk = src.read(CHUNK)
-                if size == 0:
-                    raise InvalidInput("file", "is empty")
+            chunk = head
+            while chunk:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidInput("file", f"must be at most {format_size(max_bytes)}")
+                md5.update(chunk)
+                sha256.update(chunk)
+                dst.write(chunk)
+                chunk = src.read(CHUNK)
+            dst.close()  # publishes the object (S3 completes the multipart upload here)
         except BaseException:
+            self._abandon(dst)
             self.delete(key)
             raise
+        log.info("stored %s (%d bytes)", key, size)
         return StoredFile(key, size, md5.hexdigest(), sha256.hexdigest())
+
+    def _open_for_write(self, key: str) -> Any:
+        path = self.path(key)
+        if self.is_s3:
+            return self.fs.open(path, "wb", block_size=S3_PART_BYTES)
+        self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+        return self.fs.open(path, "wb")
+
+    def _abandon(self, dst: Any) -> None:
+        """Close a half-written file without publishing it."""
+        try:
+            if self.is_s3:
+                # close() would complete the multipart upload; discard() aborts it instead, and
+                # marking the file closed stops its __del__ from publishing it later.
+                dst.discard()
+                dst.closed = True
+            else:
+                dst.close()
+        except Exception:
+            log.warning("could not abandon a partial upload cleanly", exc_info=True)
 
     def open(self, key: str) -> BinaryIO:
         return self.fs.open(self.path(key), "rb")
@@ -110,12 +140,34 @@ class FirmwareStore:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
 
-    def delete(self, key: str) -> None:
+    def keys(self) -> list[str]:
+        """Every stored object's key, sorted: for audits of orphans, and for tests."""
+        self.fs.invalidate_cache()
+        prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
         try:
-            if self.fs.exists(self.path(key)):
-                self.fs.rm(self.path(key))
+            found = self.fs.find(self.root)
         except FileNotFoundError:
-            pass
+            return []
+        return sorted(p[len(prefix) :] for p in found if p.startswith(prefix))
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path)
+        if not self.is_s3:
+            self._prune_empty_dirs(path)
+
+    def _prune_empty_dirs(self, path: str) -> None:
+        """A folder store keeps one directory per upload: remove the ones left empty."""
+        parent = self.fs._parent(path)
+        while parent.rstrip("/") != self.root and parent.startswith(self.root + "/"):
+            try:
+                if self.fs.ls(parent):
+                    return
+                self.fs.rmdir(parent)
+            except (FileNotFoundError, OSError):
+                return
+            parent = self.fs._parent(parent)
 
     def presign(self, key: str, expires_seconds: int) -> str:
         """A presigned GET URL (S3 only)."""
