@@ -1,0 +1,205 @@
+"""Devices: registration one by one or from CSV, and the fleet's reported versions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TextIO
+
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from ota.db.engine import session_scope
+from ota.db.models import Device, DeviceModule
+from ota.domain import DEFAULT_MODULE, validate_module, validate_version
+from ota.errors import Conflict, InvalidInput
+from ota.services.products import require_product, validate_product_key
+
+log = logging.getLogger(__name__)
+
+# Alibaba's DeviceName rule.
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_\-@.:]{4,32}$")
+CSV_HEADER = ("name", "version", "module")
+
+
+@dataclass
+class DeviceView:
+    """A device as the operator sees it: reachability and the version of each module."""
+
+    id: int
+    name: str
+    product_key: str
+    online: bool
+    last_seen: datetime | None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["last_seen"] = self.last_seen.isoformat() if self.last_seen else None
+        return data
+
+
+@dataclass(frozen=True)
+class _NewDevice:
+    name: str
+    version: str | None
+    module: str
+    line: int = 0  # in the CSV file it came from
+
+
+def validate_device_name(name: str, field: str = "name") -> str:
+    if not DEVICE_NAME_RE.match(name or ""):
+        raise InvalidInput(
+            field, "must be 4 to 32 characters of letters, digits, '-', '_', '@', '.' and ':'"
+        )
+    return name
+
+
+def _new_device(name: str, version: str | None, module: str | None, line: int = 0) -> _NewDevice:
+    validate_device_name(name)
+    if version:
+        validate_version(version)
+    return _NewDevice(name, version or None, validate_module(module), line)
+
+
+def add_device(
+    engine: Engine,
+    product_key: str,
+    name: str,
+    version: str | None = None,
+    module: str = DEFAULT_MODULE,
+) -> DeviceView:
+    validate_product_key(product_key, "product")
+    new = _new_device(name, version, module)
+    try:
+        with session_scope(engine) as session:
+            require_product(session, product_key)
+            taken = session.exec(
+                select(Device.id).where(Device.product_key == product_key, Device.name == name)
+            ).first()
+            if taken is not None:
+                raise Conflict(f"device {name} already exists in {product_key}", field="name")
+            _insert(session, product_key, [new])
+    except IntegrityError:  # a concurrent add of the same name won the race
+        raise Conflict(f"device {name} already exists in {product_key}", field="name") from None
+    return list_devices(engine, product_key, names=[name])[0]
+
+
+def parse_devices_csv(source: str | TextIO) -> list[_NewDevice]:
+    """Every row checked, or InvalidInput naming the first bad line; an optional header is skipped.
+
+    Columns: name[,version[,module]].
+    """
+    text = source if isinstance(source, str) else source.read()
+    rows: list[_NewDevice] = []
+    seen: dict[str, int] = {}
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))  # spreadsheets write a BOM
+    for cells in reader:
+        line = reader.line_num
+        cells = [c.strip() for c in cells]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if not rows and not seen and tuple(c.lower() for c in cells) == CSV_HEADER[: len(cells)]:
+            continue
+        if len(cells) > len(CSV_HEADER):
+            raise InvalidInput(
+                "file", f"line {line}: expected at most 3 columns: name,version,module"
+            )
+        name, version, module = (cells + ["", ""])[:3]
+        try:
+            new = _new_device(name, version or None, module or None, line)
+        except InvalidInput as exc:
+            raise InvalidInput("file", f"line {line}: {exc.field} {exc.message}") from None
+        if name in seen:
+            raise InvalidInput("file", f"line {line}: device {name} is also on line {seen[name]}")
+        seen[name] = line
+        rows.append(new)
+    if not rows:
+        raise InvalidInput("file", "has no devices")
+    return rows
+
+
+def import_devices(engine: Engine, product_key: str, csv_text_or_file: str | TextIO) -> int:
+    """Register every device of a CSV file, or none of them. Returns how many were added."""
+    validate_product_key(product_key, "product")
+    rows = parse_devices_csv(csv_text_or_file)
+    try:
+        with session_scope(engine) as session:
+            require_product(session, product_key)
+            existing = set(
+                session.exec(select(Device.name).where(Device.product_key == product_key))
+            )
+            for row in rows:
+                if row.name in existing:
+                    raise InvalidInput("file", f"line {row.line}: device {row.name} already exists")
+            _insert(session, product_key, rows)
+    except IntegrityError:
+        raise Conflict("some of these devices were added meanwhile; nothing was imported") from None
+    log.info("imported %d devices into %s", len(rows), product_key)
+    return len(rows)
+
+
+def _insert(session: Session, product_key: str, rows: list[_NewDevice]) -> None:
+    """Bulk insert: one statement for the devices, one for their reported versions."""
+    ids = session.scalars(
+        insert(Device).returning(Device.id, sort_by_parameter_order=True),
+        [{"product_key": product_key, "name": r.name} for r in rows],
+    ).all()
+    modules = [
+        {"device_id": device_id, "module": r.module, "version": r.version}
+        for device_id, r in zip(ids, rows, strict=True)
+        if r.version
+    ]
+    if modules:
+        session.execute(insert(DeviceModule), modules)
+
+
+def list_devices(
+    engine: Engine, product_key: str | None = None, names: list[str] | None = None
+) -> list[DeviceView]:
+    with Session(engine) as session:
+        if product_key is not None:
+            require_product(session, product_key)
+        query = select(Device, DeviceModule).outerjoin(
+            DeviceModule, DeviceModule.device_id == Device.id
+        )
+        if product_key is not None:
+            query = query.where(Device.product_key == product_key)
+        if names is not None:
+            query = query.where(Device.name.in_(names))  # type: ignore[attr-defined]
+        query = query.order_by(Device.product_key, Device.name, DeviceModule.module)
+        views: dict[int, DeviceView] = {}
+        for device, module in session.exec(query):
+            view = views.get(device.id)
+            if view is None:
+                view = views[device.id] = DeviceView(
+                    device.id, device.name, device.product_key, device.online, device.last_seen
+                )
+            if module is not None:
+                view.versions[module.module] = module.version
+    return list(views.values())
+
+
+def device_versions(engine: Engine, product_key: str, module: str | None = None) -> list[str]:
+    """The distinct versions devices of a product reported: the seed's drop-down list."""
+    with Session(engine) as session:
+        require_product(session, product_key)
+        query = (
+            select(DeviceModule.version)
+            .join(Device, Device.id == DeviceModule.device_id)
+            .where(Device.product_key == product_key)
+            .distinct()
+        )
+        if module is not None:
+            query = query.where(DeviceModule.module == module)
+        return sorted(session.exec(query), key=version_sort_key)
+
+
+def version_sort_key(version: str) -> list[tuple[int, int | str]]:
+    """Natural order, so 1.10 comes after 1.9."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p]

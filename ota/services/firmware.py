@@ -1,0 +1,297 @@
+"""Firmware files: add (checked against every rule of the seed, then streamed), list, delete."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO
+from uuid import uuid4
+
+from pydantic import BaseModel
+from sqlalchemy import Engine, delete, func, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from ota.db.engine import session_scope
+from ota.db.models import Batch, Firmware, Task
+from ota.domain import (
+    BatchState,
+    FirmwareState,
+    FirmwareType,
+    SignMethod,
+    firmware_extension,
+    validate_description,
+    validate_firmware_name,
+    validate_module,
+    validate_version,
+)
+from ota.errors import Conflict, InvalidInput, NotFound
+from ota.services.products import require_product, validate_product_key
+from ota.settings import Settings
+from ota.storage import FirmwareStore
+
+log = logging.getLogger(__name__)
+
+ACTIVE_BATCH_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
+FILE_NAME_MAX = 128
+# Serializes the count-then-insert of concurrent adds on PostgreSQL so the limit holds exactly.
+_COUNT_LOCK_ID = 0x07A_F1A3
+
+
+class FirmwarePublic(BaseModel):
+    """A firmware record as the CLI's --json and the API show it."""
+
+    id: int
+    product_key: str
+    name: str
+    module: str
+    version: str
+    type: str
+    src_versions: list[str]
+    sign_method: str
+    sign: str
+    md5: str
+    sha256: str
+    size: int
+    file_name: str
+    description: str | None
+    state: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, fw: Firmware) -> FirmwarePublic:
+        return cls(**fw.model_dump(), sign=fw.sign)
+
+
+def firmware_public(fw: Firmware) -> dict:
+    return FirmwarePublic.of(fw).model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class FirmwareSpec:
+    """Metadata that passed every rule; nothing has been stored yet."""
+
+    product_key: str
+    name: str
+    module: str
+    version: str
+    type: FirmwareType
+    src_versions: list[str]
+    sign_method: SignMethod
+    description: str | None
+    file_name: str
+    extension: str
+
+
+def check_firmware_input(
+    *,
+    file_name: str,
+    product_key: str,
+    name: str,
+    version: str | None = None,
+    module: str | None = None,
+    type: str = "full",
+    src_versions: Iterable[str] = (),
+    dest_version: str | None = None,
+    sign_method: str = "MD5",
+    description: str | None = None,
+) -> FirmwareSpec:
+    """Every metadata rule of the seed, without touching the database or the store."""
+    validate_product_key(product_key, "product")
+    validate_firmware_name(name)
+    module = validate_module(module)
+    try:
+        kind = FirmwareType((type or "").strip().lower())
+    except ValueError:
+        raise InvalidInput("type", "must be full or diff") from None
+    sources = _split_versions(src_versions)
+    if kind is FirmwareType.DIFF:
+        if version and dest_version and version != dest_version:
+            raise InvalidInput("dest_version", "must equal version when both are given")
+        target = dest_version or version
+        if not target:
+            raise InvalidInput("dest_version", "is required for a differential (diff) firmware")
+        validate_version(target, "dest_version")
+        if not sources:
+            raise InvalidInput("src_versions", "a diff firmware needs one or more source versions")
+        if target in sources:
+            raise InvalidInput("src_versions", f"must not include the target version {target}")
+    else:
+        if dest_version and version and dest_version != version:
+            raise InvalidInput("dest_version", "must equal version when both are given")
+        target = version or dest_version
+        if not target:
+            raise InvalidInput("version", "is required for a full firmware")
+        validate_version(target)
+        if sources:
+            raise InvalidInput("src_versions", "only a diff firmware has source versions")
+    try:
+        method = SignMethod((sign_method or "").strip().upper())
+    except ValueError:
+        raise InvalidInput("sign_method", "must be MD5 or SHA256") from None
+    description = validate_description(description or None)
+    file_name = _check_file_name(file_name)
+    return FirmwareSpec(
+        product_key=product_key,
+        name=name,
+        module=module,
+        version=target,
+        type=kind,
+        src_versions=sources,
+        sign_method=method,
+        description=description,
+        file_name=file_name,
+        extension=firmware_extension(file_name),
+    )
+
+
+def _split_versions(values: Iterable[str] | str) -> list[str]:
+    """Source versions from a list, repeated options or "1.0,1.1"; each checked, order kept."""
+    if isinstance(values, str):
+        values = [values]
+    found: list[str] = []
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            if part and part not in found:
+                found.append(validate_version(part, "src_versions"))
+    return found
+
+
+def _check_file_name(file_name: str) -> str:
+    # Browsers and clients may send a full path: the name alone goes into the storage key.
+    base = (file_name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not base or base in (".", ".."):
+        raise InvalidInput("file", "needs a file name")
+    if len(base) > FILE_NAME_MAX or any(not ch.isprintable() for ch in base):
+        raise InvalidInput("file", f"name must be 1 to {FILE_NAME_MAX} printable characters")
+    return base
+
+
+def _check_room(session: Session, settings: Settings) -> None:
+    count = session.exec(select(func.count()).select_from(Firmware)).one()
+    if count >= settings.max_firmware:
+        raise Conflict(
+            f"the limit of {settings.max_firmware} firmware files is reached; delete one first",
+            field="firmware",
+        )
+
+
+def add_firmware(
+    engine: Engine,
+    store: FirmwareStore,
+    settings: Settings,
+    *,
+    src: BinaryIO,
+    file_name: str,
+    product_key: str,
+    name: str,
+    version: str | None = None,
+    module: str | None = None,
+    type: str = "full",
+    src_versions: Iterable[str] = (),
+    dest_version: str | None = None,
+    sign_method: str = "MD5",
+    description: str | None = None,
+    need_verify: bool = True,
+) -> Firmware:
+    """Check everything, stream the file into the store, then record it; all or nothing."""
+    spec = check_firmware_input(
+        file_name=file_name,
+        product_key=product_key,
+        name=name,
+        version=version,
+        module=module,
+        type=type,
+        src_versions=src_versions,
+        dest_version=dest_version,
+        sign_method=sign_method,
+        description=description,
+    )
+    with Session(engine) as session:
+        require_product(session, spec.product_key)
+        _check_room(session, settings)  # early, so a full platform does not take a 1 GB upload
+
+    key = f"{spec.product_key}/{uuid4().hex}/{spec.file_name}"
+    stored = store.put_stream(key, src, settings.max_firmware_bytes, spec.extension)
+    try:
+        with session_scope(engine) as session:
+            if engine.dialect.name == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _COUNT_LOCK_ID})
+            require_product(session, spec.product_key)  # it may have gone during the upload
+            _check_room(session, settings)
+            fw = Firmware(
+                product_key=spec.product_key,
+                name=spec.name,
+                module=spec.module,
+                version=spec.version,
+                type=spec.type.value,
+                src_versions=spec.src_versions,
+                sign_method=spec.sign_method.value,
+                description=spec.description,
+                file_name=spec.file_name,
+                size=stored.size,
+                md5=stored.md5,
+                sha256=stored.sha256,
+                storage_key=stored.key,
+                state=(FirmwareState.UNVERIFIED if need_verify else FirmwareState.VERIFIED).value,
+                need_verify=need_verify,
+            )
+            session.add(fw)
+    except BaseException:
+        store.delete(key)
+        raise
+    log.info("added firmware %s: %s %s (%d bytes)", fw.id, fw.name, fw.version, fw.size)
+    return fw
+
+
+def list_firmware(engine: Engine, product_key: str | None = None) -> list[Firmware]:
+    with Session(engine) as session:
+        query = select(Firmware).order_by(Firmware.id)  # type: ignore[arg-type]
+        if product_key is not None:
+            require_product(session, product_key)
+            query = query.where(Firmware.product_key == product_key)
+        return list(session.exec(query))
+
+
+def get_firmware(engine: Engine, id: int) -> Firmware:
+    with Session(engine) as session:
+        fw = session.get(Firmware, id)
+    if fw is None:
+        raise NotFound("firmware", id)
+    return fw
+
+
+def delete_firmware(engine: Engine, store: FirmwareStore, id: int) -> None:
+    """Remove the record, its finished batches and its file; refused while a batch is active."""
+    try:
+        with session_scope(engine) as session:
+            fw = session.get(Firmware, id)
+            if fw is None:
+                raise NotFound("firmware", id)
+            active = session.exec(
+                select(Batch.id).where(
+                    Batch.firmware_id == id,
+                    Batch.state.in_(ACTIVE_BATCH_STATES),  # type: ignore[attr-defined]
+                )
+            ).all()
+            if active:
+                raise Conflict(
+                    f"firmware {id} has active batches ({', '.join(active)}); cancel them first",
+                    field="id",
+                )
+            batch_ids = select(Batch.id).where(Batch.firmware_id == id)
+            session.execute(delete(Task).where(Task.batch_id.in_(batch_ids)))  # type: ignore[attr-defined]
+            session.execute(delete(Batch).where(Batch.firmware_id == id))  # type: ignore[arg-type]
+            session.delete(fw)
+            key = fw.storage_key
+    except IntegrityError:  # a batch was created for it meanwhile
+        raise Conflict(f"firmware {id} is in use by a new batch", field="id") from None
+    # The record goes first: a file without a record is only wasted space, the reverse is broken.
+    try:
+        store.delete(key)
+    except Exception:
+        log.warning("firmware %s deleted, but its file %s was not", id, key, exc_info=True)
+    log.info("deleted firmware %s", id)
