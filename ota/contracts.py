@@ -53,6 +53,11 @@ class BatchInput:
     retry_interval_minutes: int | None = None  # None: do not retry; 0: retry immediately
     max_retries: int = 1
     timeout_minutes: int | None = None
+    # Pacing knobs; `ota batch create` copies them from Settings, tests lower them.
+    start_burst: int = 50  # device workflows started per workflow task (ENGINE.md: cap bursts)
+    continue_as_new_every: int = 2000  # starts per run before continuing as new
+    poll_seconds: float = 5.0  # how often a batch whose starts are done re-counts its tasks
+    dynamic_poll_seconds: float = 10.0  # how often a dynamic batch looks for newly matching devices
     # Filled in by the workflow itself when it continues as new.
     carry: PacerCarry | None = None
 
@@ -68,6 +73,21 @@ class PacerCarry:
     after_task_id: int = 0  # cursor: tasks with a larger id are still to start
     policy_canceled: bool = False
     runs: int = 1
+    # What prepare found, so later runs need not ask again.
+    product_key: str = ""
+    target_version: str = ""
+    total: int = 0
+    skipped: int = 0
+    # Starts in the last minute, for the sliding-window rate limit across runs.
+    recent: list[StartMark] = field(default_factory=list)
+
+
+@dataclass
+class StartMark:
+    """`count` device workflows started at `at` (epoch seconds, workflow time)."""
+
+    at: float
+    count: int
 
 
 @dataclass
@@ -89,11 +109,24 @@ class DeviceUpgradeInput:
     retry_interval_minutes: int | None = None
     max_retries: int = 1
     timeout_minutes: int | None = None
+    firmware_id: int | None = None  # saves the push a read of the batch
+    # Carried across continue-as-new of a long wait (offline for weeks, no progress report).
+    retries_used: int = 0
+    awaiting_report: bool = False
+
+
+@dataclass
+class DeviceUpgradeResult:
+    state: str  # a final TaskState
+    reason: str | None = None
+    attempts: int = 0
 
 
 @dataclass
 class CancelRequest:
     scope: str = "scheduled"  # scheduled | all
+    # Set by the batch: a device workflow ignores a cancel meant for another batch's run.
+    batch_id: str | None = None
 
 
 @dataclass
@@ -103,6 +136,8 @@ class DeviceReport:
     outcome: str  # updated | failed
     reason: str | None = None
     version: str | None = None
+    # When set, a device workflow of another batch ignores the report (a late or stray signal).
+    batch_id: str | None = None
 
 
 @dataclass
@@ -115,3 +150,104 @@ class BatchProgress:
     started: int = 0
     total: int = 0
     skipped: int = 0
+
+
+# --- between the workflows and their activities (internal, but workflows may only import this) ---
+
+
+@dataclass
+class PrepareResult:
+    product_key: str
+    module: str
+    target_version: str
+    total: int  # tasks created
+    skipped: int  # targeted devices already on the target version
+    state: str  # the batch's state: scheduled | in_progress | ...
+
+
+@dataclass
+class TaskRef:
+    task_id: int
+    device_name: str
+
+
+@dataclass
+class ClaimRequest:
+    """Take the next tasks to start (and mark them started); optionally look for new devices."""
+
+    batch_id: str
+    after_task_id: int
+    limit: int
+    sync_dynamic: bool = False  # dynamic batches: first add devices that match now
+    want_counts: bool = False
+    busy_task_ids: list[int] = field(default_factory=list)  # mark these failed/busy first
+
+
+@dataclass
+class ClaimResult:
+    tasks: list[TaskRef] = field(default_factory=list)
+    counts: dict[str, int] | None = None
+    added: int = 0  # tasks a dynamic sync created
+
+
+@dataclass
+class FinishBatchRequest:
+    batch_id: str
+    state: str  # completed | canceled | in_progress (begin pacing)
+
+
+@dataclass
+class CancelTasksRequest:
+    batch_id: str
+    scope: str  # scheduled | all
+
+
+@dataclass
+class CancelTasksResult:
+    canceled: int = 0  # tasks canceled directly (never started, or their workflow was gone)
+    signaled: int = 0  # device workflows asked to cancel
+
+
+@dataclass
+class PushRequest:
+    task_id: int
+    batch_id: str
+    product_key: str
+    device_name: str
+    attempt: int  # 1 for the first push; sets Task.attempts, so a replayed push counts once
+    firmware_id: int | None = None
+
+
+@dataclass
+class PushResult:
+    outcome: str  # pushed | offline | final (the task was already finished, e.g. canceled)
+    state: str
+    reason: str | None = None
+
+
+@dataclass
+class TaskCheck:
+    state: str
+    reason: str | None = None
+    first_progress_at: str | None = None  # ISO 8601
+
+
+@dataclass
+class FinishTaskRequest:
+    task_id: int
+    state: str
+    reason: str | None = None
+
+
+@dataclass
+class VerifyPrepared:
+    product_key: str
+    target_version: str
+    tasks: list[TaskRef] = field(default_factory=list)
+
+
+@dataclass
+class VerifyFinishRequest:
+    batch_id: str
+    firmware_id: int
+    verified: bool

@@ -106,6 +106,8 @@ class Batch(BatchBase, table=True):
     target_version: str = Field(max_length=64)
     state: str = "in_progress"
     skipped: int = 0  # targeted devices already on the target version
+    total: int = 0  # tasks in the batch (a dynamic batch adds more as devices match)
+    prepared_at: datetime | None = None  # targets selected and tasks inserted (idempotency)
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
 
@@ -118,6 +120,8 @@ class Task(SQLModel, table=True):
         UniqueConstraint("batch_id", "device_id", name="uq_task_batch_device"),
         Index("ix_tasks_batch_state", "batch_id", "state"),
         Index("ix_tasks_device_state", "device_id", "state"),
+        # The pacer's cursor: the next tasks to start, and the started ones to cancel, by id.
+        Index("ix_tasks_batch_started_id", "batch_id", "started", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
