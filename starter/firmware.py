@@ -1,9 +1,144 @@
-"""`ota` subcommands: firmware."""
+"""`ota firmware`: add firmware files, list, show and delete them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.table import Table
+
+from ota.errors import InvalidInput
+from ota.services import firmware
+from starter.common import console, context, handle_errors, print_json
+
+firmware_app = typer.Typer(help="Firmware files: add, list, show, delete.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the record(s) as JSON.")]
+
+
+@firmware_app.command("add")
+@handle_errors
+def add(
+    file: Annotated[
+        Path, typer.Argument(help=".bin, .tar, .gz, .tar.gz, .zip or .gzip, <= 1,000 MB")
+    ],
+    product: Annotated[str, typer.Option("--product", "-p", help="Product key.")],
+    name: Annotated[str, typer.Option(help="4-32 letters, digits and _, not starting with _.")],
+    version: Annotated[
+        str | None, typer.Option(help="Firmware version (required for full).")
+    ] = None,
+    module: Annotated[str | None, typer.Option(help="Firmware module [default: default].")] = None,
+    type: Annotated[str, typer.Option("--type", help="full or diff.")] = "full",
+    src_version: Annotated[
+        list[str] | None,
+        typer.Option("--src-version", help="Version a diff applies to; repeatable."),
+    ] = None,
+    dest_version: Annotated[
+        str | None, typer.Option(help="Version after a diff is applied.")
+    ] = None,
+    sign_method: Annotated[str, typer.Option(help="MD5 or SHA256.")] = "MD5",
+    description: Annotated[str | None, typer.Option(help="Up to 100 characters.")] = None,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Mark it verified at once (NeedToVerify=false).")
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Upload a firmware file: every rule is checked before the file is stored."""
+    if not file.is_file():
+        raise InvalidInput("file", f"{file} is not a readable file")
+    ctx = context()
+    with file.open("rb") as src:
+        fw = firmware.add_firmware(
+            ctx.engine,
+            ctx.store,
+            ctx.settings,
+            src=src,
+            file_name=file.name,
+            product_key=product,
+            name=name,
+            version=version,
+            module=module,
+            type=type,
+            src_versions=src_version or (),
+            dest_version=dest_version,
+            sign_method=sign_method,
+            description=description,
+            need_verify=not no_verify,
+        )
+    if json:
+        print_json(firmware.firmware_public(fw))
+    else:
+        console.print(
+            f"added firmware [bold]{fw.id}[/bold]: {fw.name} {fw.version} "
+            f"({human_size(fw.size)}, {fw.sign_method} {fw.sign}, {fw.state})"
+        )
+
+
+@firmware_app.command("list")
+@handle_errors
+def list_(
+    product: Annotated[
+        str | None, typer.Option("--product", "-p", help="Only this product.")
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """List firmware files."""
+    found = firmware.list_firmware(context().engine, product)
+    if json:
+        print_json([firmware.firmware_public(fw) for fw in found])
+        return
+    table = Table("id", "product", "name", "module", "version", "type")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for fw in found:
+        version = (
+            fw.version if fw.type == "full" else f"{','.join(fw.src_versions)} -> {fw.version}"
+        )
+        table.add_row(
+            str(fw.id),
+            fw.product_key,
+            fw.name,
+            fw.module,
+            version,
+            fw.type,
+            human_size(fw.size),
+            fw.state,
+        )
+    console.print(table)
+
+
+@firmware_app.command("show")
+@handle_errors
+def show(id: Annotated[int, typer.Argument(help="Firmware id.")], json: JsonOpt = False) -> None:
+    """Show one firmware file's record."""
+    data = firmware.firmware_public(firmware.get_firmware(context().engine, id))
+    if json:
+        print_json(data)
+        return
+    table = Table("field", "value", show_header=False)
+    for key, value in data.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
+
+
+@firmware_app.command("delete")
+@handle_errors
+def delete(id: Annotated[int, typer.Argument(help="Firmware id.")]) -> None:
+    """Delete a firmware file and its finished batches; refused while a batch is active."""
+    ctx = context()
+    firmware.delete_firmware(ctx.engine, ctx.store, id)
+    console.print(f"deleted firmware {id}")
+
+
+def human_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `ota` app."""
+    app.add_typer(firmware_app, name="firmware")
