@@ -53,7 +53,7 @@ class _NewDevice:
 
 
 def validate_device_name(name: str, field: str = "name") -> str:
-    if not DEVICE_NAME_RE.match(name or ""):
+    if not DEVICE_NAME_RE.fullmatch(name or ""):
         raise InvalidInput(
             field, "must be 4 to 32 characters of letters, digits, '-', '_', '@', '.' and ':'"
         )

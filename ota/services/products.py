@@ -17,7 +17,7 @@ PRODUCT_NAME_MAX = 64
 
 
 def validate_product_key(product_key: str, field: str = "product_key") -> str:
-    if not PRODUCT_KEY_RE.match(product_key or ""):
+    if not PRODUCT_KEY_RE.fullmatch(product_key or ""):
         raise InvalidInput(field, "must be 1 to 64 characters of letters, digits, '_' and '-'")
     return product_key
 
