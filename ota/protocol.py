@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ota.domain import DEFAULT_MODULE, parse_progress_step
 
@@ -32,6 +33,28 @@ DEVICE_TOPIC_FILTERS = {
 }
 
 REJECTED: Counter[str] = Counter()  # reason -> count, for metrics and tests
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+
+def broker_address(url: str) -> BrokerAddress:
+    """mqtt://[user:password@]host[:port], or mqtts:// for TLS (settings.mqtt_url)."""
+    parts = urlsplit(url)
+    tls = parts.scheme in ("mqtts", "ssl", "tls")
+    return BrokerAddress(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
 
 
 def inform_topic(pk: str, dn: str) -> str:
@@ -220,3 +243,81 @@ def encode_firmware_get(msg_id: str, module: str = DEFAULT_MODULE) -> bytes:
     return json.dumps(
         {"id": msg_id, "version": "1.0", "params": params, "method": "thing.ota.firmware.get"}
     ).encode()
+
+
+# --- what a device receives (used by our SDK) ---------------------------------------------------
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """An upgrade push or a non-empty firmware/get reply, as a device sees it."""
+
+    msg_id: str
+    version: str
+    url: str
+    size: int
+    sign: str  # lowercase hex digest of the whole file
+    sign_method: str  # "Md5" or "SHA256", as on the wire
+    module: str = DEFAULT_MODULE
+    is_diff: bool = False
+    digestsign: str | None = None  # secure update: base64 RSA signature (PROTOCOL.md)
+    ext_data: dict[str, Any] | None = None
+
+
+SIGN_LENGTHS = {"Md5": 32, "SHA256": 64}
+
+
+def parse_upgrade(payload: bytes) -> Upgrade | Rejected | None:
+    """Decode a push or a firmware/get reply; None for a reply with `{}` data. Never raises."""
+    try:
+        return _parse_upgrade(payload)
+    except Exception as exc:
+        log.exception("unexpected error parsing an upgrade")
+        return _reject("upgrade", f"internal: {exc.__class__.__name__}")
+
+
+def _parse_upgrade(payload: bytes) -> Upgrade | Rejected | None:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return _reject("upgrade", "payload too large")
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return _reject("upgrade", "payload is not JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("data", {}), dict):
+        return _reject("upgrade", "payload and data must be JSON objects")
+    data = body.get("data") or {}
+    if not data:
+        return None
+    msg_id = body.get("id", "")
+    size = data.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        return _reject("upgrade", "data.size must be a positive number")
+    method = data.get("signMethod")
+    if method not in SIGN_LENGTHS:
+        return _reject("upgrade", 'data.signMethod must be "Md5" or "SHA256"')
+    sign = data.get("sign")
+    if not isinstance(sign, str) or len(sign) != SIGN_LENGTHS[method]:
+        return _reject("upgrade", f"data.sign must be {SIGN_LENGTHS[method]} hex characters")
+    version, url = data.get("version"), data.get("url")
+    if not isinstance(version, str) or not version or not isinstance(url, str) or not url:
+        return _reject("upgrade", "data.version and data.url must be non-empty strings")
+    module = data.get("module") or DEFAULT_MODULE
+    digestsign = data.get("digestsign")
+    ext = data.get("extData")
+    if not isinstance(module, str) or not isinstance(digestsign, str | None):
+        return _reject("upgrade", "data.module and data.digestsign must be strings")
+    return Upgrade(
+        msg_id=str(msg_id),
+        version=version,
+        url=url,
+        size=size,
+        sign=sign.lower(),
+        sign_method=method,
+        module=module,
+        is_diff=bool(data.get("isDiff")),
+        digestsign=digestsign,
+        ext_data=ext if isinstance(ext, dict) else None,
+    )

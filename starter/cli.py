@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from starter import batches, bridge, dev, devices, firmware, products, simulate, verify, worker
+from starter import api, batches, bridge, dev, devices, firmware, products, simulate, verify, worker
 
 app = typer.Typer(
     help="Over-the-air firmware updates for MQTT device fleets.",
@@ -12,7 +12,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for area in (products, devices, firmware, verify, batches, bridge, simulate, worker, dev):
+for area in (products, devices, firmware, verify, batches, bridge, api, simulate, worker, dev):
     area.register(app)
 
 

@@ -1,9 +1,73 @@
-"""`ota` subcommands: simulate."""
+"""`ota` subcommands: simulate (a fleet of simulated devices)."""
 
 from __future__ import annotations
 
+import logging
+
 import typer
+
+from ota.device.simulator import FleetConfig, register_fleet, run_fleet_processes
+from ota.domain import DEFAULT_MODULE
+from starter.common import context, handle_errors, setup_logging
+
+log = logging.getLogger("ota.simulate")
+
+
+@handle_errors
+def simulate(
+    product: str = typer.Option(..., "--product", help="Product key of the devices."),
+    devices: int = typer.Option(10, "--devices", min=1, help="How many devices."),
+    version: str = typer.Option(..., "--version", help="The version every device starts on."),
+    module: str = typer.Option(DEFAULT_MODULE, "--module", help="The module that version is of."),
+    prefix: str = typer.Option("sim-", "--prefix", help="Device names: PREFIX00000, ..."),
+    register: bool = typer.Option(False, "--register", help="Create the product and devices."),
+    fail_rate: float = typer.Option(0.0, "--fail-rate", min=0, max=1, help="Report -1."),
+    download_fail_rate: float = typer.Option(0.0, "--download-fail-rate", min=0, max=1),
+    verify_fail_rate: float = typer.Option(0.0, "--verify-fail-rate", min=0, max=1),
+    install_fail_rate: float = typer.Option(0.0, "--install-fail-rate", min=0, max=1),
+    offline: int = typer.Option(0, "--offline", min=0, help="Devices that connect late."),
+    offline_delay: float = typer.Option(30.0, "--offline-delay", help="Seconds they wait."),
+    install_seconds: float = typer.Option(1.0, "--install-seconds", min=0),
+    duration: float | None = typer.Option(None, "--duration", help="Seconds; default: Ctrl-C."),
+    processes: int = typer.Option(1, "--processes", min=1, help="Spread over this many."),
+    seed: int | None = typer.Option(None, "--seed", help="Make the failures repeatable."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run simulated devices that take updates like real ones; prints a summary at the end."""
+    setup_logging(verbose)
+    if not verbose:
+        logging.getLogger("ota.device").setLevel(logging.ERROR)
+    ctx = context()
+    cfg = FleetConfig(
+        product_key=product,
+        devices=devices,
+        version=version,
+        module=module,
+        prefix=prefix,
+        mqtt_url=ctx.settings.mqtt_url,
+        mqtt_protocol=ctx.settings.mqtt_protocol,
+        fail_rate=fail_rate,
+        download_fail_rate=download_fail_rate,
+        verify_fail_rate=verify_fail_rate,
+        install_fail_rate=install_fail_rate,
+        offline=min(offline, devices),
+        offline_delay=offline_delay,
+        install_seconds=install_seconds,
+        duration=duration,
+        seed=seed,
+    )
+    if register:
+        added = register_fleet(ctx.engine, cfg)
+        log.info("registered %d new devices in %s", added, product)
+    summary = run_fleet_processes(cfg, min(processes, devices))
+    failed = sum(v for k, v in summary.items() if k.startswith("failed_"))
+    typer.echo(
+        f"devices {summary.get('devices', 0)}, connected {summary.get('connected_once', 0)}, "
+        f"updated {summary.get('updated', 0)}, failed {failed}"
+        + "".join(f", {k} {v}" for k, v in sorted(summary.items()) if k.startswith("failed_"))
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `ota` app."""
+    app.command("simulate")(simulate)

@@ -1,0 +1,1 @@
+"""The HTTP server: firmware downloads for devices, the API and the console."""

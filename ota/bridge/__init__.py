@@ -1,0 +1,30 @@
+"""The bridge: the one service that listens to devices over MQTT (design.md, "Who writes what").
+
+Rules it follows:
+
+- Delivery: MQTT v5, QoS 1, shared subscriptions `$share/{bridge_share_group}/...` (several
+  bridges split the load), a persistent session (fixed client id, clean_start False, a session
+  expiry) so the broker queues reports while a bridge restarts. Messages are acked only after
+  their effects are committed and their signals sent: at-least-once, so every write is idempotent.
+  With MQTT 3.1.1 (the embedded broker) it subscribes without `$share` and runs alone.
+- Batching: messages are gathered for `bridge_flush_seconds` (or up to `max_batch`) and written in
+  ONE transaction: devices' online/last_seen, reported versions per module (upsert), each task's
+  latest progress, and the guarded moves to `in_upgrade` (first progress) and `updated` (target
+  version reported while pushed/in_upgrade).
+- Signals, after the commit: `report(updated)`; `report(failed, reason)` for progress -1..-4 or a
+  version `judge_version_report` calls failed (the bridge writes no failure: the workflow decides
+  between retry and failed); `online` when an offline device with a waiting `to_be_pushed` task
+  shows up. Intermediate percentages are never signalled; a missing workflow is logged, not fatal.
+- Presence: any message from a device means online. Our SDK publishes a retained "online" to
+  `protocol.status_topic` on connect and has the broker publish "offline" (its last will) when it
+  goes away. Devices on other SDKs are seen online by their reports and never marked offline.
+- firmware/get is answered with the device's pending push data (fresh URL), or `{}`.
+- Unregistered devices are not auto-registered (a device must be provisioned, as on Alibaba's
+  platform): their messages are logged and counted in `stats["unknown_device"]`.
+- A malformed message is counted and acked; a message the database refuses is isolated and
+  dropped; a lost broker or database means reconnecting with backoff, and redelivery.
+"""
+
+from ota.bridge.service import Bridge
+
+__all__ = ["Bridge"]

@@ -1,0 +1,322 @@
+"""The bridge's database side: one transaction per flush, and what to signal and answer after it."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ota import protocol
+from ota.contracts import SIGNAL_ONLINE, SIGNAL_REPORT, DeviceReport, device_workflow_id
+from ota.db.engine import session_scope
+from ota.db.models import Batch, Device, DeviceModule, Firmware, Task, utcnow
+from ota.domain import (
+    ACTIVE_TASK_STATES,
+    DEFAULT_MODULE,
+    PROGRESS_FAILURES,
+    TaskReason,
+    TaskState,
+    judge_version_report,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500  # rows per IN (...) list or multi-row insert: far below every driver's parameter cap
+PROGRESSING = (TaskState.PUSHED, TaskState.IN_UPGRADE)
+TASKS = Task.__table__
+DEVICES = Device.__table__
+MODULES = DeviceModule.__table__
+
+
+@dataclass(frozen=True)
+class Signal:
+    workflow_id: str
+    name: str
+    arg: DeviceReport | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A firmware/get answer to publish after the commit; firmware None means `{}`."""
+
+    product_key: str
+    device_name: str
+    msg_id: str
+    firmware_id: int | None
+    firmware: Firmware | None = None
+
+
+@dataclass
+class FlushResult:
+    signals: list[Signal] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    unknown: list[tuple[str, str]] = field(default_factory=list)  # one entry per message
+
+    def extend(self, other: FlushResult) -> None:
+        self.signals += other.signals
+        self.replies += other.replies
+        self.unknown += other.unknown
+
+
+@dataclass
+class _TaskView:
+    """The fields of an active task the rules read, and how this flush changes them."""
+
+    id: int
+    product_key: str
+    device_name: str
+    module: str
+    state: str
+    from_version: str | None
+    target_version: str
+    attempts: int
+    reason: str | None
+    started: bool
+    first_progress_at: Any
+    firmware_id: int
+
+
+def apply_reports(
+    engine: Engine, messages: Sequence[protocol.Message], now: datetime | None = None
+) -> FlushResult:
+    """Record a flush's messages in one transaction; return the signals and replies to send."""
+    now = now or utcnow()
+    with session_scope(engine) as session:
+        return _apply(session.connection(), messages, now)
+
+
+def _apply(conn: Connection, messages: Sequence[protocol.Message], now: datetime) -> FlushResult:
+    result = FlushResult()
+    devices = _load_devices(conn, {(m.product_key, m.device_name) for m in messages})
+    known: list[tuple[int, protocol.Message]] = []
+    for m in messages:
+        row = devices.get((m.product_key, m.device_name))
+        if row is None:
+            result.unknown.append((m.product_key, m.device_name))
+        else:
+            known.append((row[0], m))
+    if not known:
+        return result
+
+    # Presence: any message means online; our SDK's status message says which.
+    online: dict[int, bool] = {}
+    versions: dict[tuple[int, str], str] = {}
+    for device_id, m in known:
+        online[device_id] = m.online if isinstance(m, protocol.Status) else True
+        if isinstance(m, protocol.Inform):
+            versions[(device_id, m.module)] = m.version
+    for flag in (True, False):
+        ids = [i for i, on in online.items() if on is flag]
+        for part in _chunks(ids):
+            conn.execute(
+                update(DEVICES).where(DEVICES.c.id.in_(part)).values(online=flag, last_seen=now)
+            )
+    _upsert_versions(conn, versions, now)
+
+    tasks = _load_tasks(conn, list(online))
+    was_online = dict(devices.values())
+    came_online = {i for i, on in online.items() if on and not was_online[i]}
+    moves = _Moves()
+    for device_id, m in known:
+        _judge(m, tasks.get(device_id, []), moves, result)
+    moves.write(conn, now)
+    result.signals += moves.signals()
+
+    for device_id in came_online:
+        for t in tasks.get(device_id, []):
+            # Only a task whose device workflow waits for the device: pushed before, or started.
+            if t.state == TaskState.TO_BE_PUSHED and (t.reason == TaskReason.OFFLINE or t.started):
+                wid = device_workflow_id(t.product_key, t.device_name)
+                result.signals.append(Signal(wid, SIGNAL_ONLINE))
+    _attach_firmware(conn, result.replies)
+    return result
+
+
+class _Moves:
+    """Task changes gathered over a flush, written as a few executemany statements."""
+
+    def __init__(self) -> None:
+        self.progress: dict[int, int] = {}
+        self.first_progress: set[int] = set()
+        self.updated: dict[int, _TaskView] = {}
+        self.versions: dict[int, str] = {}
+        self.failed: dict[int, tuple[_TaskView, str]] = {}
+
+    def write(self, conn: Connection, now: datetime) -> None:
+        if self.progress:
+            conn.execute(
+                update(TASKS)
+                .where(TASKS.c.id == bindparam("tid"), TASKS.c.state.in_(ACTIVE_TASK_STATES))
+                .values(progress=bindparam("step"), updated_at=now),
+                [{"tid": t, "step": s} for t, s in self.progress.items()],
+            )
+        for part in _chunks(sorted(self.first_progress)):
+            conn.execute(
+                update(TASKS)
+                .where(
+                    TASKS.c.id.in_(part),
+                    TASKS.c.state.in_(PROGRESSING),
+                    TASKS.c.first_progress_at.is_(None),
+                )
+                .values(state=TaskState.IN_UPGRADE, first_progress_at=now, updated_at=now)
+            )
+        for part in _chunks(sorted(self.updated)):
+            conn.execute(
+                update(TASKS)
+                .where(TASKS.c.id.in_(part), TASKS.c.state.in_(PROGRESSING))
+                .values(state=TaskState.UPDATED, reason=None, finished_at=now, updated_at=now)
+            )
+
+    def signals(self) -> list[Signal]:
+        out = []
+        for tid, t in self.updated.items():
+            report = DeviceReport(outcome="updated", version=self.versions[tid])
+            out.append(
+                Signal(device_workflow_id(t.product_key, t.device_name), SIGNAL_REPORT, report)
+            )
+        for tid, (t, reason) in self.failed.items():
+            if tid not in self.updated:  # the device recovered within the same flush
+                report = DeviceReport(outcome="failed", reason=reason)
+                wid = device_workflow_id(t.product_key, t.device_name)
+                out.append(Signal(wid, SIGNAL_REPORT, report))
+        return out
+
+
+def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: FlushResult) -> None:
+    """design.md's rules for one message, against the device's active tasks (usually one)."""
+    active = [t for t in tasks if t.state in ACTIVE_TASK_STATES]
+    if isinstance(m, protocol.Inform):
+        for t in active:
+            if t.module != m.module:
+                continue
+            verdict = judge_version_report(
+                TaskState(t.state), t.from_version, t.target_version, m.version
+            )
+            if verdict == "updated":
+                moves.updated[t.id] = t
+                moves.versions[t.id] = m.version
+                t.state = TaskState.UPDATED
+            elif verdict == "failed":
+                moves.failed.setdefault(t.id, (t, TaskReason.VERSION_MISMATCH.value))
+    elif isinstance(m, protocol.Progress):
+        # A progress report without a module is the device's one ongoing update.
+        for t in active:
+            if m.module != t.module and m.module != DEFAULT_MODULE:
+                continue
+            if m.step < 0:
+                moves.failed.setdefault(t.id, (t, PROGRESS_FAILURES[m.step].value))
+                continue
+            moves.progress[t.id] = m.step
+            if t.state in PROGRESSING and t.first_progress_at is None:
+                moves.first_progress.add(t.id)
+                t.state, t.first_progress_at = TaskState.IN_UPGRADE, True
+    elif isinstance(m, protocol.FirmwareGet):
+        pending = [
+            t
+            for t in active
+            if t.module == m.module
+            and (t.state in PROGRESSING or (t.state == TaskState.TO_BE_PUSHED and t.attempts > 0))
+        ]
+        firmware_id = pending[0].firmware_id if pending else None
+        result.replies.append(Reply(m.product_key, m.device_name, m.msg_id, firmware_id))
+
+
+def _load_devices(
+    conn: Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, bool]]:
+    by_product: dict[str, list[str]] = defaultdict(list)
+    for pk, dn in keys:
+        by_product[pk].append(dn)
+    found: dict[tuple[str, str], tuple[int, bool]] = {}
+    for pk, names in by_product.items():
+        for part in _chunks(sorted(names)):
+            rows = conn.execute(
+                select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.online).where(
+                    DEVICES.c.product_key == pk, DEVICES.c.name.in_(part)
+                )
+            )
+            for device_id, name, is_online in rows:
+                found[(pk, name)] = (device_id, bool(is_online))
+    return found
+
+
+def _load_tasks(conn: Connection, device_ids: list[int]) -> dict[int, list[_TaskView]]:
+    tasks: dict[int, list[_TaskView]] = defaultdict(list)
+    for part in _chunks(sorted(device_ids)):
+        rows = conn.execute(
+            select(
+                TASKS.c.device_id,
+                TASKS.c.id,
+                TASKS.c.product_key,
+                TASKS.c.device_name,
+                TASKS.c.module,
+                TASKS.c.state,
+                TASKS.c.from_version,
+                TASKS.c.target_version,
+                TASKS.c.attempts,
+                TASKS.c.reason,
+                TASKS.c.started,
+                TASKS.c.first_progress_at,
+                Batch.__table__.c.firmware_id,
+            )
+            .join(Batch.__table__, Batch.__table__.c.id == TASKS.c.batch_id)
+            .where(TASKS.c.device_id.in_(part), TASKS.c.state.in_(ACTIVE_TASK_STATES))
+            .order_by(TASKS.c.id)
+        )
+        for device_id, *fields in rows:
+            tasks[device_id].append(_TaskView(*fields))
+    return tasks
+
+
+def _upsert_versions(conn: Connection, versions: dict[tuple[int, str], str], now: datetime) -> None:
+    rows = [
+        {"device_id": d, "module": mod, "version": v, "reported_at": now}
+        for (d, mod), v in versions.items()
+    ]
+    dialect = conn.dialect.name
+    for part in _chunks(rows):
+        if dialect in ("sqlite", "postgresql"):
+            insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+            stmt = insert(MODULES).values(part)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["device_id", "module"],
+                    set_={"version": stmt.excluded.version, "reported_at": now},
+                )
+            )
+            continue
+        for row in part:  # any other database: update, then insert what was missing
+            done = conn.execute(
+                update(MODULES)
+                .where(
+                    and_(MODULES.c.device_id == row["device_id"], MODULES.c.module == row["module"])
+                )
+                .values(version=row["version"], reported_at=now)
+            )
+            if not done.rowcount:
+                conn.execute(MODULES.insert().values(row))
+
+
+def _attach_firmware(conn: Connection, replies: list[Reply]) -> None:
+    ids = sorted({r.firmware_id for r in replies if r.firmware_id is not None})
+    if not ids:
+        return
+    table = Firmware.__table__
+    rows = conn.execute(select(table).where(table.c.id.in_(ids))).mappings()
+    firmware = {row["id"]: Firmware.model_validate(dict(row)) for row in rows}
+    for i, r in enumerate(replies):
+        if r.firmware_id is not None:
+            replies[i] = Reply(
+                r.product_key, r.device_name, r.msg_id, r.firmware_id, firmware.get(r.firmware_id)
+            )
+
+
+def _chunks(items: list, size: int = CHUNK) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,212 @@
+"""The Bridge: MQTT in, batched database writes, then signals and replies, then the acks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Sequence
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from ota import protocol
+from ota.bridge.records import FlushResult, Reply, apply_reports
+from ota.bridge.signals import SignalClient, Signaller
+from ota.push import upgrade_data
+from ota.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000  # messages per transaction; also the Receive Maximum the broker must honour
+SESSION_EXPIRY_SECONDS = 24 * 3600  # the broker keeps reports for a bridge that is away this long
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+
+
+class Bridge:
+    """Listens to every device over MQTT; see the package docstring for the rules."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        temporal: SignalClient | None,
+        *,
+        max_batch: int = MAX_BATCH,
+        session_expiry: int = SESSION_EXPIRY_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.max_batch = max_batch
+        self.session_expiry = session_expiry
+        self.stats: Counter[str] = Counter()
+        self.signaller = Signaller(temporal, self.stats)
+        self.ready = asyncio.Event()  # set while connected and subscribed
+        self._v5 = settings.mqtt_protocol == "5"
+
+    async def run(self) -> None:
+        """Serve until cancelled, reconnecting with backoff when the broker or database goes."""
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                async with self._client() as client:
+                    await client.subscribe([(f, 1) for f in self._filters()])
+                    log.info("bridge connected to %s", self.settings.mqtt_url)
+                    self.ready.set()
+                    backoff = BACKOFF_MIN
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost: %s; retrying in %.1fs", exc, backoff)
+            except (OperationalError, DBAPIError) as exc:
+                # Nothing of the batch was acked: after reconnecting the broker sends it again.
+                log.error("database unavailable: %s; retrying in %.1fs", exc, backoff)
+            self.ready.clear()
+            self.stats["reconnects"] += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _filters(self) -> list[str]:
+        filters = list(protocol.DEVICE_TOPIC_FILTERS.values())
+        if not self._v5:  # MQTT 3.1.1 (the embedded broker) has no shared subscriptions
+            return filters
+        return [f"$share/{self.settings.bridge_share_group}/{f.lstrip('/')}" for f in filters]
+
+    def _client(self) -> aiomqtt.Client:
+        addr = protocol.broker_address(self.settings.mqtt_url)
+        options: dict = {}
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry
+            # Unacked messages the broker may send at once; Mosquitto's default is only 20.
+            props.ReceiveMaximum = min(self.max_batch, 65535)
+            options = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False}
+            options["properties"] = props
+        else:
+            options = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        client = aiomqtt.Client(
+            addr.host,
+            addr.port,
+            username=addr.username,
+            password=addr.password,
+            identifier=self.settings.bridge_client_id,
+            keepalive=30,
+            tls_context=ssl.create_default_context() if addr.tls else None,
+            **options,
+        )
+        # Ack only after a message's effects are committed (aiomqtt itself acks on receipt).
+        client._client.manual_ack_set(True)
+        return client
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+
+        async def read() -> None:
+            async for message in client.messages:
+                inbox.put_nowait(message)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                batch = await self._gather(inbox, reader)
+                await self._flush(client, batch)
+        finally:
+            reader.cancel()
+
+    async def _gather(
+        self, inbox: asyncio.Queue[aiomqtt.Message], reader: asyncio.Task[None]
+    ) -> list[aiomqtt.Message]:
+        """The first message, and whatever else arrives within flush_seconds (up to max_batch)."""
+        loop = asyncio.get_running_loop()
+        batch = [await _next(inbox, reader, None)]
+        deadline = loop.time() + self.settings.bridge_flush_seconds
+        while len(batch) < self.max_batch:
+            if not inbox.empty():
+                batch.append(inbox.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            message = await _next(inbox, reader, remaining) if remaining > 0 else None
+            if message is None:
+                break
+            batch.append(message)
+        return batch
+
+    async def _flush(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
+        self.stats["received"] += len(batch)
+        parsed: list[protocol.Message] = []
+        for m in batch:
+            if m.retain:  # replayed on subscribe, not news (3.1.1 only: v5 shares get none)
+                self.stats["retained_ignored"] += 1
+                continue
+            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+            msg = protocol.parse(str(m.topic), payload)
+            if isinstance(msg, protocol.Rejected):
+                self.stats["rejected"] += 1
+            else:
+                parsed.append(msg)
+        if parsed:
+            result = await asyncio.to_thread(self._apply, parsed)
+            if result.unknown:
+                self.stats["unknown_device"] += len(result.unknown)
+                pk, dn = result.unknown[0]
+                log.warning(
+                    "%d messages from unregistered devices (e.g. %s/%s)",
+                    len(result.unknown),
+                    pk,
+                    dn,
+                )
+            await self.signaller.send(result.signals)
+            await self._reply(client, result.replies)
+        for m in batch:
+            if m.qos > 0:
+                client._client.ack(m.mid, m.qos)
+        self.stats["flushes"] += 1
+        if parsed:
+            self.stats["transactions"] += 1
+
+    def _apply(self, messages: list[protocol.Message]) -> FlushResult:
+        """One transaction; if it fails on a bad message, isolate it and keep the others."""
+        try:
+            return apply_reports(self.engine, messages)
+        except OperationalError:
+            raise  # the database is away: reconnect, and the broker redelivers
+        except Exception:
+            self.stats["errors"] += 1
+            if len(messages) == 1:
+                log.exception("dropping a message the database refused: %s", messages[0])
+                return FlushResult()
+            log.exception("a batch of %d failed; retrying its messages one by one", len(messages))
+            result = FlushResult()
+            for m in messages:
+                result.extend(self._apply([m]))
+            return result
+
+    async def _reply(self, client: aiomqtt.Client, replies: list[Reply]) -> None:
+        async def send(r: Reply) -> None:
+            data = None
+            if r.firmware is not None:
+                data = upgrade_data(self.settings, r.firmware, r.product_key, r.device_name)
+            topic = protocol.firmware_get_reply_topic(r.product_key, r.device_name)
+            payload = protocol.encode_firmware_get_reply(r.msg_id, data)
+            await client.publish(topic, payload, qos=1)
+            self.stats["replies"] += 1
+
+        await asyncio.gather(*(send(r) for r in replies))
+
+
+async def _next(
+    inbox: asyncio.Queue[aiomqtt.Message], reader: asyncio.Task[None], timeout: float | None
+) -> aiomqtt.Message | None:
+    """The next message, None on timeout; raises what ended the reader (a lost connection)."""
+    get = asyncio.ensure_future(inbox.get())
+    done, _ = await asyncio.wait({get, reader}, timeout=timeout, return_when="FIRST_COMPLETED")
+    if get in done:
+        return get.result()
+    get.cancel()  # not done, so no message is lost with it
+    if reader in done:
+        reader.result()
+        raise aiomqtt.MqttError("the message stream ended")
+    return None

@@ -1,0 +1,132 @@
+"""Firmware download for devices: resumable (Range), size and sign checked while streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ota.protocol import Upgrade
+
+log = logging.getLogger(__name__)
+
+RETRIES = 5
+RETRY_DELAY = 1.0  # seconds, doubled after each failed try
+CHUNK = 64 * 1024
+
+Progress = Callable[[int, int], Awaitable[None]]  # (bytes received, total)
+
+
+class DownloadFailed(Exception):
+    """The file could not be fetched: the device reports -2."""
+
+
+class VerifyFailed(Exception):
+    """Size or sign (or signature) mismatch: the device reports -3."""
+
+
+def new_hasher(sign_method: str) -> Any:
+    return hashlib.md5() if sign_method == "Md5" else hashlib.sha256()
+
+
+class _Sink:
+    """Where bytes go: a `.part` file (kept across restarts) or nowhere; hashed either way."""
+
+    def __init__(self, dest: Path | None, sign_method: str) -> None:
+        self.dest, self.method = dest, sign_method
+        self.hasher = new_hasher(sign_method)
+        self.size = 0
+        self.file = None
+        if dest is not None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():  # an earlier run got this far: hash what is there and go on
+                with dest.open("rb") as f:
+                    while chunk := f.read(CHUNK):
+                        self.hasher.update(chunk)
+                        self.size += len(chunk)
+            self.file = dest.open("ab")
+
+    def write(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.size += len(chunk)
+        if self.file is not None:
+            self.file.write(chunk)
+
+    def restart(self) -> None:
+        """The server ignored our Range: start over."""
+        self.hasher, self.size = new_hasher(self.method), 0
+        if self.file is not None:
+            self.file.seek(0)
+            self.file.truncate()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+async def download(
+    http: httpx.AsyncClient,
+    upgrade: Upgrade,
+    dest: Path | None,
+    on_progress: Progress | None = None,
+    retries: int = RETRIES,
+    retry_delay: float = RETRY_DELAY,
+) -> Path | None:
+    """Fetch `upgrade.url` into `dest` (None: hash only), resuming with Range after a failure.
+
+    Returns the finished file's path (None when hashing only); raises DownloadFailed or
+    VerifyFailed. A `.part` file left by an interrupted run is resumed, not fetched again.
+    """
+    part = dest.with_name(dest.name + ".part") if dest is not None else None
+    sink = _Sink(part, upgrade.sign_method)
+    delay = retry_delay
+    try:
+        for attempt in range(retries + 1):
+            if sink.size >= upgrade.size:
+                break
+            try:
+                await _fetch_once(http, upgrade, sink, on_progress)
+            except httpx.TransportError as exc:
+                log.info("download of %s interrupted at %d bytes: %s", upgrade.url, sink.size, exc)
+            if sink.size >= upgrade.size or attempt == retries:
+                break
+            await asyncio.sleep(delay)
+            delay *= 2
+    finally:
+        sink.close()
+    if sink.size < upgrade.size:
+        raise DownloadFailed(f"got {sink.size} of {upgrade.size} bytes")
+    if sink.size != upgrade.size:
+        raise VerifyFailed(f"size {sink.size} is not {upgrade.size}")
+    if sink.hasher.hexdigest() != upgrade.sign:
+        if part is not None:
+            part.unlink(missing_ok=True)  # a bad file must not be resumed next time
+        raise VerifyFailed(f"{upgrade.sign_method} mismatch")
+    if part is None or dest is None:
+        return None
+    part.replace(dest)
+    return dest
+
+
+async def _fetch_once(
+    http: httpx.AsyncClient, upgrade: Upgrade, sink: _Sink, on_progress: Progress | None
+) -> None:
+    headers = {"Range": f"bytes={sink.size}-"} if sink.size else {}
+    async with http.stream("GET", upgrade.url, headers=headers) as resp:
+        if resp.status_code == 200 and sink.size:
+            sink.restart()
+        elif resp.status_code >= 500:
+            raise httpx.TransportError(f"HTTP {resp.status_code}")  # worth another try
+        elif resp.status_code not in (200, 206):
+            raise DownloadFailed(f"HTTP {resp.status_code} for {upgrade.url}")
+        async for chunk in resp.aiter_bytes(CHUNK):
+            sink.write(chunk)
+            if sink.size > upgrade.size:
+                return  # more than announced: verification fails, no use reading on
+            if on_progress is not None:
+                await on_progress(sink.size, upgrade.size)

@@ -1,0 +1,273 @@
+"""The device SDK: an asyncio OTA client a Linux device or gateway runs against our broker.
+
+    device = Device("pk", "dn", mqtt_url="mqtt://broker:1883", versions={"default": "1.0.0"},
+                    install=flash, download_dir=Path("/var/lib/ota"))
+    await device.run()          # until cancelled; reconnects by itself
+
+`install(path, upgrade)` flashes the verified file (path is None when `download_dir` is None: the
+stream is then only hashed, as the simulator does); raising means flashing failed (-4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiomqtt
+import httpx
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ota import protocol
+from ota.device.download import DownloadFailed, VerifyFailed, download
+from ota.domain import DEFAULT_MODULE
+from ota.protocol import Upgrade
+
+log = logging.getLogger(__name__)
+
+InstallCallback = Callable[[Path | None, Upgrade], Awaitable[None]]
+ResultCallback = Callable[["Device", Upgrade, int], None]  # code: 100 updated, or -1..-4
+
+UPDATE_FAILED, DOWNLOAD_FAILED, VERIFY_FAILED, FLASH_FAILED = -1, -2, -3, -4
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
+
+
+class SecureUpdateError(VerifyFailed):
+    """digestsign did not verify against the product's public key."""
+
+
+class Device:
+    """One device: its MQTT session, its versions per module, and its running updates."""
+
+    def __init__(
+        self,
+        product_key: str,
+        device_name: str,
+        *,
+        mqtt_url: str = "mqtt://127.0.0.1:1883",
+        versions: dict[str, str] | str = "1.0.0",
+        install: InstallCallback | None = None,
+        download_dir: Path | None = None,
+        http: httpx.AsyncClient | None = None,
+        public_key: bytes | str | None = None,
+        progress_every: int = 25,
+        mqtt_protocol: str = "5",
+        session_expiry: int = 3600,
+        client_id: str | None = None,
+        on_result: ResultCallback | None = None,
+    ) -> None:
+        self.product_key, self.device_name = product_key, device_name
+        self.mqtt_url = mqtt_url
+        self.versions = {DEFAULT_MODULE: versions} if isinstance(versions, str) else dict(versions)
+        self.install = install
+        self.download_dir = download_dir
+        self.http = http
+        # Secure update (PROTOCOL.md): with a key, `verify_secure` must accept digestsign.
+        self.public_key = public_key
+        self.progress_every = progress_every
+        self.v5 = mqtt_protocol == "5"
+        self.session_expiry = session_expiry
+        self.client_id = client_id or f"{product_key}&{device_name}"
+        self.on_result = on_result
+        self.connected = asyncio.Event()
+        self.stats: Counter[str] = Counter()
+        self._client: aiomqtt.Client | None = None
+        self._ids = itertools.count(1)
+        self._updates: dict[str, asyncio.Task[None]] = {}  # module -> running update
+
+    # -- topics ---------------------------------------------------------------------------------
+
+    @property
+    def status_topic(self) -> str:
+        return protocol.status_topic(self.product_key, self.device_name)
+
+    def _next_id(self) -> str:
+        return str(next(self._ids))
+
+    # -- connection -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stay connected until cancelled; on cancel, say "offline" and leave cleanly."""
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                async with self._make_client() as client:
+                    await self._on_connect(client)
+                    backoff = BACKOFF_MIN
+                    try:
+                        async for message in client.messages:
+                            self._on_message(message)
+                    except asyncio.CancelledError:
+                        await self._say_offline(client)
+                        raise
+            except aiomqtt.MqttError as exc:
+                self.stats["disconnects"] += 1
+                log.info("%s: broker connection lost (%s)", self.device_name, exc)
+            finally:
+                self.connected.clear()
+                self._client = None
+            # Jitter: a fleet that lost its broker must not come back in one burst.
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _make_client(self) -> aiomqtt.Client:
+        addr = protocol.broker_address(self.mqtt_url)
+        will = aiomqtt.Will(self.status_topic, protocol.OFFLINE, qos=1, retain=True)
+        options: dict = {"clean_session": False}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry
+            options = {"clean_start": False, "properties": props}
+        return aiomqtt.Client(
+            addr.host,
+            addr.port,
+            username=addr.username,
+            password=addr.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            keepalive=60,
+            **options,
+        )
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        pk, dn = self.product_key, self.device_name
+        await client.subscribe(
+            [(protocol.upgrade_topic(pk, dn), 1), (protocol.firmware_get_reply_topic(pk, dn), 1)]
+        )
+        await client.publish(self.status_topic, protocol.ONLINE, qos=1, retain=True)
+        for module, version in self.versions.items():
+            payload = protocol.encode_inform(self._next_id(), version, module)
+            await client.publish(protocol.inform_topic(pk, dn), payload, qos=1)
+        self._client = client
+        self.connected.set()
+        self.stats["connects"] += 1
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        # A clean DISCONNECT does not fire the last will, so say it ourselves.
+        with contextlib.suppress(Exception):  # leaving anyway
+            await client.publish(self.status_topic, protocol.OFFLINE, qos=1, retain=True, timeout=2)
+
+    async def publish(self, topic: str, payload: bytes, must: bool = False) -> bool:
+        """Publish at QoS 1; `must` waits for a connection, otherwise a report is dropped."""
+        while True:
+            client = self._client
+            if client is None:
+                if not must:
+                    self.stats["dropped_reports"] += 1
+                    return False
+                await self.connected.wait()
+                continue
+            try:
+                await client.publish(topic, payload, qos=1)
+                return True
+            except aiomqtt.MqttError:
+                if not must:
+                    self.stats["dropped_reports"] += 1
+                    return False
+                await asyncio.sleep(BACKOFF_MIN)
+
+    # -- the OTA protocol -----------------------------------------------------------------------
+
+    async def report_version(self, module: str = DEFAULT_MODULE) -> None:
+        payload = protocol.encode_inform(self._next_id(), self.versions[module], module)
+        await self.publish(protocol.inform_topic(self.product_key, self.device_name), payload, True)
+
+    async def report_progress(
+        self, step: int, desc: str = "", module: str = DEFAULT_MODULE
+    ) -> None:
+        payload = protocol.encode_progress(self._next_id(), step, desc, module)
+        topic = protocol.progress_topic(self.product_key, self.device_name)
+        await self.publish(topic, payload, must=step < 0 or step == 100)
+
+    async def request_firmware(self, module: str = DEFAULT_MODULE) -> None:
+        """Ask for a pending update (firmware/get); the reply starts it like a push."""
+        payload = protocol.encode_firmware_get(self._next_id(), module)
+        topic = protocol.firmware_get_topic(self.product_key, self.device_name)
+        await self.publish(topic, payload, must=True)
+
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        upgrade = protocol.parse_upgrade(payload)
+        if upgrade is None or isinstance(upgrade, protocol.Rejected):
+            return  # `{}` reply (nothing pending) or garbage (already logged)
+        running = self._updates.get(upgrade.module)
+        if running is not None and not running.done():
+            log.info("%s: busy updating %s, ignoring a push", self.device_name, upgrade.module)
+            return
+        if upgrade.version == self.versions.get(upgrade.module):
+            # Already there (e.g. pushed again after a lost report): say so again.
+            asyncio.ensure_future(self.report_version(upgrade.module))
+            return
+        self._updates[upgrade.module] = asyncio.create_task(self.update(upgrade))
+
+    async def update(self, upgrade: Upgrade) -> int:
+        """Download, verify, install, report; returns 100 or the failure code it reported."""
+        code = 100
+        try:
+            await self.report_progress(1, "downloading", upgrade.module)
+            path = await self.fetch(upgrade)
+            self.verify_secure(upgrade)
+            try:
+                if self.install is not None:
+                    await self.install(path, upgrade)
+            except Exception as exc:
+                log.warning("%s: install failed: %s", self.device_name, exc)
+                code = FLASH_FAILED
+            else:
+                self.versions[upgrade.module] = upgrade.version
+                await self.report_progress(100, "installed", upgrade.module)
+                await self.report_version(upgrade.module)
+        except DownloadFailed as exc:
+            log.warning("%s: download failed: %s", self.device_name, exc)
+            code = DOWNLOAD_FAILED
+        except VerifyFailed as exc:
+            log.warning("%s: verification failed: %s", self.device_name, exc)
+            code = VERIFY_FAILED
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: update failed", self.device_name)
+            code = UPDATE_FAILED
+        if code < 0:
+            await self.report_progress(code, "failed", upgrade.module)
+        self.stats[f"result_{code}"] += 1
+        if self.on_result is not None:
+            self.on_result(self, upgrade, code)
+        return code
+
+    async def fetch(self, upgrade: Upgrade) -> Path | None:
+        """Download with resume, reporting coarse progress (every `progress_every` percent)."""
+        reported = 0
+
+        async def progress(done: int, total: int) -> None:
+            nonlocal reported
+            step = done * 100 // total // self.progress_every * self.progress_every
+            if reported < step < 100:
+                reported = step
+                await self.report_progress(step, "downloading", upgrade.module)
+
+        dest = None
+        if self.download_dir is not None:
+            name = f"{upgrade.module}-{upgrade.version}-{upgrade.sign[:12]}.bin"
+            dest = self.download_dir / name
+        if self.http is not None:
+            return await download(self.http, upgrade, dest, progress)
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await download(http, upgrade, dest, progress)
+
+    def verify_secure(self, upgrade: Upgrade) -> None:
+        """Hook for secure update: check `upgrade.digestsign` with `public_key`.
+
+        Without a public key there is nothing to check. With one, raise SecureUpdateError
+        unless the signature verifies (PROTOCOL.md gives the scheme).
+        """
+        if self.public_key is None:
+            return
+        raise SecureUpdateError("secure update verification is not implemented yet")

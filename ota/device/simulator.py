@@ -1,0 +1,201 @@
+"""A simulated fleet: N devices on the SDK, each its own MQTT connection, with injected failures.
+
+One process holds several hundred devices (one shared HTTP client, downloads hashed, never
+written); `run_fleet_processes` spreads a larger fleet over processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+from sqlalchemy import Engine, select
+
+from ota.db.engine import session_scope
+from ota.db.models import Device as DeviceRow
+from ota.db.models import Product
+from ota.device.download import DownloadFailed, VerifyFailed
+from ota.device.sdk import Device
+from ota.domain import DEFAULT_MODULE
+from ota.protocol import Upgrade
+
+log = logging.getLogger(__name__)
+
+START_RATE = 200  # connections opened per second per process: no SYN storm on the broker
+RESULT_NAMES = {100: "updated", -1: "failed_update", -2: "failed_download"}
+RESULT_NAMES |= {-3: "failed_verify", -4: "failed_install"}
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    product_key: str
+    devices: int
+    version: str
+    module: str = DEFAULT_MODULE
+    prefix: str = "sim-"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_protocol: str = "5"
+    fail_rate: float = 0.0  # -1
+    download_fail_rate: float = 0.0  # -2
+    verify_fail_rate: float = 0.0  # -3
+    install_fail_rate: float = 0.0  # -4
+    offline: int = 0  # the last N devices connect only after offline_delay
+    offline_delay: float = 30.0
+    install_seconds: float = 1.0
+    duration: float | None = None  # None: until stopped
+    first: int = 0  # this process's slice of the fleet: devices first .. first+count-1
+    count: int | None = None
+    session_expiry: int = 600
+    seed: int | None = None
+
+    def names(self) -> list[str]:
+        count = self.devices - self.first if self.count is None else self.count
+        return [device_name(self.prefix, i) for i in range(self.first, self.first + count)]
+
+
+def device_name(prefix: str, index: int) -> str:
+    return f"{prefix}{index:05d}"
+
+
+class SimulatedDevice(Device):
+    """A Device whose download and install fail as often as the fleet says."""
+
+    def __init__(self, fleet: Fleet, name: str) -> None:
+        cfg = fleet.cfg
+        super().__init__(
+            cfg.product_key,
+            name,
+            mqtt_url=cfg.mqtt_url,
+            versions={cfg.module: cfg.version},
+            install=self._install,
+            http=fleet.http,
+            mqtt_protocol=cfg.mqtt_protocol,
+            session_expiry=cfg.session_expiry,
+            on_result=fleet.record,
+        )
+        self.fleet = fleet
+
+    def _roll(self, rate: float) -> bool:
+        return rate > 0 and self.fleet.rng.random() < rate
+
+    async def fetch(self, upgrade: Upgrade) -> Path | None:
+        cfg = self.fleet.cfg
+        if self._roll(cfg.fail_rate):
+            raise RuntimeError("simulated failure")
+        if self._roll(cfg.download_fail_rate):
+            raise DownloadFailed("simulated download failure")
+        path = await super().fetch(upgrade)
+        if self._roll(cfg.verify_fail_rate):
+            raise VerifyFailed("simulated checksum mismatch")
+        return path
+
+    async def _install(self, path: Path | None, upgrade: Upgrade) -> None:
+        cfg = self.fleet.cfg
+        await asyncio.sleep(cfg.install_seconds * self.fleet.rng.uniform(0.5, 1.5))
+        if self._roll(cfg.install_fail_rate):
+            raise RuntimeError("simulated flash failure")
+
+
+class Fleet:
+    def __init__(self, cfg: FleetConfig, http: httpx.AsyncClient | None = None) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.http = http
+        self.results: Counter[str] = Counter()
+        self.devices: list[SimulatedDevice] = []
+        self.stop = asyncio.Event()
+
+    def record(self, device: Device, upgrade: Upgrade, code: int) -> None:
+        self.results[RESULT_NAMES.get(code, f"code_{code}")] += 1
+
+    async def run(self) -> Counter[str]:
+        """Run until `duration` passes or `stop` is set; returns results and connection counts."""
+        own_http = self.http is None
+        if own_http:
+            limits = httpx.Limits(max_connections=100, max_keepalive_connections=50)
+            self.http = httpx.AsyncClient(timeout=60, limits=limits)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            names = self.cfg.names()
+            late_from = self.cfg.devices - self.cfg.offline
+            self.devices = [SimulatedDevice(self, n) for n in names]
+            for i, device in enumerate(self.devices):
+                late = self.cfg.first + i >= late_from
+                tasks.append(asyncio.create_task(self._run_device(device, late)))
+                if i % START_RATE == START_RATE - 1:
+                    await asyncio.sleep(1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.cfg.duration)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if own_http and self.http is not None:
+                await self.http.aclose()
+        summary = Counter(self.results)
+        summary["devices"] = len(self.devices)
+        summary["connected_once"] = sum(1 for d in self.devices if d.stats["connects"])
+        return summary
+
+    async def _run_device(self, device: SimulatedDevice, late: bool) -> None:
+        if late:
+            await asyncio.sleep(self.cfg.offline_delay)
+        await device.run()
+
+
+def run_fleet(cfg: FleetConfig) -> dict[str, int]:
+    """One process's fleet, until its duration ends or SIGINT/SIGTERM arrives."""
+
+    async def main() -> Counter[str]:
+        fleet = Fleet(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, fleet.stop.set)
+        return await fleet.run()
+
+    return dict(asyncio.run(main()))
+
+
+def run_fleet_processes(cfg: FleetConfig, processes: int) -> dict[str, int]:
+    """Split the fleet over `processes` processes and add up their summaries."""
+    if processes <= 1:
+        return run_fleet(cfg)
+    per = -(-cfg.devices // processes)
+    slices = [
+        replace(cfg, first=i, count=min(per, cfg.devices - i), seed=(cfg.seed or 0) + i)
+        for i in range(0, cfg.devices, per)
+    ]
+    # The workers stop on the terminal's Ctrl-C themselves; this process just waits for them.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ProcessPoolExecutor(len(slices)) as pool:
+            summaries = list(pool.map(run_fleet, slices))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    total: Counter[str] = Counter()
+    for s in summaries:
+        total.update(s)
+    return dict(total)
+
+
+def register_fleet(engine: Engine, cfg: FleetConfig) -> int:
+    """Create the product and the devices that are missing, in one transaction; returns how many."""
+    names = [device_name(cfg.prefix, i) for i in range(cfg.devices)]
+    with session_scope(engine) as session:
+        if session.get(Product, cfg.product_key) is None:
+            session.add(Product(product_key=cfg.product_key, name=cfg.product_key))
+            session.flush()
+        existing = set(
+            session.scalars(select(DeviceRow.name).where(DeviceRow.product_key == cfg.product_key))
+        )
+        missing = [n for n in names if n not in existing]
+        session.add_all(DeviceRow(product_key=cfg.product_key, name=n) for n in missing)
+    return len(missing)
