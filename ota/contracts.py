@@ -13,6 +13,11 @@ from temporalio.common import SearchAttributeKey
 
 TASK_QUEUE = "ota"
 
+# Workflow type names, as `temporal workflow start --type` takes them.
+BATCH_WORKFLOW = "BatchWorkflow"
+VERIFY_WORKFLOW = "VerifyWorkflow"
+DEVICE_WORKFLOW = "DeviceUpgradeWorkflow"
+
 SIGNAL_CANCEL = "cancel"
 SIGNAL_REPORT = "report"  # bridge -> device workflow: the device finished, or failed an attempt
 SIGNAL_ONLINE = "online"  # bridge -> device workflow: the device it waits for came online

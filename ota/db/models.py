@@ -120,8 +120,8 @@ class Task(SQLModel, table=True):
         UniqueConstraint("batch_id", "device_id", name="uq_task_batch_device"),
         Index("ix_tasks_batch_state", "batch_id", "state"),
         Index("ix_tasks_device_state", "device_id", "state"),
-        # The pacer's cursor: the next tasks to start, and the started ones to cancel, by id.
-        Index("ix_tasks_batch_started_id", "batch_id", "started", "id"),
+        # The pacer's cursor: the next to_be_pushed tasks by id (and active ones to cancel).
+        Index("ix_tasks_batch_state_id", "batch_id", "state", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

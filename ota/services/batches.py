@@ -1,0 +1,351 @@
+"""Batches: create (checked against every rule of the seed), list, show, tasks, cancel."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
+
+from ota.context import Context
+from ota.contracts import (
+    BATCH_ID,
+    BATCH_WORKFLOW,
+    PRODUCT_KEY,
+    SIGNAL_CANCEL,
+    STATE,
+    BatchInput,
+    CancelRequest,
+    batch_workflow_id,
+    verify_workflow_id,
+)
+from ota.db.engine import session_scope
+from ota.db.models import Batch, Device, Firmware, Task
+from ota.domain import (
+    REASON_LABELS,
+    BatchKind,
+    BatchState,
+    CancelScope,
+    FirmwareState,
+    FirmwareType,
+    Target,
+    TaskReason,
+    parse_retry_interval,
+    validate_max_retries,
+    validate_percent,
+    validate_rate,
+    validate_schedule,
+    validate_timeout,
+    validate_version,
+)
+from ota.errors import Conflict, InvalidInput, NotFound
+
+OPEN_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
+
+
+def new_batch_id() -> str:
+    return secrets.token_hex(4)
+
+
+def find_firmware(session: Session, ref: int | str) -> Firmware:
+    """A firmware by id, or by name when the name is unique."""
+    text = str(ref).strip()
+    if text.isdigit():
+        firmware = session.get(Firmware, int(text))
+    else:
+        found = list(session.exec(select(Firmware).where(Firmware.name == text).limit(2)))
+        if len(found) > 1:
+            raise InvalidInput("firmware", f"name {text} is ambiguous: give the firmware id")
+        firmware = found[0] if found else None
+    if firmware is None:
+        raise NotFound("firmware", text)
+    return firmware
+
+
+def check_usable(firmware: Firmware) -> None:
+    """The seed: batches use a verified firmware (or one added without the need to verify)."""
+    if firmware.need_verify and firmware.state != FirmwareState.VERIFIED:
+        raise Conflict(
+            f"firmware {firmware.id} is {firmware.state}: verify it first (ota verify)",
+            field="firmware",
+        )
+
+
+def resolve_batch(session: Session, inp: BatchInput, now: datetime | None = None) -> Batch:
+    """Check a batch request against the seed's rules and fill its defaults; nothing is stored."""
+    firmware = session.get(Firmware, inp.firmware_id)
+    if firmware is None:
+        raise NotFound("firmware", inp.firmware_id)
+    check_usable(firmware)
+    try:
+        kind = BatchKind(inp.policy)
+    except ValueError:
+        raise InvalidInput("policy", "must be static or dynamic") from None
+    if kind is BatchKind.VERIFY:
+        raise InvalidInput("policy", "must be static or dynamic")
+    try:
+        target = Target(inp.target)
+    except ValueError:
+        raise InvalidInput("target", "must be all, selected or phased") from None
+    if kind is BatchKind.DYNAMIC and target is not Target.ALL:
+        raise InvalidInput("target", "a dynamic batch targets all matching devices")
+    validate_rate(inp.rate_per_minute)
+    validate_timeout(inp.timeout_minutes)
+    validate_max_retries(inp.max_retries)
+    retry = parse_retry_interval(inp.retry_interval_minutes)
+    if target is Target.PHASED:
+        if inp.percent is None:
+            raise InvalidInput("percent", "is required for a phased batch (1 to 100)")
+        validate_percent(inp.percent)
+    elif inp.percent is not None:
+        raise InvalidInput("percent", "only a phased batch takes a percentage")
+    if target is Target.SELECTED and not inp.device_names:
+        raise InvalidInput("device", "a batch of selected devices needs one or more --device")
+    if target is not Target.SELECTED and inp.device_names:
+        raise InvalidInput("device", "devices are given only with --target selected")
+    at = _schedule(inp.scheduled_at, kind, now)
+    sources = _sources(firmware, inp, target)
+    if target is Target.SELECTED:
+        _check_devices(session, firmware, inp.device_names)
+    return Batch(
+        id=inp.batch_id,
+        firmware_id=firmware.id,
+        kind=kind,
+        target=target,
+        src_versions=sources,
+        percent=inp.percent,
+        scheduled_at=at,
+        rate_per_minute=inp.rate_per_minute,
+        retry_interval_minutes=retry,
+        max_retries=inp.max_retries,
+        timeout_minutes=inp.timeout_minutes,
+        product_key=firmware.product_key,
+        module=firmware.module,
+        target_version=firmware.version,
+        state=BatchState.SCHEDULED if at else BatchState.IN_PROGRESS,
+    )
+
+
+def _schedule(value: str | None, kind: BatchKind, now: datetime | None) -> datetime | None:
+    if not value:
+        return None
+    if kind is not BatchKind.STATIC:
+        raise InvalidInput("at", "only a static batch can be scheduled")
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        example = "2026-12-01T10:00:00+00:00"
+        raise InvalidInput("at", f"must be an ISO 8601 time, e.g. {example}") from None
+    return validate_schedule(at, now)
+
+
+def _sources(firmware: Firmware, inp: BatchInput, target: Target) -> list[str]:
+    sources = [validate_version(v, "src_version") for v in dict.fromkeys(inp.src_versions)]
+    if firmware.type == FirmwareType.DIFF:
+        # A diff package applies to its source versions only: never push it to anything else.
+        allowed = list(firmware.src_versions)
+        extra = [v for v in sources if v not in allowed]
+        if extra:
+            raise InvalidInput("src_version", f"must be among the firmware's {', '.join(allowed)}")
+        sources = sources or allowed
+    elif not sources and target is not Target.SELECTED:
+        raise InvalidInput("src_version", "is required for a full firmware (one or more)")
+    if firmware.version in sources:
+        raise InvalidInput("src_version", f"must not include the target version {firmware.version}")
+    return sources
+
+
+def _check_devices(session: Session, firmware: Firmware, names: list[str]) -> None:
+    found = set(
+        session.exec(
+            select(Device.name).where(
+                Device.product_key == firmware.product_key, col(Device.name).in_(names)
+            )
+        )
+    )
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise InvalidInput("device", f"not in product {firmware.product_key}: {', '.join(missing)}")
+
+
+def check_one_dynamic(session: Session, batch: Batch) -> None:
+    """The seed: one dynamic batch per firmware until it is canceled."""
+    if batch.kind != BatchKind.DYNAMIC:
+        return
+    other = session.exec(
+        select(Batch.id).where(
+            Batch.firmware_id == batch.firmware_id,
+            Batch.kind == BatchKind.DYNAMIC,
+            col(Batch.state).in_(OPEN_STATES),
+            Batch.id != batch.id,
+        )
+    ).first()
+    if other:
+        raise Conflict(
+            f"firmware {batch.firmware_id} already has dynamic batch {other}: cancel it first",
+            field="policy",
+        )
+
+
+def batch_input(ctx: Context, batch: Batch, inp: BatchInput) -> BatchInput:
+    """The workflow's input: the request with its defaults filled and the pacing settings."""
+    s = ctx.settings
+    return replace(
+        inp,
+        batch_id=batch.id,
+        src_versions=list(batch.src_versions),
+        scheduled_at=batch.scheduled_at.isoformat() if batch.scheduled_at else None,
+        retry_interval_minutes=batch.retry_interval_minutes,
+        start_burst=s.start_burst,
+        continue_as_new_every=s.continue_as_new_every,
+        poll_seconds=s.batch_poll_seconds,
+        dynamic_poll_seconds=s.dynamic_poll_seconds,
+    )
+
+
+async def create_batch(ctx: Context, inp: BatchInput) -> dict[str, Any]:
+    """Register the batch and start its workflow; returns the batch as `show_batch` does."""
+    inp = replace(inp, batch_id=inp.batch_id or new_batch_id())
+    with session_scope(ctx.engine) as session:
+        batch = resolve_batch(session, inp)
+        check_one_dynamic(session, batch)
+        firmware = session.get(Firmware, batch.firmware_id)
+        session.add(batch)
+    assert firmware is not None
+    start = batch_input(ctx, batch, inp)
+    client = await ctx.temporal()
+    try:
+        await client.start_workflow(
+            BATCH_WORKFLOW,
+            start,
+            id=batch_workflow_id(batch.id),
+            task_queue=ctx.settings.task_queue,
+            search_attributes=TypedSearchAttributes(
+                [
+                    BATCH_ID.value_set(batch.id),
+                    PRODUCT_KEY.value_set(batch.product_key),
+                    STATE.value_set(batch.state),
+                ]
+            ),
+            static_summary=summary(batch, firmware),
+            static_details=details(batch),
+        )
+    except BaseException:
+        with session_scope(ctx.engine) as session:  # no workflow, no batch
+            if (row := session.get(Batch, batch.id)) is not None:
+                session.delete(row)
+        raise
+    return show_batch(ctx.engine, batch.id)
+
+
+def summary(batch: Batch, firmware: Firmware) -> str:
+    sources = ", ".join(batch.src_versions) or "any version"
+    return (
+        f"{batch.kind} batch {batch.id}: {firmware.name} {sources} -> {batch.target_version}"
+        f" on {batch.product_key}/{batch.module}"
+    )
+
+
+def details(batch: Batch) -> str:
+    lines = [f"target: {batch.target}" + (f" {batch.percent}%" if batch.percent else "")]
+    if batch.scheduled_at:
+        lines.append(f"scheduled at: {batch.scheduled_at.isoformat()}")
+    lines.append(f"rate: {batch.rate_per_minute or 'unlimited'} devices/minute")
+    retry = batch.retry_interval_minutes
+    lines.append(
+        "retry: none" if retry is None else f"retry: after {retry} min, {batch.max_retries}x"
+    )
+    lines.append(f"timeout: {batch.timeout_minutes or 'none'} min from first progress")
+    return "\n".join(lines)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def batch_counts(session: Session, batch_id: str) -> dict[str, int]:
+    rows = session.exec(
+        select(Task.state, func.count()).where(Task.batch_id == batch_id).group_by(Task.state)
+    )
+    return {state: n for state, n in rows}
+
+
+def batch_public(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
+    data = batch.model_dump(mode="json")
+    data["counts"] = counts
+    return data
+
+
+def show_batch(engine: Engine, batch_id: str) -> dict[str, Any]:
+    with Session(engine) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise NotFound("batch", batch_id)
+        return batch_public(batch, batch_counts(session, batch_id))
+
+
+def list_batches(
+    engine: Engine, firmware_id: int | None = None, state: str | None = None
+) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        query = select(Batch).order_by(col(Batch.created_at).desc())
+        if firmware_id is not None:
+            query = query.where(Batch.firmware_id == firmware_id)
+        if state:
+            query = query.where(Batch.state == state)
+        return [batch_public(b, batch_counts(session, b.id)) for b in session.exec(query)]
+
+
+def task_label(task: Task, batch: Batch) -> str:
+    """The seed's wording: To Be Pushed (Device Offline), (Timing: ...), Update Failed (reason)."""
+    if not task.reason:
+        return task.state
+    if task.reason == TaskReason.SCHEDULED and batch.scheduled_at:
+        return f"{task.state} (Timing: {batch.scheduled_at:%Y/%m/%d %H:%M:%S})"
+    return f"{task.state} ({REASON_LABELS.get(TaskReason(task.reason), task.reason)})"
+
+
+def list_tasks(
+    engine: Engine, batch_id: str, state: str | None = None, limit: int = 1000, after_id: int = 0
+) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise NotFound("batch", batch_id)
+        query = select(Task).where(Task.batch_id == batch_id, col(Task.id) > after_id)
+        if state:
+            query = query.where(Task.state == state)
+        tasks = session.exec(query.order_by(col(Task.id)).limit(limit))
+        return [{**t.model_dump(mode="json"), "label": task_label(t, batch)} for t in tasks]
+
+
+# --- cancel -------------------------------------------------------------------------------------
+
+
+async def cancel_batch(ctx: Context, batch_id: str, all_tasks: bool = False) -> dict[str, Any]:
+    """Signal the batch: `scheduled` (static: scheduled tasks; dynamic: the policy) or `all`."""
+    with Session(ctx.engine) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise NotFound("batch", batch_id)
+    scope = CancelScope.ALL if all_tasks else CancelScope.SCHEDULED
+    if batch.kind == BatchKind.VERIFY:
+        workflow_id, scope = verify_workflow_id(batch_id), CancelScope.ALL
+    else:
+        workflow_id = batch_workflow_id(batch_id)
+    handle = (await ctx.temporal()).get_workflow_handle(workflow_id)
+    try:
+        desc = await handle.describe()
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            raise Conflict(f"batch {batch_id} is already {batch.state}")
+        await handle.signal(SIGNAL_CANCEL, CancelRequest(scope=scope, batch_id=batch_id))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise NotFound("workflow", workflow_id) from None
+        raise
+    return {"batch_id": batch_id, "scope": str(scope), "signaled_at": datetime.now(UTC)}
