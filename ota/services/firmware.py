@@ -30,13 +30,13 @@ from ota.domain import (
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.products import require_product, validate_product_key
 from ota.settings import Settings
-from ota.storage import FirmwareStore
+from ota.storage import FirmwareStore, StoredFile
 
 log = logging.getLogger(__name__)
 
 ACTIVE_BATCH_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
 FILE_NAME_MAX = 128
-# Serializes the count-then-insert of concurrent adds on PostgreSQL so the limit holds exactly.
+# Serializes the insert-then-count of concurrent adds on PostgreSQL so the limit holds exactly.
 _COUNT_LOCK_ID = 0x07A_F1A3
 
 
@@ -170,8 +170,8 @@ def _check_file_name(file_name: str) -> str:
     return base
 
 
-def _check_room(session: Session, settings: Settings) -> None:
-    count = session.exec(select(func.count()).select_from(Firmware)).one()
+def _check_room(session: Session, settings: Settings, just_added: int = 0) -> None:
+    count = session.exec(select(func.count()).select_from(Firmware)).one() - just_added
     if count >= settings.max_firmware:
         raise Conflict(
             f"the limit of {settings.max_firmware} firmware files is reached; delete one first",
@@ -217,33 +217,46 @@ def add_firmware(
     key = f"{spec.product_key}/{uuid4().hex}/{spec.file_name}"
     stored = store.put_stream(key, src, settings.max_firmware_bytes, spec.extension)
     try:
-        with session_scope(engine) as session:
-            if engine.dialect.name == "postgresql":
-                session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _COUNT_LOCK_ID})
-            require_product(session, spec.product_key)  # it may have gone during the upload
-            _check_room(session, settings)
-            fw = Firmware(
-                product_key=spec.product_key,
-                name=spec.name,
-                module=spec.module,
-                version=spec.version,
-                type=spec.type.value,
-                src_versions=spec.src_versions,
-                sign_method=spec.sign_method.value,
-                description=spec.description,
-                file_name=spec.file_name,
-                size=stored.size,
-                md5=stored.md5,
-                sha256=stored.sha256,
-                storage_key=stored.key,
-                state=(FirmwareState.UNVERIFIED if need_verify else FirmwareState.VERIFIED).value,
-                need_verify=need_verify,
-            )
-            session.add(fw)
+        fw = _record(engine, settings, spec, stored, need_verify)
     except BaseException:
         store.delete(key)
         raise
     log.info("added firmware %s: %s %s (%d bytes)", fw.id, fw.name, fw.version, fw.size)
+    return fw
+
+
+def _record(
+    engine: Engine, settings: Settings, spec: FirmwareSpec, stored: StoredFile, need_verify: bool
+) -> Firmware:
+    """Insert the row, then count: concurrent adds cannot both take the last place."""
+    fw = Firmware(
+        product_key=spec.product_key,
+        name=spec.name,
+        module=spec.module,
+        version=spec.version,
+        type=spec.type.value,
+        src_versions=spec.src_versions,
+        sign_method=spec.sign_method.value,
+        description=spec.description,
+        file_name=spec.file_name,
+        size=stored.size,
+        md5=stored.md5,
+        sha256=stored.sha256,
+        storage_key=stored.key,
+        state=(FirmwareState.UNVERIFIED if need_verify else FirmwareState.VERIFIED).value,
+        need_verify=need_verify,
+    )
+    with session_scope(engine) as session:
+        if engine.dialect.name == "postgresql":
+            # Under READ COMMITTED two adds would each count without the other: take turns.
+            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _COUNT_LOCK_ID})
+        session.add(fw)
+        try:
+            # The first statement writes, so SQLite takes its write lock before the count reads.
+            session.flush()
+        except IntegrityError:  # the product's foreign key: it was deleted during the upload
+            raise NotFound("product", spec.product_key) from None
+        _check_room(session, settings, just_added=1)
     return fw
 
 
