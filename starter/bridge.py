@@ -6,33 +6,18 @@ import asyncio
 import logging
 
 import typer
-from temporalio.client import Client
 
 from ota.bridge import Bridge
-from ota.context import Context
 from starter.common import context, setup_logging
 
 log = logging.getLogger("ota.bridge")
 
 
-async def _temporal(ctx: Context) -> Client:
-    """Wait for Temporal: the bridge is useless to workflows without it, but must not crash."""
-    delay = 1.0
-    while True:
-        try:
-            return await ctx.temporal()
-        except Exception as exc:
-            log.warning(
-                "Temporal at %s not reachable (%s); retrying", ctx.settings.temporal_address, exc
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30)
-
-
 async def _run() -> None:
     ctx = context()
-    temporal = await _temporal(ctx)
-    await Bridge(ctx.settings, ctx.engine, temporal).run()
+    # Temporal is connected to when the first signal is due, so reports are recorded even
+    # while it is still starting.
+    await Bridge(ctx.settings, ctx.engine, ctx.temporal).run()
 
 
 def bridge(

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ota import protocol
 from ota.bridge.records import FlushResult, Reply, apply_reports
-from ota.bridge.signals import SignalClient, Signaller
+from ota.bridge.signals import Connect, SignalClient, Signaller
 from ota.push import upgrade_data
 from ota.settings import Settings
 
@@ -34,7 +35,7 @@ class Bridge:
         self,
         settings: Settings,
         engine: Engine,
-        temporal: SignalClient | None,
+        temporal: SignalClient | Connect | None,
         *,
         max_batch: int = MAX_BATCH,
         session_expiry: int = SESSION_EXPIRY_SECONDS,
@@ -54,7 +55,7 @@ class Bridge:
         while True:
             try:
                 async with self._client() as client:
-                    await client.subscribe([(f, 1) for f in self._filters()])
+                    await client.subscribe(self._subscriptions())
                     log.info("bridge connected to %s", self.settings.mqtt_url)
                     self.ready.set()
                     backoff = BACKOFF_MIN
@@ -69,11 +70,15 @@ class Bridge:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _filters(self) -> list[str]:
+    def _subscriptions(self) -> list[tuple[str, SubscribeOptions | int]]:
         filters = list(protocol.DEVICE_TOPIC_FILTERS.values())
         if not self._v5:  # MQTT 3.1.1 (the embedded broker) has no shared subscriptions
-            return filters
-        return [f"$share/{self.settings.bridge_share_group}/{f.lstrip('/')}" for f in filters]
+            return [(f, 1) for f in filters]
+        # Mosquitto sends retained messages to shared subscriptions too: not news, skip them.
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        # The filter follows the group whole: "$share/g//ota/..." (the topics start with "/").
+        group = self.settings.bridge_share_group
+        return [(f"$share/{group}/{f}", options) for f in filters]
 
     def _client(self) -> aiomqtt.Client:
         addr = protocol.broker_address(self.settings.mqtt_url)
@@ -106,6 +111,7 @@ class Bridge:
 
         async def read() -> None:
             async for message in client.messages:
+                log.debug("received %s", message.topic)
                 inbox.put_nowait(message)
 
         reader = asyncio.create_task(read())
@@ -138,7 +144,7 @@ class Bridge:
         self.stats["received"] += len(batch)
         parsed: list[protocol.Message] = []
         for m in batch:
-            if m.retain:  # replayed on subscribe, not news (3.1.1 only: v5 shares get none)
+            if m.retain:  # replayed on subscribe, not news
                 self.stats["retained_ignored"] += 1
                 continue
             payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
@@ -166,6 +172,7 @@ class Bridge:
         self.stats["flushes"] += 1
         if parsed:
             self.stats["transactions"] += 1
+        log.debug("flushed %d messages (%d applied)", len(batch), len(parsed))
 
     def _apply(self, messages: list[protocol.Message]) -> FlushResult:
         """One transaction; if it fails on a bad message, isolate it and keep the others."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from temporalio.service import RPCError, RPCStatusCode
@@ -25,25 +25,48 @@ class SignalClient(Protocol):
     def get_workflow_handle(self, workflow_id: str) -> Any: ...
 
 
+Connect = Callable[[], Awaitable[SignalClient]]
+
+
 class Signaller:
-    def __init__(self, client: SignalClient | None, stats: Counter[str]) -> None:
-        self.client = client
+    """Sends signals with a client, or one `connect` makes when first needed (Temporal may
+    be down when the bridge starts: reports are still recorded meanwhile)."""
+
+    def __init__(self, client: SignalClient | Connect | None, stats: Counter[str]) -> None:
+        self.client: SignalClient | None = None
+        self.connect: Connect | None = None
+        if callable(client):
+            self.connect = client
+        else:
+            self.client = client
         self.stats = stats
         self._limit = asyncio.Semaphore(CONCURRENCY)
 
+    async def _client(self) -> SignalClient | None:
+        if self.client is None and self.connect is not None:
+            try:
+                self.client = await self.connect()
+            except Exception as exc:
+                log.error("cannot reach Temporal: %s", exc)
+        return self.client
+
     async def send(self, signals: Sequence[Signal]) -> None:
-        if self.client is None:
+        if not signals:
+            return
+        client = await self._client()
+        if client is None:
+            if self.connect is not None:
+                log.error("%d signals lost: Temporal unreachable", len(signals))
             self.stats["signals_skipped"] += len(signals)
             return
-        await asyncio.gather(*(self._send_one(s) for s in signals))
+        await asyncio.gather(*(self._send_one(client, s) for s in signals))
 
-    async def _send_one(self, s: Signal) -> None:
-        assert self.client is not None
+    async def _send_one(self, client: SignalClient, s: Signal) -> None:
         args = [] if s.arg is None else [s.arg]
         async with self._limit:
             for delay in (*RETRY_DELAYS, None):
                 try:
-                    await self.client.get_workflow_handle(s.workflow_id).signal(s.name, *args)
+                    await client.get_workflow_handle(s.workflow_id).signal(s.name, *args)
                     self.stats["signals"] += 1
                     return
                 except RPCError as exc:
