@@ -1,9 +1,23 @@
-"""`ota` subcommands: worker."""
+"""`ota worker`: run the Temporal worker for batches, verifications and device updates."""
 
 from __future__ import annotations
 
+import asyncio
+
 import typer
+
+from starter.common import setup_logging
+
+
+def worker(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the workflows and activities on task queue `ota` until Ctrl-C."""
+    setup_logging(verbose)
+    from worker import run_worker  # the worker's imports are heavy; other commands skip them
+
+    asyncio.run(run_worker())
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the `ota` app."""
+    app.command("worker")(worker)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.common import TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from ota.context import Context
@@ -228,9 +228,9 @@ async def create_batch(ctx: Context, inp: BatchInput) -> dict[str, Any]:
             task_queue=ctx.settings.task_queue,
             search_attributes=TypedSearchAttributes(
                 [
-                    BATCH_ID.value_set(batch.id),
-                    PRODUCT_KEY.value_set(batch.product_key),
-                    STATE.value_set(batch.state),
+                    SearchAttributePair(BATCH_ID, batch.id),
+                    SearchAttributePair(PRODUCT_KEY, batch.product_key),
+                    SearchAttributePair(STATE, batch.state),
                 ]
             ),
             static_summary=summary(batch, firmware),

@@ -1,0 +1,1 @@
+"""Activities: one class per outside dependency, holding its client (database, MQTT, Temporal)."""

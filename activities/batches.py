@@ -1,0 +1,237 @@
+"""Batch-level database work and the paged cancel: what BatchWorkflow and VerifyWorkflow call."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.targets import (
+    drop_superseded,
+    finish_tasks,
+    insert_tasks,
+    new_dynamic_targets,
+    select_targets,
+)
+from ota.contracts import (
+    SIGNAL_CANCEL,
+    BatchInput,
+    CancelRequest,
+    CancelTasksRequest,
+    CancelTasksResult,
+    ClaimRequest,
+    ClaimResult,
+    FinishBatchRequest,
+    PrepareResult,
+    TaskRef,
+    device_workflow_id,
+)
+from ota.db.engine import session_scope
+from ota.db.models import Batch, Task, utcnow
+from ota.domain import (
+    ACTIVE_TASK_STATES,
+    BatchKind,
+    BatchState,
+    CancelScope,
+    TaskReason,
+    TaskState,
+)
+from ota.errors import OtaError
+from ota.services.batches import batch_counts, check_one_dynamic, resolve_batch
+
+CANCEL_PAGE = 200
+CANCEL_CONCURRENCY = 50  # signals in flight; the server's frontend takes hundreds per second
+
+
+def permanent(exc: OtaError) -> ApplicationError:
+    """Bad input will not get better on retry: fail the workflow with the reason."""
+    return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
+
+
+class BatchActivities:
+    def __init__(self, engine: Engine, client: Client) -> None:
+        self.engine = engine
+        self.client = client
+
+    @activity.defn
+    def prepare_batch(self, inp: BatchInput) -> PrepareResult:
+        """Register the batch if `ota batch create` did not (Temporal CLI start), select its
+        targets and insert their tasks, once: a retry finds `prepared_at` set and only reads."""
+        try:
+            with session_scope(self.engine) as session:
+                batch = session.get(Batch, inp.batch_id)
+                if batch is None:
+                    batch = resolve_batch(session, inp)
+                    check_one_dynamic(session, batch)
+                    session.add(batch)
+                    session.flush()
+                if batch.prepared_at is None:
+                    targets, batch.skipped = select_targets(session, batch, inp.device_names)
+                    batch.total = insert_tasks(session, batch, targets)
+                    batch.prepared_at = utcnow()
+                    activity.logger.info(
+                        "batch %s: %d tasks, %d skipped", batch.id, batch.total, batch.skipped
+                    )
+                return PrepareResult(
+                    product_key=batch.product_key,
+                    module=batch.module,
+                    target_version=batch.target_version,
+                    total=batch.total,
+                    skipped=batch.skipped,
+                    state=batch.state,
+                )
+        except OtaError as exc:
+            raise permanent(exc) from exc
+
+    @activity.defn
+    def claim_tasks(self, req: ClaimRequest) -> ClaimResult:
+        """The next page of tasks to start, marked started. Selected by cursor and state, not by
+        the started flag, so a claim re-run after a lost workflow task returns the same page."""
+        with session_scope(self.engine) as session:
+            finish_tasks(session, req.busy_task_ids, TaskState.FAILED, TaskReason.BUSY)
+            added = self._sync_dynamic(session, req.batch_id) if req.sync_dynamic else 0
+            rows = session.exec(
+                select(Task.id, Task.device_name)
+                .where(
+                    Task.batch_id == req.batch_id,
+                    Task.state == TaskState.TO_BE_PUSHED,
+                    col(Task.id) > req.after_task_id,
+                )
+                .order_by(col(Task.id))
+                .limit(req.limit)
+            ).all()
+            ids = [task_id for task_id, _ in rows]
+            if ids:
+                session.exec(  # type: ignore[call-overload]
+                    update(Task).where(col(Task.id).in_(ids)).values(started=True)
+                )
+            counts = batch_counts(session, req.batch_id) if req.want_counts else None
+            return ClaimResult(
+                tasks=[TaskRef(task_id, name) for task_id, name in rows],
+                counts=counts,
+                added=added,
+            )
+
+    def _sync_dynamic(self, session: Session, batch_id: str) -> int:
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch.kind != BatchKind.DYNAMIC:
+            return 0
+        if batch.state != BatchState.IN_PROGRESS:  # the policy was canceled
+            return 0
+        dropped = drop_superseded(session, batch)
+        added = insert_tasks(session, batch, new_dynamic_targets(session, batch))
+        if added or dropped:
+            batch.total += added - dropped
+            activity.logger.info("dynamic batch %s: +%d -%d devices", batch_id, added, dropped)
+        return added
+
+    @activity.defn
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        with Session(self.engine) as session:
+            return batch_counts(session, batch_id)
+
+    @activity.defn
+    def set_batch_state(self, req: FinishBatchRequest) -> None:
+        """in_progress: the schedule is reached (waiting tasks leave `scheduled`);
+        completed or canceled: the batch is over (a dynamic one: its policy is)."""
+        with session_scope(self.engine) as session:
+            batch = session.get(Batch, req.batch_id)
+            if batch is None:
+                return
+            if req.state == BatchState.IN_PROGRESS:
+                reason = TaskReason.RATE_LIMITED if batch.rate_per_minute else None
+                session.exec(  # type: ignore[call-overload]
+                    update(Task)
+                    .where(
+                        col(Task.batch_id) == batch.id,
+                        col(Task.state) == TaskState.TO_BE_PUSHED,
+                        col(Task.reason) == TaskReason.SCHEDULED,
+                    )
+                    .values(reason=reason, updated_at=utcnow())
+                )
+            elif batch.finished_at is None:
+                batch.finished_at = utcnow()
+            if batch.state != BatchState.CANCELED:  # a canceled policy stays canceled
+                batch.state = req.state
+
+    @activity.defn
+    async def cancel_tasks(self, req: CancelTasksRequest) -> CancelTasksResult:
+        """Cancel the batch's tasks: unstarted ones in one update, started ones by signalling
+        their device workflows page by page, heartbeating the cursor so a retry resumes."""
+        details = activity.info().heartbeat_details
+        cursor = int(details[0]) if details else 0
+        result = CancelTasksResult()
+        result.canceled = await asyncio.to_thread(self._cancel_unstarted, req)
+        if req.scope != CancelScope.ALL:
+            return result
+        gate = asyncio.Semaphore(CANCEL_CONCURRENCY)
+        while True:
+            page = await asyncio.to_thread(self._started_page, req.batch_id, cursor)
+            if not page:
+                return result
+            sent = await asyncio.gather(*(self._signal(gate, req.batch_id, t) for t in page))
+            gone = [t.id for t, ok in zip(page, sent, strict=True) if not ok and t.id is not None]
+            result.signaled += sum(sent)
+            result.canceled += await asyncio.to_thread(self._finish, gone)
+            cursor = page[-1].id or cursor
+            activity.heartbeat(cursor)
+
+    def _cancel_unstarted(self, req: CancelTasksRequest) -> int:
+        with session_scope(self.engine) as session:
+            query = update(Task).where(
+                col(Task.batch_id) == req.batch_id, col(Task.state) == TaskState.TO_BE_PUSHED
+            )
+            if req.scope == CancelScope.ALL:
+                query = query.where(col(Task.started).is_(False))
+            else:
+                query = query.where(col(Task.reason) == TaskReason.SCHEDULED)
+            now = utcnow()
+            result = session.exec(  # type: ignore[call-overload]
+                query.values(
+                    state=TaskState.CANCELED,
+                    reason=TaskReason.CANCELED,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+            return result.rowcount or 0
+
+    def _started_page(self, batch_id: str, cursor: int) -> list[Task]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(
+                session.exec(
+                    select(Task)
+                    .where(
+                        Task.batch_id == batch_id,
+                        col(Task.state).in_(ACTIVE_TASK_STATES),
+                        col(Task.started).is_(True),
+                        col(Task.id) > cursor,
+                    )
+                    .order_by(col(Task.id))
+                    .limit(CANCEL_PAGE)
+                )
+            )
+
+    async def _signal(self, gate: asyncio.Semaphore, batch_id: str, task: Task) -> bool:
+        handle = self.client.get_workflow_handle(
+            device_workflow_id(task.product_key, task.device_name)
+        )
+        async with gate:
+            try:
+                await handle.signal(SIGNAL_CANCEL, CancelRequest(CancelScope.ALL, batch_id))
+                return True
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:  # its workflow is over: cancel here
+                    return False
+                raise
+
+    def _finish(self, ids: list[int]) -> int:
+        if not ids:
+            return 0
+        with session_scope(self.engine) as session:
+            return finish_tasks(session, ids, TaskState.CANCELED, TaskReason.CANCELED)

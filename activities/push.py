@@ -1,0 +1,176 @@
+"""The push: a local activity that publishes the upgrade notification and records it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from urllib.parse import urlparse
+
+import aiomqtt
+from sqlalchemy import Engine, case, update
+from sqlmodel import Session, col
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from ota.contracts import PushRequest, PushResult
+from ota.db.engine import session_scope
+from ota.db.models import Batch, Device, Firmware, Task, utcnow
+from ota.domain import ACTIVE_TASK_STATES, FINAL_TASK_STATES, TaskReason, TaskState
+from ota.protocol import encode_upgrade, upgrade_topic
+from ota.push import upgrade_data
+from ota.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 10.0
+
+
+class MqttPublisher:
+    """One long-lived MQTT connection for every push of this worker, reopened after a loss."""
+
+    def __init__(self, url: str, protocol: str = "5") -> None:
+        parsed = urlparse(url)
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 1883
+        self.username = parsed.username
+        self.password = parsed.password
+        self.protocol = (
+            aiomqtt.ProtocolVersion.V311 if protocol == "3.1.1" else aiomqtt.ProtocolVersion.V5
+        )
+        self._client: aiomqtt.Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connected(self) -> aiomqtt.Client:
+        async with self._lock:
+            if self._client is None:
+                client = aiomqtt.Client(
+                    self.host,
+                    self.port,
+                    username=self.username,
+                    password=self.password,
+                    identifier=f"ota-worker-{uuid.uuid4().hex[:12]}",
+                    protocol=self.protocol,
+                    timeout=PUBLISH_TIMEOUT_SECONDS,
+                )
+                await client.__aenter__()
+                self._client = client
+            return self._client
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1: returns once the broker has the message. On a connection error the client is
+        dropped and the error raised, so the activity retries on a fresh connection."""
+        client = await self._connected()
+        try:
+            await client.publish(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT_SECONDS)
+        except aiomqtt.MqttError:
+            await self._drop(client)
+            raise
+
+    async def _drop(self, client: aiomqtt.Client) -> None:
+        async with self._lock:
+            if self._client is client:
+                self._client = None
+        try:
+            await client.__aexit__(None, None, None)
+        except Exception:  # already broken; nothing more to release
+            log.debug("closing a broken MQTT client", exc_info=True)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._drop(self._client)
+
+
+class PushActivities:
+    def __init__(self, engine: Engine, settings: Settings, mqtt: MqttPublisher) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.mqtt = mqtt
+        self._firmware: dict[int, Firmware] = {}  # a firmware row never changes what is pushed
+        self._msg_ids = itertools.count(int(time.time() * 1000))
+
+    @activity.defn
+    async def push(self, req: PushRequest) -> PushResult:
+        """Offline device: record to_be_pushed/offline. Online: publish, then record pushed.
+        A retry after a lost result publishes again, which QoS 1 allows anyway."""
+        loaded = await asyncio.to_thread(self._load, req)
+        if isinstance(loaded, PushResult):
+            return loaded
+        firmware = loaded
+        data = upgrade_data(
+            self.settings,
+            firmware,
+            req.product_key,
+            req.device_name,
+            digestsign=self.digestsign(req.product_key, firmware),
+        )
+        topic = upgrade_topic(req.product_key, req.device_name)
+        await self.mqtt.publish(topic, encode_upgrade(data, next(self._msg_ids)))
+        return await asyncio.to_thread(self._mark_pushed, req)
+
+    def digestsign(self, product_key: str, firmware: Firmware) -> str | None:
+        """Secure update (AliOS Things) signs each push here, for products that enable it."""
+        return None
+
+    def _load(self, req: PushRequest) -> Firmware | PushResult:
+        """The firmware to push, or the push's result when there is nothing to publish."""
+        with session_scope(self.engine) as session:
+            task = session.get(Task, req.task_id)
+            if task is None:
+                raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
+            if task.state in FINAL_TASK_STATES:  # canceled (or finished) before this push
+                return PushResult("final", task.state, task.reason)
+            device = session.get(Device, task.device_id)
+            if device is None or not device.online:
+                # The state stays (a retry keeps pushed/in_upgrade, as the seed says); the reason
+                # tells the bridge to signal `online` when the device connects.
+                task.reason = TaskReason.OFFLINE
+                task.started = True
+                task.updated_at = utcnow()
+                return PushResult("offline", task.state, TaskReason.OFFLINE)
+            return self._firmware_of(session, req, task)
+
+    def _firmware_of(self, session: Session, req: PushRequest, task: Task) -> Firmware:
+        firmware_id = req.firmware_id
+        if firmware_id is None:
+            batch = session.get(Batch, task.batch_id)
+            firmware_id = batch.firmware_id if batch else None
+        if firmware_id is None:
+            raise ApplicationError(f"task {task.id}: no firmware", non_retryable=True)
+        if firmware_id not in self._firmware:
+            firmware = session.get(Firmware, firmware_id)
+            if firmware is None:
+                raise ApplicationError(f"firmware {firmware_id} not found", non_retryable=True)
+            session.expunge(firmware)
+            self._firmware[firmware_id] = firmware
+        return self._firmware[firmware_id]
+
+    def _mark_pushed(self, req: PushRequest) -> PushResult:
+        """The seed: a retry leaves the state as it was (pushed or in_upgrade); the timeout
+        counts again from the new attempt's first progress report."""
+        now = utcnow()
+        with session_scope(self.engine) as session:
+            session.exec(  # type: ignore[call-overload]
+                update(Task)
+                .where(col(Task.id) == req.task_id, col(Task.state).in_(ACTIVE_TASK_STATES))
+                .values(
+                    state=case(
+                        (col(Task.state) == TaskState.TO_BE_PUSHED, TaskState.PUSHED),
+                        else_=col(Task.state),
+                    ),
+                    reason=None,
+                    attempts=req.attempt,
+                    started=True,
+                    pushed_at=now,
+                    first_progress_at=None,
+                    progress=None,
+                    updated_at=now,
+                )
+            )
+            task = session.get(Task, req.task_id)
+            assert task is not None
+            session.refresh(task)
+            outcome = "final" if task.state in FINAL_TASK_STATES else "pushed"
+            return PushResult(outcome, task.state, task.reason)

@@ -1,0 +1,42 @@
+"""Task-level database work of a device workflow: re-read a task, record its final state."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.targets import finish_tasks
+from ota.contracts import FinishTaskRequest, TaskCheck
+from ota.db.engine import session_scope
+from ota.db.models import Task
+from ota.domain import TaskState
+
+
+class TaskActivities:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @activity.defn
+    def check_task(self, task_id: int) -> TaskCheck:
+        """What the bridge has recorded: a final state whose signal was lost, or the first
+        progress report the timeout counts from."""
+        with Session(self.engine) as session:
+            task = session.get(Task, task_id)
+            if task is None:
+                raise ApplicationError(f"task {task_id} not found", non_retryable=True)
+            first = task.first_progress_at
+            return TaskCheck(task.state, task.reason, first.isoformat() if first else None)
+
+    @activity.defn
+    def finish_task(self, req: FinishTaskRequest) -> TaskCheck:
+        """Record a final state unless the task already has one (the bridge's `updated` wins
+        over a late timeout); returns what the task ends with."""
+        with session_scope(self.engine) as session:
+            finish_tasks(session, [req.task_id], TaskState(req.state), req.reason)
+            task = session.get(Task, req.task_id)
+            if task is None:
+                raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
+            session.refresh(task)
+            return TaskCheck(task.state, task.reason)

@@ -1,0 +1,121 @@
+"""Composition root: settings -> database, MQTT, Temporal client -> activity instances -> Worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from activities.batches import BatchActivities
+from activities.push import MqttPublisher, PushActivities
+from activities.tasks import TaskActivities
+from activities.verify import VerifyActivities
+from ota.context import Context
+from ota.contracts import SEARCH_ATTRIBUTES
+from workflows import WORKFLOWS
+
+log = logging.getLogger("ota.worker")
+
+# Sync activities (database work) run on these threads; local ones share them.
+ACTIVITY_THREADS = 32
+MAX_LOCAL_ACTIVITIES = 200  # pushes are async and wait on the broker, not on a thread
+
+
+class OtaWorker(Worker):
+    """A Worker that also closes what its activities hold when it shuts down."""
+
+    def __init__(
+        self, *args: object, publisher: MqttPublisher, executor: ThreadPoolExecutor, **kw: object
+    ) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.publisher = publisher
+        self.executor = executor
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        await self.publisher.close()
+        self.executor.shutdown(wait=False)
+
+
+def build_worker(client: Client, context: Context, task_queue: str | None = None) -> OtaWorker:
+    """The worker for task queue `ota` (or `task_queue`): every workflow and activity.
+
+    Workflows run unsandboxed: ENGINE.md measured it to halve the worker's CPU on a machine the
+    Temporal server shares, and our workflow modules import only the standard library,
+    temporalio and ota.contracts/ota.domain (checked by tests/test_workflow_imports.py).
+    """
+    settings = context.settings
+    engine = context.engine
+    publisher = MqttPublisher(settings.mqtt_url, settings.mqtt_protocol)
+    push = PushActivities(engine, settings, publisher)
+    tasks = TaskActivities(engine)
+    batches = BatchActivities(engine, client)
+    verify = VerifyActivities(engine)
+    executor = ThreadPoolExecutor(max_workers=ACTIVITY_THREADS, thread_name_prefix="ota-activity")
+    return OtaWorker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=[
+            push.push,
+            tasks.check_task,
+            tasks.finish_task,
+            batches.prepare_batch,
+            batches.claim_tasks,
+            batches.batch_counts,
+            batches.set_batch_state,
+            batches.cancel_tasks,
+            verify.prepare_verify,
+            verify.finish_verify,
+        ],
+        activity_executor=executor,
+        max_concurrent_activities=ACTIVITY_THREADS,
+        max_concurrent_local_activities=MAX_LOCAL_ACTIVITIES,
+        workflow_runner=UnsandboxedWorkflowRunner(),
+        publisher=publisher,
+        executor=executor,
+    )
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Register OtaBatchId, OtaProductKey and OtaState if the namespace lacks them."""
+    have = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = [k.name for k in SEARCH_ATTRIBUTES if k.name not in have.custom_attributes]
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={
+                    name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in missing
+                },
+            )
+        )
+        log.info("registered search attributes %s", ", ".join(missing))
+    return missing
+
+
+async def run_worker(context: Context | None = None) -> None:
+    """`ota worker`: run until SIGINT/SIGTERM, then finish what is in hand and stop."""
+    context = context or Context()
+    client = await context.temporal()
+    await ensure_search_attributes(client)
+    worker = build_worker(client, context)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        log.info("worker polling task queue %s", context.settings.task_queue)
+        await stop.wait()
+        log.info("stopping")

@@ -1,0 +1,329 @@
+"""BatchWorkflow: a pacer that starts one device workflow per task at the batch's rate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+with workflow.unsafe.imports_passed_through():
+    from ota.contracts import (
+        BATCH_ID,
+        DEVICE_WORKFLOW,
+        PRODUCT_KEY,
+        QUERY_PROGRESS,
+        SIGNAL_CANCEL,
+        STATE,
+        BatchInput,
+        BatchProgress,
+        CancelRequest,
+        CancelTasksRequest,
+        ClaimRequest,
+        ClaimResult,
+        DeviceUpgradeInput,
+        FinishBatchRequest,
+        PacerCarry,
+        PrepareResult,
+        StartMark,
+        TaskRef,
+        device_workflow_id,
+    )
+    from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope, TaskState
+    from workflows.pacing import burst_size, next_start, recent_marks
+
+PREPARE_TIMEOUT = timedelta(minutes=10)  # 100,000 task rows in one transaction
+CANCEL_TIMEOUT = timedelta(hours=1)  # signals 100,000 device workflows, page by page
+CANCEL_HEARTBEAT = timedelta(minutes=1)
+LOCAL_TIMEOUT = timedelta(seconds=60)
+LOCAL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
+)
+# Children of the current run count against the server's 2,000 pending children (ENGINE.md).
+MAX_STARTS_PER_RUN = 1500
+MAX_POLL = timedelta(minutes=2)  # a batch waiting on slow devices re-counts less and less often
+
+
+@workflow.defn(name="BatchWorkflow")
+class BatchWorkflow:
+    """Phases:
+    1. prepare (activity): register the batch, select targets, insert tasks (once);
+    2. scheduled batches: wait for the time (a cancel now cancels every task);
+    3. pace: claim the next tasks, start one DeviceUpgradeWorkflow each (ABANDON, not awaited),
+       never more than the rate in any minute; continue as new every N starts;
+    4. dynamic batches: keep adding devices that match later, until the policy is canceled;
+    5. watch the counts until no task is active, then complete.
+    Per-device outcomes live in the device workflows and the database; this keeps counters."""
+
+    def __init__(self) -> None:
+        self._cancels: list[CancelRequest] = []
+        self._inp: BatchInput | None = None
+        self._carry = PacerCarry()
+        self._state = BatchState.IN_PROGRESS.value
+        self._counts: dict[str, int] = {}
+
+    @workflow.signal(name=SIGNAL_CANCEL)
+    def cancel(self, req: CancelRequest) -> None:
+        self._cancels.append(req)
+
+    @workflow.query(name=QUERY_PROGRESS)
+    def progress(self) -> BatchProgress:
+        c = self._carry
+        return BatchProgress(
+            batch_id=self._inp.batch_id if self._inp else "",
+            state=self._state,
+            counts=dict(self._counts),
+            started=c.started,
+            total=c.total,
+            skipped=c.skipped,
+        )
+
+    @workflow.run
+    async def run(self, inp: BatchInput) -> BatchProgress:
+        self._inp = inp
+        self._carry = carry = inp.carry or PacerCarry(prepared=False)
+        self._state = workflow.info().typed_search_attributes.get(STATE) or self._state
+        if not carry.prepared:
+            await self._prepare(inp)
+        if carry.paced_since is None:
+            if inp.scheduled_at and await self._wait_schedule(inp):
+                return await self._cancel_batch(inp, CancelScope.SCHEDULED)
+            carry.paced_since = workflow.now().isoformat()
+            if inp.scheduled_at:
+                await self._local(
+                    "set_batch_state", FinishBatchRequest(inp.batch_id, "in_progress")
+                )
+            self._set_state(BatchState.IN_PROGRESS)
+        return await self._pace(inp)
+
+    async def _prepare(self, inp: BatchInput) -> None:
+        prep = await workflow.execute_activity(
+            "prepare_batch",
+            inp,
+            result_type=PrepareResult,
+            start_to_close_timeout=PREPARE_TIMEOUT,
+        )
+        c = self._carry
+        c.prepared, c.product_key, c.target_version = True, prep.product_key, prep.target_version
+        c.total, c.skipped = prep.total, prep.skipped
+        if workflow.info().typed_search_attributes.get(BATCH_ID) is None:  # Temporal CLI start
+            self._state = prep.state
+            workflow.upsert_search_attributes(
+                [
+                    BATCH_ID.value_set(inp.batch_id),
+                    PRODUCT_KEY.value_set(prep.product_key),
+                    STATE.value_set(prep.state),
+                ]
+            )
+        self._set_state(prep.state)
+
+    async def _wait_schedule(self, inp: BatchInput) -> bool:
+        """Wait for the scheduled time; True if a cancel came first (every task is scheduled)."""
+        assert inp.scheduled_at
+        wait = datetime.fromisoformat(inp.scheduled_at) - workflow.now()
+        self._details(f"scheduled at {inp.scheduled_at}")
+        if wait > timedelta(0):
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: bool(self._cancels), timeout=wait)
+        return bool(self._cancels)
+
+    async def _pace(self, inp: BatchInput) -> BatchProgress:
+        c = self._carry
+        dynamic = inp.policy == BatchKind.DYNAMIC
+        per_run = min(inp.continue_as_new_every, MAX_STARTS_PER_RUN)
+        size = burst_size(inp.rate_per_minute, inp.start_burst)
+        started_here, counted_at, synced_at = 0, 0.0, 0.0
+        while True:
+            if (done := await self._handle_cancels(inp)) is not None:
+                return done
+            now = workflow.now().timestamp()
+            due = next_start(
+                now,
+                inp.rate_per_minute,
+                size,
+                c.started,
+                datetime.fromisoformat(c.paced_since or workflow.now().isoformat()).timestamp(),
+                c.recent,
+            )
+            if due > now and await self._nap(timedelta(seconds=due - now)):
+                continue  # a cancel came: handle it before claiming anything
+            now = workflow.now().timestamp()
+            sync = dynamic and not c.policy_canceled and now - synced_at >= inp.dynamic_poll_seconds
+            claim = await self._claim(
+                inp,
+                limit=min(size, per_run - started_here),
+                sync=sync,
+                counts=now - counted_at >= inp.poll_seconds,
+            )
+            synced_at = now if sync else synced_at
+            counted_at = now if claim.counts is not None else counted_at
+            if claim.tasks:
+                started_here += await self._start(inp, claim.tasks)
+            elif dynamic and not c.policy_canceled:
+                await self._nap(timedelta(seconds=inp.dynamic_poll_seconds))
+            else:
+                return await self._watch(inp)
+            if started_here >= per_run or workflow.info().is_continue_as_new_suggested():
+                self._continue_as_new(inp)
+
+    async def _claim(
+        self,
+        inp: BatchInput,
+        limit: int,
+        sync: bool = False,
+        counts: bool = False,
+        busy: Sequence[int] = (),
+    ) -> ClaimResult:
+        claim: ClaimResult = await self._local(
+            "claim_tasks",
+            ClaimRequest(
+                batch_id=inp.batch_id,
+                after_task_id=self._carry.after_task_id,
+                limit=limit,
+                sync_dynamic=sync,
+                want_counts=counts,
+                busy_task_ids=list(busy),
+            ),
+            ClaimResult,
+        )
+        self._carry.total += claim.added
+        if claim.counts is not None:
+            self._counts = claim.counts
+        return claim
+
+    async def _start(self, inp: BatchInput, tasks: list[TaskRef]) -> int:
+        """Start one device workflow per task in one workflow task, and wait for the starts only.
+        A device already updating in another batch makes its start fail: `busy` (seed)."""
+        c = self._carry
+        results = await asyncio.gather(
+            *(self._start_device(inp, t) for t in tasks), return_exceptions=True
+        )
+        busy = []
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, WorkflowAlreadyStartedError):
+                busy.append(task.task_id)
+            elif isinstance(result, BaseException):
+                raise result
+        now = workflow.now().timestamp()
+        c.recent = [*recent_marks(c.recent, now), StartMark(at=now, count=len(tasks))]
+        c.started += len(tasks)
+        c.busy += len(busy)
+        c.after_task_id = tasks[-1].task_id
+        if busy:  # recorded now, so a cancel or the next run never mistakes them for started
+            await self._claim(inp, limit=0, busy=busy)
+        self._details(f"started {c.started} of {c.total} devices")
+        return len(tasks)
+
+    async def _start_device(self, inp: BatchInput, task: TaskRef) -> None:
+        c = self._carry
+        await workflow.start_child_workflow(
+            DEVICE_WORKFLOW,
+            DeviceUpgradeInput(
+                batch_id=inp.batch_id,
+                task_id=task.task_id,
+                product_key=c.product_key,
+                device_name=task.device_name,
+                retry_interval_minutes=inp.retry_interval_minutes,
+                max_retries=inp.max_retries,
+                timeout_minutes=inp.timeout_minutes,
+                firmware_id=inp.firmware_id,
+            ),
+            id=device_workflow_id(c.product_key, task.device_name),
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(BATCH_ID, inp.batch_id),
+                    SearchAttributePair(PRODUCT_KEY, c.product_key),
+                    SearchAttributePair(STATE, TaskState.TO_BE_PUSHED),
+                ]
+            ),
+            static_summary=f"{task.device_name} -> {c.target_version} (batch {inp.batch_id})",
+        )
+
+    async def _watch(self, inp: BatchInput) -> BatchProgress:
+        """Every device workflow is started: re-count until no task is active."""
+        interval = timedelta(seconds=inp.poll_seconds)
+        while True:
+            if (done := await self._handle_cancels(inp)) is not None:
+                return done
+            before = dict(self._counts)
+            await self._claim(inp, limit=0, counts=True)
+            if not any(self._counts.get(s, 0) for s in ACTIVE_TASK_STATES):
+                await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "completed"))
+                self._set_state(BatchState.COMPLETED)
+                return self.progress()
+            self._details("waiting for the devices to finish")
+            same = self._counts == before
+            interval = min(interval * 2, MAX_POLL) if same else timedelta(seconds=inp.poll_seconds)
+            await self._nap(interval)
+            if workflow.info().is_continue_as_new_suggested():
+                self._continue_as_new(inp)
+
+    async def _handle_cancels(self, inp: BatchInput) -> BatchProgress | None:
+        """`all`: cancel every task and end. `scheduled`: a dynamic batch stops its policy;
+        a static one that is already pacing has no scheduled task left to cancel."""
+        while self._cancels:
+            req = self._cancels.pop(0)
+            if req.scope == CancelScope.ALL:
+                return await self._cancel_batch(inp, CancelScope.ALL)
+            if inp.policy == BatchKind.DYNAMIC and not self._carry.policy_canceled:
+                self._carry.policy_canceled = True
+                await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "canceled"))
+                self._set_state(BatchState.CANCELED)
+                self._details("policy canceled: finishing the devices already in the batch")
+            else:
+                workflow.logger.info("batch %s: no scheduled task to cancel", inp.batch_id)
+        return None
+
+    async def _cancel_batch(self, inp: BatchInput, scope: str) -> BatchProgress:
+        self._details(f"canceling ({scope})")
+        await workflow.execute_activity(
+            "cancel_tasks",
+            CancelTasksRequest(inp.batch_id, scope),
+            start_to_close_timeout=CANCEL_TIMEOUT,
+            heartbeat_timeout=CANCEL_HEARTBEAT,
+        )
+        await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "canceled"))
+        self._set_state(BatchState.CANCELED)
+        await self._claim(inp, limit=0, counts=True)
+        return self.progress()
+
+    async def _nap(self, duration: timedelta) -> bool:
+        """Sleep, waking early for a cancel; True if one came."""
+        if duration > timedelta(0):
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: bool(self._cancels), timeout=duration)
+        return bool(self._cancels)
+
+    def _continue_as_new(self, inp: BatchInput) -> None:
+        # Signals are handled right before: a cancel must not be lost with this run.
+        if not self._cancels:
+            carry = replace(self._carry, runs=self._carry.runs + 1)
+            workflow.continue_as_new(replace(inp, carry=carry))
+
+    async def _local(self, activity: str, arg: object, result_type: type | None = None):  # type: ignore[no-untyped-def]
+        return await workflow.execute_local_activity(
+            activity,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=LOCAL_TIMEOUT,
+            retry_policy=LOCAL_RETRY,
+        )
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            workflow.upsert_search_attributes([STATE.value_set(state)])
+
+    def _details(self, text: str) -> None:
+        c = self._carry
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+        workflow.set_current_details(
+            f"{text}\n\n{c.started} of {c.total} devices started ({c.busy} busy),"
+            f" {c.skipped} skipped; run {c.runs}\n{counts}"
+        )

@@ -1,0 +1,254 @@
+"""DeviceUpgradeWorkflow: one device in one batch, from the push to a final state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from ota.contracts import (
+        QUERY_PROGRESS,
+        SIGNAL_CANCEL,
+        SIGNAL_ONLINE,
+        SIGNAL_REPORT,
+        STATE,
+        CancelRequest,
+        DeviceReport,
+        DeviceUpgradeInput,
+        DeviceUpgradeResult,
+        FinishTaskRequest,
+        PushRequest,
+        PushResult,
+        TaskCheck,
+    )
+    from ota.domain import FINAL_TASK_STATES, TaskReason, TaskState
+
+# Local activities: a push is one publish and two short transactions.
+PUSH_TIMEOUT = timedelta(seconds=30)
+RECORD_TIMEOUT = timedelta(seconds=30)
+# Keep trying through a broker or database outage: the device waits, its state is honest.
+LOCAL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
+)
+# An offline device is pushed on the bridge's `online` signal; this re-check only covers a lost
+# signal, so it is rare: 100,000 offline devices re-checking hourly would be 28 workflow tasks/s.
+OFFLINE_RECHECK = timedelta(hours=6)
+# Without a timeout the workflow still re-reads its task now and then (a lost `updated` signal).
+IDLE_RECHECK = timedelta(hours=24)
+# Before the first progress report the timeout has not begun: re-check with a growing interval.
+NO_PROGRESS_RECHECK_MAX = timedelta(hours=6)
+
+
+class Outcome(NamedTuple):
+    """How a wait for the device ended: updated | failed | timeout | cancel | recorded."""
+
+    kind: str
+    reason: str | None = None
+    state: str | None = None  # recorded: the final state found in the database
+
+
+@workflow.defn(name="DeviceUpgradeWorkflow")
+class DeviceUpgradeWorkflow:
+    """Phases:
+    1. push (local activity): publish the upgrade and mark the task pushed; if the device is
+       offline, mark it to_be_pushed/offline and wait for the `online` signal;
+    2. wait for the bridge's `report` signal; a timer enforces the timeout, counted from the
+       first progress report the bridge recorded;
+    3. a failure report is retried after the interval, up to the maximum (state unchanged);
+    4. record the final state (updated is recorded by the bridge) and end.
+    A timeout or a cancel is final: neither is retried (seed)."""
+
+    def __init__(self) -> None:
+        self._reports: list[DeviceReport] = []
+        self._online = False
+        self._cancel: CancelRequest | None = None
+        self._batch_id = ""
+        self._state = TaskState.TO_BE_PUSHED.value
+
+    @workflow.signal(name=SIGNAL_REPORT)
+    def report(self, report: DeviceReport) -> None:
+        if report.batch_id in (None, self._batch_id):
+            self._reports.append(report)
+
+    @workflow.signal(name=SIGNAL_ONLINE)
+    def online(self) -> None:
+        self._online = True
+
+    @workflow.signal(name=SIGNAL_CANCEL)
+    def cancel(self, req: CancelRequest) -> None:
+        # Any scope cancels a device: "scheduled" means something only to a batch.
+        if req.batch_id in (None, self._batch_id):
+            self._cancel = req
+
+    @workflow.query(name=QUERY_PROGRESS)
+    def progress(self) -> str:
+        return self._state
+
+    @workflow.run
+    async def run(self, inp: DeviceUpgradeInput) -> DeviceUpgradeResult:
+        self._batch_id = inp.batch_id
+        self._state = workflow.info().typed_search_attributes.get(STATE) or self._state
+        retries = inp.retries_used
+        pushed = inp.awaiting_report
+        while True:
+            if not pushed:
+                result = await self._push(inp, attempt=retries + 1)
+                if result.outcome == "final":
+                    return self._done(result.state, result.reason, retries)
+                if result.outcome == "offline":
+                    if await self._wait_online(inp, retries):
+                        return await self._cancel_task(inp, retries)
+                    continue
+                pushed = True
+            outcome = await self._wait_report(inp, retries)
+            if outcome.kind == "updated":
+                return self._done(TaskState.UPDATED, None, retries)
+            if outcome.kind == "recorded":
+                return self._done(outcome.state or TaskState.FAILED, outcome.reason, retries)
+            if outcome.kind == "cancel":
+                return await self._cancel_task(inp, retries)
+            reason = outcome.reason or TaskReason.UPDATE_FAILED
+            if outcome.kind == "failed" and self._may_retry(inp, retries):
+                retries += 1
+                self._details(f"attempt {retries} failed ({reason}); retrying", inp)
+                if await self._sleep(timedelta(minutes=inp.retry_interval_minutes or 0)):
+                    return await self._cancel_task(inp, retries)
+                pushed = False
+                continue
+            return await self._finish(inp, TaskState.FAILED, reason, retries)
+
+    @staticmethod
+    def _may_retry(inp: DeviceUpgradeInput, retries: int) -> bool:
+        return inp.retry_interval_minutes is not None and retries < inp.max_retries
+
+    async def _push(self, inp: DeviceUpgradeInput, attempt: int) -> PushResult:
+        self._online = False  # only an `online` after this push's look at the device counts
+        result = await workflow.execute_local_activity(
+            "push",
+            PushRequest(
+                task_id=inp.task_id,
+                batch_id=inp.batch_id,
+                product_key=inp.product_key,
+                device_name=inp.device_name,
+                attempt=attempt,
+                firmware_id=inp.firmware_id,
+            ),
+            result_type=PushResult,
+            start_to_close_timeout=PUSH_TIMEOUT,
+            retry_policy=LOCAL_RETRY,
+        )
+        shown = TaskState.TO_BE_PUSHED if result.outcome == "offline" else result.state
+        self._set_state(shown)
+        self._details(
+            "waiting for the device to come online"
+            if result.outcome == "offline"
+            else f"pushed (attempt {attempt}); waiting for the device's report",
+            inp,
+        )
+        return result
+
+    async def _wait_online(self, inp: DeviceUpgradeInput, retries: int) -> bool:
+        """True if canceled meanwhile. A long wait continues as new before its history grows."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._online or self._cancel is not None, timeout=OFFLINE_RECHECK
+            )
+        except TimeoutError:
+            self._continue_if_suggested(inp, retries, awaiting_report=False)
+        self._online = False
+        return self._cancel is not None
+
+    async def _wait_report(self, inp: DeviceUpgradeInput, retries: int) -> Outcome:
+        """The device's report, a cancel, a timeout, or a final state found in the database."""
+        wait = timedelta(minutes=inp.timeout_minutes) if inp.timeout_minutes else IDLE_RECHECK
+        while True:
+            # A timer of our own rather than wait_condition(timeout=): on the happy path the
+            # workflow ends with the timer pending, which costs no TimerCanceled event.
+            timer = asyncio.ensure_future(workflow.sleep(wait))
+            await workflow.wait_condition(
+                lambda t=timer: bool(self._reports) or self._cancel is not None or t.done()
+            )
+            if self._cancel is not None:
+                return Outcome("cancel")
+            if self._reports:
+                report = self._reports.pop(0)
+                if report.outcome != "updated":
+                    timer.cancel()
+                return Outcome(report.outcome, report.reason)
+            check = await self._check(inp)
+            if check.state in FINAL_TASK_STATES:  # recorded by the bridge; its signal was lost
+                return Outcome("recorded", check.reason, check.state)
+            if inp.timeout_minutes and check.first_progress_at:
+                deadline = datetime.fromisoformat(check.first_progress_at) + timedelta(
+                    minutes=inp.timeout_minutes
+                )
+                wait = deadline - workflow.now()
+                if wait <= timedelta(0):
+                    return Outcome("timeout", TaskReason.TIMEOUT)
+            elif inp.timeout_minutes:
+                wait = min(wait * 2, NO_PROGRESS_RECHECK_MAX)
+            self._continue_if_suggested(inp, retries, awaiting_report=True)
+
+    async def _check(self, inp: DeviceUpgradeInput) -> TaskCheck:
+        return await workflow.execute_local_activity(
+            "check_task",
+            inp.task_id,
+            result_type=TaskCheck,
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=LOCAL_RETRY,
+        )
+
+    async def _sleep(self, interval: timedelta) -> bool:
+        """Sleep the retry interval; True if a cancel came meanwhile. Reports are dropped: the
+        state is unchanged during a retry (seed), so what the device says then is not judged."""
+        if interval > timedelta(0):
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: self._cancel is not None, timeout=interval)
+        self._reports.clear()
+        return self._cancel is not None
+
+    async def _cancel_task(self, inp: DeviceUpgradeInput, retries: int) -> DeviceUpgradeResult:
+        return await self._finish(inp, TaskState.CANCELED, TaskReason.CANCELED, retries)
+
+    async def _finish(
+        self, inp: DeviceUpgradeInput, state: TaskState, reason: str | None, retries: int
+    ) -> DeviceUpgradeResult:
+        final = await workflow.execute_local_activity(
+            "finish_task",
+            FinishTaskRequest(inp.task_id, state, reason),
+            result_type=TaskCheck,
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=LOCAL_RETRY,
+        )
+        return self._done(final.state, final.reason, retries)
+
+    def _done(self, state: str, reason: str | None, retries: int) -> DeviceUpgradeResult:
+        self._set_state(state)
+        workflow.set_current_details(f"{state}" + (f" ({reason})" if reason else ""))
+        return DeviceUpgradeResult(state=state, reason=reason, attempts=retries + 1)
+
+    def _set_state(self, state: str) -> None:
+        """OtaState follows the task, so the Web UI can list a batch's devices by state."""
+        if state != self._state:
+            self._state = state
+            workflow.upsert_search_attributes([STATE.value_set(state)])
+
+    def _details(self, text: str, inp: DeviceUpgradeInput) -> None:
+        timeout = f"{inp.timeout_minutes} min" if inp.timeout_minutes else "none"
+        workflow.set_current_details(
+            f"{text}\n\nbatch {inp.batch_id}, task {inp.task_id}, timeout {timeout}"
+        )
+
+    def _continue_if_suggested(
+        self, inp: DeviceUpgradeInput, retries: int, awaiting_report: bool
+    ) -> None:
+        if workflow.info().is_continue_as_new_suggested() and not self._reports:
+            workflow.continue_as_new(
+                replace(inp, retries_used=retries, awaiting_report=awaiting_report)
+            )
