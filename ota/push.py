@@ -7,6 +7,7 @@ from typing import Any
 from ota.db.models import Firmware
 from ota.domain import DEFAULT_MODULE, FirmwareType, SignMethod
 from ota.settings import Settings
+from ota.storage import FirmwareStore
 from ota.urls import download_url
 
 
@@ -16,6 +17,7 @@ def upgrade_data(
     product_key: str,
     device_name: str,
     digestsign: str | None = None,
+    store: FirmwareStore | None = None,
 ) -> dict[str, Any]:
     """PROTOCOL.md's push data, with a fresh URL signed for this device."""
     method = SignMethod(firmware.sign_method)
@@ -23,7 +25,7 @@ def upgrade_data(
     data: dict[str, Any] = {
         "size": firmware.size,
         "version": firmware.version,
-        "url": download_url(settings, firmware.id, product_key, device_name),
+        "url": firmware_url(settings, firmware, product_key, device_name, store),
         "sign": firmware.sign,
         "signMethod": method.wire,
     }
@@ -39,3 +41,22 @@ def upgrade_data(
     if ext:
         data["extData"] = ext
     return data
+
+
+def firmware_url(
+    settings: Settings,
+    firmware: Firmware,
+    product_key: str,
+    device_name: str,
+    store: FirmwareStore | None = None,
+) -> str:
+    """Our signed /download URL, or with OTA_S3_DIRECT_URLS a presigned URL of the S3 object.
+
+    Direct URLs take the file traffic off the HTTP server; they expire like ours but are not
+    bound to one device. Pass `store` when calling often: building one costs an S3 client.
+    """
+    assert firmware.id is not None
+    if settings.s3_direct_urls and settings.resolved_storage_url.startswith("s3://"):
+        store = store or FirmwareStore(settings)
+        return store.presign(firmware.storage_key, settings.url_ttl_seconds)
+    return download_url(settings, firmware.id, product_key, device_name)

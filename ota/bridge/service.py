@@ -20,6 +20,7 @@ from ota.bridge.records import FlushResult, Reply, apply_reports
 from ota.bridge.signals import Connect, SignalClient, Signaller
 from ota.push import upgrade_data
 from ota.settings import Settings
+from ota.storage import FirmwareStore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Bridge:
         self.stats: Counter[str] = Counter()
         self.signaller = Signaller(temporal, self.stats)
         self.ready = asyncio.Event()  # set while connected and subscribed
+        self._store: FirmwareStore | None = None  # for presigned S3 URLs (s3_direct_urls)
         self._v5 = settings.mqtt_protocol == "5"
 
     async def run(self) -> None:
@@ -192,10 +194,15 @@ class Bridge:
             return result
 
     async def _reply(self, client: aiomqtt.Client, replies: list[Reply]) -> None:
+        if replies and self.settings.s3_direct_urls and self._store is None:
+            self._store = FirmwareStore(self.settings)
+
         async def send(r: Reply) -> None:
             data = None
             if r.firmware is not None:
-                data = upgrade_data(self.settings, r.firmware, r.product_key, r.device_name)
+                data = upgrade_data(
+                    self.settings, r.firmware, r.product_key, r.device_name, store=self._store
+                )
             topic = protocol.firmware_get_reply_topic(r.product_key, r.device_name)
             payload = protocol.encode_firmware_get_reply(r.msg_id, data)
             await client.publish(topic, payload, qos=1)

@@ -1,0 +1,154 @@
+"""Firmware downloads over real HTTP (uvicorn), from the folder store and from S3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from ota.api.download import Unsatisfiable, parse_range
+from ota.context import Context
+from ota.push import upgrade_data
+from ota.settings import Settings
+from ota.urls import download_url
+from tests.fixtures.s3 import S3Server, s3_settings
+from tests.linkkit.seed import Fleet, seed_fleet
+from tests.linkkit.servers import api_settings, serve_api
+
+CONTENT = os.urandom(3 * 1024 * 1024 + 17)
+
+
+@dataclass
+class Served:
+    settings: Settings
+    base: str
+    fleet: Fleet
+
+    def url(self, device: str | None = None, now: float | None = None) -> str:
+        dn = device or self.fleet.names[0]
+        assert self.fleet.firmware.id is not None
+        return download_url(self.settings, self.fleet.firmware.id, self.fleet.product_key, dn, now)
+
+
+@pytest.fixture
+def served(storage_settings: Settings) -> Iterator[Served]:
+    settings = api_settings(storage_settings)
+    ctx = Context(settings)
+    fleet = seed_fleet(ctx.engine, 2, content=CONTENT, store=ctx.store, task_state=None)
+    with serve_api(settings) as base:
+        yield Served(settings, base, fleet)
+    ctx.engine.dispose()
+
+
+def test_whole_file_with_content_length(served: Served):
+    r = httpx.get(served.url())
+    assert r.status_code == 200
+    assert r.headers["content-length"] == str(len(CONTENT))
+    assert "transfer-encoding" not in r.headers  # the SDKs need Content-Length, not chunks
+    assert r.headers["accept-ranges"] == "bytes"
+    assert hashlib.sha256(r.content).hexdigest() == hashlib.sha256(CONTENT).hexdigest()
+
+
+def test_interrupted_download_resumes_with_range(served: Served):
+    url, half = served.url(), len(CONTENT) // 2
+    got = bytearray()
+    with httpx.stream("GET", url) as r:  # leaving the block drops the connection mid-body
+        for chunk in r.iter_bytes(64 * 1024):
+            got += chunk
+            if len(got) >= half:
+                break
+    assert half <= len(got) < len(CONTENT)
+    r = httpx.get(url, headers={"Range": f"bytes={len(got)}-"})
+    assert r.status_code == 206
+    assert r.headers["content-range"] == f"bytes {len(got)}-{len(CONTENT) - 1}/{len(CONTENT)}"
+    assert r.headers["content-length"] == str(len(CONTENT) - len(got))
+    got += r.content
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(CONTENT).hexdigest()
+
+
+def test_closed_and_suffix_ranges(served: Served):
+    r = httpx.get(served.url(), headers={"Range": "bytes=10-19"})
+    assert (r.status_code, r.content) == (206, CONTENT[10:20])
+    r = httpx.get(served.url(), headers={"Range": "bytes=-5"})
+    assert (r.status_code, r.content) == (206, CONTENT[-5:])
+
+
+def test_range_past_the_end_is_416(served: Served):
+    r = httpx.get(served.url(), headers={"Range": f"bytes={len(CONTENT)}-"})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == f"bytes */{len(CONTENT)}"
+
+
+def test_head_tells_the_size_without_a_body(served: Served):
+    r = httpx.head(served.url())
+    assert (r.status_code, r.content) == (200, b"")
+    assert r.headers["content-length"] == str(len(CONTENT))
+    r = httpx.head(served.url(), headers={"Range": "bytes=100-"})
+    assert (r.status_code, r.headers["content-length"]) == (206, str(len(CONTENT) - 100))
+
+
+def test_tampered_expired_and_borrowed_tokens_are_403(served: Served):
+    good = served.url()
+    bad_sig = good[:-4] + ("0000" if not good.endswith("0000") else "1111")
+    expired = served.url(now=time.time() - served.settings.url_ttl_seconds - 5)
+    other = served.fleet.names[1]
+    borrowed = good.replace(f"dn={served.fleet.names[0]}", f"dn={other}")  # A's token, B's name
+    for url in (bad_sig, expired, borrowed, good.replace("expires=", "expires=x")):
+        r = httpx.get(url)
+        assert r.status_code == 403, url
+        assert r.json() == {"detail": "invalid or expired download URL"}
+    assert httpx.head(bad_sig).status_code == 403
+
+
+def test_unknown_firmware_is_404(served: Served):
+    url = download_url(served.settings, 999999, served.fleet.product_key, served.fleet.names[0])
+    assert httpx.get(url).status_code == 404
+
+
+def test_push_data_points_at_a_working_url(served: Served):
+    fleet = served.fleet
+    data = upgrade_data(served.settings, fleet.firmware, fleet.product_key, fleet.names[0])
+    r = httpx.get(data["url"])
+    assert hashlib.md5(r.content).hexdigest() == data["sign"] == data["md5"]
+    assert data["size"] == len(CONTENT)
+
+
+def test_s3_direct_urls_are_presigned(s3_server: S3Server, tmp_path):
+    settings = api_settings(s3_settings(s3_server, tmp_path), s3_direct_urls=True)
+    ctx = Context(settings)
+    fleet = seed_fleet(ctx.engine, 1, content=CONTENT[:1000], store=ctx.store, task_state=None)
+    data = upgrade_data(settings, fleet.firmware, fleet.product_key, fleet.names[0])
+    assert data["url"].startswith(s3_server.endpoint_url)
+    r = httpx.get(data["url"], headers={"Range": "bytes=500-"})
+    assert (r.status_code, r.content) == (206, CONTENT[500:1000])
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-", (0, 99)),
+        ("bytes=10-", (10, 99)),
+        ("bytes=10-20", (10, 20)),
+        ("bytes=90-500", (90, 99)),
+        ("bytes=-10", (90, 99)),
+        ("bytes=-500", (0, 99)),
+        ("bytes=20-10", None),  # invalid: ignored, the whole file
+        ("bytes=0-1,5-6", None),  # several ranges: the whole file is a valid answer
+        ("items=0-5", None),
+        ("bytes=-", None),
+    ],
+)
+def test_parse_range(header, expected):
+    assert parse_range(header, 100) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=150-160", "bytes=-0"])
+def test_parse_range_unsatisfiable(header):
+    with pytest.raises(Unsatisfiable):
+        parse_range(header, 100)
