@@ -1,9 +1,202 @@
-"""`ota` subcommands: batches."""
+"""`ota batch`: create update batches, list, show and cancel them, and list their tasks."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import typer
+from rich.table import Table
+
+from ota.contracts import BatchInput, batch_workflow_id
+from ota.db.engine import session_scope
+from ota.domain import (
+    parse_retry_interval,
+    validate_max_retries,
+    validate_percent,
+    validate_rate,
+    validate_timeout,
+)
+from ota.errors import InvalidInput
+from ota.services import batches
+from starter.common import console, context, handle_errors, print_json
+
+batch_app = typer.Typer(help="Update batches: create, list, show, tasks, cancel.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+@batch_app.command("create")
+@handle_errors
+async def create(
+    firmware: Annotated[str, typer.Argument(help="Firmware id (or unique name).")],
+    policy: Annotated[str, typer.Option(help="static or dynamic.")] = "static",
+    src_version: Annotated[
+        list[str] | None,
+        typer.Option("--src-version", help="Version to update from; repeatable (full firmware)."),
+    ] = None,
+    target: Annotated[str, typer.Option(help="all, selected or phased.")] = "all",
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="Device name (--target selected).")
+    ] = None,
+    percent: Annotated[int | None, typer.Option(help="1-100 (--target phased).")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Start at this ISO 8601 time, 5 min to 7 days ahead.")
+    ] = None,
+    rate: Annotated[int | None, typer.Option(help="Devices pushed per minute, 10-1000.")] = None,
+    retry_interval: Annotated[
+        str, typer.Option(help="none, 0 (immediately), 10m, 30m, 1h or 24h.")
+    ] = "none",
+    max_retries: Annotated[int, typer.Option(help="1, 2 or 5.")] = 1,
+    timeout: Annotated[
+        int | None, typer.Option(help="Minutes from the first progress report, 1-1440.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the batch to finish.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Push a verified firmware to a fleet: static (devices matching now) or dynamic (later too)."""
+    # The ranges are checked before anything is read, so a typo fails fast and says why.
+    validate_rate(rate)
+    validate_timeout(timeout)
+    validate_max_retries(max_retries)
+    validate_percent(percent)
+    retry = parse_retry_interval(retry_interval)
+    if wait and policy == "dynamic":
+        raise InvalidInput("wait", "a dynamic batch runs until canceled: do not --wait for it")
+    ctx = context()
+    with session_scope(ctx.engine) as session:
+        fw = batches.find_firmware(session, firmware)
+    assert fw.id is not None
+    shown = await batches.create_batch(
+        ctx,
+        BatchInput(
+            batch_id="",
+            firmware_id=fw.id,
+            policy=policy,
+            src_versions=list(src_version or []),
+            target=target,
+            device_names=list(device or []),
+            percent=percent,
+            scheduled_at=at,
+            rate_per_minute=rate,
+            retry_interval_minutes=retry,
+            max_retries=max_retries,
+            timeout_minutes=timeout,
+        ),
+    )
+    if wait:
+        handle = (await ctx.temporal()).get_workflow_handle(batch_workflow_id(shown["id"]))
+        await handle.result()
+        shown = batches.show_batch(ctx.engine, shown["id"])
+    if json:
+        print_json(shown)
+    else:
+        _print_batch(shown)
+
+
+@batch_app.command("list")
+@handle_errors
+def list_(
+    firmware: Annotated[int | None, typer.Option(help="Only this firmware's batches.")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="scheduled, in_progress, completed or canceled.")
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Batches, newest first, with their task counts."""
+    rows = batches.list_batches(context().engine, firmware, state)
+    if json:
+        print_json(rows)
+        return
+    table = Table("id", "firmware", "kind", "state", "target", "tasks", "counts", "created")
+    for b in rows:
+        table.add_row(
+            b["id"],
+            str(b["firmware_id"]),
+            b["kind"],
+            b["state"],
+            b["target_version"],
+            str(b["total"]),
+            _counts(b["counts"]),
+            b["created_at"][:19],
+        )
+    console.print(table)
+
+
+@batch_app.command("show")
+@handle_errors
+def show(batch: Annotated[str, typer.Argument(help="Batch id.")], json: JsonOpt = False) -> None:
+    """One batch: its settings and how many tasks are in each state."""
+    shown = batches.show_batch(context().engine, batch)
+    if json:
+        print_json(shown)
+    else:
+        _print_batch(shown)
+
+
+@batch_app.command("tasks")
+@handle_errors
+def tasks(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    state: Annotated[
+        str | None,
+        typer.Option(help="to_be_pushed, pushed, in_upgrade, updated, failed or canceled."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 1000,
+    json: JsonOpt = False,
+) -> None:
+    """The batch's devices and their states (with the reason: offline, timing, busy, ...)."""
+    rows = batches.list_tasks(context().engine, batch, state, limit)
+    if json:
+        print_json(rows)
+        return
+    table = Table("device", "state", "progress", "attempts", "from", "pushed at")
+    for t in rows:
+        table.add_row(
+            t["device_name"],
+            t["label"],
+            "" if t["progress"] is None else f"{t['progress']}%",
+            str(t["attempts"]),
+            t["from_version"] or "",
+            (t["pushed_at"] or "")[:19],
+        )
+    console.print(table)
+
+
+@batch_app.command("cancel")
+@handle_errors
+async def cancel(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also cancel to_be_pushed, pushed and in_upgrade tasks (not only "
+            "scheduled ones; for a dynamic batch, not only the policy).",
+        ),
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Static: cancel the scheduled tasks. Dynamic: cancel the policy. --all: every ongoing task."""
+    result = await batches.cancel_batch(context(), batch, all_)
+    if json:
+        print_json(result)
+    else:
+        console.print(f"cancel ({result['scope']}) sent to batch {batch}")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def _print_batch(b: dict[str, Any]) -> None:
+    console.print(
+        f"batch [bold]{b['id']}[/bold]: {b['kind']} {b['state']}, firmware {b['firmware_id']} "
+        f"-> {b['target_version']} on {b['product_key']}/{b['module']}"
+    )
+    console.print(
+        f"  {b['total']} tasks ({_counts(b['counts']) or 'none yet'}), {b['skipped']} skipped"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the `ota` app."""
+    app.add_typer(batch_app, name="batch")

@@ -1,9 +1,42 @@
-"""`ota` subcommands: verify."""
+"""`ota verify`: validate a firmware on a few devices before any batch may use it."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from ota.domain import validate_timeout
+from ota.services import verify as verify_service
+from starter.common import console, context, handle_errors, print_json
+
+
+@handle_errors
+async def verify(
+    firmware: Annotated[str, typer.Argument(help="Firmware id (or unique name).")],
+    device: Annotated[list[str], typer.Option("--device", help="Device to verify on; repeatable.")],
+    timeout: Annotated[
+        int | None, typer.Option(help="Minutes from the first progress report, 1-1440.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the verdict.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Update the chosen devices: the firmware becomes verified if all of them update."""
+    validate_timeout(timeout)
+    ctx = context()
+    shown = await verify_service.start_verify(ctx, firmware, list(device), timeout)
+    if wait:
+        shown = await verify_service.wait_verify(ctx, shown["id"])
+    if json:
+        print_json(shown)
+    elif wait:
+        console.print(f"firmware {shown['firmware_id']}: {shown['firmware_state']}")
+    else:
+        console.print(
+            f"verifying firmware {shown['firmware_id']} on {len(device)} device(s): "
+            f"batch {shown['id']} (ota batch show {shown['id']})"
+        )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the `ota` app."""
+    app.command("verify")(verify)
