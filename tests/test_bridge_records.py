@@ -43,6 +43,14 @@ def test_progress_moves_to_in_upgrade_once_and_is_never_signalled(engine):
     assert result.signals == []
 
 
+def test_progress_of_many_devices_in_one_flush(engine):
+    f = seed_fleet(engine, 3)
+    apply_reports(
+        engine, [Progress(f.product_key, n, str(i), 10 + i) for i, n in enumerate(f.names)]
+    )
+    assert [t.progress for t in tasks(engine, f.batch_id).values()] == [10, 11, 12]
+
+
 def test_target_version_updates_and_signals_once(engine):
     f = seed_fleet(engine, 1)
     (dn,) = f.names

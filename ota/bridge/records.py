@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ota import protocol
@@ -152,7 +152,11 @@ class _Moves:
         if self.progress:
             conn.execute(
                 update(TASKS)
-                .where(TASKS.c.id == bindparam("tid"), TASKS.c.state.in_(ACTIVE_TASK_STATES))
+                # No IN (...) here: an expanding list cannot be used with executemany.
+                .where(
+                    TASKS.c.id == bindparam("tid"),
+                    or_(*(TASKS.c.state == state for state in ACTIVE_TASK_STATES)),
+                )
                 .values(progress=bindparam("step"), updated_at=now),
                 [{"tid": t, "step": s} for t, s in self.progress.items()],
             )

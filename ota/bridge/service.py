@@ -216,10 +216,13 @@ async def _next(
 ) -> aiomqtt.Message | None:
     """The next message, None on timeout; raises what ended the reader (a lost connection)."""
     get = asyncio.ensure_future(inbox.get())
-    done, _ = await asyncio.wait({get, reader}, timeout=timeout, return_when="FIRST_COMPLETED")
+    try:
+        done, _ = await asyncio.wait({get, reader}, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        if not get.done():
+            get.cancel()  # not done, so no message is lost with it
     if get in done:
         return get.result()
-    get.cancel()  # not done, so no message is lost with it
     if reader in done:
         reader.result()
         raise aiomqtt.MqttError("the message stream ended")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
 from ota.api.app import create_app
 from ota.settings import Settings
-from tests.fixtures.net import free_port
+from tests.fixtures.net import free_port, wait_for_port
 
 
 def api_settings(base: Settings, **kw: object) -> Settings:
@@ -44,3 +47,36 @@ def serve_api(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class PrivateBroker:
+    """A Mosquitto of the test's own on a free port, so the test may stop and restart it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([mosquitto, "-c", str(self.conf)], stdout=log, stderr=log)
+        wait_for_port(self.port, timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def private_broker(workdir: Path) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(workdir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
