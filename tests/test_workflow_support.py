@@ -137,6 +137,11 @@ def tasks_of(engine: Engine, batch_id: str) -> dict[str, Task]:
         return {t.device_name: t for t in rows}
 
 
+def attempts_of(engine: Engine, batch_id: str, name: str) -> int | None:
+    task = tasks_of(engine, batch_id).get(name)
+    return task.attempts if task else None
+
+
 def states_of(engine: Engine, batch_id: str) -> dict[str, str]:
     return {name: t.state for name, t in tasks_of(engine, batch_id).items()}
 
