@@ -124,7 +124,7 @@ async def _fetch_once(
             raise httpx.TransportError(f"HTTP {resp.status_code}")  # worth another try
         elif resp.status_code not in (200, 206):
             raise DownloadFailed(f"HTTP {resp.status_code} for {upgrade.url}")
-        async for chunk in resp.aiter_bytes(CHUNK):
+        async for chunk in resp.aiter_bytes():  # as received: nothing buffered to lose on a cut
             sink.write(chunk)
             if sink.size > upgrade.size:
                 return  # more than announced: verification fails, no use reading on
