@@ -1,0 +1,108 @@
+"""Alibaba's Python device SDK, unchanged, updates end to end against our broker and bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ota import protocol
+from ota.bridge import Bridge
+from ota.context import Context
+from ota.push import upgrade_data
+from tests.linkkit.seed import seed_fleet, tasks, versions
+from tests.linkkit.servers import api_settings, serve_api
+from tests.test_bridge import Recorder, bridge_settings, publisher, running, until
+
+LINKKIT = "1.2.13"
+DEVICE_SCRIPT = Path(__file__).parent / "linkkit" / "device.py"
+
+
+def _works(python: Path) -> bool:
+    check = [str(python), "-c", "import linkkit.linkkit, paho.mqtt.client"]
+    return python.exists() and subprocess.run(check, capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def linkkit_python() -> Path:
+    """A venv with aliyun-iot-linkkit (it needs paho-mqtt<2), kept in /tmp across runs."""
+    venv = Path(tempfile.gettempdir()) / f"ota-linkkit-{LINKKIT}"
+    python = venv / "bin" / "python"
+    if _works(python):
+        return python
+    build = venv.with_name(f"{venv.name}.{os.getpid()}")
+    shutil.rmtree(build, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(build)], check=True)
+    pip = [str(build / "bin" / "python"), "-m", "pip", "install", "-q"]
+    pip += ["--disable-pip-version-check", f"aliyun-iot-linkkit=={LINKKIT}", "paho-mqtt<2"]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"aliyun-iot-linkkit {LINKKIT} cannot be installed: {done.stderr[-800:]}")
+    shutil.rmtree(venv, ignore_errors=True)
+    build.rename(venv)
+    assert _works(python)
+    return python
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_linkkit_devices_update_by_push_and_by_query(
+    linkkit_python: Path, mqtt_url: str, tmp_path: Path
+):
+    settings = api_settings(bridge_settings(tmp_path, mqtt_url))
+    ctx = Context(settings)
+    content = os.urandom(300_000)
+    pushed = seed_fleet(ctx.engine, 1, content=content, store=ctx.store)  # MD5: "Md5" on the wire
+    queried = seed_fleet(ctx.engine, 1, content=content, store=ctx.store, sign_method="SHA256")
+    recorder = Recorder()
+    port = str(protocol.broker_address(mqtt_url).port)
+    logs: dict[str, Path] = {}
+    procs = []
+    with serve_api(settings):
+        async with running(Bridge(settings, ctx.engine, recorder, session_expiry=60)):
+            for fleet, mode in ((pushed, "push"), (queried, "query")):
+                work = tmp_path / mode
+                work.mkdir()
+                logs[mode] = work / "events.jsonl"
+                argv = [str(DEVICE_SCRIPT), fleet.product_key, fleet.names[0], port, "1.0.0"]
+                argv += [str(work), str(logs[mode]), mode]
+                out = (work / "stdout.log").open("wb")
+                procs.append(
+                    await asyncio.create_subprocess_exec(
+                        str(linkkit_python), *argv, stdout=out, stderr=subprocess.STDOUT
+                    )
+                )
+            await until(lambda: any(e["event"] == "subscribed" for e in read_events(logs["push"])))
+            dn = pushed.names[0]
+            data = upgrade_data(settings, pushed.firmware, pushed.product_key, dn)
+            async with publisher(mqtt_url) as client:
+                payload = protocol.encode_upgrade(data, 1626969597470)
+                await client.publish(protocol.upgrade_topic(pushed.product_key, dn), payload, 1)
+            codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 90)
+            await until(lambda: len(recorder.signals) == 2, what="both updated signals")
+    for mode, fleet in (("push", pushed), ("query", queried)):
+        events = {e["event"]: e for e in read_events(logs[mode])}
+        assert events["connected"]["rc"] == 0
+        assert events["ota"]["notice"] == (1 if mode == "push" else 2)  # push, or get_reply
+        assert events["ota"]["version"] == "2.0.0" and events["ota"]["size"] == len(content)
+        assert events["downloaded"]["ok"], events["downloaded"]
+        assert events["downloaded"]["bytes"] == len(content)
+        assert events["reported"]["version"] == "2.0.0"
+        dn = fleet.names[0]
+        assert versions(ctx.engine, fleet.product_key) == {dn: "2.0.0"}
+        task = tasks(ctx.engine, fleet.batch_id)[dn]
+        assert (task.state, task.progress) == ("updated", 100)
+        assert task.first_progress_at is not None
+    assert codes == [0, 0]
+    assert {s[2].outcome for s in recorder.signals} == {"updated"}
