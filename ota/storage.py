@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import fsspec
+import fsspec  # type: ignore[import-untyped]
 
 from ota.errors import InvalidInput
 from ota.settings import Settings

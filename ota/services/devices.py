@@ -12,7 +12,7 @@ from typing import TextIO
 
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ota.db.engine import session_scope
 from ota.db.models import Device, DeviceModule
@@ -147,7 +147,7 @@ def import_devices(engine: Engine, product_key: str, csv_text_or_file: str | Tex
 def _insert(session: Session, product_key: str, rows: list[_NewDevice]) -> None:
     """Bulk insert: one statement for the devices, one for their reported versions."""
     ids = session.scalars(
-        insert(Device).returning(Device.id, sort_by_parameter_order=True),
+        insert(Device).returning(col(Device.id), sort_by_parameter_order=True),
         [{"product_key": product_key, "name": r.name} for r in rows],
     ).all()
     modules = [
@@ -166,15 +166,16 @@ def list_devices(
         if product_key is not None:
             require_product(session, product_key)
         query = select(Device, DeviceModule).outerjoin(
-            DeviceModule, DeviceModule.device_id == Device.id
+            DeviceModule, col(DeviceModule.device_id) == col(Device.id)
         )
         if product_key is not None:
             query = query.where(Device.product_key == product_key)
         if names is not None:
-            query = query.where(Device.name.in_(names))  # type: ignore[attr-defined]
+            query = query.where(col(Device.name).in_(names))
         query = query.order_by(Device.product_key, Device.name, DeviceModule.module)
         views: dict[int, DeviceView] = {}
         for device, module in session.exec(query):
+            assert device.id is not None  # a stored row
             view = views.get(device.id)
             if view is None:
                 view = views[device.id] = DeviceView(
@@ -191,7 +192,7 @@ def device_versions(engine: Engine, product_key: str, module: str | None = None)
         require_product(session, product_key)
         query = (
             select(DeviceModule.version)
-            .join(Device, Device.id == DeviceModule.device_id)
+            .join(Device, col(Device.id) == col(DeviceModule.device_id))
             .where(Device.product_key == product_key)
             .distinct()
         )

@@ -12,7 +12,7 @@ from uuid import uuid4
 from pydantic import BaseModel
 from sqlalchemy import Engine, delete, func, text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Firmware, Task
@@ -262,7 +262,7 @@ def _record(
 
 def list_firmware(engine: Engine, product_key: str | None = None) -> list[Firmware]:
     with Session(engine) as session:
-        query = select(Firmware).order_by(Firmware.id)  # type: ignore[arg-type]
+        query = select(Firmware).order_by(col(Firmware.id))
         if product_key is not None:
             require_product(session, product_key)
             query = query.where(Firmware.product_key == product_key)
@@ -287,7 +287,7 @@ def delete_firmware(engine: Engine, store: FirmwareStore, id: int) -> None:
             active = session.exec(
                 select(Batch.id).where(
                     Batch.firmware_id == id,
-                    Batch.state.in_(ACTIVE_BATCH_STATES),  # type: ignore[attr-defined]
+                    col(Batch.state).in_(ACTIVE_BATCH_STATES),
                 )
             ).all()
             if active:
@@ -296,8 +296,8 @@ def delete_firmware(engine: Engine, store: FirmwareStore, id: int) -> None:
                     field="id",
                 )
             batch_ids = select(Batch.id).where(Batch.firmware_id == id)
-            session.execute(delete(Task).where(Task.batch_id.in_(batch_ids)))  # type: ignore[attr-defined]
-            session.execute(delete(Batch).where(Batch.firmware_id == id))  # type: ignore[arg-type]
+            session.execute(delete(Task).where(col(Task.batch_id).in_(batch_ids)))
+            session.execute(delete(Batch).where(col(Batch.firmware_id) == id))
             session.delete(fw)
             key = fw.storage_key
     except IntegrityError:  # a batch was created for it meanwhile
