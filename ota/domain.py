@@ -137,7 +137,7 @@ PERCENT_MIN, PERCENT_MAX = 1, 100
 
 
 def validate_firmware_name(name: str) -> str:
-    if not FIRMWARE_NAME_RE.match(name or ""):
+    if not FIRMWARE_NAME_RE.fullmatch(name or ""):
         raise InvalidInput(
             "name",
             "must be 4 to 32 characters of letters, digits and underscores, "
@@ -148,7 +148,7 @@ def validate_firmware_name(name: str) -> str:
 
 def validate_module(module: str | None) -> str:
     module = module or DEFAULT_MODULE
-    if not MODULE_RE.match(module):
+    if not MODULE_RE.fullmatch(module):
         raise InvalidInput(
             "module", "must be 1 to 64 characters of lowercase letters, digits, '-' and '_'"
         )
@@ -156,7 +156,7 @@ def validate_module(module: str | None) -> str:
 
 
 def validate_version(version: str, field: str = "version") -> str:
-    if not VERSION_RE.match(version or ""):
+    if not VERSION_RE.fullmatch(version or ""):
         raise InvalidInput(
             field, "must be 1 to 64 characters of lowercase letters, digits, '-', '_' and '.'"
         )

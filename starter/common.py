@@ -16,7 +16,7 @@ from ota.context import Context
 from ota.errors import InvalidInput, OtaError
 
 F = TypeVar("F", bound=Callable[..., Any])
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a message is one line, also in a pipe
 console = Console()
 
 

@@ -81,3 +81,11 @@ def test_progress_step_rejects_the_rest(step):
 def test_sign_method_wire_spelling():
     assert domain.SignMethod.MD5.wire == "Md5"
     assert domain.SignMethod.SHA256.wire == "SHA256"
+
+
+@pytest.mark.parametrize(
+    "check", [domain.validate_firmware_name, domain.validate_module, domain.validate_version]
+)
+def test_a_trailing_newline_is_not_accepted(check):
+    with pytest.raises(InvalidInput):
+        check("abcd\n")
