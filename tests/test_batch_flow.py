@@ -20,7 +20,7 @@ from tests.test_workflow_support import (
 
 async def test_happy_path(temporal_env, mqtt_url, tmp_path):
     client = temporal_env.client
-    ctx = make_context(tmp_path, mqtt_url, client)
+    ctx = make_context(tmp_path, mqtt_url, client, batch_poll_seconds=0.5)
     pk, names = make_fleet(ctx.engine, 3)
     fw = make_firmware(ctx.engine, pk)
     bridge = FakeBridge(ctx.engine, client, pk)

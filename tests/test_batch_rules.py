@@ -260,3 +260,23 @@ async def test_cancel_scheduled_on_a_running_static_batch_changes_nothing(ctx, m
         await handle.signal("cancel", CancelRequest())  # default scope: scheduled
         await bridge.updated(names[0])
         assert (await handle.result())["state"] == "completed"
+
+
+async def test_rate_spreads_the_starts_over_the_minute(ctx):
+    # 60 a minute: bursts of 5 every 5 s (tests/test_pacer.py checks any-minute windows).
+    pk, _ = make_fleet(ctx.engine, 11)
+    fw = make_firmware(ctx.engine, pk)
+    client = await ctx.temporal()
+    async with running_worker(client, ctx):
+        b = await create_batch(ctx, BatchInput("", fw, src_versions=["1.0.0"], rate_per_minute=60))
+        query = f'OtaBatchId = "{b["id"]}" AND WorkflowType = "DeviceUpgradeWorkflow"'
+
+        async def all_started():
+            return (await client.count_workflows(query)).count == 11
+
+        await eventually(all_started, timeout=30)
+        starts = sorted([w.start_time async for w in client.list_workflows(query)])
+        await cancel_batch(ctx, b["id"], all_tasks=True)
+    offsets = [(s - starts[0]).total_seconds() for s in starts]
+    bursts = [[o for o in offsets if lo <= o < lo + 2.5] for lo in (0, 4.9, 9.9)]
+    assert [len(x) for x in bursts] == [5, 5, 1], offsets

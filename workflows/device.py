@@ -41,7 +41,9 @@ LOCAL_RETRY = RetryPolicy(
 OFFLINE_RECHECK = timedelta(hours=6)
 # Without a timeout the workflow still re-reads its task now and then (a lost `updated` signal).
 IDLE_RECHECK = timedelta(hours=24)
-# Before the first progress report the timeout has not begun: re-check with a growing interval.
+# Before the first progress report the timeout has not begun: re-check every `timeout` a few
+# times, then with a growing interval.
+NO_PROGRESS_STEADY_CHECKS = 4
 NO_PROGRESS_RECHECK_MAX = timedelta(hours=6)
 
 
@@ -167,6 +169,7 @@ class DeviceUpgradeWorkflow:
     async def _wait_report(self, inp: DeviceUpgradeInput, retries: int) -> Outcome:
         """The device's report, a cancel, a timeout, or a final state found in the database."""
         wait = timedelta(minutes=inp.timeout_minutes) if inp.timeout_minutes else IDLE_RECHECK
+        checks = 0
         while True:
             # A timer of our own rather than wait_condition(timeout=): on the happy path the
             # workflow ends with the timer pending, which costs no TimerCanceled event.
@@ -192,7 +195,12 @@ class DeviceUpgradeWorkflow:
                 if wait <= timedelta(0):
                     return Outcome("timeout", TaskReason.TIMEOUT)
             elif inp.timeout_minutes:
-                wait = min(wait * 2, NO_PROGRESS_RECHECK_MAX)
+                # Devices report progress seconds after a push, so the first re-checks keep the
+                # timeout's own period (precise); a device silent for long is re-checked less
+                # and less often, so one that never reports costs a few timers a day.
+                checks += 1
+                if checks >= NO_PROGRESS_STEADY_CHECKS:
+                    wait = min(wait * 2, NO_PROGRESS_RECHECK_MAX)
             self._continue_if_suggested(inp, retries, awaiting_report=True)
 
     async def _check(self, inp: DeviceUpgradeInput) -> TaskCheck:
