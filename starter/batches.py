@@ -60,6 +60,8 @@ async def create(
     validate_max_retries(max_retries)
     validate_percent(percent)
     retry = parse_retry_interval(retry_interval)
+    if at:
+        batches.parse_schedule(at)
     if wait and policy == "dynamic":
         raise InvalidInput("wait", "a dynamic batch runs until canceled: do not --wait for it")
     ctx = context()

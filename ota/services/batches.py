@@ -137,12 +137,19 @@ def _schedule(value: str | None, kind: BatchKind, now: datetime | None) -> datet
         return None
     if kind is not BatchKind.STATIC:
         raise InvalidInput("at", "only a static batch can be scheduled")
+    return parse_schedule(value, now)
+
+
+def parse_schedule(value: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time with a zone, 5 minutes to 7 days from now (seed)."""
     try:
         at = datetime.fromisoformat(value)
     except ValueError:
         example = "2026-12-01T10:00:00+00:00"
         raise InvalidInput("at", f"must be an ISO 8601 time, e.g. {example}") from None
-    return validate_schedule(at, now)
+    checked = validate_schedule(at, now)
+    assert checked is not None
+    return checked
 
 
 def _sources(firmware: Firmware, inp: BatchInput, target: Target) -> list[str]:

@@ -1,0 +1,84 @@
+"""`ota batch create` and `ota verify`: a value out of range exits 2 naming the field and range."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from typer.testing import CliRunner
+
+from ota.db.engine import make_engine
+from starter.cli import app
+from tests.test_workflow_support import make_firmware, make_fleet
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("OTA_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")  # one line per message
+    engine = make_engine(f"sqlite:///{tmp_path / 'ota.db'}")
+    pk, _ = make_fleet(engine, 1)
+    fw = make_firmware(engine, pk)
+    engine.dispose()
+
+    def run(*args: str):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    run.firmware = str(fw)  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "allowed"),
+    [
+        (["--rate", "5"], "rate", "between 10 and 1000"),
+        (["--rate", "1001"], "rate", "between 10 and 1000"),
+        (["--timeout", "0"], "timeout", "between 1 and 1440"),
+        (["--timeout", "1441"], "timeout", "between 1 and 1440"),
+        (["--max-retries", "3"], "max_retries", "must be 1, 2 or 5"),
+        (["--retry-interval", "5m"], "retry_interval", "none, 0, 10m, 30m, 1h, 24h"),
+        (["--target", "phased", "--percent", "0"], "percent", "between 1 and 100"),
+        (["--target", "phased", "--percent", "101"], "percent", "between 1 and 100"),
+        (["--at", (NOW + timedelta(minutes=1)).isoformat()], "at", "5 minutes and 7 days"),
+        (["--at", (NOW + timedelta(days=8)).isoformat()], "at", "5 minutes and 7 days"),
+        (["--at", "tomorrow"], "at", "ISO 8601"),
+        (["--policy", "sometimes"], "policy", "static or dynamic"),
+        (["--target", "some"], "target", "all, selected or phased"),
+        (["--target", "phased"], "percent", "1 to 100"),
+        (["--policy", "dynamic", "--target", "phased", "--percent", "5"], "target", "dynamic"),
+        (["--policy", "dynamic", "--at", (NOW + timedelta(hours=1)).isoformat()], "at", "static"),
+        (["--src-version", "2.0.0"], "src_version", "target version"),
+    ],
+)
+def test_invalid_values_exit_2_naming_field_and_range(cli, args, field, allowed):
+    src = [] if "--src-version" in args else ["--src-version", "1.0.0"]
+    result = cli("batch", "create", cli.firmware, *src, *args)
+    assert result.exit_code == 2, result.output
+    assert f"error: {field}: " in result.stderr
+    assert allowed in result.stderr
+
+
+def test_full_firmware_needs_source_versions(cli):
+    result = cli("batch", "create", cli.firmware)
+    assert result.exit_code == 2
+    assert "src_version: is required for a full firmware" in result.stderr
+
+
+def test_unknown_firmware_exits_2(cli):
+    result = cli("batch", "create", "999", "--src-version", "1.0.0")
+    assert result.exit_code == 2
+    assert "firmware 999 not found" in result.stderr
+
+
+def test_verify_timeout_range(cli):
+    result = cli("verify", cli.firmware, "--device", "dev00000", "--timeout", "2000")
+    assert result.exit_code == 2
+    assert "error: timeout: must be between 1 and 1440 minutes" in result.stderr
+
+
+def test_batch_list_and_show_without_batches(cli):
+    assert cli("batch", "list", "--json").stdout.strip() == "[]"
+    result = cli("batch", "show", "nope")
+    assert result.exit_code == 2 and "batch nope not found" in result.stderr
