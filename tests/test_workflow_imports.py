@@ -1,0 +1,35 @@
+"""Workflow modules import only the standard library, temporalio and the shared contract.
+
+The worker runs them unsandboxed (worker.py), so nothing checks this at run time but this test:
+a database or MQTT import in a workflow would make replays depend on the outside world.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKFLOWS = Path(__file__).parent.parent / "workflows"
+ALLOWED = {"temporalio", "ota.contracts", "ota.domain", "workflows"}
+
+
+def imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.py")), ids=lambda p: p.name)
+def test_workflow_imports(path):
+    for name in imported(path):
+        top = name.split(".")[0]
+        ok = top in sys.stdlib_module_names or top == "__future__"
+        ok = ok or any(name == a or name.startswith(a + ".") for a in ALLOWED)
+        assert ok, f"{path.name} imports {name}"
