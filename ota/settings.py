@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     url_secret: str | None = None  # HMAC key for download URLs; generated under home if unset
     url_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     api_token: str | None = None
+    # Where the console links batches and tasks to their workflows (the dev server's Web UI).
+    temporal_ui_url: str = "http://127.0.0.1:8233"
     key_encryption_secret: str | None = None  # encrypts secure-update private keys at rest
 
     max_firmware: int = Field(default=500, ge=1)

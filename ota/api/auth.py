@@ -1,0 +1,81 @@
+"""Bearer-token auth for the API; the console's HttpOnly login cookie stands in for the token."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ota.api.problems import Problem
+from ota.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COOKIE = "ota_session"
+# The console's scripts send this header with the cookie. A cross-site page cannot add a custom
+# header without a CORS preflight we never grant, so the cookie alone cannot be ridden (CSRF).
+CONSOLE_HEADER = "X-OTA-Console"
+TOKEN_FILE = "api-token"  # under OTA_HOME, the file `ota dev` keeps its generated token in
+
+bearer = HTTPBearer(auto_error=False, description="OTA_API_TOKEN (`ota dev` prints it)")
+
+
+def resolve_token(settings: Settings) -> str:
+    """OTA_API_TOKEN, else the installation's token file (created once): never an open API."""
+    if settings.api_token:
+        return settings.api_token
+    path = settings.home / TOKEN_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
+        tmp.write_text(secrets.token_urlsafe(24))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)  # atomic: two processes starting together agree on one token
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    log.warning("OTA_API_TOKEN is not set: the API and console take the token in %s", path)
+    return path.read_text().strip()
+
+
+def session_value(token: str) -> str:
+    """What the console cookie holds: derived from the token, so the cookie is not the token."""
+    return hmac.new(token.encode(), b"ota console session", hashlib.sha256).hexdigest()
+
+
+def _token(request: Request) -> str:
+    return request.app.state.api_token  # type: ignore[no-any-return]
+
+
+def console_session_ok(request: Request) -> bool:
+    cookie = request.cookies.get(COOKIE, "")
+    return bool(cookie) and hmac.compare_digest(cookie, session_value(_token(request)))
+
+
+def unauthorized(detail: str, error: str | None = None) -> Problem:
+    challenge = 'Bearer realm="ota"' + (f', error="{error}"' if error else "")
+    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """The API's guard: `Authorization: Bearer <token>`, or the console's cookie and header."""
+    if request.headers.get("authorization"):
+        if credentials is not None and hmac.compare_digest(
+            credentials.credentials.encode(), _token(request).encode()
+        ):
+            return
+        raise unauthorized("the bearer token is not valid", "invalid_token")
+    if request.headers.get(CONSOLE_HEADER) and console_session_ok(request):
+        return
+    raise unauthorized("send Authorization: Bearer <OTA_API_TOKEN>")

@@ -1,0 +1,177 @@
+"""The console's pages: server-rendered from the same service functions the API and CLI use."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ota.api.batches import task_page
+from ota.api.common import get_ctx
+from ota.api.console_auth import require_login
+from ota.api.views import BATCH_STATE_LABELS, STATE_LABELS, batch_view, workflow_url
+from ota.context import Context
+from ota.domain import (
+    MAX_RETRIES_CHOICES,
+    PERCENT_MAX,
+    PERCENT_MIN,
+    RATE_MAX,
+    RATE_MIN,
+    REASON_LABELS,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+    TaskReason,
+    TaskState,
+)
+from ota.services import batches, devices, firmware, products
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
+
+FIRMWARE_STATES = {
+    "unverified": "Unverified",
+    "verifying": "Verifying",
+    "verified": "Verified",
+    "verify_failed": "Verification failed",
+}
+# The seed's Retry Interval choices: the value is what the API takes (minutes; "" = none).
+RETRY_CHOICES = [
+    ("", "Do Not Retry"),
+    ("0", "Retry Immediately"),
+    ("10", "Retry in 10 Minutes"),
+    ("30", "Retry in 30 Minutes"),
+    ("60", "Retry in 1 hour"),
+    ("1440", "Retry in 24 hours"),
+]
+LIMITS = {
+    "rate": (RATE_MIN, RATE_MAX),
+    "timeout": (TIMEOUT_MIN, TIMEOUT_MAX),
+    "percent": (PERCENT_MIN, PERCENT_MAX),
+    "max_retries": MAX_RETRIES_CHOICES,
+}
+PAGE = 50
+
+
+def _render(request: Request, name: str, **context: Any) -> Response:
+    ctx: Context = get_ctx(request)
+    context.setdefault("temporal_ui", workflow_url(ctx.settings, "x").rsplit("/workflows/", 1)[0])
+    return request.app.state.templates.TemplateResponse(request, name, context)
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/firmware", status_code=303)
+
+
+@router.get("/firmware")
+def firmware_list(request: Request) -> Response:
+    ctx = get_ctx(request)
+    return _render(
+        request,
+        "firmware_list.html",
+        firmware=[firmware.firmware_public(fw) for fw in firmware.list_firmware(ctx.engine)],
+        products=[products.product_public(p) for p in products.list_products(ctx.engine)],
+        firmware_states=FIRMWARE_STATES,
+        retry_choices=RETRY_CHOICES,
+        limits=LIMITS,
+    )
+
+
+@router.get("/firmware/{firmware_id}")
+def firmware_detail(request: Request, firmware_id: int) -> Response:
+    ctx = get_ctx(request)
+    fw = firmware.firmware_public(firmware.get_firmware(ctx.engine, firmware_id))
+    rows = [batch_view(ctx.settings, b) for b in batches.list_batches(ctx.engine, firmware_id)]
+    return _render(
+        request,
+        "firmware_detail.html",
+        fw=fw,
+        batches=rows,
+        firmware_states=FIRMWARE_STATES,
+        retry_choices=RETRY_CHOICES,
+        limits=LIMITS,
+    )
+
+
+def _batch_context(
+    request: Request, batch_id: str, state: str, reason: str, after_id: int
+) -> dict[str, Any]:
+    ctx = get_ctx(request)
+    batch = batch_view(ctx.settings, batches.show_batch(ctx.engine, batch_id))
+    page = task_page(ctx, batch_id, state or None, reason or None, PAGE, after_id)
+    return {
+        "batch": batch,
+        "fw": firmware.firmware_public(firmware.get_firmware(ctx.engine, batch["firmware_id"])),
+        "tasks": page["items"],
+        "next_after_id": page["next_after_id"],
+        "after_id": after_id,
+        "state": state,
+        "reason": reason,
+        "state_labels": STATE_LABELS,
+        "batch_states": BATCH_STATE_LABELS,
+        "live": batch["state"] in ("scheduled", "in_progress"),
+        "now": datetime.now(UTC),
+    }
+
+
+def _filters(state: str, reason: str) -> tuple[str, str]:
+    # Unknown values are dropped rather than failing a page someone bookmarked.
+    state = state if state in {s.value for s in TaskState} else ""
+    reason = reason if reason in {r.value for r in TaskReason} else ""
+    return state, reason
+
+
+@router.get("/batches/{batch_id}")
+def batch_detail(
+    request: Request, batch_id: str, state: str = "", reason: str = "", after_id: int = 0
+) -> Response:
+    state, reason = _filters(state, reason)
+    context = _batch_context(request, batch_id, state, reason, after_id)
+    reasons = {r.value: REASON_LABELS[r] for r in TaskReason}
+    return _render(request, "batch_detail.html", reasons=reasons, **context)
+
+
+@router.get("/batches/{batch_id}/live")
+def batch_live(
+    request: Request, batch_id: str, state: str = "", reason: str = "", after_id: int = 0
+) -> Response:
+    """The part of Batch Details that changes while the batch runs; the page polls it."""
+    state, reason = _filters(state, reason)
+    context = _batch_context(request, batch_id, state, reason, after_id)
+    return _render(request, "_batch_live.html", **context)
+
+
+@router.get("/products")
+def product_list(request: Request) -> Response:
+    ctx = get_ctx(request)
+    rows = []
+    for p in products.list_products(ctx.engine):
+        views = devices.list_devices(ctx.engine, p.product_key)
+        rows.append(
+            {
+                **products.product_public(p),
+                "devices": len(views),
+                "online": sum(v.online for v in views),
+            }
+        )
+    return _render(request, "products.html", products=rows)
+
+
+@router.get("/products/{product_key}/devices")
+def device_list(request: Request, product_key: str, version: str = "") -> Response:
+    ctx = get_ctx(request)
+    product = products.product_public(products.get_product(ctx.engine, product_key))
+    views = devices.list_devices(ctx.engine, product_key)
+    modules = sorted({m for v in views for m in v.versions})
+    versions = devices.device_versions(ctx.engine, product_key)
+    shown = [v for v in views if not version or version in v.versions.values()]
+    return _render(
+        request,
+        "devices.html",
+        product=product,
+        devices=shown,
+        modules=modules,
+        versions=versions,
+        version=version,
+    )

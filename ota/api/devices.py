@@ -1,0 +1,69 @@
+"""/api/v1/products/{pk}/devices: register devices, import a CSV, list them with their versions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import Query, Request
+
+from ota.api.common import Ctx, api_router
+from ota.api.problems import renamed
+from ota.api.schemas import DeviceCreate
+from ota.errors import InvalidInput
+from ota.services import devices as service
+
+router = api_router("devices")
+FIELDS = {"product": "product_key"}
+CSV_MAX = 16 * 1024 * 1024  # about 500,000 devices
+
+
+@router.get("/products/{product_key}/devices", summary="List devices, version per module")
+def list_devices(
+    ctx: Ctx,
+    product_key: str,
+    module: str = "default",
+    version: Annotated[
+        list[str] | None, Query(description="Only devices on these versions.")
+    ] = None,
+    online: bool | None = None,
+) -> list[dict[str, Any]]:
+    """`version` (repeatable) picks devices whose `module` runs one of them: the devices the
+    Validate Firmware dialog offers once versions are chosen."""
+    wanted = set(version or ())
+    views = service.list_devices(ctx.engine, product_key)
+    return [
+        v.to_dict()
+        for v in views
+        if (not wanted or v.versions.get(module) in wanted)
+        and (online is None or v.online == online)
+    ]
+
+
+@router.post("/products/{product_key}/devices", status_code=201, summary="RegisterDevice")
+def add_device(ctx: Ctx, product_key: str, body: DeviceCreate) -> dict[str, Any]:
+    with renamed(FIELDS):
+        view = service.add_device(ctx.engine, product_key, body.name, body.version, body.module)
+    return view.to_dict()
+
+
+@router.post(
+    "/products/{product_key}/devices/import",
+    status_code=201,
+    summary="BatchRegisterDevice: a CSV of name,version[,module]; all or none",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+    },
+)
+async def import_devices(ctx: Ctx, product_key: str, request: Request) -> dict[str, Any]:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > CSV_MAX:
+            raise InvalidInput("file", f"must be at most {CSV_MAX // (1024 * 1024)} MB")
+    with renamed(FIELDS):
+        text = body.decode("utf-8", "replace")
+        added = await anyio.to_thread.run_sync(
+            service.import_devices, ctx.engine, product_key, text
+        )
+    return {"added": added}

@@ -1,0 +1,102 @@
+"""/api/v1/firmware: add (a streamed multipart upload), check, list, show and delete firmware."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import anyio.to_thread
+from fastapi import Request, Response
+
+from ota.api.common import Ctx, api_router, parse
+from ota.api.problems import renamed
+from ota.api.schemas import FirmwareCheck, FirmwareFields
+from ota.api.upload import MultipartStream, ThreadReader
+from ota.errors import InvalidInput
+from ota.services import firmware as service
+from ota.services.products import get_product
+from ota.storage import format_size
+
+router = api_router("firmware")
+# check_firmware_input names the product "product"; the form calls it product_key.
+FIELDS = {"product": "product_key"}
+FORM_OVERHEAD = 1024 * 1024  # headers and metadata around the file in a multipart body
+
+
+def _upload_schema() -> dict[str, Any]:
+    schema = FirmwareFields.model_json_schema()
+    schema["properties"]["file"] = {
+        "type": "string",
+        "format": "binary",
+        "description": "Up to 1,000 MB: .bin, .tar, .gz, .tar.gz, .zip or .gzip. "
+        "Send it after the other fields: they are checked before it is read.",
+    }
+    schema.setdefault("required", []).append("file")
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
+
+
+@router.get("/firmware", summary="ListOTAFirmware")
+def list_firmware(ctx: Ctx, product_key: str | None = None) -> list[dict[str, Any]]:
+    return [service.firmware_public(fw) for fw in service.list_firmware(ctx.engine, product_key)]
+
+
+@router.get("/firmware/{firmware_id}", summary="QueryOTAFirmware")
+def show_firmware(ctx: Ctx, firmware_id: int) -> dict[str, Any]:
+    return service.firmware_public(service.get_firmware(ctx.engine, firmware_id))
+
+
+@router.post("/firmware/check", summary="Check Add Firmware's fields without uploading")
+def check_firmware(ctx: Ctx, body: FirmwareCheck) -> dict[str, Any]:
+    """The console asks this before it starts a long upload, to show mistakes at once."""
+    with renamed(FIELDS):
+        spec = service.check_firmware_input(**body.service_kwargs())
+        get_product(ctx.engine, spec.product_key)
+    limit = ctx.settings.max_firmware_bytes
+    if body.file_size is not None and body.file_size > limit:
+        raise InvalidInput("file", f"must be at most {format_size(limit)}")
+    if body.file_size == 0:
+        raise InvalidInput("file", "is empty")
+    return {"ok": True, "version": spec.version, "module": spec.module}
+
+
+@router.post(
+    "/firmware",
+    status_code=201,
+    summary="CreateOTAFirmware: upload a firmware file with its metadata",
+    openapi_extra=_upload_schema(),
+)
+async def add_firmware(ctx: Ctx, request: Request) -> dict[str, Any]:
+    """The metadata fields come first and are checked before the file is read; the file is
+    then streamed to storage as it arrives (bounded memory, even for 1,000 MB)."""
+    limit = ctx.settings.max_firmware_bytes
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit + FORM_OVERHEAD:
+        raise InvalidInput("file", f"must be at most {format_size(limit)}")
+    stream = MultipartStream(request)
+    with renamed(FIELDS):
+        file_name = await stream.next_file()
+        form: FirmwareFields = parse(FirmwareFields, stream.fields_flat())
+        if file_name is None:
+            raise InvalidInput("file", "choose a firmware file (the form has no file part)")
+        service.check_firmware_input(file_name=file_name, **form.service_kwargs())
+        fw = await anyio.to_thread.run_sync(
+            partial(
+                service.add_firmware,
+                ctx.engine,
+                ctx.store,
+                ctx.settings,
+                src=ThreadReader(stream),
+                file_name=file_name,
+                need_verify=form.need_verify,
+                **form.service_kwargs(),
+            )
+        )
+    return service.firmware_public(fw)
+
+
+@router.delete("/firmware/{firmware_id}", status_code=204, summary="DeleteOTAFirmware")
+def delete_firmware(ctx: Ctx, firmware_id: int) -> Response:
+    service.delete_firmware(ctx.engine, ctx.store, firmware_id)
+    return Response(status_code=204)

@@ -1,0 +1,146 @@
+"""Errors as RFC 9457 problem details: every ota.errors exception and FastAPI's own 4xx."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from ota.api.schemas import CLOUD_NAMES
+from ota.errors import Conflict, InvalidInput, NotFound, OtaError
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/problem+json"
+_TYPES = {
+    InvalidInput: ("invalid-input", "Invalid input"),
+    NotFound: ("not-found", "Not found"),
+    Conflict: ("conflict", "Conflict"),
+}
+_SNAKE_NAMES = {cloud: name for name, cloud in CLOUD_NAMES.items()}
+_HTTP_TITLES = {
+    401: "Unauthorized",
+    404: "Not found",
+    405: "Method not allowed",
+    501: "Not implemented",
+}
+
+
+class Problem(Exception):
+    """An HTTP error raised by the API itself (auth, unsupported): rendered as problem details."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        type_: str = "about:blank",
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.type = status, title, detail, type_
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+@contextmanager
+def renamed(renames: Mapping[str, str]) -> Iterator[None]:
+    """The services name a field as the CLI does ("rate"), the API as its body does
+    ("rate_per_minute"): the problem must name what the client sent."""
+    try:
+        yield
+    except (InvalidInput, Conflict) as exc:
+        if exc.field in renames:
+            exc.field = renames[exc.field]
+        raise
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    type_: str = "about:blank",
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {"type": type_, "title": title, "status": status, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(
+        body, status_code=status, headers=dict(headers or {}), media_type=MEDIA_TYPE
+    )
+
+
+def ota_error_response(exc: OtaError) -> JSONResponse:
+    slug, title = next(
+        ((s, t) for cls, (s, t) in _TYPES.items() if isinstance(exc, cls)), ("error", "Error")
+    )
+    field = getattr(exc, "field", None)
+    detail = exc.message if isinstance(exc, InvalidInput) else str(exc)
+    errors = [_entry(field, detail)] if field else None
+    return problem_response(
+        exc.status, title, detail, f"urn:ota:problem:{slug}", field=field, errors=errors
+    )
+
+
+def _entry(field: str, detail: str) -> dict[str, str]:
+    """One error: our field name, and the cloud API's name for it when there is one."""
+    entry = {"field": field, "detail": detail}
+    if field in CLOUD_NAMES:
+        entry["alias"] = CLOUD_NAMES[field]
+    return entry
+
+
+def _loc_field(loc: tuple[Any, ...]) -> str:
+    """("body", "MaximumPerMinute") -> "rate_per_minute"; ("query", "limit") -> "limit"."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    if parts and parts[0] in _SNAKE_NAMES:
+        parts[0] = _SNAKE_NAMES[parts[0]]
+    return ".".join(parts) or "body"
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = [_entry(_loc_field(tuple(e.get("loc", ()))), e["msg"]) for e in exc.errors()]
+    first = errors[0] if errors else {"field": "body", "detail": "invalid request"}
+    return problem_response(
+        422,
+        "Invalid input",
+        f"{first['field']}: {first['detail']}",
+        "urn:ota:problem:invalid-input",
+        field=first["field"],
+        errors=errors,
+    )
+
+
+def install(app: FastAPI, is_console: Any) -> None:
+    """Register the handlers; `is_console(request)` picks HTML pages over problem JSON."""
+
+    async def on_problem(request: Request, exc: Problem) -> Response:
+        return problem_response(
+            exc.status, exc.title, exc.detail, exc.type, exc.headers, **exc.extra
+        )
+
+    async def on_ota_error(request: Request, exc: OtaError) -> Response:
+        if is_console(request):
+            return await app.state.render_error(request, exc.status, str(exc))
+        return ota_error_response(exc)
+
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        return validation_response(exc)
+
+    async def on_http(request: Request, exc: HTTPException) -> Response:
+        if is_console(request) and exc.status_code == 404:
+            return await app.state.render_error(request, 404, "There is no such page.")
+        title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
+        return problem_response(exc.status_code, title, str(exc.detail), headers=exc.headers)
+
+    app.add_exception_handler(Problem, on_problem)  # type: ignore[arg-type]
+    app.add_exception_handler(OtaError, on_ota_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]

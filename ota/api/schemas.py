@@ -1,0 +1,208 @@
+"""Request bodies: our snake_case names, with the platform's cloud API names accepted as aliases.
+
+Only types are checked here; every range and rule is checked by the same service and domain
+functions the CLI calls, so a message reads the same wherever it comes from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from ota.errors import InvalidInput
+
+# TargetSelection of CreateOTAStaticUpgradeJob -> our Target values.
+TARGET_SELECTION = {"ALL": "all", "SPECIFIC": "selected", "GRAY": "phased"}
+TYPE_CODES = {"0": "full", "1": "diff"}  # CreateOTAFirmware's Type
+
+
+# snake_case name -> the cloud API's name, for problem details ("field" and its "alias").
+CLOUD_NAMES: dict[str, str] = {}
+
+
+def alias(name: str, cloud: str, description: str, **kw: Any) -> Any:
+    """A field named `name`, also accepted as the cloud API's `cloud`."""
+    CLOUD_NAMES.setdefault(name, cloud)
+    return Field(
+        validation_alias=AliasChoices(name, cloud),
+        description=f"{description} Cloud API name: `{cloud}`.",
+        **kw,
+    )
+
+
+def _as_list(cls: type, value: Any) -> Any:
+    """One value or a list: `SrcVersion: "1.0"` and `SrcVersion: ["1.0", "1.1"]` both work."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else value
+
+
+class Body(BaseModel):
+    # A misspelt field is an error naming it, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ProductCreate(Body):
+    product_key: str = alias("product_key", "ProductKey", "1 to 64 letters, digits, _ and -.")
+    name: str = alias("name", "ProductName", "1 to 64 characters.")
+
+
+class DeviceCreate(Body):
+    name: str = alias("name", "DeviceName", "4 to 32 letters, digits and - _ @ . :")
+    version: str | None = Field(None, description="The version the device runs, if known.")
+    module: str = Field("default", description="The module that version is of.")
+
+
+class VerifyCreate(Body):
+    """CreateOTAVerifyJob: update a few devices first; the firmware is verified if all update."""
+
+    device_names: list[str] = alias(
+        "device_names", "TargetDeviceName", "1 to 100 devices of the firmware's product."
+    )
+    timeout_minutes: int | None = alias(
+        "timeout_minutes",
+        "TimeoutInMinutes",
+        "1 to 1440, counted from the first progress report.",
+        default=None,
+    )
+
+    _lists = field_validator("device_names", mode="before")(_as_list)
+
+
+class BatchCreate(Body):
+    """CreateOTAStaticUpgradeJob / CreateOTADynamicUpgradeJob."""
+
+    policy: str = Field(
+        "static",
+        description="Update Policy: static (devices matching now) or dynamic (also later ones).",
+        json_schema_extra={"enum": ["static", "dynamic"]},
+    )
+    src_versions: list[str] = alias(
+        "src_versions",
+        "SrcVersion",
+        "Versions to be upgraded; required for a full firmware unless target is selected.",
+        default_factory=list,
+    )
+    target: str = alias(
+        "target",
+        "TargetSelection",
+        "Apply Update to: all, selected or phased (cloud: ALL, SPECIFIC, GRAY).",
+        default="all",
+        json_schema_extra={"enum": ["all", "selected", "phased", "ALL", "SPECIFIC", "GRAY"]},
+    )
+    device_names: list[str] = alias(
+        "device_names", "TargetDeviceName", "Devices, for target selected.", default_factory=list
+    )
+    percent: int | None = alias(
+        "percent", "GrayPercent", "Range (%), 1 to 100, for phased.", default=None
+    )
+    scheduled_at: str | None = alias(
+        "scheduled_at",
+        "ScheduleTime",
+        "Scheduled Update, static only: ISO 8601 with a time zone, or epoch milliseconds; "
+        "5 minutes to 7 days ahead.",
+        default=None,
+    )
+    rate_per_minute: int | None = alias(
+        "rate_per_minute", "MaximumPerMinute", "Recipients per Minute, 10 to 1000.", default=None
+    )
+    retry_interval: int | str | None = alias(
+        "retry_interval",
+        "RetryInterval",
+        "Minutes: 0 (immediately), 10, 30, 60 or 1440; null or none: Do Not Retry.",
+        default=None,
+    )
+    max_retries: int = alias("max_retries", "RetryCount", "Maximum Retries: 1, 2 or 5.", default=1)
+    timeout_minutes: int | None = alias(
+        "timeout_minutes",
+        "TimeoutInMinutes",
+        "1 to 1440, from the first progress report.",
+        default=None,
+    )
+
+    _lists = field_validator("src_versions", "device_names", mode="before")(_as_list)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.upper() == "GROUP":
+            raise ValueError("device groups are not supported: use all, selected or phased")
+        return TARGET_SELECTION.get(value, value) if isinstance(value, str) else value
+
+    @field_validator("scheduled_at", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):  # the cloud's epoch ms
+            return datetime.fromtimestamp(value / 1000, UTC).isoformat()
+        return value or None
+
+
+class CancelBody(Body):
+    """CancelOTATaskByJob, mapped onto our two scopes (the seed's two Cancel choices)."""
+
+    scope: str | None = Field(
+        None,
+        description="scheduled (default: static: scheduled tasks; dynamic: the policy) or all "
+        "(also To Be Pushed, Pushed and In Upgrade tasks).",
+        json_schema_extra={"enum": ["scheduled", "all"]},
+    )
+    CancelScheduledTask: bool = False
+    CancelQueuedTask: bool = Field(False, description="With the next two: scope all.")
+    CancelNotifiedTask: bool = False
+    CancelInProgressTask: bool = False
+    CancelUnconfirmedTask: bool = Field(False, description="Not supported: no confirmations.")
+
+    def all_tasks(self) -> bool:
+        if self.CancelUnconfirmedTask:
+            raise InvalidInput("CancelUnconfirmedTask", "is not supported: tasks need no confirm")
+        flags = (self.CancelQueuedTask, self.CancelNotifiedTask, self.CancelInProgressTask)
+        if any(flags) and not all(flags):
+            raise InvalidInput(
+                "CancelQueuedTask",
+                "ongoing tasks are canceled together: set CancelQueuedTask, CancelNotifiedTask "
+                "and CancelInProgressTask all, or use scope all",
+            )
+        if self.scope not in (None, "scheduled", "all"):
+            raise InvalidInput("scope", "must be scheduled or all")
+        return self.scope == "all" or all(flags)
+
+
+class FirmwareFields(Body):
+    """Add Firmware's metadata (multipart fields of the upload, or the JSON of a pre-check)."""
+
+    type: str = alias("type", "Type", "full or diff (cloud: 0 or 1).", default="full")
+    name: str = alias("name", "FirmwareName", "4 to 32 letters, digits and _, not starting with _.")
+    product_key: str = alias("product_key", "ProductKey", "The product it belongs to.")
+    module: str | None = alias("module", "ModuleName", "Default: default.", default=None)
+    version: str | None = Field(None, description="Firmware Version (full).")
+    src_versions: list[str] = alias(
+        "src_versions", "SrcVersion", "Version number to be upgraded (diff).", default_factory=list
+    )
+    dest_version: str | None = alias(
+        "dest_version", "DestVersion", "Post-upgrade version number (diff).", default=None
+    )
+    sign_method: str = alias("sign_method", "SignMethod", "MD5 or SHA256.", default="MD5")
+    description: str | None = alias(
+        "description", "FirmwareDesc", "Up to 100 characters.", default=None
+    )
+    need_verify: bool = alias(
+        "need_verify", "NeedToVerify", "Validate on devices before batches.", default=True
+    )
+
+    _lists = field_validator("src_versions", mode="before")(_as_list)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, value: Any) -> Any:
+        return TYPE_CODES.get(str(value), value)
+
+    def service_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of check_firmware_input and add_firmware."""
+        return self.model_dump(exclude={"need_verify", "file_size"})
+
+
+class FirmwareCheck(FirmwareFields):
+    file_name: str = Field(description="The name of the file to upload.")
+    file_size: int | None = Field(None, description="Its size in bytes, if known.")

@@ -1,0 +1,52 @@
+"""/api/v1/products/{pk}/secure-update: the Secure Update switch (keys: ota.services.security)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ota.api.common import Ctx, api_router
+from ota.api.problems import Problem
+from ota.services import products
+
+router = api_router("products")
+# The function the secure-update service is expected to offer; until it exists this is a 501.
+SERVICE, FUNCTION = "ota.services.security", "set_secure_update"
+
+
+class SecureUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+
+
+def _toggle() -> Any:
+    try:
+        module = importlib.import_module(SERVICE)
+    except ModuleNotFoundError as exc:
+        if exc.name != SERVICE:
+            raise
+        module = None
+    toggle = getattr(module, FUNCTION, None)
+    if toggle is None:
+        raise Problem(
+            501,
+            "Not implemented",
+            "Secure Update is not available yet: signing keys arrive with "
+            f"{SERVICE}.{FUNCTION}(engine, settings, product_key, enabled)",
+            "urn:ota:problem:not-implemented",
+        )
+    return toggle
+
+
+@router.put(
+    "/products/{product_key}/secure-update",
+    summary="Activate or deactivate Secure Update (firmware signatures) for a product",
+    responses={501: {"description": "Secure Update keys are not implemented yet"}},
+)
+def set_secure_update(ctx: Ctx, product_key: str, body: SecureUpdate) -> dict[str, Any]:
+    products.get_product(ctx.engine, product_key)  # 404 first: the product must exist
+    toggle = _toggle()
+    toggle(ctx.engine, ctx.settings, product_key, body.enabled)
+    return products.product_public(products.get_product(ctx.engine, product_key))
