@@ -130,7 +130,10 @@ class DeviceUpgradeWorkflow:
         return inp.retry_interval_minutes is not None and retries < inp.max_retries
 
     async def _push(self, inp: DeviceUpgradeInput, attempt: int) -> PushResult:
-        self._online = False  # only an `online` after this push's look at the device counts
+        # Only an `online` after this push's look at the device counts, and reports from before
+        # it were about an earlier attempt.
+        self._online = False
+        self._reports.clear()
         result = await workflow.execute_local_activity(
             "push",
             PushRequest(
