@@ -1,0 +1,240 @@
+"""The HTTP API: auth, the OpenAPI schema, and every Add Firmware rule as problem details."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from ota.api.app import create_app
+from ota.urls import download_url
+from tests.test_api_support import (
+    TOKEN,
+    api_client,
+    api_settings,
+    assert_problem,
+    firmware,
+    fleet,
+    upload,
+)
+
+
+@pytest.fixture
+async def client(tmp_path, database_url):
+    async with api_client(api_settings(tmp_path, database_url)) as c:
+        yield c
+
+
+async def test_the_api_needs_the_bearer_token_and_the_download_route_does_not(
+    tmp_path, database_url
+):
+    settings = api_settings(tmp_path, database_url)
+    async with api_client(settings) as authed, api_client(settings, auth=False) as anon:
+        pk = await fleet(authed, versions=["1.0.0"])
+        fw = await firmware(authed, pk)
+
+        r = await anon.get("/api/v1/firmware")
+        body = assert_problem(r, 401)
+        assert r.headers["www-authenticate"] == 'Bearer realm="ota"'
+        assert "Bearer" in body["detail"]
+
+        r = await anon.get("/api/v1/firmware", headers={"Authorization": "Bearer nope"})
+        assert_problem(r, 401)
+        assert 'error="invalid_token"' in r.headers["www-authenticate"]
+        r = await anon.get("/api/v1/firmware", headers={"Authorization": f"Basic {TOKEN}"})
+        assert_problem(r, 401)
+        for method, path in [("POST", "/api/v1/products"), ("DELETE", "/api/v1/firmware/1")]:
+            assert_problem(await anon.request(method, path, json={}), 401)
+        assert (
+            await anon.get("/api/v1/firmware", headers={"Authorization": f"Bearer {TOKEN}"})
+        ).status_code == 200
+
+        # Devices fetch firmware with their own signed URLs, never the API token.
+        url = download_url(settings, fw["id"], pk, "dev-0000")
+        r = await anon.get(url.replace(settings.resolved_public_url, ""))
+        assert r.status_code == 200 and r.content == b"\x7fELF firmware image"
+        r = await anon.get(f"/download/{fw['id']}?pk={pk}&dn=dev-0000&expires=9999999999&sig=x")
+        assert r.status_code == 403
+
+
+async def test_the_console_cookie_counts_only_with_the_console_header(tmp_path, database_url):
+    settings = api_settings(tmp_path, database_url)
+    async with api_client(settings, auth=False) as browser:
+        r = await browser.get("/firmware")
+        assert r.status_code == 303 and r.headers["location"] == "/login?next=%2Ffirmware"
+        r = await browser.post("/login", data={"token": "wrong", "next": "/firmware"})
+        assert r.status_code == 401 and "not the API token" in r.text
+        r = await browser.post("/login", data={"token": TOKEN, "next": "//evil.example/x"})
+        assert r.status_code == 303 and r.headers["location"] == "/firmware"  # no open redirect
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+        assert (await browser.get("/firmware")).status_code == 200
+        # A cross-site form could send the cookie, but not the header: no CSRF.
+        assert_problem(await browser.get("/api/v1/products"), 401)
+        r = await browser.get("/api/v1/products", headers={"X-OTA-Console": "1"})
+        assert r.status_code == 200
+        await browser.post("/logout")
+        assert (await browser.get("/firmware")).status_code == 303
+
+
+async def test_without_a_configured_token_one_is_generated_never_an_open_api(tmp_path):
+    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'ota.db'}", api_token=None)
+    app = create_app(settings)
+    token = (settings.home / "api-token").read_text().strip()
+    assert len(token) >= 24 and app.state.api_token == token
+    assert create_app(settings).state.api_token == token  # every process of the installation
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://ota.test"
+    ) as c:
+        assert_problem(await c.get("/api/v1/products"), 401)
+        r = await c.get("/api/v1/products", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+    app.state.ctx.engine.dispose()
+
+
+async def test_openapi_lists_the_operations_and_the_cloud_names(client):
+    r = await client.get("/openapi.json", headers={"Authorization": ""})
+    assert r.status_code == 200
+    schema = r.json()
+    operations = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
+    for op in [
+        ("GET", "/api/v1/products"),
+        ("POST", "/api/v1/products"),
+        ("GET", "/api/v1/products/{product_key}/devices"),
+        ("POST", "/api/v1/products/{product_key}/devices"),
+        ("GET", "/api/v1/products/{product_key}/versions"),
+        ("GET", "/api/v1/firmware"),
+        ("POST", "/api/v1/firmware"),
+        ("DELETE", "/api/v1/firmware/{firmware_id}"),
+        ("POST", "/api/v1/firmware/{firmware_id}/verifications"),
+        ("POST", "/api/v1/firmware/{firmware_id}/batches"),
+        ("GET", "/api/v1/batches/{batch_id}"),
+        ("GET", "/api/v1/batches/{batch_id}/tasks"),
+        ("POST", "/api/v1/batches/{batch_id}/cancel"),
+    ]:
+        assert op in operations, op
+    assert not any(p.startswith("/download") for p in schema["paths"])
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    batch = schema["components"]["schemas"]["BatchCreate"]["properties"]
+    assert "MaximumPerMinute" in batch["rate_per_minute"]["description"]
+    assert "TargetSelection" in batch["target"]["description"]
+    upload_body = schema["paths"]["/api/v1/firmware"]["post"]["requestBody"]["content"]
+    assert upload_body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
+    tasks = schema["paths"]["/api/v1/batches/{batch_id}/tasks"]["get"]["parameters"]
+    assert {p["name"] for p in tasks} >= {"state", "reason", "limit", "after_id"}
+
+
+# Add Firmware: each seed rule broken once; the problem names the field as the form does.
+FIRMWARE_CASES = [
+    ({"name": "abc"}, "name"),
+    ({"name": "_abcd"}, "name"),
+    ({"name": "a" * 33}, "name"),
+    ({"name": "bad-name"}, "name"),
+    ({"product_key": "no such key!"}, "product_key"),
+    ({"module": "Bad Module"}, "module"),
+    ({"module": "m" * 65}, "module"),
+    ({"version": ""}, "version"),
+    ({"version": "V2.0"}, "version"),
+    ({"version": "v" * 65}, "version"),
+    ({"type": "delta"}, "type"),
+    ({"type": "diff", "version": "", "dest_version": "2.0.1"}, "src_versions"),
+    ({"type": "diff", "version": "", "src_versions": ["1.0.0"]}, "dest_version"),
+    ({"type": "1", "version": "", "dest_version": "2.0", "src_versions": ["2.0"]}, "src_versions"),
+    ({"src_versions": ["1.0.0"]}, "src_versions"),
+    ({"sign_method": "SHA1"}, "sign_method"),
+    ({"description": "d" * 101}, "description"),
+    ({"FirmwareName": "x"}, "name"),
+    ({"unknown_field": "1"}, "unknown_field"),
+]
+
+
+async def test_every_add_firmware_rule_is_a_problem_naming_the_field(client):
+    pk = await fleet(client, versions=["1.0.0"])
+    base = {"name": "thermo_fw", "product_key": pk, "version": "2.0.0"}
+    for change, field in FIRMWARE_CASES:
+        fields = {**base, **change}
+        if "FirmwareName" in change:
+            del fields["name"]
+        r = await upload(client, {k: v for k, v in fields.items() if v != ""})
+        body = assert_problem(r, 422, field)
+        assert body["errors"][0]["field"] == field
+    # The file: extension, content, emptiness, presence.
+    for file_name, content, detail in [
+        ("fw.exe", b"MZ", ".bin, .tar, .gz, .tar.gz, .zip or .gzip"),
+        ("fw.zip", b"not a zip", "does not match"),
+        ("fw.bin", b"", "empty"),
+        (None, b"", "choose a firmware file"),
+    ]:
+        r = await upload(client, base, file_name, content)
+        assert detail in assert_problem(r, 422, "file")["detail"]
+    r = await upload(client, {**base, "product_key": "nope"})
+    assert_problem(r, 404)
+    r = await client.post("/api/v1/firmware", content=b"x", headers={"content-type": "text/plain"})
+    assert_problem(r, 422, "file")
+    stored = client.app.state.ctx.store.keys()  # type: ignore[attr-defined]
+    assert stored == [], "a rejected upload leaves nothing behind"
+
+
+async def test_the_size_and_count_limits(tmp_path, database_url):
+    settings = api_settings(tmp_path, database_url, max_firmware=1, max_firmware_bytes=1000)
+    async with api_client(settings) as client:
+        pk = await fleet(client)
+        base = {"name": "thermo_fw", "product_key": pk, "version": "2.0.0"}
+        r = await upload(client, base, content=b"x" * 1001)
+        assert assert_problem(r, 422, "file")["detail"] == "must be at most 1,000 bytes"
+        r = await client.post(
+            "/api/v1/firmware/check", json={**base, "file_name": "a.bin", "file_size": 1001}
+        )
+        assert_problem(r, 422, "file")
+        assert (await upload(client, base, content=b"x" * 1000)).status_code == 201
+        r = await upload(client, {**base, "version": "2.0.1"})
+        assert "limit of 1 firmware" in assert_problem(r, 409, "firmware")["detail"]
+
+
+async def test_check_reports_what_the_upload_would(client):
+    pk = await fleet(client, versions=["1.0.0", "1.1.0"])
+    ok = {"name": "thermo_fw", "product_key": pk, "version": "2.0.0", "file_name": "fw.bin"}
+    r = await client.post("/api/v1/firmware/check", json=ok)
+    assert r.status_code == 200 and r.json()["version"] == "2.0.0"
+    assert_problem(
+        await client.post("/api/v1/firmware/check", json={**ok, "name": "_x"}), 422, "name"
+    )
+    r = await client.post("/api/v1/firmware/check", json={**ok, "file_name": "fw.txt"})
+    assert_problem(r, 422, "file")
+    r = await client.post(
+        "/api/v1/firmware/check", json={k: v for k, v in ok.items() if k != "name"}
+    )
+    assert_problem(r, 422, "name")
+    assert (await client.get(f"/api/v1/products/{pk}/versions")).json() == ["1.0.0", "1.1.0"]
+
+
+async def test_products_and_devices(client):
+    pk = await fleet(client, versions=["1.0.0", "1.1.0"])
+    assert_problem(
+        await client.post("/api/v1/products", json={"product_key": pk, "name": "x"}),
+        409,
+        "product_key",
+    )
+    assert_problem(
+        await client.post("/api/v1/products", json={"product_key": "bad key", "name": "x"}),
+        422,
+        "product_key",
+    )
+    assert_problem(await client.post("/api/v1/products", json={"product_key": "pk2"}), 422, "name")
+    r = await client.post(f"/api/v1/products/{pk}/devices", json={"name": "ab"})
+    assert_problem(r, 422, "name")
+    r = await client.post(f"/api/v1/products/{pk}/devices", json={"name": "dev-0000"})
+    assert_problem(r, 409, "name")
+    r = await client.post("/api/v1/products/none/devices", json={"name": "dev-0009"})
+    assert_problem(r, 404)
+    csv = "name,version\ndev-0100,1.0.0\ndev-0101,1.2.0\n"
+    r = await client.post(f"/api/v1/products/{pk}/devices/import", content=csv)
+    assert r.status_code == 201 and r.json() == {"added": 2}
+    r = await client.post(f"/api/v1/products/{pk}/devices/import", content="dev-0102,V1\n")
+    assert "line 1" in assert_problem(r, 422, "file")["detail"]
+    r = await client.get(f"/api/v1/products/{pk}/devices", params={"version": ["1.0.0", "1.2.0"]})
+    assert sorted(d["name"] for d in r.json()) == ["dev-0000", "dev-0100", "dev-0101"]
+    assert r.json()[0]["versions"] == {"default": "1.0.0"}
+    assert (await client.get(f"/api/v1/products/{pk}/modules")).json() == ["default"]
+    r = await client.put(f"/api/v1/products/{pk}/secure-update", json={"enabled": True})
+    assert "ota.services.security" in assert_problem(r, 501)["detail"]
+    assert_problem(await client.get("/api/v1/products/none"), 404)
