@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ota.contracts import SEARCH_ATTRIBUTES
-from ota.devstack import answers
+from ota.devstack import answers, venv_binary
 
 
 def free_port() -> int:
@@ -59,7 +57,7 @@ class BenchStack:
     def start_temporal(self) -> Proc:
         self.temporal_port, self.metrics_port = free_port(), free_port()
         argv = [
-            shutil.which("temporal") or str(Path(sys.executable).parent / "temporal"),
+            venv_binary("temporal") or "temporal",
             "server", "start-dev", "--headless",
             "--ip", "127.0.0.1", "--port", str(self.temporal_port),
             "--http-port", str(free_port()), "--metrics-port", str(self.metrics_port),

