@@ -186,6 +186,8 @@ ota.pollLive = function () {
     try {
       const response = await fetch(live.dataset.src, { headers: ota.headers });
       if (response.ok) live.innerHTML = await response.text();
+      // Finished: reload once, so the header (its Cancel button) matches the state.
+      if (live.querySelector(".live-state")?.dataset.live !== "yes") location.reload();
     } catch {
       // the server restarts now and then; the next tick tries again
     }
@@ -209,6 +211,14 @@ ota.submitProduct = async function (event) {
     ota.showProblem(form, problem);
   }
 };
+
+// A message stays until its field is edited.
+document.addEventListener("input", (event) => {
+  const field = event.target.closest(".field");
+  if (!field) return;
+  field.querySelectorAll(".field-error").forEach((el) => (el.textContent = ""));
+  field.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("cancel-form")?.addEventListener("submit", ota.submitCancel);
