@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
@@ -112,7 +113,7 @@ class BatchActivities:
                 )
             counts = batch_counts(session, req.batch_id) if req.want_counts else None
             return ClaimResult(
-                tasks=[TaskRef(task_id, name) for task_id, name in rows],
+                tasks=[TaskRef(cast(int, task_id), name) for task_id, name in rows],
                 counts=counts,
                 added=added,
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio import activity
@@ -45,7 +47,7 @@ class VerifyActivities:
                 return VerifyPrepared(
                     product_key=batch.product_key,
                     target_version=batch.target_version,
-                    tasks=[TaskRef(task_id, name) for task_id, name in tasks],
+                    tasks=[TaskRef(cast(int, task_id), name) for task_id, name in tasks],
                 )
         except OtaError as exc:
             raise permanent(exc) from exc

@@ -256,8 +256,8 @@ class BatchWorkflow:
             if not any(self._counts.get(s, 0) for s in ACTIVE_TASK_STATES):
                 await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "completed"))
                 # A dynamic batch whose policy was canceled stays canceled once drained.
-                done = BatchState.CANCELED if self._carry.policy_canceled else BatchState.COMPLETED
-                self._set_state(done)
+                final = BatchState.CANCELED if self._carry.policy_canceled else BatchState.COMPLETED
+                self._set_state(final)
                 return self.progress()
             self._details("waiting for the devices to finish")
             same = self._counts == before

@@ -177,9 +177,11 @@ class DeviceUpgradeWorkflow:
             # A timer of our own rather than wait_condition(timeout=): on the happy path the
             # workflow ends with the timer pending, which costs no TimerCanceled event.
             timer = asyncio.ensure_future(workflow.sleep(wait))
-            await workflow.wait_condition(
-                lambda t=timer: bool(self._reports) or self._cancel is not None or t.done()
-            )
+
+            def woken(timer: asyncio.Future[None] = timer) -> bool:
+                return bool(self._reports) or self._cancel is not None or timer.done()
+
+            await workflow.wait_condition(woken)
             if self._cancel is not None:
                 return Outcome("cancel")
             if self._reports:

@@ -113,6 +113,7 @@ def resolve_batch(session: Session, inp: BatchInput, now: datetime | None = None
     sources = _sources(firmware, inp, target)
     if target is Target.SELECTED:
         _check_devices(session, firmware, inp.device_names)
+    assert firmware.id is not None
     return Batch(
         id=inp.batch_id,
         firmware_id=firmware.id,

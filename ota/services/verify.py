@@ -66,6 +66,7 @@ def resolve_verify(session: Session, inp: VerifyInput) -> Batch:
         if firmware.type == FirmwareType.DIFF and version not in firmware.src_versions:
             allowed = ", ".join(firmware.src_versions)
             raise InvalidInput("device", f"{name} runs {version}; this diff applies to {allowed}")
+    assert firmware.id is not None
     return Batch(
         id=inp.batch_id,
         firmware_id=firmware.id,
