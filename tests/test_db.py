@@ -15,3 +15,15 @@ def test_migrations_are_idempotent(database_url):
     engine = make_engine(database_url)
     assert "tasks" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_sqlite_never_reuses_firmware_or_task_ids(tmp_path):
+    """Signed URLs and device workflows name firmware and tasks by id."""
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ids.db'}")
+    with engine.connect() as conn:
+        ddl = dict(conn.execute(text("select name, sql from sqlite_master where type='table'")))
+    assert "AUTOINCREMENT" in ddl["firmware"]
+    assert "AUTOINCREMENT" in ddl["tasks"]
+    engine.dispose()

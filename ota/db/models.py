@@ -66,6 +66,8 @@ class FirmwareBase(SQLModel):
 
 class Firmware(FirmwareBase, table=True):
     __tablename__ = "firmware"
+    # Never reuse a deleted firmware's id: signed URLs and workflows name firmware by id.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     file_name: str
@@ -122,6 +124,8 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_device_state", "device_id", "state"),
         # The pacer's cursor: the next to_be_pushed tasks by id (and active ones to cancel).
         Index("ix_tasks_batch_state_id", "batch_id", "state", "id"),
+        # A device workflow names its task by id: a deleted batch's ids must not come back.
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -67,6 +67,7 @@ def upgrade() -> None:
             ["products.product_key"],
         ),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,  # ids are never reused: URLs and workflows name them
     )
     op.create_table(
         "batches",
@@ -147,6 +148,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("batch_id", "device_id", name="uq_task_batch_device"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.create_index("ix_tasks_batch_state", ["batch_id", "state"], unique=False)
