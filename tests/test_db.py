@@ -23,7 +23,8 @@ def test_sqlite_never_reuses_firmware_or_task_ids(tmp_path):
 
     engine = make_engine(f"sqlite:///{tmp_path / 'ids.db'}")
     with engine.connect() as conn:
-        ddl = dict(conn.execute(text("select name, sql from sqlite_master where type='table'")))
+        rows = conn.execute(text("select name, sql from sqlite_master where type = 'table'"))
+        ddl = {name: sql for name, sql in rows}
     assert "AUTOINCREMENT" in ddl["firmware"]
     assert "AUTOINCREMENT" in ddl["tasks"]
     engine.dispose()
