@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.temporal",
     "tests.fixtures.mqtt",
+    "tests.fixtures.stack",
     "tests.fixtures.s3",
 ]

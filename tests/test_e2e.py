@@ -1,0 +1,198 @@
+"""The whole stack end to end: dev server, Mosquitto, `ota worker`, `ota bridge`, `ota api` and a
+simulated fleet, each a real process; and the fault test that kills worker and bridge mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections import Counter
+
+import aiomqtt
+import pytest
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from ota.contracts import BatchInput
+from ota.db.models import Batch, DeviceModule, Task
+from ota.services.batches import create_batch
+from ota.services.firmware import add_firmware
+from ota.services.products import add_product
+from tests.fixtures.stack import OtaProcesses
+
+pytestmark = pytest.mark.slow
+
+FIRMWARE = b"\x7fELF" + bytes(range(256)) * 400  # 100 KB that is not all zeros
+
+
+class PushCounter:
+    """Counts upgrade pushes per device by listening to the broker like the devices do."""
+
+    def __init__(self, mqtt_url: str, product_key: str) -> None:
+        self.host, self.port = mqtt_url.rsplit("//", 1)[1].split(":")
+        self.product_key = product_key
+        self.pushes: Counter[str] = Counter()
+        self._ready = asyncio.Event()
+
+    async def run(self) -> None:
+        async with aiomqtt.Client(self.host, int(self.port)) as client:
+            await client.subscribe(f"/ota/device/upgrade/{self.product_key}/+", qos=1)
+            self._ready.set()
+            async for msg in client.messages:  # topic: /ota/device/upgrade/{pk}/{dn}
+                self.pushes[str(msg.topic).rsplit("/", 1)[1]] += 1
+
+    async def started(self) -> None:
+        await asyncio.wait_for(self._ready.wait(), 10)
+
+
+async def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what}: not reached in {timeout}s (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+def task_states(engine, batch_id: str) -> Counter[str]:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        rows = s.exec(
+            select(Task.state, func.count()).where(Task.batch_id == batch_id).group_by(Task.state)
+        ).all()
+    return Counter({state: n for state, n in rows})
+
+
+def reported(engine, product_key: str, version: str) -> int:  # type: ignore[no-untyped-def]
+    from ota.db.models import Device
+
+    with Session(engine) as s:
+        return s.exec(
+            select(func.count())
+            .select_from(DeviceModule)
+            .join(Device, Device.id == DeviceModule.device_id)
+            .where(Device.product_key == product_key, DeviceModule.version == version)
+        ).one()
+
+
+async def start_fleet(stack: OtaProcesses, product_key: str, devices: int, *extra: str) -> None:
+    """Register the product and `devices` simulated devices on 1.0.0, and wait for their reports."""
+    ctx = stack.context()
+    add_product(ctx.engine, product_key, "E2E product")
+    stack.start(
+        "sim",
+        "simulate",
+        "--product", product_key, "--devices", str(devices), "--version", "1.0.0",
+        "--register", "--prefix", "e2e-", "--duration", "900", *extra,
+    )  # fmt: skip
+    await wait_for(
+        lambda: reported(ctx.engine, product_key, "1.0.0") >= devices,
+        90,
+        "every simulated device reported 1.0.0",
+    )
+
+
+def add_test_firmware(stack: OtaProcesses, product_key: str) -> int:
+    ctx = stack.context()
+    fw = add_firmware(
+        ctx.engine,
+        ctx.store,
+        ctx.settings,
+        src=io.BytesIO(FIRMWARE),
+        file_name="fw-2.0.0.bin",
+        product_key=product_key,
+        name="e2e_fw",
+        version="2.0.0",
+        need_verify=False,
+    )
+    assert fw.id is not None
+    return fw.id
+
+
+async def test_batch_updates_a_simulated_fleet_end_to_end(ota_processes: OtaProcesses, mqtt_url):
+    stack = ota_processes
+    pk = f"e2e{uuid.uuid4().hex[:8]}"
+    for name in ("worker", "bridge", "api"):
+        stack.start(name)
+    await start_fleet(stack, pk, 40, "--install-seconds", "0.5")
+    firmware_id = add_test_firmware(stack, pk)
+    counter = PushCounter(mqtt_url, pk)
+    listen = asyncio.create_task(counter.run())
+    await counter.started()
+    ctx = stack.context()
+    batch = await create_batch(
+        ctx,
+        BatchInput(
+            batch_id="", firmware_id=firmware_id, src_versions=["1.0.0"], timeout_minutes=10
+        ),
+    )
+    batch_id = batch["id"]
+    states = await wait_for(
+        lambda: (c := task_states(ctx.engine, batch_id))["updated"] == 40 and c,
+        120,
+        "all 40 tasks updated",
+    )
+    assert states == Counter({"updated": 40})
+    assert reported(ctx.engine, pk, "2.0.0") == 40
+    assert set(counter.pushes.values()) == {1}, "each device pushed exactly once"
+    await wait_for(
+        lambda: Session(ctx.engine).get(Batch, batch_id).state == "completed", 60, "batch completed"
+    )
+    listen.cancel()
+
+
+async def test_killing_worker_and_bridge_mid_batch_loses_nothing(
+    ota_processes: OtaProcesses, mqtt_url
+):
+    """The issue's fault test: 300 devices, worker and bridge SIGKILLed mid-batch, restarted;
+    every device ends updated and none was pushed more often than its retries allow."""
+    stack = ota_processes
+    pk = f"flt{uuid.uuid4().hex[:8]}"
+    devices, max_retries = 300, 1
+    for name in ("worker", "bridge", "api"):
+        stack.start(name)
+    await start_fleet(stack, pk, devices, "--install-seconds", "2", "--processes", "2")
+    firmware_id = add_test_firmware(stack, pk)
+    counter = PushCounter(mqtt_url, pk)
+    listen = asyncio.create_task(counter.run())
+    await counter.started()
+    ctx = stack.context()
+    batch = await create_batch(
+        ctx,
+        BatchInput(
+            batch_id="",
+            firmware_id=firmware_id,
+            src_versions=["1.0.0"],
+            retry_interval_minutes=0,
+            max_retries=max_retries,
+            timeout_minutes=30,
+        ),
+    )
+    batch_id = batch["id"]
+    # Kill once a good part of the fleet is under way but far from done.
+    await wait_for(
+        lambda: sum(counter.pushes.values()) >= devices // 3, 120, "a third of the fleet pushed"
+    )
+    stack.kill("worker")
+    stack.kill("bridge")
+    killed_at = task_states(ctx.engine, batch_id)
+    assert killed_at["updated"] < devices, f"killed too late to prove anything: {killed_at}"
+    await asyncio.sleep(3)  # devices keep reporting into the bridge's persistent session
+    stack.start("worker")
+    stack.start("bridge")
+
+    states = await wait_for(
+        lambda: (c := task_states(ctx.engine, batch_id))["updated"] == devices and c,
+        300,
+        f"all {devices} tasks updated after the restart (at kill: {dict(killed_at)})",
+        interval=2,
+    )
+    assert states == Counter({"updated": devices})
+    assert reported(ctx.engine, pk, "2.0.0") == devices
+    assert len(counter.pushes) == devices
+    assert max(counter.pushes.values()) <= 1 + max_retries, counter.pushes.most_common(5)
+    with Session(ctx.engine) as s:
+        attempts = s.exec(select(func.max(Task.attempts)).where(Task.batch_id == batch_id)).one()
+    assert attempts <= 1 + max_retries
+    listen.cancel()
