@@ -37,6 +37,7 @@ def simulate(
     setup_logging(verbose)
     if not verbose:
         logging.getLogger("ota.device").setLevel(logging.ERROR)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     ctx = context()
     cfg = FleetConfig(
         product_key=product,

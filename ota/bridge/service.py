@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections import Counter
 from collections.abc import Sequence
 
@@ -143,6 +144,7 @@ class Bridge:
         return batch
 
     async def _flush(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
+        started = time.monotonic()
         self.stats["received"] += len(batch)
         parsed: list[protocol.Message] = []
         for m in batch:
@@ -174,7 +176,12 @@ class Bridge:
         self.stats["flushes"] += 1
         if parsed:
             self.stats["transactions"] += 1
-        log.debug("flushed %d messages (%d applied)", len(batch), len(parsed))
+        log.debug(
+            "flushed %d messages (%d applied) in %.0f ms",
+            len(batch),
+            len(parsed),
+            (time.monotonic() - started) * 1000,
+        )
 
     def _apply(self, messages: list[protocol.Message]) -> FlushResult:
         """One transaction; if it fails on a bad message, isolate it and keep the others."""

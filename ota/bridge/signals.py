@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 CONCURRENCY = 64
 RETRY_DELAYS = (0.2, 1.0, 3.0)  # Temporal briefly unavailable: try again before giving up
+RECONNECT_SECONDS = 15.0
 TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.ABORTED}
 
 
@@ -41,12 +42,16 @@ class Signaller:
             self.client = client
         self.stats = stats
         self._limit = asyncio.Semaphore(CONCURRENCY)
+        self._retry_at = 0.0
 
     async def _client(self) -> SignalClient | None:
-        if self.client is None and self.connect is not None:
+        now = asyncio.get_running_loop().time()
+        if self.client is None and self.connect is not None and now >= self._retry_at:
             try:
                 self.client = await self.connect()
             except Exception as exc:
+                # A failed connect takes seconds: don't hold every flush up with another.
+                self._retry_at = now + RECONNECT_SECONDS
                 log.error("cannot reach Temporal: %s", exc)
         return self.client
 

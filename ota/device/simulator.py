@@ -29,6 +29,7 @@ from ota.protocol import Upgrade
 
 log = logging.getLogger(__name__)
 
+DOWNLOADS_PER_PROCESS = 32
 START_RATE = 200  # connections opened per second per process: no SYN storm on the broker
 RESULT_NAMES = {100: "updated", -1: "failed_update", -2: "failed_download"}
 RESULT_NAMES |= {-3: "failed_verify", -4: "failed_install"}
@@ -92,7 +93,9 @@ class SimulatedDevice(Device):
             raise RuntimeError("simulated failure")
         if self._roll(cfg.download_fail_rate):
             raise DownloadFailed("simulated download failure")
-        path = await super().fetch(upgrade)
+        # Few downloads at a time: httpx's pool gets slow (quadratic) with a long queue.
+        async with self.fleet.download_slots:
+            path = await super().fetch(upgrade)
         if self._roll(cfg.verify_fail_rate):
             raise VerifyFailed("simulated checksum mismatch")
         return path
@@ -112,6 +115,7 @@ class Fleet:
         self.results: Counter[str] = Counter()
         self.devices: list[SimulatedDevice] = []
         self.stop = asyncio.Event()
+        self.download_slots = asyncio.Semaphore(DOWNLOADS_PER_PROCESS)
 
     def record(self, device: Device, upgrade: Upgrade, code: int) -> None:
         self.results[RESULT_NAMES.get(code, f"code_{code}")] += 1
