@@ -254,3 +254,20 @@ async def test_tasks_filter_by_state_and_reason_page_by_page(client, temporal_en
     shown = (await client.get(f"/api/v1/batches/{batch['id']}")).json()
     assert shown["counts"] == {"to_be_pushed": 3, "failed": 1, "updated": 1}
     await temporal_env.client.get_workflow_handle(batch["workflow_id"]).terminate("test done")
+
+
+async def test_without_temporal_nothing_is_registered(tmp_path, database_url):
+    """503, and no batch left behind without a workflow."""
+    settings = api_settings(tmp_path, database_url, "127.0.0.1:1")
+    async with api_client(settings, raise_app_exceptions=False) as client:
+        pk = await fleet(client, versions=["1.0.0"])
+        fw = await firmware(client, pk)
+        r = await client.post(f"/api/v1/firmware/{fw['id']}/batches", json={"SrcVersion": "1.0.0"})
+        assert assert_problem(r, 503)["detail"] == "Temporal is not reachable"
+        unverified = await firmware(client, pk, "2.1.0", verified=False)
+        r = await client.post(
+            f"/api/v1/firmware/{unverified['id']}/verifications",
+            json={"device_names": ["dev-0000"]},
+        )
+        assert_problem(r, 503)
+        assert (await client.get("/api/v1/batches")).json() == []

@@ -34,9 +34,11 @@ def api_settings(
 
 
 @asynccontextmanager
-async def api_client(settings: Settings, auth: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+async def api_client(
+    settings: Settings, auth: bool = True, raise_app_exceptions: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
     headers = AUTH if auth else {}
     try:
         async with httpx.AsyncClient(

@@ -46,13 +46,15 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def stack(ota_processes: OtaProcesses) -> OtaProcesses:  # noqa: F811
+    # Migrate once before the processes start: each migrates on start, and on a fresh SQLite
+    # file two of them at once can both create the tables and one crashes (reported).
+    engine = ota_processes.context().engine
     for name in ("worker", "bridge", "api"):
         ota_processes.start(name)
     ota_processes.start(
         "sim", "simulate", "--register", "--product", PK, "--devices", str(DEVICES),
         "--version", "1.0.0", "--install-seconds", "0.3", "--prefix", "sim-",
     )  # fmt: skip
-    engine = ota_processes.context().engine
 
     def all_online() -> bool:
         try:
@@ -226,4 +228,22 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     page.locator("#secure-dialog .switch").first.click()
     expect(page.locator('[data-error-for^="secure-"]').first).to_contain_text("not available yet")
     shot(page, "16-secure-update")
+
+    page.locator("#secure-dialog [data-close]").click()
+
+    # A differential package: its source versions come from what the devices report.
+    page.click("#add-firmware")
+    form.locator('input[name="type"][value="diff"]').check()
+    expect(form.locator("[name=version]")).to_be_hidden()
+    form.locator("[name=name]").fill("thermo_diff")
+    form.locator("[name=product_key]").select_option(PK)
+    form.locator('input[name="src_versions"][value="2.0.0"]').check()
+    form.locator("[name=dest_version]").fill("2.0.1")
+    form.locator("[name=file]").set_input_files(image)
+    shot(page, "17-add-differential")
+    form.locator("button[type=submit]").click()
+    row = page.locator("#firmware-table tbody tr", has_text="thermo_diff")
+    expect(row).to_contain_text("2.0.0 → 2.0.1")
+    expect(row).to_contain_text("Differential")
+    shot(page, "18-firmware-list")
     assert errors == [], errors

@@ -54,6 +54,10 @@ async def create_batch(ctx: Ctx, firmware_id: int, body: BatchCreate) -> dict[st
         validate_max_retries(body.max_retries)
         validate_percent(body.percent)
         retry = parse_retry_interval(body.retry_interval)
+        # Connect before the service registers the batch: it connects after inserting the row
+        # and removes the row only if the start fails, so a Temporal that is down would leave
+        # a batch without a workflow (reported).
+        await ctx.temporal()
         shown = await service.create_batch(
             ctx,
             BatchInput(
@@ -147,6 +151,6 @@ async def cancel_batch(
     """Static: scheduled tasks only by default; dynamic: the policy only by default.
     scope all (or the three CancelQueued/Notified/InProgressTask flags) cancels every ongoing
     task too."""
-    all_tasks = (body or CancelBody()).all_tasks()
+    all_tasks = (body or CancelBody.model_validate({})).all_tasks()
     result = await service.cancel_batch(ctx, batch_id, all_tasks)
     return {**result, "signaled_at": result["signaled_at"].isoformat()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import anyio.to_thread
 from fastapi import Request, Response
@@ -87,7 +87,7 @@ async def add_firmware(ctx: Ctx, request: Request) -> dict[str, Any]:
                 ctx.engine,
                 ctx.store,
                 ctx.settings,
-                src=ThreadReader(stream),
+                src=cast(BinaryIO, ThreadReader(stream)),  # read() is all it uses
                 file_name=file_name,
                 need_verify=form.need_verify,
                 **form.service_kwargs(),

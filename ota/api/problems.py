@@ -57,7 +57,7 @@ def renamed(renames: Mapping[str, str]) -> Iterator[None]:
     try:
         yield
     except (InvalidInput, Conflict) as exc:
-        if exc.field in renames:
+        if exc.field is not None and exc.field in renames:
             exc.field = renames[exc.field]
         raise
 
@@ -140,7 +140,15 @@ def install(app: FastAPI, is_console: Any) -> None:
         title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
         return problem_response(exc.status_code, title, str(exc.detail), headers=exc.headers)
 
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback after this answer; the client gets the same shape.
+        detail = "an unexpected error; the server log has the details"
+        if "client connect" in str(exc).lower():  # temporalio's Client.connect failing
+            return problem_response(503, "Service unavailable", "Temporal is not reachable")
+        return problem_response(500, "Internal server error", detail)
+
     app.add_exception_handler(Problem, on_problem)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, on_crash)
     app.add_exception_handler(OtaError, on_ota_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]
