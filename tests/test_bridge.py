@@ -87,7 +87,13 @@ def publisher(mqtt_url: str) -> aiomqtt.Client:
 async def test_500_devices_reporting_at_once_take_a_few_transactions(engine, mqtt_url, tmp_path):
     fleet = seed_fleet(engine, 500)
     recorder = Recorder()
-    bridge = Bridge(bridge_settings(tmp_path, mqtt_url), engine, recorder, session_expiry=60)
+    bridge = Bridge(
+        bridge_settings(tmp_path, mqtt_url),
+        engine,
+        recorder,
+        session_expiry=60,
+        products=[fleet.product_key],
+    )
     devices = [
         Device(fleet.product_key, n, mqtt_url=mqtt_url, versions="1.0.0", session_expiry=60)
         for n in fleet.names
@@ -125,14 +131,14 @@ async def test_reports_queued_while_the_bridge_is_away_arrive_in_one_transaction
     sqlite_engine, mqtt_url, tmp_path
 ):
     fleet = seed_fleet(sqlite_engine, 300, task_state=None)
-    settings = bridge_settings(tmp_path, mqtt_url)
-    async with running(Bridge(settings, sqlite_engine, None, session_expiry=60)):
+    settings, pks = bridge_settings(tmp_path, mqtt_url), [fleet.product_key]
+    async with running(Bridge(settings, sqlite_engine, None, session_expiry=60, products=pks)):
         pass  # creates the persistent session and its subscriptions, then leaves
     async with publisher(mqtt_url) as pub:
         for n in fleet.names:
             inform = protocol.encode_inform("1", "1.1.0")
             await pub.publish(protocol.inform_topic(fleet.product_key, n), inform, qos=1)
-    bridge = Bridge(settings, sqlite_engine, None, session_expiry=60)
+    bridge = Bridge(settings, sqlite_engine, None, session_expiry=60, products=pks)
     async with running(bridge):
         await until(lambda: bridge.stats["received"] >= 300, what="queued reports")
         await until(lambda: bridge.stats["flushes"] >= 1)
@@ -176,7 +182,7 @@ def test_a_message_received_but_not_flushed_is_redelivered_after_a_crash(mqtt_ur
     assert versions(engine, fleet.product_key) == {dn: "1.0.0"}
 
     async def restart() -> Bridge:
-        bridge = Bridge(settings, engine, None, session_expiry=60)
+        bridge = Bridge(settings, engine, None, session_expiry=60, products=[fleet.product_key])
         async with running(bridge):
             await until(lambda: versions(engine, fleet.product_key)[dn] == "3.0.0")
         return bridge
@@ -205,7 +211,8 @@ async def test_firmware_get_is_answered_with_a_fresh_url_or_nothing(
     with Session(sqlite_engine) as s:
         s.execute(update(Task).where(Task.device_name == idle).values(state="updated"))
         s.commit()
-    bridge = Bridge(bridge_settings(tmp_path, mqtt_url), sqlite_engine, None, session_expiry=60)
+    settings = bridge_settings(tmp_path, mqtt_url)
+    bridge = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[fleet.product_key])
     pk = fleet.product_key
     async with running(bridge), publisher(mqtt_url) as client:
         await client.subscribe(f"/sys/{pk}/+/thing/ota/firmware/get_reply", qos=1)
@@ -233,13 +240,14 @@ async def test_garbage_and_strangers_are_counted_and_the_bridge_goes_on(
 ):
     fleet = seed_fleet(sqlite_engine, 1, task_state=None)
     (dn,) = fleet.names
-    bridge = Bridge(bridge_settings(tmp_path, mqtt_url), sqlite_engine, None, session_expiry=60)
-    pk = fleet.product_key
+    pk, stranger = fleet.product_key, new_pk()
+    settings = bridge_settings(tmp_path, mqtt_url)
+    bridge = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk, stranger])
     async with running(bridge), publisher(mqtt_url) as client:
         await client.publish(protocol.inform_topic(pk, dn), b"{garbage", qos=1)
         await client.publish(protocol.progress_topic(pk, dn), b'{"params":{"step":"x"}}', qos=1)
         await client.publish(
-            protocol.inform_topic(new_pk(), "nobody"), b'{"params":{"version":"1"}}', 1
+            protocol.inform_topic(stranger, "nobody"), b'{"params":{"version":"1"}}', 1
         )
         await client.publish(protocol.inform_topic(pk, dn), protocol.encode_inform("9", "1.2.3"), 1)
         await until(lambda: versions(sqlite_engine, pk) == {dn: "1.2.3"})

@@ -43,7 +43,8 @@ async def test_reports_reach_the_device_workflows(
     good, bad, gone = fleet.names  # gone: no workflow at all
     pk = fleet.product_key
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    bridge = Bridge(bridge_settings(tmp_path, mqtt_url), sqlite_engine, client, session_expiry=60)
+    settings = bridge_settings(tmp_path, mqtt_url)
+    bridge = Bridge(settings, sqlite_engine, client, session_expiry=60, products=[pk])
     async with (
         Worker(
             client,

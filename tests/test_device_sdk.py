@@ -62,7 +62,7 @@ async def stack(tmp_path: Path, mqtt_url: str) -> AsyncIterator[Stack]:
     ctx = Context(settings)
     fleet = seed_fleet(ctx.engine, 4, content=CONTENT, store=ctx.store)
     recorder = Recorder()
-    bridge = Bridge(settings, ctx.engine, recorder, session_expiry=60)
+    bridge = Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[fleet.product_key])
     with serve_api(settings):
         async with running(bridge):
             yield Stack(settings, ctx.engine, fleet, bridge, recorder)

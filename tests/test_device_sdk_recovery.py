@@ -105,7 +105,7 @@ async def test_device_and_bridge_come_back_after_the_broker_restarts(tmp_path: P
         engine = Context(settings).engine
         fleet = seed_fleet(engine, 1, task_state=None)
         pk, dn = fleet.product_key, fleet.names[0]
-        bridge = Bridge(settings, engine, None, session_expiry=60)
+        bridge = Bridge(settings, engine, None, session_expiry=60, products=[pk])
         device = Device(pk, dn, mqtt_url=broker.url, versions="1.0.0")
         async with running(bridge), online(device):
             broker.stop()

@@ -70,7 +70,8 @@ async def test_linkkit_devices_update_by_push_and_by_query(
     logs: dict[str, Path] = {}
     procs = []
     with serve_api(settings):
-        async with running(Bridge(settings, ctx.engine, recorder, session_expiry=60)):
+        pks = [pushed.product_key, queried.product_key]
+        async with running(Bridge(settings, ctx.engine, recorder, session_expiry=60, products=pks)):
             for fleet, mode in ((pushed, "push"), (queried, "query")):
                 work = tmp_path / mode
                 work.mkdir()

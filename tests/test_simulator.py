@@ -36,7 +36,7 @@ async def test_a_fleet_updates_and_fails_as_configured(mqtt_url: str, tmp_path: 
         session_expiry=60, seed=7,
     )  # fmt: skip
     fleet, recorder = Fleet(cfg), Recorder()
-    bridge = Bridge(settings, ctx.engine, recorder, session_expiry=60)
+    bridge = Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[f.product_key])
     with serve_api(settings):
         async with running(bridge):
             run = asyncio.create_task(fleet.run())
@@ -86,7 +86,9 @@ async def test_offline_devices_connect_later_and_wake_their_workflows(mqtt_url: 
         session_expiry=60,
     )  # fmt: skip
     fleet, recorder = Fleet(cfg), Recorder()
-    async with running(Bridge(settings, engine, recorder, session_expiry=60)):
+    async with running(
+        Bridge(settings, engine, recorder, session_expiry=60, products=[f.product_key])
+    ):
         run = asyncio.create_task(fleet.run())
         await until(lambda: len(recorder.signals) == 4, what="the early devices")
         assert sum(d.online for d in devices(engine, f.product_key).values()) == 4

@@ -7,6 +7,7 @@ Rules it follows:
   expiry) so the broker queues reports while a bridge restarts. Messages are acked only after
   their effects are committed and their signals sent: at-least-once, so every write is idempotent.
   With MQTT 3.1.1 (the embedded broker) it subscribes without `$share` and runs alone.
+  `products=[...]` limits a bridge to some products' devices (tests on a shared broker do so).
 - Batching: messages are gathered for `bridge_flush_seconds` (or up to `max_batch`) and written in
   ONE transaction: devices' online/last_seen, reported versions per module (upsert), each task's
   latest progress, and the guarded moves to `in_upgrade` (first progress) and `updated` (target

@@ -41,11 +41,14 @@ class Bridge:
         *,
         max_batch: int = MAX_BATCH,
         session_expiry: int = SESSION_EXPIRY_SECONDS,
+        products: Sequence[str] | None = None,
     ) -> None:
+        """`products`: listen only to these products' devices (default: every device)."""
         self.settings = settings
         self.engine = engine
         self.max_batch = max_batch
         self.session_expiry = session_expiry
+        self.products = list(products or [])
         self.stats: Counter[str] = Counter()
         self.signaller = Signaller(temporal, self.stats)
         self.ready = asyncio.Event()  # set while connected and subscribed
@@ -75,6 +78,8 @@ class Bridge:
 
     def _subscriptions(self) -> list[tuple[str, SubscribeOptions | int]]:
         filters = list(protocol.DEVICE_TOPIC_FILTERS.values())
+        if self.products:  # the product key is each filter's first wildcard
+            filters = [f.replace("+", pk, 1) for pk in self.products for f in filters]
         if not self._v5:  # MQTT 3.1.1 (the embedded broker) has no shared subscriptions
             return [(f, 1) for f in filters]
         # Mosquitto sends retained messages to shared subscriptions too: not news, skip them.
