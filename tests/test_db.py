@@ -28,3 +28,20 @@ def test_sqlite_never_reuses_firmware_or_task_ids(tmp_path):
     assert "AUTOINCREMENT" in ddl["firmware"]
     assert "AUTOINCREMENT" in ddl["tasks"]
     engine.dispose()
+
+
+def test_processes_starting_together_on_a_fresh_database_migrate_once(database_url):
+    """Worker, bridge and API start at once on a new installation (a race seen with SQLite)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from ota.db.engine import make_engine; make_engine(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    engine = make_engine(database_url)
+    assert "tasks" in inspect(engine).get_table_names()
+    engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,10 +10,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_KEY = 0x07A_0001  # any constant shared by every ota process
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -51,17 +53,41 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 
 def upgrade(engine: Engine) -> None:
-    """Apply Alembic migrations up to head, once per database per process."""
+    """Apply Alembic migrations up to head, once per database per process.
+
+    Worker, bridge and API start together on a fresh installation: a lock across processes
+    (a file lock for SQLite, an advisory lock for PostgreSQL) lets one migrate while the
+    others wait and then find the schema at head.
+    """
     key = str(engine.url)
     with _migrate_lock:
         if key in _migrated:
             return
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with engine.begin() as conn:
+        with _across_processes(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         _migrated.add(key)
+
+
+@contextmanager
+def _across_processes(engine: Engine) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite database file; nothing for other databases."""
+    path = engine.url.database
+    if engine.dialect.name != "sqlite" or not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager
