@@ -26,7 +26,9 @@ def simulate(
     verify_fail_rate: float = typer.Option(0.0, "--verify-fail-rate", min=0, max=1),
     install_fail_rate: float = typer.Option(0.0, "--install-fail-rate", min=0, max=1),
     offline: int = typer.Option(0, "--offline", min=0, help="Devices that connect late."),
-    offline_delay: float = typer.Option(30.0, "--offline-delay", help="Seconds they wait."),
+    offline_delay: float = typer.Option(
+        30.0, "--offline-delay", help="Seconds they wait (or until SIGUSR1)."
+    ),
     install_seconds: float = typer.Option(1.0, "--install-seconds", min=0),
     duration: float | None = typer.Option(None, "--duration", help="Seconds; default: Ctrl-C."),
     processes: int = typer.Option(1, "--processes", min=1, help="Spread over this many."),

@@ -253,3 +253,24 @@ async def test_garbage_and_strangers_are_counted_and_the_bridge_goes_on(
         await until(lambda: versions(sqlite_engine, pk) == {dn: "1.2.3"})
     assert bridge.stats["rejected"] == 2
     assert bridge.stats["unknown_device"] == 1
+
+
+async def test_mqtt_311_without_shared_subscriptions(sqlite_engine, mqtt_url, tmp_path):
+    """The embedded amqtt broker speaks 3.1.1 only: one bridge, plain filters, retained skipped."""
+    fleet = seed_fleet(sqlite_engine, 1, task_state=None)
+    pk, dn = fleet.product_key, fleet.names[0]
+    settings = bridge_settings(tmp_path, mqtt_url, mqtt_protocol="3.1.1")
+    async with publisher(mqtt_url) as client:  # a retained report: old news to a new bridge
+        await client.publish(protocol.status_topic(pk, dn), b"online", qos=1, retain=True)
+    bridge = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk])
+    device = Device(pk, dn, mqtt_url=mqtt_url, versions="3.1.1", mqtt_protocol="3.1.1")
+    try:
+        async with running(bridge):
+            task = asyncio.create_task(device.run())
+            await until(lambda: versions(sqlite_engine, pk) == {dn: "3.1.1"})
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        async with publisher(mqtt_url) as client:  # leave no retained message behind
+            await client.publish(protocol.status_topic(pk, dn), b"", qos=1, retain=True)
+    assert bridge.stats["retained_ignored"] >= 1

@@ -82,7 +82,7 @@ async def test_offline_devices_connect_later_and_wake_their_workflows(mqtt_url: 
         s.execute(update(Task).values(reason="offline"))
         s.commit()
     cfg = FleetConfig(
-        f.product_key, 6, "1.0.0", prefix="dev-", mqtt_url=mqtt_url, offline=2, offline_delay=1.5,
+        f.product_key, 6, "1.0.0", prefix="dev-", mqtt_url=mqtt_url, offline=2, offline_delay=60,
         session_expiry=60,
     )  # fmt: skip
     fleet, recorder = Fleet(cfg), Recorder()
@@ -92,6 +92,9 @@ async def test_offline_devices_connect_later_and_wake_their_workflows(mqtt_url: 
         run = asyncio.create_task(fleet.run())
         await until(lambda: len(recorder.signals) == 4, what="the early devices")
         assert sum(d.online for d in devices(engine, f.product_key).values()) == 4
+        await asyncio.sleep(0.5)
+        assert len(recorder.signals) == 4  # the late ones wait for the delay, or to be told
+        fleet.wake_late.set()
         await until(lambda: len(recorder.signals) == 6, what="the late devices")
         fleet.stop.set()
         await run

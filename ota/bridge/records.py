@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import SQLModel
 
 from ota import protocol
 from ota.contracts import SIGNAL_ONLINE, SIGNAL_REPORT, DeviceReport, device_workflow_id
@@ -29,9 +30,11 @@ log = logging.getLogger(__name__)
 
 CHUNK = 500  # rows per IN (...) list or multi-row insert: far below every driver's parameter cap
 PROGRESSING = (TaskState.PUSHED, TaskState.IN_UPGRADE)
-TASKS = Task.__table__
-DEVICES = Device.__table__
-MODULES = DeviceModule.__table__
+TASKS = SQLModel.metadata.tables[Task.__tablename__]  # type: ignore[index]
+DEVICES = SQLModel.metadata.tables[Device.__tablename__]  # type: ignore[index]
+MODULES = SQLModel.metadata.tables[DeviceModule.__tablename__]  # type: ignore[index]
+BATCHES = SQLModel.metadata.tables[Batch.__tablename__]  # type: ignore[index]
+FIRMWARE = SQLModel.metadata.tables[Firmware.__tablename__]  # type: ignore[index]
 
 
 @dataclass(frozen=True)
@@ -267,9 +270,9 @@ def _load_tasks(conn: Connection, device_ids: list[int]) -> dict[int, list[_Task
                 TASKS.c.reason,
                 TASKS.c.started,
                 TASKS.c.first_progress_at,
-                Batch.__table__.c.firmware_id,
+                BATCHES.c.firmware_id,
             )
-            .join(Batch.__table__, Batch.__table__.c.id == TASKS.c.batch_id)
+            .join(BATCHES, BATCHES.c.id == TASKS.c.batch_id)
             .where(TASKS.c.device_id.in_(part), TASKS.c.state.in_(ACTIVE_TASK_STATES))
             .order_by(TASKS.c.id)
         )
@@ -311,8 +314,7 @@ def _attach_firmware(conn: Connection, replies: list[Reply]) -> None:
     ids = sorted({r.firmware_id for r in replies if r.firmware_id is not None})
     if not ids:
         return
-    table = Firmware.__table__
-    rows = conn.execute(select(table).where(table.c.id.in_(ids))).mappings()
+    rows = conn.execute(select(FIRMWARE).where(FIRMWARE.c.id.in_(ids))).mappings()
     firmware = {row["id"]: Firmware.model_validate(dict(row)) for row in rows}
     for i, r in enumerate(replies):
         if r.firmware_id is not None:

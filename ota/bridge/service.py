@@ -76,7 +76,7 @@ class Bridge:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _subscriptions(self) -> list[tuple[str, SubscribeOptions | int]]:
+    def _subscriptions(self) -> list[tuple[str, SubscribeOptions]] | list[tuple[str, int]]:
         filters = list(protocol.DEVICE_TOPIC_FILTERS.values())
         if self.products:  # the product key is each filter's first wildcard
             filters = [f.replace("+", pk, 1) for pk in self.products for f in filters]
@@ -135,7 +135,9 @@ class Bridge:
     ) -> list[aiomqtt.Message]:
         """The first message, and whatever else arrives within flush_seconds (up to max_batch)."""
         loop = asyncio.get_running_loop()
-        batch = [await _next(inbox, reader, None)]
+        first = await _next(inbox, reader, None)
+        assert first is not None  # no timeout: a message or an exception
+        batch = [first]
         deadline = loop.time() + self.settings.bridge_flush_seconds
         while len(batch) < self.max_batch:
             if not inbox.empty():

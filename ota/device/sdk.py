@@ -79,7 +79,7 @@ class Device:
         self.stats: Counter[str] = Counter()
         self._client: aiomqtt.Client | None = None
         self._ids = itertools.count(1)
-        self._updates: dict[str, asyncio.Task[None]] = {}  # module -> running update
+        self._updates: dict[str, asyncio.Task[int]] = {}  # module -> running update
 
     # -- topics ---------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
+from sqlmodel import select
 
 from ota.db.engine import session_scope
 from ota.db.models import Device as DeviceRow
@@ -115,6 +116,7 @@ class Fleet:
         self.results: Counter[str] = Counter()
         self.devices: list[SimulatedDevice] = []
         self.stop = asyncio.Event()
+        self.wake_late = asyncio.Event()
         self.download_slots = asyncio.Semaphore(DOWNLOADS_PER_PROCESS)
 
     def record(self, device: Device, upgrade: Upgrade, code: int) -> None:
@@ -150,8 +152,9 @@ class Fleet:
         return summary
 
     async def _run_device(self, device: SimulatedDevice, late: bool) -> None:
-        if late:
-            await asyncio.sleep(self.cfg.offline_delay)
+        if late:  # until offline_delay passes or someone says now (SIGUSR1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake_late.wait(), self.cfg.offline_delay)
         await device.run()
 
 
@@ -163,6 +166,7 @@ def run_fleet(cfg: FleetConfig) -> dict[str, int]:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, fleet.stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, fleet.wake_late.set)
         return await fleet.run()
 
     return dict(asyncio.run(main()))
@@ -178,12 +182,14 @@ def run_fleet_processes(cfg: FleetConfig, processes: int) -> dict[str, int]:
         for i in range(0, cfg.devices, per)
     ]
     # The workers stop on the terminal's Ctrl-C themselves; this process just waits for them.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # `kill -USR1 -- -<process group>` wakes the late devices of every worker.
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGUSR1)}
     try:
         with ProcessPoolExecutor(len(slices)) as pool:
             summaries = list(pool.map(run_fleet, slices))
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     total: Counter[str] = Counter()
     for s in summaries:
         total.update(s)
