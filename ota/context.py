@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 
 from ota.db.engine import make_engine
+from ota.errors import Unavailable
 from ota.settings import Settings, get_settings
 from ota.storage import FirmwareStore
 
@@ -27,7 +28,14 @@ class Context:
 
     async def temporal(self) -> Client:
         if self._temporal is None:
-            self._temporal = await Client.connect(
-                self.settings.temporal_address, namespace=self.settings.temporal_namespace
-            )
+            address = self.settings.temporal_address
+            try:
+                self._temporal = await Client.connect(
+                    address, namespace=self.settings.temporal_namespace
+                )
+            except RuntimeError as exc:  # the SDK's "Failed client connect"
+                raise Unavailable(
+                    f"Temporal is not reachable at {address} (OTA_TEMPORAL_ADDRESS): "
+                    "start it, e.g. with `ota dev`"
+                ) from exc
         return self._temporal

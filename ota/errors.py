@@ -42,3 +42,10 @@ class Conflict(OtaError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+class Unavailable(OtaError):
+    """A service the operation needs (Temporal, the broker) does not answer."""
+
+    status = 503
+    exit_code = 1

@@ -218,3 +218,21 @@ def test_the_installed_command(tmp_path, fw_file):
     assert json.loads(added.stdout)["md5"] == hashlib.md5(ELF).hexdigest()
     bad = run("firmware", "add", fw_file, "--product", "pk1", "--name", "abc", "--version", "2")
     assert bad.returncode == 2 and "name:" in bad.stderr
+
+
+def test_batch_create_without_temporal_says_so_and_registers_nothing(tmp_path):
+    """No traceback, exit 1, and no batch left behind without a workflow."""
+    env = {**os.environ, "OTA_HOME": str(tmp_path), "OTA_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    ota = [sys.executable, "-m", "starter"]
+    run = lambda *a: subprocess.run([*ota, *a], env=env, capture_output=True, text=True)  # noqa: E731
+    assert run("product", "add", "pk_cli1", "--name", "P").returncode == 0
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(b"firmware")
+    added = run("firmware", "add", str(fw), "--product", "pk_cli1", "--name", "fw_cli",
+                "--version", "2.0", "--no-verify")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    result = run("batch", "create", "1", "--src-version", "1.0")
+    assert result.returncode == 1
+    assert "Temporal is not reachable at 127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(run("batch", "list", "--json").stdout) == []

@@ -54,10 +54,6 @@ async def create_batch(ctx: Ctx, firmware_id: int, body: BatchCreate) -> dict[st
         validate_max_retries(body.max_retries)
         validate_percent(body.percent)
         retry = parse_retry_interval(body.retry_interval)
-        # Connect before the service registers the batch: it connects after inserting the row
-        # and removes the row only if the start fails, so a Temporal that is down would leave
-        # a batch without a workflow (reported).
-        await ctx.temporal()
         shown = await service.create_batch(
             ctx,
             BatchInput(

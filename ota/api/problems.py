@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ota.api.schemas import CLOUD_NAMES
-from ota.errors import Conflict, InvalidInput, NotFound, OtaError
+from ota.errors import Conflict, InvalidInput, NotFound, OtaError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ _TYPES = {
     InvalidInput: ("invalid-input", "Invalid input"),
     NotFound: ("not-found", "Not found"),
     Conflict: ("conflict", "Conflict"),
+    Unavailable: ("unavailable", "Service unavailable"),
 }
 _SNAKE_NAMES = {cloud: name for name, cloud in CLOUD_NAMES.items()}
 _HTTP_TITLES = {
@@ -143,8 +144,6 @@ def install(app: FastAPI, is_console: Any) -> None:
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette logs the traceback after this answer; the client gets the same shape.
         detail = "an unexpected error; the server log has the details"
-        if "client connect" in str(exc).lower():  # temporalio's Client.connect failing
-            return problem_response(503, "Service unavailable", "Temporal is not reachable")
         return problem_response(500, "Internal server error", detail)
 
     app.add_exception_handler(Problem, on_problem)  # type: ignore[arg-type]

@@ -20,7 +20,6 @@ async def create_verification(ctx: Ctx, firmware_id: int, body: VerifyCreate) ->
     """Update the chosen devices; the firmware becomes verified if all of them update."""
     with renamed(FIELDS):
         validate_timeout(body.timeout_minutes)  # as the CLI: the range before anything is read
-        await ctx.temporal()  # before the batch row is written: see api/batches.py
         shown = await service.start_verify(
             ctx, firmware_id, body.device_names, body.timeout_minutes
         )

@@ -220,6 +220,7 @@ def batch_input(ctx: Context, batch: Batch, inp: BatchInput) -> BatchInput:
 async def create_batch(ctx: Context, inp: BatchInput) -> dict[str, Any]:
     """Register the batch and start its workflow; returns the batch as `show_batch` does."""
     inp = replace(inp, batch_id=inp.batch_id or new_batch_id())
+    client = await ctx.temporal()  # before registering: no batch without a workflow
     with session_scope(ctx.engine) as session:
         batch = resolve_batch(session, inp)
         check_one_dynamic(session, batch)
@@ -227,7 +228,6 @@ async def create_batch(ctx: Context, inp: BatchInput) -> dict[str, Any]:
         session.add(batch)
     assert firmware is not None
     start = batch_input(ctx, batch, inp)
-    client = await ctx.temporal()
     try:
         await client.start_workflow(
             BATCH_WORKFLOW,

@@ -85,13 +85,13 @@ async def start_verify(
     ctx: Context, firmware_ref: int | str, device_names: list[str], timeout: int | None = None
 ) -> dict[str, Any]:
     """Register the verification batch and start its workflow."""
+    client = await ctx.temporal()  # before registering: no batch without a workflow
     with session_scope(ctx.engine) as session:
         firmware = find_firmware(session, firmware_ref)
         assert firmware.id is not None
         inp = VerifyInput(new_batch_id(), firmware.id, list(device_names), timeout)
         batch = resolve_verify(session, inp)
         session.add(batch)
-    client = await ctx.temporal()
     try:
         await client.start_workflow(
             VERIFY_WORKFLOW,
