@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Body, Query
-from sqlalchemy import Engine
-from sqlmodel import Session, col, select
 
 from ota.api.common import Ctx, api_router
 from ota.api.problems import renamed
@@ -14,7 +12,6 @@ from ota.api.schemas import BatchCreate, CancelBody
 from ota.api.views import batch_view, task_view
 from ota.context import Context
 from ota.contracts import BatchInput
-from ota.db.models import Batch, Task
 from ota.domain import (
     BatchState,
     TaskReason,
@@ -25,7 +22,6 @@ from ota.domain import (
     validate_rate,
     validate_timeout,
 )
-from ota.errors import NotFound
 from ota.services import batches as service
 from ota.services.firmware import get_firmware
 
@@ -115,29 +111,10 @@ def task_page(
 ) -> dict[str, Any]:
     """One page of a batch's tasks with the seed's labels; the API and the console show this."""
     batch = service.show_batch(ctx.engine, batch_id)
-    if reason is None:
-        rows = service.list_tasks(ctx.engine, batch_id, state, limit, after_id)
-    else:
-        rows = _tasks_with_reason(ctx.engine, batch_id, state, reason, limit, after_id)
+    rows = service.list_tasks(ctx.engine, batch_id, state, limit, after_id, reason)
     items = [task_view(ctx.settings, t, batch) for t in rows]
     more = len(rows) == limit
     return {"items": items, "next_after_id": rows[-1]["id"] if more else None}
-
-
-def _tasks_with_reason(
-    engine: Engine, batch_id: str, state: str | None, reason: str, limit: int, after_id: int
-) -> list[dict[str, Any]]:
-    """Workaround: services.batches.list_tasks cannot filter by reason yet (reported)."""
-    with Session(engine) as session:
-        if session.get(Batch, batch_id) is None:
-            raise NotFound("batch", batch_id)
-        query = select(Task).where(
-            Task.batch_id == batch_id, Task.reason == reason, col(Task.id) > after_id
-        )
-        if state:
-            query = query.where(Task.state == state)
-        tasks = session.exec(query.order_by(col(Task.id)).limit(limit))
-        return [t.model_dump(mode="json") for t in tasks]
 
 
 @router.post("/batches/{batch_id}/cancel", summary="CancelOTATaskByJob / CancelOTAStrategyByJob")

@@ -310,8 +310,9 @@ def list_batches(
 
 
 def task_label(task: Task, batch: Batch) -> str:
-    """The seed's wording: To Be Pushed (Device Offline), (Timing: ...), Update Failed (reason)."""
-    if not task.reason:
+    """The seed's wording: To Be Pushed (Device Offline), (Timing: ...), Update Failed (reason);
+    a rate-limited task is plain To Be Pushed, as in the seed's table."""
+    if not task.reason or task.reason == TaskReason.RATE_LIMITED:
         return task.state
     if task.reason == TaskReason.SCHEDULED and batch.scheduled_at:
         return f"{task.state} (Timing: {batch.scheduled_at:%Y/%m/%d %H:%M:%S})"
@@ -319,7 +320,12 @@ def task_label(task: Task, batch: Batch) -> str:
 
 
 def list_tasks(
-    engine: Engine, batch_id: str, state: str | None = None, limit: int = 1000, after_id: int = 0
+    engine: Engine,
+    batch_id: str,
+    state: str | None = None,
+    limit: int = 1000,
+    after_id: int = 0,
+    reason: str | None = None,
 ) -> list[dict[str, Any]]:
     with Session(engine) as session:
         batch = session.get(Batch, batch_id)
@@ -328,6 +334,8 @@ def list_tasks(
         query = select(Task).where(Task.batch_id == batch_id, col(Task.id) > after_id)
         if state:
             query = query.where(Task.state == state)
+        if reason:
+            query = query.where(Task.reason == reason)
         tasks = session.exec(query.order_by(col(Task.id)).limit(limit))
         return [{**t.model_dump(mode="json"), "label": task_label(t, batch)} for t in tasks]
 
