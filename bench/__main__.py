@@ -1,0 +1,109 @@
+"""python -m bench [--devices N] [--sizes 1000,10000] [--quick] [--out FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.run import new_workdir, run_size
+
+QUICK_DEVICES = 200
+RATE = 1000  # the seed's top push rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument(
+        "--sizes", help="several fleet sizes, e.g. 1000,10000 (overrides --devices)"
+    )
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_DEVICES} devices, < 3 min")
+    parser.add_argument(
+        "--rate", type=int, default=RATE, help="the throttled batch's rate; 0: skip"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--mqtt-url", default=os.environ.get("OTA_MQTT_URL", "mqtt://127.0.0.1:1883")
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    sizes = [QUICK_DEVICES] if args.quick else [args.devices]
+    if args.sizes:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    runs = [
+        asyncio.run(run_size(n, args.mqtt_url, args.rate or None, new_workdir())) for n in sizes
+    ]
+    report = summarize(runs)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print_table(report)
+    print(f"\nwritten to {args.out}")
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures come from the largest fleet; every size's are kept under `runs`."""
+    last = runs[-1]
+    un = last["unthrottled"]
+    rate = last.get("rate", {})
+    max_batch = max((max(r["unthrottled"]["batch_run_events"]) for r in runs), default=0)
+    return {
+        "devices": last["devices"],
+        "baseline_devices_per_s": round(last["baseline"]["devices_per_s"], 2),
+        "devices_per_s": round(un["devices_per_s"], 2),
+        "ratio": round(un["devices_per_s"] / last["baseline"]["devices_per_s"], 3),
+        "rate_1000_devices_per_min": round(rate.get("updated_per_min", 0.0), 1),
+        "rate_1000_pushes_per_min": round(rate.get("pacing", {}).get("pushes_per_min", 0.0), 1),
+        "rate_1000_pacing_error": round(rate.get("pacing", {}).get("error", 0.0), 4),
+        "rate_1000_max_pushes_in_any_minute": rate.get("pacing", {}).get("max_in_any_minute"),
+        "events_per_device": un["events_per_device"],
+        "signals_per_device": un["signals_per_device"],
+        "workflow_tasks_per_device": un["workflow_tasks_per_device"],
+        "db_ops_per_device": un.get("db_ops_per_device"),
+        "push_to_updated_p50_s": round(un["p50_s"], 3),
+        "push_to_updated_p99_s": round(un["p99_s"], 3),
+        "max_history_events": max(
+            max_batch, max(r["unthrottled"]["max_device_history_events"] for r in runs)
+        ),
+        "peak_rss_mb": last["peak_rss_mb"],
+        "runs": runs,
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = [
+        ("devices", "devices"),
+        ("baseline fan-out, devices/s", "baseline_devices_per_s"),
+        ("ota batch, devices/s", "devices_per_s"),
+        ("ratio to baseline", "ratio"),
+        ("--rate 1000: updated per minute", "rate_1000_devices_per_min"),
+        ("--rate 1000: pushes per minute", "rate_1000_pushes_per_min"),
+        ("--rate 1000: pacing error", "rate_1000_pacing_error"),
+        ("--rate 1000: most pushes in any minute", "rate_1000_max_pushes_in_any_minute"),
+        ("history events per device", "events_per_device"),
+        ("signals per device", "signals_per_device"),
+        ("workflow tasks per device", "workflow_tasks_per_device"),
+        ("server DB operations per device", "db_ops_per_device"),
+        ("push to updated p50 (s)", "push_to_updated_p50_s"),
+        ("push to updated p99 (s)", "push_to_updated_p99_s"),
+        ("max events in any run's history", "max_history_events"),
+    ]
+    for label, key in rows:
+        print(f"{label:42} {report.get(key)}")
+    for name, mb in report["peak_rss_mb"].items():
+        print(f"{'peak RSS ' + name + ' (MB)':42} {mb}")
+    if len(report["runs"]) > 1:
+        print("\nby fleet size: devices, baseline/s, ota/s, ratio, rss worker/bridge MB")
+        for r in report["runs"]:
+            b, u = r["baseline"]["devices_per_s"], r["unthrottled"]["devices_per_s"]
+            rss = r["peak_rss_mb"]
+            print(f"  {r['devices']:>7} {b:8.1f} {u:8.1f} {u / b:6.2f} "
+                  f"{rss.get('worker')}/{rss.get('bridge')}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

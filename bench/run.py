@@ -1,0 +1,187 @@
+"""One benchmark run at one fleet size: baseline fan-out, an unthrottled batch, a --rate batch."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from bench.baseline import run_baseline
+from bench.measure import (
+    batch_run_lengths,
+    device_histories,
+    pacing,
+    persistence_requests,
+    push_to_updated,
+    task_times,
+    updated_per_min,
+)
+from bench.stack import BenchStack, free_port
+from ota.context import Context
+from ota.contracts import BatchInput, batch_workflow_id
+from ota.db.models import DeviceModule, Task
+from ota.services.batches import create_batch
+from ota.services.firmware import add_firmware
+from ota.settings import Settings
+
+log = logging.getLogger("bench")
+DEVICES_PER_SIM_PROCESS = 500
+IMAGE = os.urandom(64 * 1024)  # the firmware every simulated device downloads
+
+
+async def run_size(devices: int, mqtt_url: str, rate: int | None, workdir: Path) -> dict[str, Any]:
+    stack = BenchStack(workdir)
+    sampler = None
+    try:
+        stack.start_temporal()
+        sampler = asyncio.create_task(_sample(stack))
+        ctx = _context(stack, workdir, mqtt_url)
+        client = await ctx.temporal()
+        host, port = mqtt_url.rsplit("//", 1)[1].split(":")
+        log.info("%d devices: baseline fan-out", devices)
+        baseline = await run_baseline(client, host, int(port), devices, uuid.uuid4().hex[:6])
+        log.info("baseline: %.1f devices/s", baseline["devices_per_s"])
+
+        for name in ("worker", "bridge", "api"):
+            stack.start(name, [sys.executable, "-m", "starter", name])
+        pk = f"bench{uuid.uuid4().hex[:6]}"
+        processes = max(1, -(-devices // DEVICES_PER_SIM_PROCESS))
+        stack.start(
+            "simulator",
+            [sys.executable, "-m", "starter", "simulate", "--product", pk,
+             "--devices", str(devices), "--version", "1.0.0", "--register",
+             "--install-seconds", "0", "--processes", str(processes)],
+        )  # fmt: skip
+        await _until(lambda: _reported(ctx, pk, "1.0.0") >= devices, 60 + devices / 20, "fleet up")
+        result: dict[str, Any] = {"devices": devices, "baseline": baseline}
+
+        fw1 = _firmware(ctx, pk, "2.0.0")
+        ops_before = persistence_requests(stack.metrics_port)
+        result["unthrottled"] = await _batch(ctx, pk, fw1, "1.0.0", devices, None)
+        ops = persistence_requests(stack.metrics_port) - ops_before
+        result["unthrottled"]["db_ops_per_device"] = ops / devices if ops else None
+        names = await asyncio.to_thread(_device_names, ctx, pk)
+        result["unthrottled"].update(await device_histories(client, pk, names))
+        if rate:
+            fw2 = _firmware(ctx, pk, "3.0.0")
+            result["rate"] = await _batch(ctx, pk, fw2, "2.0.0", devices, rate)
+        stack.sample()
+        result["peak_rss_mb"] = {p.name: round(p.peak_rss_mb, 1) for p in stack.procs}
+        return result
+    finally:
+        if sampler:
+            sampler.cancel()
+        stack.stop()
+
+
+async def _batch(
+    ctx: Context, pk: str, firmware_id: int, source: str, devices: int, rate: int | None
+) -> dict[str, Any]:
+    label = f"rate {rate}/min" if rate else "unthrottled"
+    started = time.monotonic()
+    batch = await create_batch(
+        ctx,
+        BatchInput(batch_id="", firmware_id=firmware_id, src_versions=[source],
+                   rate_per_minute=rate, timeout_minutes=60),
+    )  # fmt: skip
+    batch_id = batch["id"]
+    patience = 120 + devices / 5 + (devices / rate * 60 if rate else 0)
+    await _until(lambda: _updated(ctx, batch_id) >= devices, patience, label)
+    elapsed = time.monotonic() - started
+    times = await asyncio.to_thread(task_times, ctx.engine, batch_id)
+    out: dict[str, Any] = {
+        "batch_id": batch_id,
+        "seconds": elapsed,
+        "devices_per_s": devices / elapsed,
+        "updated_per_min": updated_per_min(times),
+        **push_to_updated(times),
+    }
+    if rate:
+        out["pacing"] = pacing(times, rate)
+    client = await ctx.temporal()
+    out["batch_run_events"] = await batch_run_lengths(client, batch_workflow_id(batch_id))
+    log.info("%s: %d devices in %.1f s (%.1f/s)", label, devices, elapsed, devices / elapsed)
+    return out
+
+
+def _context(stack: BenchStack, workdir: Path, mqtt_url: str) -> Context:
+    home = workdir / "ota"
+    stack.env.update(
+        {
+            "OTA_HOME": str(home),
+            "OTA_MQTT_URL": mqtt_url,
+            "OTA_HTTP_PORT": str(free_port()),
+            "OTA_API_TOKEN": "bench",
+            "OTA_TASK_QUEUE": f"bench-{uuid.uuid4().hex[:6]}",
+            "OTA_BRIDGE_CLIENT_ID": f"bench-bridge-{uuid.uuid4().hex[:6]}",
+            "OTA_BRIDGE_SHARE_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
+            "OTA_BATCH_POLL_SECONDS": "1",
+        }
+    )
+    settings = Settings(**{k[4:].lower(): v for k, v in stack.env.items() if k.startswith("OTA_")})
+    ctx = Context(settings)
+    ctx.engine  # migrate once, before worker, bridge and api start  # noqa: B018
+    return ctx
+
+
+def _firmware(ctx: Context, pk: str, version: str) -> int:
+    fw = add_firmware(
+        ctx.engine, ctx.store, ctx.settings, src=io.BytesIO(IMAGE), file_name=f"fw-{version}.bin",
+        product_key=pk, name="bench_fw", version=version, need_verify=False,
+    )  # fmt: skip
+    assert fw.id is not None
+    return fw.id
+
+
+def _reported(ctx: Context, pk: str, version: str) -> int:
+    from ota.db.models import Device
+
+    with Session(ctx.engine) as s:
+        return s.exec(
+            select(func.count())
+            .select_from(DeviceModule)
+            .join(Device, Device.id == DeviceModule.device_id)  # type: ignore[arg-type]
+            .where(Device.product_key == pk, DeviceModule.version == version)
+        ).one()
+
+
+def _updated(ctx: Context, batch_id: str) -> int:
+    with Session(ctx.engine) as s:
+        return s.exec(
+            select(func.count()).where(Task.batch_id == batch_id, Task.state == "updated")
+        ).one()
+
+
+def _device_names(ctx: Context, pk: str) -> list[str]:
+    from ota.db.models import Device
+
+    with Session(ctx.engine) as s:
+        return list(s.exec(select(Device.name).where(Device.product_key == pk)))
+
+
+async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done in {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def _sample(stack: BenchStack) -> None:
+    while True:
+        stack.sample()
+        await asyncio.sleep(0.5)
+
+
+def new_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ota-bench-"))
