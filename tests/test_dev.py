@@ -1,0 +1,87 @@
+"""`ota dev --demo` as a new user runs it: everything starts, the demo batch updates devices,
+Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlmodel import Session, select
+
+from ota.db.engine import make_engine
+from ota.db.models import Batch, Firmware, Task
+from tests.fixtures.net import free_port, port_open
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path):
+    temporal_port, mqtt_port, http_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "OTA_HOME": str(tmp_path / "home"),
+        "OTA_TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "OTA_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",  # nothing there: ota dev starts a broker
+        "OTA_HTTP_PORT": str(http_port),
+    }
+    env.pop("OTA_API_TOKEN", None)
+    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "starter", "dev", "--demo"], env=env, stdout=log, stderr=log
+    )
+    engine = None
+    try:
+        deadline = time.monotonic() + 240
+        updated = 0
+        while time.monotonic() < deadline and updated < 5:
+            assert dev.poll() is None, (tmp_path / "dev.log").read_text()
+            time.sleep(2)
+            if (tmp_path / "home" / "ota.db").exists():
+                engine = engine or make_engine(f"sqlite:///{tmp_path / 'home' / 'ota.db'}")
+                with Session(engine) as s:
+                    batch = s.exec(select(Batch).where(Batch.kind == "static")).first()
+                    if batch:
+                        tasks = s.exec(select(Task).where(Task.batch_id == batch.id)).all()
+                        updated = sum(t.state == "updated" for t in tasks)
+        output = (tmp_path / "dev.log").read_text()
+        assert updated >= 5, output
+        assert "API token:" in output and "Temporal Web UI" in output
+        with Session(engine) as s:
+            assert s.exec(select(Firmware)).one().state == "verified"
+            # verification updated 2 devices; phased 50% of the 48 still on 1.0.0 is 24
+            assert len(s.exec(select(Task).where(Task.batch_id == batch.id)).all()) == 24
+        assert all(port_open(p) for p in (temporal_port, mqtt_port, http_port))
+        started = _children(dev.pid)
+        assert len(started) >= 6  # temporal, broker, worker, bridge, api, simulator
+    finally:
+        dev.send_signal(signal.SIGINT)
+        code = dev.wait(60)
+        if engine:
+            engine.dispose()
+    assert code == 0, (tmp_path / "dev.log").read_text()
+    for pid in started:
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), f"process {pid} left running"
+    assert not any(port_open(p) for p in (temporal_port, mqtt_port, http_port))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except OSError:
+        return True
