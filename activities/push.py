@@ -93,7 +93,7 @@ class PushActivities:
 
     @activity.defn
     async def push(self, req: PushRequest) -> PushResult:
-        """Offline device: record to_be_pushed/offline. Online: publish, then record pushed.
+        """Offline device: record to_be_pushed/offline. Online: record pushed, then publish.
         A retry after a lost result publishes again, which QoS 1 allows anyway."""
         loaded = await asyncio.to_thread(self._load, req)
         if isinstance(loaded, PushResult):
@@ -106,9 +106,15 @@ class PushActivities:
             req.device_name,
             digestsign=self.digestsign(req.product_key, firmware),
         )
+        # Record the push before publishing it: a device can answer with its new version
+        # within milliseconds, and the bridge judges that report against the task's state.
+        # A crash in between re-runs this local activity, so the publish still happens.
+        result = await asyncio.to_thread(self._mark_pushed, req)
+        if result.outcome == "final":  # canceled meanwhile: publish nothing
+            return result
         topic = upgrade_topic(req.product_key, req.device_name)
         await self.mqtt.publish(topic, encode_upgrade(data, next(self._msg_ids)))
-        return await asyncio.to_thread(self._mark_pushed, req)
+        return result
 
     def digestsign(self, product_key: str, firmware: Firmware) -> str | None:
         """Secure update (AliOS Things) signs each push here, for products that enable it."""

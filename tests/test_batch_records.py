@@ -148,3 +148,28 @@ def test_push_records_offline_then_pushed_and_finish_is_guarded(engine, mqtt_url
     final = env.run(tasks.finish_task, FinishTaskRequest(task_id, "failed", "timeout"))
     assert (final.state, final.reason) == ("updated", None)
     assert push._load(req).outcome == "final"  # type: ignore[union-attr]
+
+
+async def test_the_task_is_pushed_before_the_device_can_see_the_push(engine):
+    """A device may report its new version milliseconds after the push arrives; the bridge
+    judges that report against the task's state, so `pushed` must be recorded first."""
+    pk, (dn,) = make_fleet(engine, 1)
+    fw = make_firmware(engine, pk)
+    ActivityEnvironment().run(
+        BatchActivities(engine, NoClient()).prepare_batch,
+        BatchInput("p2", fw, src_versions=["1.0.0"]),
+    )  # type: ignore[arg-type]
+    task_id = tasks_of(engine, "p2")[dn].id
+
+    class StateAtPublish:
+        """Records what the database says the moment the push leaves for the broker."""
+
+        state: str | None = None
+
+        async def publish(self, topic: str, payload: bytes) -> None:
+            self.state = tasks_of(engine, "p2")[dn].state
+
+    broker = StateAtPublish()
+    push = PushActivities(engine, Settings(url_secret="x"), broker)  # type: ignore[arg-type]
+    result = await ActivityEnvironment().run(push.push, PushRequest(task_id, "p2", pk, dn, 1, fw))
+    assert (result.outcome, broker.state) == ("pushed", "pushed")
