@@ -7,6 +7,7 @@ import itertools
 import logging
 import time
 import uuid
+from functools import cached_property
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -21,6 +22,7 @@ from ota.db.models import Batch, Device, Firmware, Task, utcnow
 from ota.domain import ACTIVE_TASK_STATES, FINAL_TASK_STATES, TaskReason, TaskState
 from ota.protocol import encode_upgrade, upgrade_topic
 from ota.push import upgrade_data
+from ota.services.security import Signer
 from ota.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,8 +119,13 @@ class PushActivities:
         return result
 
     def digestsign(self, product_key: str, firmware: Firmware) -> str | None:
-        """Secure update (AliOS Things) signs each push here, for products that enable it."""
-        return None
+        """Secure update (AliOS Things) signs each push here, for products that enable it.
+        Signatures are cached per firmware and key, so a large batch signs once."""
+        return self.signer.digestsign(product_key, firmware)
+
+    @cached_property
+    def signer(self) -> Signer:
+        return Signer(self.engine, self.settings)
 
     def _load(self, req: PushRequest) -> Firmware | PushResult:
         """The firmware to push, or the push's result when there is nothing to publish."""

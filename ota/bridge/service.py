@@ -20,6 +20,7 @@ from ota import protocol
 from ota.bridge.records import FlushResult, Reply, apply_reports
 from ota.bridge.signals import Connect, SignalClient, Signaller
 from ota.push import upgrade_data
+from ota.services.security import Signer
 from ota.settings import Settings
 from ota.storage import FirmwareStore
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # messages per transaction; also the Receive Maximum the broker must honour
 SESSION_EXPIRY_SECONDS = 24 * 3600  # the broker keeps reports for a bridge that is away this long
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+UNSIGNABLE = ""  # a reply that secure update requires signed but could not be
 
 
 class Bridge:
@@ -53,6 +55,7 @@ class Bridge:
         self.signaller = Signaller(temporal, self.stats)
         self.ready = asyncio.Event()  # set while connected and subscribed
         self._store: FirmwareStore | None = None  # for presigned S3 URLs (s3_direct_urls)
+        self.signer = Signer(engine, settings)  # digestsign of replies (secure update)
         self._v5 = settings.mqtt_protocol == "5"
 
     async def run(self) -> None:
@@ -211,11 +214,22 @@ class Bridge:
         if replies and self.settings.s3_direct_urls and self._store is None:
             self._store = FirmwareStore(self.settings)
 
+        signed = await asyncio.to_thread(self._digestsigns, replies) if replies else {}
+
         async def send(r: Reply) -> None:
             data = None
             if r.firmware is not None:
+                digestsign = signed.get((r.product_key, r.firmware_id))
+                if digestsign == UNSIGNABLE:
+                    self.stats["replies_unsigned"] += 1
+                    return
                 data = upgrade_data(
-                    self.settings, r.firmware, r.product_key, r.device_name, store=self._store
+                    self.settings,
+                    r.firmware,
+                    r.product_key,
+                    r.device_name,
+                    digestsign=digestsign,
+                    store=self._store,
                 )
             topic = protocol.firmware_get_reply_topic(r.product_key, r.device_name)
             payload = protocol.encode_firmware_get_reply(r.msg_id, data)
@@ -223,6 +237,23 @@ class Bridge:
             self.stats["replies"] += 1
 
         await asyncio.gather(*(send(r) for r in replies))
+
+    def _digestsigns(self, replies: list[Reply]) -> dict[tuple[str, int | None], str | None]:
+        """Secure update: the same digestsign a push carries (cached, so one RSA operation per
+        firmware and key), computed off the event loop since it may read the product."""
+        signed: dict[tuple[str, int | None], str | None] = {}
+        for r in replies:
+            key = (r.product_key, r.firmware_id)
+            if r.firmware is None or key in signed:
+                continue
+            try:
+                signed[key] = self.signer.digestsign(r.product_key, r.firmware)
+            except Exception:
+                # Unsigned, a secure device would fail the update (-3): better no reply, the
+                # device asks again and the worker's push retries until the key is usable.
+                log.exception("cannot sign firmware %s for %s", r.firmware_id, r.product_key)
+                signed[key] = UNSIGNABLE
+        return signed
 
 
 async def _next(

@@ -23,6 +23,11 @@ class Product(ProductBase, table=True):
 
     public_key: str | None = None  # PEM, given to device makers
     private_key_enc: str | None = None  # encrypted PEM; never leaves the service layer
+    # During a key rotation (docs/security.md): the key devices not yet rotated still hold,
+    # kept until the operator retires it; the rotation carrier firmware is signed with it.
+    previous_public_key: str | None = None
+    previous_private_key_enc: str | None = None
+    key_rotated_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 

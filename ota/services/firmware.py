@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from uuid import uuid4
 
 from pydantic import BaseModel
@@ -29,6 +30,7 @@ from ota.domain import (
 )
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.products import require_product, validate_product_key
+from ota.services.security import SIGN_WITH, check_sign_with
 from ota.settings import Settings
 from ota.storage import FirmwareStore, StoredFile
 
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 
 ACTIVE_BATCH_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
 FILE_NAME_MAX = 128
+# extData travels in every push and firmware/get reply: keep it far below a message's size.
+EXT_DATA_MAX_BYTES = 4096
+EXT_KEY_MAX = 64
 # Serializes the insert-then-count of concurrent adds on PostgreSQL so the limit holds exactly.
 _COUNT_LOCK_ID = 0x07A_F1A3
 
@@ -66,7 +71,49 @@ class FirmwarePublic(BaseModel):
 
 
 def firmware_public(fw: Firmware) -> dict:
-    return FirmwarePublic.of(fw).model_dump(mode="json")
+    """The record; `ext_data` (and `diff` for a generated package) only when there are any."""
+    data = FirmwarePublic.of(fw).model_dump(mode="json")
+    if fw.ext_data:
+        data["ext_data"] = dict(fw.ext_data)
+        diff = diff_summary(fw)
+        if diff is not None:
+            data["diff"] = diff
+    return data
+
+
+def diff_summary(fw: Firmware) -> dict[str, Any] | None:
+    """How much a package made by `ota firmware diff` saves against its full target image."""
+    ext = fw.ext_data or {}
+    target = ext.get("targetSize")
+    if "_diff_from" not in ext or not isinstance(target, int) or target <= 0:
+        return None
+    saved = target - fw.size
+    return {
+        "from_firmware": ext["_diff_from"],
+        "to_firmware": ext.get("_diff_to"),
+        "target_size": target,
+        "saved_bytes": saved,
+        "saved_percent": round(100 * saved / target, 1),
+    }
+
+
+def check_ext_data(ext_data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """extData as stored: string keys, JSON values, small. Keys starting with `_` are ours and
+    never sent to devices (ota.push)."""
+    if not ext_data:
+        return {}
+    if not isinstance(ext_data, Mapping):
+        raise InvalidInput("ext_data", "must be an object of keys and values")
+    for key in ext_data:
+        if not isinstance(key, str) or not 1 <= len(key) <= EXT_KEY_MAX:
+            raise InvalidInput("ext_data", f"keys must be 1 to {EXT_KEY_MAX} characters")
+    try:
+        encoded = json.dumps(dict(ext_data), separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise InvalidInput("ext_data", "values must be JSON (strings, numbers, lists...)") from None
+    if len(encoded.encode()) > EXT_DATA_MAX_BYTES:
+        raise InvalidInput("ext_data", f"must be at most {EXT_DATA_MAX_BYTES} bytes as JSON")
+    return json.loads(encoded)  # a plain copy, as the JSON column will give it back
 
 
 @dataclass(frozen=True)
@@ -196,8 +243,13 @@ def add_firmware(
     sign_method: str = "MD5",
     description: str | None = None,
     need_verify: bool = True,
+    ext_data: Mapping[str, Any] | None = None,
 ) -> Firmware:
-    """Check everything, stream the file into the store, then record it; all or nothing."""
+    """Check everything, stream the file into the store, then record it; all or nothing.
+
+    `ext_data`: extData for devices, plus our own `_` keys (e.g. `_sign_with: previous` for a
+    key-rotation carrier, docs/security.md).
+    """
     spec = check_firmware_input(
         file_name=file_name,
         product_key=product_key,
@@ -210,14 +262,19 @@ def add_firmware(
         sign_method=sign_method,
         description=description,
     )
+    ext = check_ext_data(ext_data)
     with Session(engine) as session:
         require_product(session, spec.product_key)
+        # "current" is the default and is not stored; "previous" needs a rotation under way.
+        sign_with = check_sign_with(session, spec.product_key, ext.pop(SIGN_WITH, None))
+        if sign_with:
+            ext[SIGN_WITH] = sign_with
         _check_room(session, settings)  # early, so a full platform does not take a 1 GB upload
 
     key = f"{spec.product_key}/{uuid4().hex}/{spec.file_name}"
     stored = store.put_stream(key, src, settings.max_firmware_bytes, spec.extension)
     try:
-        fw = _record(engine, settings, spec, stored, need_verify)
+        fw = _record(engine, settings, spec, stored, need_verify, ext)
     except BaseException:
         store.delete(key)
         raise
@@ -226,7 +283,12 @@ def add_firmware(
 
 
 def _record(
-    engine: Engine, settings: Settings, spec: FirmwareSpec, stored: StoredFile, need_verify: bool
+    engine: Engine,
+    settings: Settings,
+    spec: FirmwareSpec,
+    stored: StoredFile,
+    need_verify: bool,
+    ext_data: dict[str, Any],
 ) -> Firmware:
     """Insert the row, then count: concurrent adds cannot both take the last place."""
     fw = Firmware(
@@ -245,6 +307,7 @@ def _record(
         storage_key=stored.key,
         state=(FirmwareState.UNVERIFIED if need_verify else FirmwareState.VERIFIED).value,
         need_verify=need_verify,
+        ext_data=ext_data,
     )
     with session_scope(engine) as session:
         if engine.dialect.name == "postgresql":
