@@ -1,7 +1,8 @@
-"""`ota firmware`: add firmware files, list, show and delete them."""
+"""`ota firmware`: add firmware files, make differential packages, list, show, delete."""
 
 from __future__ import annotations
 
+import json as jsonlib
 from pathlib import Path
 from typing import Annotated
 
@@ -9,10 +10,11 @@ import typer
 from rich.table import Table
 
 from ota.errors import InvalidInput
-from ota.services import firmware
+from ota.services import diff, firmware
+from ota.services.security import SIGN_WITH, SIGN_WITH_CHOICES
 from starter.common import console, context, handle_errors, print_json
 
-firmware_app = typer.Typer(help="Firmware files: add, list, show, delete.")
+firmware_app = typer.Typer(help="Firmware files: add, diff, list, show, delete.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the record(s) as JSON.")]
 
@@ -42,11 +44,28 @@ def add(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Mark it verified at once (NeedToVerify=false).")
     ] = False,
+    ext: Annotated[
+        list[str] | None,
+        typer.Option("--ext", help="extData for devices, KEY=VALUE; repeatable."),
+    ] = None,
+    sign_with: Annotated[
+        str | None,
+        typer.Option(
+            "--sign-with",
+            help="Secure update: `previous` signs this firmware with the key before the last "
+            "rotation (the firmware that carries the new public key; docs/security.md).",
+        ),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
     """Upload a firmware file: every rule is checked before the file is stored."""
     if not file.is_file():
         raise InvalidInput("file", f"{file} is not a readable file")
+    ext_data = _ext_pairs(ext or [])
+    if sign_with is not None:
+        if sign_with not in SIGN_WITH_CHOICES:
+            raise InvalidInput("sign_with", f"must be one of {', '.join(SIGN_WITH_CHOICES)}")
+        ext_data[SIGN_WITH] = sign_with
     ctx = context()
     with file.open("rb") as src:
         fw = firmware.add_firmware(
@@ -65,6 +84,7 @@ def add(
             sign_method=sign_method,
             description=description,
             need_verify=not no_verify,
+            ext_data=ext_data,
         )
     if json:
         print_json(firmware.firmware_public(fw))
@@ -73,6 +93,59 @@ def add(
             f"added firmware [bold]{fw.id}[/bold]: {fw.name} {fw.version} "
             f"({human_size(fw.size)}, {fw.sign_method} {fw.sign}, {fw.state})"
         )
+
+
+def _ext_pairs(pairs: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or key.startswith("_"):
+            raise InvalidInput("ext", f"{pair!r}: use KEY=VALUE, KEY not starting with _")
+        found[key] = value
+    return found
+
+
+@firmware_app.command("diff")
+@handle_errors
+def make_diff(
+    from_id: Annotated[int, typer.Option("--from", help="Firmware id of the installed image.")],
+    to_id: Annotated[int, typer.Option("--to", help="Firmware id of the image to update to.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Firmware name [default: <to's name>_diff].")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="Up to 100 characters.")] = None,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Mark it verified at once (NeedToVerify=false).")
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Make a differential package (bsdiff) from one full firmware to another and add it.
+
+    Devices on --from's version get it with isDiff=1; the SDK patches its installed image and
+    checks the result against --to's SHA-256 before installing.
+    """
+    ctx = context()
+    result = diff.create_diff(
+        ctx.engine,
+        ctx.store,
+        ctx.settings,
+        from_id,
+        to_id,
+        name=name,
+        description=description,
+        need_verify=not no_verify,
+    )
+    fw = result.firmware
+    if json:
+        print_json(firmware.firmware_public(fw) | {"seconds": round(result.seconds, 2)})
+        return
+    console.print(
+        f"added firmware [bold]{fw.id}[/bold]: {fw.name} {', '.join(fw.src_versions)} -> "
+        f"{fw.version}, {human_size(fw.size)} for a {human_size(result.target_size)} image "
+        f"(saves {human_size(result.saved_bytes)}, "
+        f"{100 * result.saved_bytes / result.target_size:.1f}%; {result.seconds:.1f}s), "
+        f"{fw.state}"
+    )
 
 
 @firmware_app.command("list")
@@ -118,7 +191,13 @@ def show(id: Annotated[int, typer.Argument(help="Firmware id.")], json: JsonOpt 
         return
     table = Table("field", "value", show_header=False)
     for key, value in data.items():
-        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+        if isinstance(value, list):
+            shown = ", ".join(value)
+        elif isinstance(value, dict):
+            shown = jsonlib.dumps(value)
+        else:
+            shown = str(value)
+        table.add_row(key, shown)
     console.print(table)
 
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from ota.device.simulator import FleetConfig, register_fleet, run_fleet_processes
+from ota import signing
+from ota.device.simulator import (
+    IMAGE_MIN,
+    FleetConfig,
+    register_fleet,
+    run_fleet_processes,
+    synth_image,
+)
 from ota.domain import DEFAULT_MODULE
+from ota.errors import InvalidInput
 from starter.common import context, handle_errors, setup_logging
 
 log = logging.getLogger("ota.simulate")
@@ -33,9 +43,38 @@ def simulate(
     duration: float | None = typer.Option(None, "--duration", help="Seconds; default: Ctrl-C."),
     processes: int = typer.Option(1, "--processes", min=1, help="Spread over this many."),
     seed: int | None = typer.Option(None, "--seed", help="Make the failures repeatable."),
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="PEM file (`ota product public-key`): devices verify digestsign (secure update).",
+        ),
+    ] = None,
+    image_size: int = typer.Option(
+        256 * 1024, "--image-size", min=IMAGE_MIN, help="Bytes of each synthesized image."
+    ),
+    export_image: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-image",
+            help="Write the image devices on --version run to this file and exit (to upload "
+            "it, or to build a differential package from two of them).",
+        ),
+    ] = None,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run simulated devices that take updates like real ones; prints a summary at the end."""
+    if export_image is not None:
+        export_image.write_bytes(synth_image(module, version, image_size))
+        typer.echo(f"wrote {export_image} ({image_size} bytes, {module} {version})")
+        return
+    pem = None
+    if public_key is not None:
+        try:
+            pem = public_key.read_text()
+            signing.load_public_key(pem)
+        except (OSError, UnicodeDecodeError, signing.SigningError) as exc:
+            raise InvalidInput("public_key", f"{public_key}: {exc}") from None
     setup_logging(verbose)
     if not verbose:
         logging.getLogger("ota.device").setLevel(logging.ERROR)
@@ -58,6 +97,8 @@ def simulate(
         install_seconds=install_seconds,
         duration=duration,
         seed=seed,
+        public_key=pem,
+        image_size=image_size,
     )
     if register:
         added = register_fleet(ctx.engine, cfg)

@@ -1,14 +1,17 @@
-"""Firmware download for devices: resumable (Range), size and sign checked while streaming."""
+"""Firmware download for devices: resumable (Range), size and sign checked while streaming;
+and the differential package's second step: patch the installed image, check the result."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import bsdiff4
 import httpx
 
 from ota.protocol import Upgrade
@@ -35,13 +38,14 @@ def new_hasher(sign_method: str) -> Any:
 
 
 class _Sink:
-    """Where bytes go: a `.part` file (kept across restarts) or nowhere; hashed either way."""
+    """Where bytes go: a `.part` file (kept across restarts), memory, or nowhere; hashed
+    either way."""
 
-    def __init__(self, dest: Path | None, sign_method: str) -> None:
+    def __init__(self, dest: Path | None, sign_method: str, keep: bool = False) -> None:
         self.dest, self.method = dest, sign_method
         self.hasher = new_hasher(sign_method)
         self.size = 0
-        self.file = None
+        self.file: Any = io.BytesIO() if keep and dest is None else None
         if dest is not None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():  # an earlier run got this far: hash what is there and go on
@@ -65,7 +69,7 @@ class _Sink:
             self.file.truncate()
 
     def close(self) -> None:
-        if self.file is not None:
+        if self.file is not None and self.dest is not None:
             self.file.close()
 
 
@@ -83,7 +87,35 @@ async def download(
     VerifyFailed. A `.part` file left by an interrupted run is resumed, not fetched again.
     """
     part = dest.with_name(dest.name + ".part") if dest is not None else None
-    sink = _Sink(part, upgrade.sign_method)
+    await _download(http, upgrade, part, on_progress, retries, retry_delay)
+    if part is None or dest is None:
+        return None
+    part.replace(dest)
+    return dest
+
+
+async def download_bytes(
+    http: httpx.AsyncClient,
+    upgrade: Upgrade,
+    on_progress: Progress | None = None,
+    retries: int = RETRIES,
+    retry_delay: float = RETRY_DELAY,
+) -> bytes:
+    """Like `download` into memory: a differential package a device without storage applies."""
+    sink = await _download(http, upgrade, None, on_progress, retries, retry_delay, keep=True)
+    return bytes(sink.file.getbuffer())
+
+
+async def _download(
+    http: httpx.AsyncClient,
+    upgrade: Upgrade,
+    part: Path | None,
+    on_progress: Progress | None,
+    retries: int,
+    retry_delay: float,
+    keep: bool = False,
+) -> _Sink:
+    sink = _Sink(part, upgrade.sign_method, keep)
     delay = retry_delay
     try:
         for attempt in range(retries + 1):
@@ -107,10 +139,7 @@ async def download(
         if part is not None:
             part.unlink(missing_ok=True)  # a bad file must not be resumed next time
         raise VerifyFailed(f"{upgrade.sign_method} mismatch")
-    if part is None or dest is None:
-        return None
-    part.replace(dest)
-    return dest
+    return sink
 
 
 async def _fetch_once(
@@ -130,3 +159,22 @@ async def _fetch_once(
                 return  # more than announced: verification fails, no use reading on
             if on_progress is not None:
                 await on_progress(sink.size, upgrade.size)
+
+
+def apply_diff(source: bytes, patch: bytes, ext_data: dict[str, Any] | None) -> bytes:
+    """The new image from the installed one and a BSDIFF40 package, checked against the
+    target digest the server put in extData (`targetSha256`, `targetSize`): a package applied
+    to another image than it was made from yields garbage, not an error."""
+    try:
+        image = bsdiff4.patch(source, patch)
+    except Exception as exc:  # bsdiff4 raises ValueError or its C error on a bad package
+        raise VerifyFailed(f"the differential package does not apply: {exc}") from None
+    ext = ext_data or {}
+    size, digest = ext.get("targetSize"), ext.get("targetSha256")
+    if isinstance(size, int) and len(image) != size:
+        raise VerifyFailed(f"patched image is {len(image)} bytes, not {size}")
+    if isinstance(digest, str) and hashlib.sha256(image).hexdigest() != digest.lower():
+        raise VerifyFailed("patched image does not match targetSha256")
+    if digest is None:
+        log.warning("a differential package without targetSha256: its result is not checked")
+    return image

@@ -6,6 +6,11 @@
 
 `install(path, upgrade)` flashes the verified file (path is None when `download_dir` is None: the
 stream is then only hashed, as the simulator does); raising means flashing failed (-4).
+
+Secure update: with `public_key` (the product's PEM), every update must carry a `digestsign`
+that verifies (ota.signing), checked before a byte is downloaded; otherwise -3. Differential
+packages (`isDiff`) are applied to `current_image` (a Path, or `f(module) -> bytes | Path`) and
+the result checked against extData's targetSha256 before install gets the new image; -3 if not.
 """
 
 from __future__ import annotations
@@ -18,14 +23,21 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import httpx
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ota import protocol
-from ota.device.download import DownloadFailed, VerifyFailed, download
+from ota import protocol, signing
+from ota.device.download import (
+    DownloadFailed,
+    VerifyFailed,
+    apply_diff,
+    download,
+    download_bytes,
+)
 from ota.domain import DEFAULT_MODULE
 from ota.protocol import Upgrade
 
@@ -33,6 +45,8 @@ log = logging.getLogger(__name__)
 
 InstallCallback = Callable[[Path | None, Upgrade], Awaitable[None]]
 ResultCallback = Callable[["Device", Upgrade, int], None]  # code: 100 updated, or -1..-4
+# The image a module runs now, for differential packages: a file, or a function of the module.
+ImageSource = Path | Callable[[str], bytes | Path]
 
 UPDATE_FAILED, DOWNLOAD_FAILED, VERIFY_FAILED, FLASH_FAILED = -1, -2, -3, -4
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
@@ -56,6 +70,7 @@ class Device:
         download_dir: Path | None = None,
         http: httpx.AsyncClient | None = None,
         public_key: bytes | str | None = None,
+        current_image: ImageSource | None = None,
         progress_every: int = 25,
         mqtt_protocol: str = "5",
         session_expiry: int = 3600,
@@ -69,7 +84,10 @@ class Device:
         self.download_dir = download_dir
         self.http = http
         # Secure update (PROTOCOL.md): with a key, `verify_secure` must accept digestsign.
+        # Settable: a key-rotation update hands the device its next key (docs/security.md).
         self.public_key = public_key
+        self.current_image = current_image
+        self._parsed_key: tuple[bytes | str, Any] | None = None
         self.progress_every = progress_every
         self.v5 = mqtt_protocol == "5"
         self.session_expiry = session_expiry
@@ -212,8 +230,12 @@ class Device:
         code = 100
         try:
             await self.report_progress(1, "downloading", upgrade.module)
-            path = await self.fetch(upgrade)
-            self.verify_secure(upgrade)
+            self.verify_secure(upgrade)  # before downloading anything an attacker may have sent
+            fetched = await self.fetch(upgrade)
+            if upgrade.is_diff:
+                path = await self.apply_diff(upgrade, fetched)
+            else:
+                path = fetched if isinstance(fetched, Path) else None
             try:
                 if self.install is not None:
                     await self.install(path, upgrade)
@@ -242,8 +264,9 @@ class Device:
             self.on_result(self, upgrade, code)
         return code
 
-    async def fetch(self, upgrade: Upgrade) -> Path | None:
-        """Download with resume, reporting coarse progress (every `progress_every` percent)."""
+    async def fetch(self, upgrade: Upgrade) -> Path | bytes | None:
+        """Download with resume, reporting coarse progress (every `progress_every` percent).
+        A differential package without `download_dir` is kept in memory to be applied."""
         reported = 0
 
         async def progress(done: int, total: int) -> None:
@@ -258,16 +281,57 @@ class Device:
             name = f"{upgrade.module}-{upgrade.version}-{upgrade.sign[:12]}.bin"
             dest = self.download_dir / name
         if self.http is not None:
-            return await download(self.http, upgrade, dest, progress)
+            return await _download(self.http, upgrade, dest, progress)
         async with httpx.AsyncClient(timeout=30) as http:
-            return await download(http, upgrade, dest, progress)
+            return await _download(http, upgrade, dest, progress)
 
     def verify_secure(self, upgrade: Upgrade) -> None:
-        """Hook for secure update: check `upgrade.digestsign` with `public_key`.
+        """Secure update: `upgrade.digestsign` must verify with `public_key` (PROTOCOL.md).
 
-        Without a public key there is nothing to check. With one, raise SecureUpdateError
-        unless the signature verifies (PROTOCOL.md gives the scheme).
+        Without a public key there is nothing to check. With one, a missing or wrong signature
+        raises SecureUpdateError (-3).
         """
         if self.public_key is None:
             return
-        raise SecureUpdateError("secure update verification is not implemented yet")
+        if not upgrade.digestsign:
+            raise SecureUpdateError("no digestsign, and this device requires signed updates")
+        if not signing.verify_digestsign(self._public_key(), upgrade.sign, upgrade.digestsign):
+            raise SecureUpdateError("digestsign does not verify with the product's public key")
+
+    def _public_key(self) -> Any:
+        """The parsed `public_key`, parsed again only when someone set a new one."""
+        assert self.public_key is not None
+        if self._parsed_key is None or self._parsed_key[0] != self.public_key:
+            try:
+                parsed = signing.load_public_key(self.public_key)
+            except signing.SigningError as exc:
+                raise SecureUpdateError(f"the configured public key is unusable: {exc}") from None
+            self._parsed_key = (self.public_key, parsed)
+        return self._parsed_key[1]
+
+    async def apply_diff(self, upgrade: Upgrade, package: Path | bytes | None) -> Path | None:
+        """The new image from `current_image` and the package, checked (VerifyFailed: -3).
+        Written beside the download when there is a `download_dir`; install gets that path."""
+        if package is None or self.current_image is None:
+            raise RuntimeError("a differential package needs `current_image` to apply to")
+        source = self.current_image
+        if not isinstance(source, Path):
+            source = source(upgrade.module)
+        old = await asyncio.to_thread(source.read_bytes) if isinstance(source, Path) else source
+        patch = (
+            await asyncio.to_thread(package.read_bytes) if isinstance(package, Path) else package
+        )
+        image = await asyncio.to_thread(apply_diff, old, patch, upgrade.ext_data)
+        if self.download_dir is None:
+            return None
+        dest = self.download_dir / f"{upgrade.module}-{upgrade.version}-{upgrade.sign[:12]}.img"
+        await asyncio.to_thread(dest.write_bytes, image)
+        return dest
+
+
+async def _download(
+    http: httpx.AsyncClient, upgrade: Upgrade, dest: Path | None, progress: Any
+) -> Path | bytes | None:
+    if upgrade.is_diff and dest is None:
+        return await download_bytes(http, upgrade, progress)
+    return await download(http, upgrade, dest, progress)

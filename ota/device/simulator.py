@@ -1,13 +1,17 @@
 """A simulated fleet: N devices on the SDK, each its own MQTT connection, with injected failures.
 
 One process holds several hundred devices (one shared HTTP client, downloads hashed, never
-written); `run_fleet_processes` spreads a larger fleet over processes.
+written); `run_fleet_processes` spreads a larger fleet over processes. Each device "runs"
+`synth_image(module, version)`, so differential packages made from those images apply; with
+`public_key` the devices require signed updates (secure update).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import random
 import signal
@@ -57,6 +61,8 @@ class FleetConfig:
     count: int | None = None
     session_expiry: int = 600
     seed: int | None = None
+    public_key: str | None = None  # PEM: verify digestsign like a secure-update device
+    image_size: int = 256 * 1024  # of the synthesized images differential packages apply to
 
     def names(self) -> list[str]:
         count = self.devices - self.first if self.count is None else self.count
@@ -65,6 +71,31 @@ class FleetConfig:
 
 def device_name(prefix: str, index: int) -> str:
     return f"{prefix}{index:05d}"
+
+
+IMAGE_CHANGES = 8  # regions a version rewrites: localized changes, as between two real builds
+IMAGE_CHANGE_BYTES = 512
+
+
+IMAGE_MIN = 4096
+
+
+@functools.lru_cache(maxsize=16)
+def synth_image(module: str, version: str, size: int = 256 * 1024) -> bytes:
+    """A deterministic pseudo-firmware: a base per module with a few regions rewritten per
+    version, so two versions differ the way two builds do and a diff between them is small.
+    Upload two of them (`ota simulate` devices run them) to try differential packages."""
+    size = max(size, IMAGE_MIN)
+    image = bytearray(random.Random(f"image:{module}").randbytes(size))
+    rng = random.Random(f"image:{module}:{version}")
+    for _ in range(IMAGE_CHANGES):
+        at = rng.randrange(0, size - IMAGE_CHANGE_BYTES)
+        image[at : at + IMAGE_CHANGE_BYTES] = rng.randbytes(IMAGE_CHANGE_BYTES)
+    # Real images carry their version, and often a checksum trailer over the rest.
+    tag = f"ota-sim {module} {version}".encode()[:256]
+    image[: len(tag)] = tag
+    image[-32:] = hashlib.sha256(image[:-32]).digest()
+    return bytes(image)
 
 
 class SimulatedDevice(Device):
@@ -82,8 +113,13 @@ class SimulatedDevice(Device):
             mqtt_protocol=cfg.mqtt_protocol,
             session_expiry=cfg.session_expiry,
             on_result=fleet.record,
+            public_key=cfg.public_key,
+            current_image=self._image,
         )
         self.fleet = fleet
+
+    def _image(self, module: str) -> bytes:
+        return synth_image(module, self.versions[module], self.fleet.cfg.image_size)
 
     def _roll(self, rate: float) -> bool:
         return rate > 0 and self.fleet.rng.random() < rate
