@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import bsdiff4
+import bsdiff4  # type: ignore[import-untyped]
 import httpx
 
 from ota.protocol import Upgrade

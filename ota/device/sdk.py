@@ -314,9 +314,8 @@ class Device:
         Written beside the download when there is a `download_dir`; install gets that path."""
         if package is None or self.current_image is None:
             raise RuntimeError("a differential package needs `current_image` to apply to")
-        source = self.current_image
-        if not isinstance(source, Path):
-            source = source(upgrade.module)
+        found = self.current_image
+        source = found if isinstance(found, Path) else found(upgrade.module)
         old = await asyncio.to_thread(source.read_bytes) if isinstance(source, Path) else source
         patch = (
             await asyncio.to_thread(package.read_bytes) if isinstance(package, Path) else package

@@ -124,7 +124,7 @@ class SimulatedDevice(Device):
     def _roll(self, rate: float) -> bool:
         return rate > 0 and self.fleet.rng.random() < rate
 
-    async def fetch(self, upgrade: Upgrade) -> Path | None:
+    async def fetch(self, upgrade: Upgrade) -> Path | bytes | None:
         cfg = self.fleet.cfg
         if self._roll(cfg.fail_rate):
             raise RuntimeError("simulated failure")

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 
-import bsdiff4
+import bsdiff4  # type: ignore[import-untyped]
 from sqlalchemy import Engine
 
 from ota.db.models import Firmware
