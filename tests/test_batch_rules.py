@@ -61,6 +61,9 @@ async def test_offline_device_is_pushed_when_it_comes_online(ctx, mqtt_url):
         await eventually(lambda: offline_and_started(ctx.engine, b["id"], 2))
         assert set(states_of(ctx.engine, b["id"]).values()) == {"to_be_pushed"}
         assert pushes == []
+        # Waiting devices are visible in the Web UI: OtaState = "to_be_pushed".
+        desc = await bridge.handle(names[0]).describe()
+        assert desc.search_attributes["OtaState"] == ["to_be_pushed"]
         await bridge.online(names[0])
         await eventually(lambda: states_of(ctx.engine, b["id"])[names[0]] == "pushed")
         assert [n for n, _ in pushes] == [names[0]]
@@ -114,6 +117,9 @@ async def test_failure_report_retries_up_to_the_maximum_then_fails(ctx, mqtt_url
     assert (task.state, task.reason, task.attempts) == ("failed", "download_failed", 3)
     assert result["counts"] == {"failed": 1}
     assert len(pushed_to(pushes, dn)) == 3
+    # The Web UI finds it with OtaState = "failed".
+    desc = await bridge.handle(dn).describe()
+    assert desc.search_attributes["OtaState"] == ["failed"]
 
 
 async def test_version_mismatch_is_retried_and_can_then_succeed(ctx, mqtt_url):

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         TaskRef,
         device_workflow_id,
     )
-    from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope, TaskState
+    from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope
     from workflows.pacing import burst_size, next_start, recent_marks
 
 PREPARE_TIMEOUT = timedelta(minutes=10)  # 100,000 task rows in one transaction
@@ -239,7 +239,6 @@ class BatchWorkflow:
                 [
                     SearchAttributePair(BATCH_ID, inp.batch_id),
                     SearchAttributePair(PRODUCT_KEY, c.product_key),
-                    SearchAttributePair(STATE, TaskState.TO_BE_PUSHED),
                 ]
             ),
             static_summary=f"{task.device_name} -> {c.target_version} (batch {inp.batch_id})",

@@ -72,6 +72,7 @@ class DeviceUpgradeWorkflow:
         self._cancel: CancelRequest | None = None
         self._batch_id = ""
         self._state = TaskState.TO_BE_PUSHED.value
+        self._published: str | None = None  # the OtaState last set on this workflow
 
     @workflow.signal(name=SIGNAL_REPORT)
     def report(self, report: DeviceReport) -> None:
@@ -95,7 +96,8 @@ class DeviceUpgradeWorkflow:
     @workflow.run
     async def run(self, inp: DeviceUpgradeInput) -> DeviceUpgradeResult:
         self._batch_id = inp.batch_id
-        self._state = workflow.info().typed_search_attributes.get(STATE) or self._state
+        self._published = workflow.info().typed_search_attributes.get(STATE)  # kept across runs
+        self._state = self._published or self._state
         retries = inp.retries_used
         pushed = inp.awaiting_report
         while True:
@@ -247,10 +249,15 @@ class DeviceUpgradeWorkflow:
         return DeviceUpgradeResult(state=state, reason=reason, attempts=retries + 1)
 
     def _set_state(self, state: str) -> None:
-        """OtaState follows the task, so the Web UI can list a batch's devices by state."""
-        if state != self._state:
-            self._state = state
-            workflow.upsert_search_attributes([STATE.value_set(state)])
+        """OtaState tells the Web UI how a device ended (OtaState = "failed") and which devices
+        wait, offline or retrying. The plain first push is not published: each search-attribute
+        update costs an event and several server reads (bench: ~4 database operations), and
+        a running workflow's current details already say "pushed"."""
+        self._state = state
+        if state == self._published or (state == TaskState.PUSHED and self._published is None):
+            return
+        self._published = state
+        workflow.upsert_search_attributes([STATE.value_set(state)])
 
     def _details(self, text: str, inp: DeviceUpgradeInput) -> None:
         timeout = f"{inp.timeout_minutes} min" if inp.timeout_minutes else "none"
