@@ -63,7 +63,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "events_per_device": un["events_per_device"],
         "signals_per_device": un["signals_per_device"],
         "workflow_tasks_per_device": un["workflow_tasks_per_device"],
-        "db_ops_per_device": un.get("db_ops_per_device"),
+        "db_ops_per_device": round(un["db_ops_per_device"], 1),
+        "baseline_db_ops_per_device": round(last["baseline"]["db_ops_per_device"], 1),
         "push_to_updated_p50_s": round(un["p50_s"], 3),
         "push_to_updated_p99_s": round(un["p99_s"], 3),
         "max_history_events": max(
@@ -88,6 +89,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("signals per device", "signals_per_device"),
         ("workflow tasks per device", "workflow_tasks_per_device"),
         ("server DB operations per device", "db_ops_per_device"),
+        ("  baseline's, for comparison", "baseline_db_ops_per_device"),
         ("push to updated p50 (s)", "push_to_updated_p50_s"),
         ("push to updated p99 (s)", "push_to_updated_p99_s"),
         ("max events in any run's history", "max_history_events"),

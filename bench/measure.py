@@ -97,14 +97,20 @@ async def batch_run_lengths(client: Client, workflow_id: str) -> list[int]:
     return lengths
 
 
-def persistence_requests(metrics_port: int) -> float:
-    """The dev server's count of database operations so far (Prometheus endpoint)."""
+def persistence_requests(metrics_port: int) -> dict[str, float]:
+    """The dev server's database operations so far, by operation (Prometheus endpoint)."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
     except OSError:
-        return 0.0
-    total = 0.0
+        return {}
+    counts: dict[str, float] = {}
     for line in text.decode().splitlines():
-        if line.startswith("persistence_requests{") or line.startswith("persistence_requests "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        if line.startswith("persistence_requests{"):
+            labels, value = line.rsplit(" ", 1)
+            op = labels.split('operation="', 1)[1].split('"', 1)[0]
+            counts[op] = counts.get(op, 0.0) + float(value)
+    return counts
+
+
+def ops_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {op: n - before.get(op, 0.0) for op, n in after.items() if n - before.get(op, 0.0)}

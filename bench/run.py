@@ -20,6 +20,7 @@ from bench.baseline import run_baseline
 from bench.measure import (
     batch_run_lengths,
     device_histories,
+    ops_between,
     pacing,
     persistence_requests,
     push_to_updated,
@@ -49,7 +50,10 @@ async def run_size(devices: int, mqtt_url: str, rate: int | None, workdir: Path)
         client = await ctx.temporal()
         host, port = mqtt_url.rsplit("//", 1)[1].split(":")
         log.info("%d devices: baseline fan-out", devices)
+        ops_before = persistence_requests(stack.metrics_port)
         baseline = await run_baseline(client, host, int(port), devices, uuid.uuid4().hex[:6])
+        baseline["db_ops"] = ops_between(ops_before, persistence_requests(stack.metrics_port))
+        baseline["db_ops_per_device"] = sum(baseline["db_ops"].values()) / devices
         log.info("baseline: %.1f devices/s", baseline["devices_per_s"])
 
         for name in ("worker", "bridge", "api"):
@@ -68,8 +72,9 @@ async def run_size(devices: int, mqtt_url: str, rate: int | None, workdir: Path)
         fw1 = _firmware(ctx, pk, "2.0.0")
         ops_before = persistence_requests(stack.metrics_port)
         result["unthrottled"] = await _batch(ctx, pk, fw1, "1.0.0", devices, None)
-        ops = persistence_requests(stack.metrics_port) - ops_before
-        result["unthrottled"]["db_ops_per_device"] = ops / devices if ops else None
+        ops = ops_between(ops_before, persistence_requests(stack.metrics_port))
+        result["unthrottled"]["db_ops"] = ops
+        result["unthrottled"]["db_ops_per_device"] = sum(ops.values()) / devices
         names = await asyncio.to_thread(_device_names, ctx, pk)
         result["unthrottled"].update(await device_histories(client, pk, names))
         if rate:

@@ -25,9 +25,7 @@ def upgrade() -> None:
         )
 
     with op.batch_alter_table("tasks", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_tasks_batch_state_id", ["batch_id", "state", "id"], unique=False
-        )
+        batch_op.create_index("ix_tasks_batch_state_id", ["batch_id", "state", "id"], unique=False)
 
     # ### end Alembic commands ###
 
