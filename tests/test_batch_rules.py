@@ -61,9 +61,13 @@ async def test_offline_device_is_pushed_when_it_comes_online(ctx, mqtt_url):
         await eventually(lambda: offline_and_started(ctx.engine, b["id"], 2))
         assert set(states_of(ctx.engine, b["id"]).values()) == {"to_be_pushed"}
         assert pushes == []
-        # Waiting devices are visible in the Web UI: OtaState = "to_be_pushed".
-        desc = await bridge.handle(names[0]).describe()
-        assert desc.search_attributes["OtaState"] == ["to_be_pushed"]
+        # Waiting devices are visible in the Web UI: OtaState = "to_be_pushed" (set when the
+        # workflow task that recorded the offline device completes).
+        async def ota_state() -> list[str] | None:
+            desc = await bridge.handle(names[0]).describe()
+            return desc.search_attributes.get("OtaState")
+
+        assert await eventually(ota_state) == ["to_be_pushed"]
         await bridge.online(names[0])
         await eventually(lambda: states_of(ctx.engine, b["id"])[names[0]] == "pushed")
         assert [n for n, _ in pushes] == [names[0]]

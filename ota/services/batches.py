@@ -220,10 +220,12 @@ def batch_input(ctx: Context, batch: Batch, inp: BatchInput) -> BatchInput:
 async def create_batch(ctx: Context, inp: BatchInput) -> dict[str, Any]:
     """Register the batch and start its workflow; returns the batch as `show_batch` does."""
     inp = replace(inp, batch_id=inp.batch_id or new_batch_id())
-    client = await ctx.temporal()  # before registering: no batch without a workflow
-    with session_scope(ctx.engine) as session:
+    with Session(ctx.engine) as session:  # every rule first: bad input fails fast
         batch = resolve_batch(session, inp)
         check_one_dynamic(session, batch)
+    client = await ctx.temporal()  # before registering: no batch without a workflow
+    with session_scope(ctx.engine) as session:
+        check_one_dynamic(session, batch)  # again, in the transaction that registers it
         firmware = session.get(Firmware, batch.firmware_id)
         session.add(batch)
     assert firmware is not None

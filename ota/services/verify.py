@@ -85,12 +85,13 @@ async def start_verify(
     ctx: Context, firmware_ref: int | str, device_names: list[str], timeout: int | None = None
 ) -> dict[str, Any]:
     """Register the verification batch and start its workflow."""
-    client = await ctx.temporal()  # before registering: no batch without a workflow
-    with session_scope(ctx.engine) as session:
+    with Session(ctx.engine) as session:  # every rule first: bad input fails fast
         firmware = find_firmware(session, firmware_ref)
         assert firmware.id is not None
         inp = VerifyInput(new_batch_id(), firmware.id, list(device_names), timeout)
         batch = resolve_verify(session, inp)
+    client = await ctx.temporal()  # before registering: no batch without a workflow
+    with session_scope(ctx.engine) as session:
         session.add(batch)
     try:
         await client.start_workflow(
