@@ -9,13 +9,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from ota.contracts import (
         BATCH_ID,
-        DEVICE_WORKFLOW,
         PRODUCT_KEY,
         QUERY_PROGRESS,
         SIGNAL_CANCEL,
@@ -32,9 +31,9 @@ with workflow.unsafe.imports_passed_through():
         PrepareResult,
         StartMark,
         TaskRef,
-        device_workflow_id,
     )
     from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope
+    from workflows.children import start_device
     from workflows.pacing import burst_size, next_start, recent_marks
 
 PREPARE_TIMEOUT = timedelta(minutes=10)  # 100,000 task rows in one transaction
@@ -221,8 +220,7 @@ class BatchWorkflow:
 
     async def _start_device(self, inp: BatchInput, task: TaskRef) -> None:
         c = self._carry
-        await workflow.start_child_workflow(
-            DEVICE_WORKFLOW,
+        await start_device(
             DeviceUpgradeInput(
                 batch_id=inp.batch_id,
                 task_id=task.task_id,
@@ -233,15 +231,8 @@ class BatchWorkflow:
                 timeout_minutes=inp.timeout_minutes,
                 firmware_id=inp.firmware_id,
             ),
-            id=device_workflow_id(c.product_key, task.device_name),
-            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(BATCH_ID, inp.batch_id),
-                    SearchAttributePair(PRODUCT_KEY, c.product_key),
-                ]
-            ),
-            static_summary=f"{task.device_name} -> {c.target_version} (batch {inp.batch_id})",
+            c.target_version,
+            f"batch {inp.batch_id}",
         )
 
     async def _watch(self, inp: BatchInput) -> BatchProgress:

@@ -6,13 +6,12 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from ota.contracts import (
         BATCH_ID,
-        DEVICE_WORKFLOW,
         PRODUCT_KEY,
         QUERY_PROGRESS,
         SIGNAL_CANCEL,
@@ -27,9 +26,9 @@ with workflow.unsafe.imports_passed_through():
         VerifyFinishRequest,
         VerifyInput,
         VerifyPrepared,
-        device_workflow_id,
     )
     from ota.domain import BatchState, CancelScope, FirmwareState, TaskState
+    from workflows.children import start_device
 
 PREPARE_TIMEOUT = timedelta(minutes=1)
 CANCEL_TIMEOUT = timedelta(minutes=10)
@@ -123,8 +122,7 @@ class VerifyWorkflow:
         self, inp: VerifyInput, prep: VerifyPrepared, tasks: list[TaskRef]
     ) -> list[tuple[str, workflow.ChildWorkflowHandle]]:
         async def start(task: TaskRef) -> workflow.ChildWorkflowHandle:
-            return await workflow.start_child_workflow(
-                DEVICE_WORKFLOW,
+            return await start_device(
                 DeviceUpgradeInput(
                     batch_id=inp.batch_id,
                     task_id=task.task_id,
@@ -133,19 +131,8 @@ class VerifyWorkflow:
                     timeout_minutes=inp.timeout_minutes,
                     firmware_id=inp.firmware_id,
                 ),
-                id=device_workflow_id(prep.product_key, task.device_name),
-                result_type=DeviceUpgradeResult,
-                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(BATCH_ID, inp.batch_id),
-                        SearchAttributePair(PRODUCT_KEY, prep.product_key),
-                        SearchAttributePair(STATE, TaskState.TO_BE_PUSHED),
-                    ]
-                ),
-                static_summary=(
-                    f"{task.device_name} -> {prep.target_version} (verify {inp.batch_id})"
-                ),
+                prep.target_version,
+                f"verify {inp.batch_id}",
             )
 
         results = await asyncio.gather(*(start(t) for t in tasks), return_exceptions=True)

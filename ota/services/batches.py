@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -229,12 +229,36 @@ async def create_batch(ctx: Context, inp: BatchInput) -> dict[str, Any]:
         firmware = session.get(Firmware, batch.firmware_id)
         session.add(batch)
     assert firmware is not None
-    start = batch_input(ctx, batch, inp)
+    await start_registered(
+        ctx,
+        client,
+        batch,
+        BATCH_WORKFLOW,
+        batch_input(ctx, batch, inp),
+        batch_workflow_id(batch.id),
+        summary(batch, firmware),
+        details(batch),
+    )
+    return show_batch(ctx.engine, batch.id)
+
+
+async def start_registered(
+    ctx: Context,
+    client: Client,
+    batch: Batch,
+    workflow: str,
+    arg: object,
+    workflow_id: str,
+    static_summary: str,
+    static_details: str,
+) -> None:
+    """Start the workflow of a batch just registered; if it cannot start, unregister the batch:
+    no batch without a workflow. Its search attributes find it in the Temporal Web UI."""
     try:
         await client.start_workflow(
-            BATCH_WORKFLOW,
-            start,
-            id=batch_workflow_id(batch.id),
+            workflow,
+            arg,
+            id=workflow_id,
             task_queue=ctx.settings.task_queue,
             search_attributes=TypedSearchAttributes(
                 [
@@ -243,15 +267,14 @@ async def create_batch(ctx: Context, inp: BatchInput) -> dict[str, Any]:
                     SearchAttributePair(STATE, batch.state),
                 ]
             ),
-            static_summary=summary(batch, firmware),
-            static_details=details(batch),
+            static_summary=static_summary,
+            static_details=static_details,
         )
     except BaseException:
-        with session_scope(ctx.engine) as session:  # no workflow, no batch
+        with session_scope(ctx.engine) as session:
             if (row := session.get(Batch, batch.id)) is not None:
                 session.delete(row)
         raise
-    return show_batch(ctx.engine, batch.id)
 
 
 def summary(batch: Batch, firmware: Firmware) -> str:

@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlmodel import Session, col, select
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from ota.context import Context
 from ota.contracts import (
-    BATCH_ID,
-    PRODUCT_KEY,
-    STATE,
     VERIFY_WORKFLOW,
     VerifyInput,
     verify_workflow_id,
@@ -27,7 +23,7 @@ from ota.domain import (
     validate_timeout,
 )
 from ota.errors import Conflict, InvalidInput, NotFound
-from ota.services.batches import find_firmware, new_batch_id, show_batch
+from ota.services.batches import find_firmware, new_batch_id, show_batch, start_registered
 
 MAX_DEVICES = 100
 
@@ -93,30 +89,17 @@ async def start_verify(
     client = await ctx.temporal()  # before registering: no batch without a workflow
     with session_scope(ctx.engine) as session:
         session.add(batch)
-    try:
-        await client.start_workflow(
-            VERIFY_WORKFLOW,
-            inp,
-            id=verify_workflow_id(inp.batch_id),
-            task_queue=ctx.settings.task_queue,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(BATCH_ID, inp.batch_id),
-                    SearchAttributePair(PRODUCT_KEY, firmware.product_key),
-                    SearchAttributePair(STATE, BatchState.IN_PROGRESS),
-                ]
-            ),
-            static_summary=(
-                f"verify firmware {firmware.id} ({firmware.name} {firmware.version})"
-                f" on {len(inp.device_names)} device(s) of {firmware.product_key}"
-            ),
-            static_details="devices: " + ", ".join(inp.device_names),
-        )
-    except BaseException:
-        with session_scope(ctx.engine) as session:
-            if (row := session.get(Batch, inp.batch_id)) is not None:
-                session.delete(row)
-        raise
+    await start_registered(
+        ctx,
+        client,
+        batch,
+        VERIFY_WORKFLOW,
+        inp,
+        verify_workflow_id(inp.batch_id),
+        f"verify firmware {firmware.id} ({firmware.name} {firmware.version})"
+        f" on {len(inp.device_names)} device(s) of {firmware.product_key}",
+        "devices: " + ", ".join(inp.device_names),
+    )
     return show_batch(ctx.engine, inp.batch_id)
 
 
