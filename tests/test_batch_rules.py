@@ -70,7 +70,7 @@ async def test_offline_device_is_pushed_when_it_comes_online(ctx, mqtt_url):
         assert await eventually(ota_state) == ["to_be_pushed"]
         await bridge.online(names[0])
         await eventually(lambda: states_of(ctx.engine, b["id"])[names[0]] == "pushed")
-        assert [n for n, _ in pushes] == [names[0]]
+        await eventually(lambda: [n for n, _ in pushes] == [names[0]])
         await bridge.updated(names[0])
         await bridge.online(names[1])
         await eventually(lambda: states_of(ctx.engine, b["id"])[names[1]] == "pushed")

@@ -45,6 +45,7 @@ async def test_verified_when_every_device_updates(ctx, mqtt_url):
         assert batch_row(ctx.engine, b["id"]).kind == "verify"
         with pytest.raises(Conflict):  # one verification at a time
             await start_verify(ctx, fw, names[2:])
+        await eventually(lambda: sorted(n for n, _ in pushes) == names[:2])
         for name in names[:2]:
             await bridge.updated(name)
         shown = await wait_verify(ctx, b["id"])

@@ -73,7 +73,8 @@ async def test_scheduled_batch_starts_at_its_time(time_skipping_env, ctx, mqtt_u
         # would run ahead of theirs), so the pacing after it runs in real time anyway.
         assert await env.fast_forward(handle, timedelta(days=3))
         await eventually(lambda: set(states_of(ctx.engine, b["id"]).values()) == {"pushed"})
-        assert sorted(n for n, _ in pushes) == names
+        # The task is recorded pushed just before the push is published: wait for it to arrive.
+        await eventually(lambda: sorted(n for n, _ in pushes) == names)
         assert batch_row(ctx.engine, b["id"]).state == "in_progress"
 
 
@@ -111,12 +112,12 @@ async def test_retry_after_the_interval_up_to_the_maximum(time_skipping_env, ctx
                 assert attempts_of(ctx.engine, b["id"], dn) == attempt
                 assert await env.fast_forward(bridge.handle(dn), timedelta(minutes=2))
         result = await bridge.handle(dn).result()
+        await eventually(lambda: len(pushes) == 3)
     assert (result["state"], result["reason"], result["attempts"]) == (
         "failed",
         "download_failed",
         3,
     )
-    assert len(pushes) == 3
 
 
 async def test_timeout_counts_from_first_progress_and_never_retries(
