@@ -92,6 +92,10 @@ class DevStack:
         mosquitto = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
+        if self.settings.dev_broker == "embedded":
+            mosquitto = None
+        elif self.settings.dev_broker == "mosquitto" and not mosquitto:
+            raise RuntimeError("OTA_DEV_BROKER=mosquitto, but mosquitto is not installed")
         if mosquitto:
             comp.argv = [mosquitto, "-c", str(self._mosquitto_conf(host, port))]
         else:

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     task_queue: str = "ota"
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # Which broker `ota dev` starts when none answers: mosquitto if installed, else embedded.
+    dev_broker: str = Field(default="auto", pattern=r"^(auto|mosquitto|embedded)$")
     # "5" for Mosquitto/EMQX (shared subscriptions); "3.1.1" for the embedded amqtt broker.
     mqtt_protocol: str = Field(default="5", pattern=r"^(5|3\.1\.1)$")
     http_host: str = "127.0.0.1"

@@ -30,10 +30,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path, broker):
+    """With Mosquitto, and with the embedded broker a machine without Mosquitto gets (MQTT 3.1.1:
+    the bridge subscribes without a shared subscription)."""
     temporal_port, mqtt_port, http_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
+        "OTA_DEV_BROKER": broker,
         "OTA_HOME": str(tmp_path / "home"),
         "OTA_TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
         "OTA_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",  # nothing there: ota dev starts a broker
