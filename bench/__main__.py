@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     parser.add_argument(
-        "--mqtt-url", default=os.environ.get("OTA_MQTT_URL", "mqtt://127.0.0.1:1883")
+        "--mqtt-url", help="use this broker instead of starting a Mosquitto of the bench's own"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -40,11 +40,15 @@ DEVICES_PER_SIM_PROCESS = 500
 IMAGE = os.urandom(64 * 1024)  # the firmware every simulated device downloads
 
 
-async def run_size(devices: int, mqtt_url: str, rate: int | None, workdir: Path) -> dict[str, Any]:
+async def run_size(
+    devices: int, mqtt_url: str | None, rate: int | None, workdir: Path
+) -> dict[str, Any]:
+    """`mqtt_url` None: start a Mosquitto of the stack's own."""
     stack = BenchStack(workdir)
     sampler = None
     try:
         stack.start_temporal()
+        mqtt_url = mqtt_url or stack.start_mosquitto()
         sampler = asyncio.create_task(_sample(stack))
         ctx = _context(stack, workdir, mqtt_url)
         client = await ctx.temporal()
@@ -130,6 +134,7 @@ def _context(stack: BenchStack, workdir: Path, mqtt_url: str) -> Context:
             "OTA_TASK_QUEUE": f"bench-{uuid.uuid4().hex[:6]}",
             "OTA_BRIDGE_CLIENT_ID": f"bench-bridge-{uuid.uuid4().hex[:6]}",
             "OTA_BRIDGE_SHARE_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
+            "OTA_BRIDGE_SESSION_EXPIRY_SECONDS": "60",
             "OTA_BATCH_POLL_SECONDS": "1",
         }
     )

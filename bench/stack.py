@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ota.contracts import SEARCH_ATTRIBUTES
-from ota.devstack import answers, venv_binary
+from ota.devstack import answers, mosquitto_binary, mosquitto_conf, venv_binary
 
 
 def free_port() -> int:
@@ -75,6 +75,23 @@ class BenchStack:
             time.sleep(0.2)
         self.env["OTA_TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
         return proc
+
+    def start_mosquitto(self) -> str:
+        """A broker of our own: the machine's keeps at most 1,000 queued messages per session,
+        fewer than a large fleet's reports at once. Returns its URL."""
+        binary = mosquitto_binary()
+        if binary is None:
+            raise RuntimeError("the benchmark needs mosquitto (apt-get install mosquitto)")
+        port = free_port()
+        self.start(
+            "mosquitto", [binary, "-c", str(mosquitto_conf(self.workdir, "127.0.0.1", port))]
+        )
+        deadline = time.monotonic() + 20
+        while not answers("127.0.0.1", port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not start; see {self.workdir}/mosquitto.log")
+            time.sleep(0.1)
+        return f"mqtt://127.0.0.1:{port}"
 
     def sample(self) -> None:
         for proc in self.procs:

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     bridge_flush_seconds: float = Field(default=0.2, gt=0)
     bridge_client_id: str = "ota-bridge"
     bridge_share_group: str = "ota"
+    # How long the broker keeps the bridge's session (and queues device reports for it) while no
+    # bridge is connected. Tests and the benchmark shorten it: every session they leave behind
+    # would otherwise collect a copy of every device message on a shared broker for a day.
+    bridge_session_expiry_seconds: int = Field(default=24 * 3600, ge=10)
 
     @cached_property
     def resolved_database_url(self) -> str:

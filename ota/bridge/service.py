@@ -27,7 +27,6 @@ from ota.storage import FirmwareStore
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # messages per transaction; also the Receive Maximum the broker must honour
-SESSION_EXPIRY_SECONDS = 24 * 3600  # the broker keeps reports for a bridge that is away this long
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 UNSIGNABLE = ""  # a reply that secure update requires signed but could not be
 
@@ -42,14 +41,14 @@ class Bridge:
         temporal: SignalClient | Connect | None,
         *,
         max_batch: int = MAX_BATCH,
-        session_expiry: int = SESSION_EXPIRY_SECONDS,
+        session_expiry: int | None = None,
         products: Sequence[str] | None = None,
     ) -> None:
         """`products`: listen only to these products' devices (default: every device)."""
         self.settings = settings
         self.engine = engine
         self.max_batch = max_batch
-        self.session_expiry = session_expiry
+        self.session_expiry = session_expiry or settings.bridge_session_expiry_seconds
         self.products = list(products or [])
         self.stats: Counter[str] = Counter()
         self.signaller = Signaller(temporal, self.stats)
