@@ -70,6 +70,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             max_batch, max(r["unthrottled"]["max_device_history_events"] for r in runs)
         ),
         "peak_rss_mb": last["peak_rss_mb"],
+        "cpu_seconds": last.get("cpu_seconds", {}),
         "runs": runs,
     }
 
@@ -97,6 +98,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{label:42} {report.get(key)}")
     for name, mb in report["peak_rss_mb"].items():
         print(f"{'peak RSS ' + name + ' (MB)':42} {mb}")
+    for name, seconds in report["cpu_seconds"].items():
+        print(f"{'CPU seconds ' + name:42} {seconds}")
     if len(report["runs"]) > 1:
         print("\nby fleet size: devices, baseline/s, ota/s, ratio, rss worker/bridge MB")
         for r in report["runs"]:

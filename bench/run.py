@@ -86,6 +86,8 @@ async def run_size(
             result["rate"] = await _batch(ctx, pk, fw2, "2.0.0", devices, rate)
         stack.sample()
         result["peak_rss_mb"] = {p.name: round(p.peak_rss_mb, 1) for p in stack.procs}
+        # Where the machine's two cores went (the fleet's simulation shares them with the rest).
+        result["cpu_seconds"] = {p.name: round(p.cpu_seconds, 1) for p in stack.procs}
         return result
     finally:
         if sampler:

@@ -26,11 +26,20 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     peak_rss_mb: float = 0.0
+    # CPU seconds of the process and its children, last seen per pid (children come and go).
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
 
     def sample(self) -> None:
-        """Track peak RSS of the process and its children (the simulator may fork)."""
-        total = sum(_rss_mb(pid) for pid in [self.popen.pid, *_children(self.popen.pid)])
-        self.peak_rss_mb = max(self.peak_rss_mb, total)
+        """Track peak RSS and CPU time of the process and its children (the simulator forks)."""
+        pids = [self.popen.pid, *_children(self.popen.pid)]
+        self.peak_rss_mb = max(self.peak_rss_mb, sum(_rss_mb(pid) for pid in pids))
+        for pid in pids:
+            if (cpu := _cpu_seconds(pid)) is not None:
+                self.cpu_by_pid[pid] = cpu
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_pid.values())
 
 
 @dataclass
@@ -123,6 +132,15 @@ def _rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
