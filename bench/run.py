@@ -27,10 +27,11 @@ from bench.measure import (
     task_times,
     updated_per_min,
 )
-from bench.stack import BenchStack, free_port
+from bench.stack import BenchStack
 from ota.context import Context
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.models import DeviceModule, Task
+from ota.devstack import free_port
 from ota.services.batches import create_batch
 from ota.services.firmware import add_firmware
 from ota.settings import Settings

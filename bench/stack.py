@@ -10,15 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ota.contracts import SEARCH_ATTRIBUTES
-from ota.devstack import answers, mosquitto_binary, mosquitto_conf, venv_binary
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ota.devstack import answers, free_port, mosquitto_binary, mosquitto_conf, venv_binary
 
 
 @dataclass

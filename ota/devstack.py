@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,13 +34,19 @@ def host_port(address: str, default_port: int) -> tuple[str, int]:
 
 
 def answers(host: str, port: int) -> bool:
-    import socket
-
+    """Whether something accepts TCP connections there."""
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a component started on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def mosquitto_conf(home: Path, host: str, port: int) -> Path:
