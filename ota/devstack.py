@@ -174,7 +174,7 @@ class DevStack:
     def stop(self) -> None:
         for comp in reversed(self.components):
             if comp.process and comp.process.poll() is None:
-                comp.process.send_signal(signal.SIGINT)
+                comp.process.send_signal(signal.SIGTERM)  # never ignored, unlike SIGINT
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for comp in reversed(self.components):
             if not comp.process:

@@ -9,6 +9,8 @@ import sys
 
 from amqtt.broker import Broker
 
+from ota.shutdown import stop_on_signals
+
 
 async def serve(host: str, port: int) -> None:
     config = {
@@ -25,6 +27,7 @@ async def serve(host: str, port: int) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    stop_on_signals()
     host, port = sys.argv[1], int(sys.argv[2])
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(host, port))

@@ -8,6 +8,7 @@ import logging
 import typer
 
 from ota.bridge import Bridge
+from ota.shutdown import stop_on_signals
 from starter.common import context, setup_logging
 
 log = logging.getLogger("ota.bridge")
@@ -25,6 +26,7 @@ def bridge(
 ) -> None:
     """Listen to devices over MQTT: record their reports, signal their workflows, answer them."""
     setup_logging(verbose)
+    stop_on_signals()
     try:
         asyncio.run(_run())
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import typer
 
 from ota.devstack import DevStack
 from ota.settings import get_settings
+from ota.shutdown import stop_on_signals
 from starter.common import setup_logging
 
 log = logging.getLogger("ota.dev")
@@ -34,6 +35,7 @@ def dev(
 ) -> None:
     """Run Temporal, an MQTT broker, the worker, the bridge and the HTTP server together."""
     setup_logging()
+    stop_on_signals()
     settings = get_settings()
     stack = DevStack(settings)
     stack.home.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ writes and sends the signals the bridge sends.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sqlmodel import Session, select
 
@@ -61,6 +63,7 @@ async def test_offline_device_is_pushed_when_it_comes_online(ctx, mqtt_url):
         await eventually(lambda: offline_and_started(ctx.engine, b["id"], 2))
         assert set(states_of(ctx.engine, b["id"]).values()) == {"to_be_pushed"}
         assert pushes == []
+
         # Waiting devices are visible in the Web UI: OtaState = "to_be_pushed" (set when the
         # workflow task that recorded the offline device completes).
         async def ota_state() -> list[str] | None:
@@ -298,5 +301,5 @@ async def test_rate_spreads_the_starts_over_the_minute(ctx):
         else:
             bursts.append([o])
     assert [len(x) for x in bursts] == [5, 5, 1], offsets
-    gaps = [b[0] - a[0] for a, b in zip(bursts, bursts[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(bursts)]
     assert all(4 <= g <= 7 for g in gaps), offsets

@@ -30,10 +30,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
-def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path, broker):
+@pytest.mark.parametrize(
+    ("broker", "stop_signal"), [("mosquitto", signal.SIGINT), ("embedded", signal.SIGTERM)]
+)
+def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path, broker, stop_signal):
     """With Mosquitto, and with the embedded broker a machine without Mosquitto gets (MQTT 3.1.1:
-    the bridge subscribes without a shared subscription)."""
+    the bridge subscribes without a shared subscription). Ctrl-C stops it even when it was started
+    as a script's background job (SIGINT inherited ignored), and so does `kill` (SIGTERM)."""
     temporal_port, mqtt_port, http_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
@@ -46,7 +49,11 @@ def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path, broker):
     env.pop("OTA_API_TOKEN", None)
     log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115
     dev = subprocess.Popen(
-        [sys.executable, "-m", "starter", "dev", "--demo"], env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "starter", "dev", "--demo"],
+        env=env,
+        stdout=log,
+        stderr=log,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `ota dev &` would
     )
     engine = None
     try:
@@ -73,7 +80,7 @@ def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path, broker):
         started = _children(dev.pid)
         assert len(started) >= 6  # temporal, broker, worker, bridge, api, simulator
     finally:
-        dev.send_signal(signal.SIGINT)
+        dev.send_signal(stop_signal)
         code = dev.wait(60)
         if engine:
             engine.dispose()
