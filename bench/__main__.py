@@ -53,6 +53,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "devices": last["devices"],
         "baseline_devices_per_s": round(last["baseline"]["devices_per_s"], 2),
+        "baseline_before_after_devices_per_s": last["baseline"]["each_devices_per_s"],
         "devices_per_s": round(un["devices_per_s"], 2),
         "ratio": round(un["devices_per_s"] / last["baseline"]["devices_per_s"], 3),
         "rate_1000_devices_per_min": round(rate.get("updated_per_min", 0.0), 1),
@@ -71,14 +72,24 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "peak_rss_mb": last["peak_rss_mb"],
         "cpu_seconds": last.get("cpu_seconds", {}),
+        # CPU per device during the unthrottled batch and during the (first) baseline.
+        "cpu_ms_per_device": _per_device_ms(un["cpu_seconds"], last["devices"]),
+        "baseline_cpu_ms_per_device": _per_device_ms(
+            last["baselines"][0]["cpu_seconds"], last["devices"]
+        ),
         "runs": runs,
     }
+
+
+def _per_device_ms(cpu_seconds: dict[str, float], devices: int) -> dict[str, float]:
+    return {name: round(s * 1000 / devices, 1) for name, s in cpu_seconds.items() if s}
 
 
 def print_table(report: dict[str, Any]) -> None:
     rows = [
         ("devices", "devices"),
         ("baseline fan-out, devices/s", "baseline_devices_per_s"),
+        ("  before and after ours", "baseline_before_after_devices_per_s"),
         ("ota batch, devices/s", "devices_per_s"),
         ("ratio to baseline", "ratio"),
         ("--rate 1000: updated per minute", "rate_1000_devices_per_min"),
@@ -100,6 +111,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{'peak RSS ' + name + ' (MB)':42} {mb}")
     for name, seconds in report["cpu_seconds"].items():
         print(f"{'CPU seconds ' + name:42} {seconds}")
+    for key in ("cpu_ms_per_device", "baseline_cpu_ms_per_device"):
+        print(f"{key:42} {report[key]}")
     if len(report["runs"]) > 1:
         print("\nby fleet size: devices, baseline/s, ota/s, ratio, rss worker/bridge MB")
         for r in report["runs"]:

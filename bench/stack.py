@@ -99,6 +99,11 @@ class BenchStack:
             if proc.popen.poll() is None:
                 proc.sample()
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far, by component (sampled now)."""
+        self.sample()
+        return {p.name: p.cpu_seconds for p in self.procs}
+
     def stop(self, name: str | None = None) -> None:
         for proc in reversed(self.procs):
             if (name is None or proc.name == name) and proc.popen.poll() is None:
