@@ -7,17 +7,17 @@ import itertools
 import logging
 import time
 import uuid
+from datetime import datetime
 from functools import cached_property
 from urllib.parse import urlparse
 
 import aiomqtt
-from sqlalchemy import Engine, case, update
+from sqlalchemy import Connection, Engine, case, select, update
 from sqlmodel import Session, col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ota.contracts import PushRequest, PushResult
-from ota.db.engine import session_scope
 from ota.db.models import Batch, Device, Firmware, Task, utcnow
 from ota.domain import ACTIVE_TASK_STATES, FINAL_TASK_STATES, TaskReason, TaskState
 from ota.protocol import encode_upgrade, upgrade_topic
@@ -90,17 +90,22 @@ class PushActivities:
         self.engine = engine
         self.settings = settings
         self.mqtt = mqtt
-        self._firmware: dict[int, Firmware] = {}  # a firmware row never changes what is pushed
+        self._firmware_rows: dict[int, Firmware] = {}
         self._msg_ids = itertools.count(int(time.time() * 1000))
 
     @activity.defn
     async def push(self, req: PushRequest) -> PushResult:
         """Offline device: record to_be_pushed/offline. Online: record pushed, then publish.
         A retry after a lost result publishes again, which QoS 1 allows anyway."""
-        loaded = await asyncio.to_thread(self._load, req)
-        if isinstance(loaded, PushResult):
-            return loaded
-        firmware = loaded
+        # Record the push before publishing it: a device can answer with its new version
+        # within milliseconds, and the bridge judges that report against the task's state.
+        # A crash in between re-runs this local activity, so the publish still happens.
+        result, firmware_id = await asyncio.to_thread(self._record_push, req)
+        if result.outcome != "pushed":
+            return result
+        firmware = self._firmware_rows.get(firmware_id) or await asyncio.to_thread(
+            self._load_firmware, firmware_id
+        )
         data = upgrade_data(
             self.settings,
             firmware,
@@ -108,12 +113,6 @@ class PushActivities:
             req.device_name,
             digestsign=self.digestsign(req.product_key, firmware),
         )
-        # Record the push before publishing it: a device can answer with its new version
-        # within milliseconds, and the bridge judges that report against the task's state.
-        # A crash in between re-runs this local activity, so the publish still happens.
-        result = await asyncio.to_thread(self._mark_pushed, req)
-        if result.outcome == "final":  # canceled meanwhile: publish nothing
-            return result
         topic = upgrade_topic(req.product_key, req.device_name)
         await self.mqtt.publish(topic, encode_upgrade(data, next(self._msg_ids)))
         return result
@@ -127,47 +126,22 @@ class PushActivities:
     def signer(self) -> Signer:
         return Signer(self.engine, self.settings)
 
-    def _load(self, req: PushRequest) -> Firmware | PushResult:
-        """The firmware to push, or the push's result when there is nothing to publish."""
-        with session_scope(self.engine) as session:
-            task = session.get(Task, req.task_id)
-            if task is None:
-                raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
-            if task.state in FINAL_TASK_STATES:  # canceled (or finished) before this push
-                return PushResult("final", task.state, task.reason)
-            device = session.get(Device, task.device_id)
-            if device is None or not device.online:
-                # The state stays (a retry keeps pushed/in_upgrade, as the seed says); the reason
-                # tells the bridge to signal `online` when the device connects.
-                task.reason = TaskReason.OFFLINE
-                task.started = True
-                task.updated_at = utcnow()
-                return PushResult("offline", task.state, TaskReason.OFFLINE)
-            return self._firmware_of(session, req, task)
+    def _record_push(self, req: PushRequest) -> tuple[PushResult, int]:
+        """The push's record, in one transaction: the result and the firmware to publish.
 
-    def _firmware_of(self, session: Session, req: PushRequest, task: Task) -> Firmware:
-        firmware_id = req.firmware_id
-        if firmware_id is None:
-            batch = session.get(Batch, task.batch_id)
-            firmware_id = batch.firmware_id if batch else None
-        if firmware_id is None:
-            raise ApplicationError(f"task {task.id}: no firmware", non_retryable=True)
-        if firmware_id not in self._firmware:
-            firmware = session.get(Firmware, firmware_id)
-            if firmware is None:
-                raise ApplicationError(f"firmware {firmware_id} not found", non_retryable=True)
-            session.expunge(firmware)
-            self._firmware[firmware_id] = firmware
-        return self._firmware[firmware_id]
-
-    def _mark_pushed(self, req: PushRequest) -> PushResult:
-        """The seed: a retry leaves the state as it was (pushed or in_upgrade); the timeout
-        counts again from the new attempt's first progress report."""
+        The common case, an online device with an active task, is one conditional UPDATE.
+        The seed: a retry leaves the state as it was (pushed or in_upgrade); the timeout counts
+        again from the new attempt's first progress report."""
         now = utcnow()
-        with session_scope(self.engine) as session:
-            session.exec(  # type: ignore[call-overload]
+        online = select(Device.id).where(col(Device.id) == Task.device_id, col(Device.online))
+        with self.engine.begin() as conn:
+            pushed = conn.execute(
                 update(Task)
-                .where(col(Task.id) == req.task_id, col(Task.state).in_(ACTIVE_TASK_STATES))
+                .where(
+                    col(Task.id) == req.task_id,
+                    col(Task.state).in_(ACTIVE_TASK_STATES),
+                    online.exists(),
+                )
                 .values(
                     state=case(
                         (col(Task.state) == TaskState.TO_BE_PUSHED, TaskState.PUSHED),
@@ -181,9 +155,51 @@ class PushActivities:
                     progress=None,
                     updated_at=now,
                 )
-            )
-            task = session.get(Task, req.task_id)
-            assert task is not None
-            session.refresh(task)
-            outcome = "final" if task.state in FINAL_TASK_STATES else "pushed"
-            return PushResult(outcome, task.state, task.reason)
+                .returning(col(Task.state), col(Task.batch_id))
+            ).first()
+            if pushed is not None:
+                return PushResult("pushed", pushed.state, None), self._firmware_id(
+                    conn, req, pushed.batch_id
+                )
+            return self._not_pushed(conn, req, now), 0
+
+    @staticmethod
+    def _not_pushed(conn: Connection, req: PushRequest, now: datetime) -> PushResult:
+        """Why the push did not happen: the task is final (canceled or finished before this
+        push), or the device is offline. An offline device's task keeps its state (a retry keeps
+        pushed/in_upgrade, as the seed says); the reason tells the bridge to signal `online`
+        when the device connects."""
+        task = conn.execute(
+            select(Task.state, Task.reason).where(col(Task.id) == req.task_id)
+        ).first()
+        if task is None:
+            raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
+        if task.state in FINAL_TASK_STATES:
+            return PushResult("final", task.state, task.reason)
+        conn.execute(
+            update(Task)
+            .where(col(Task.id) == req.task_id)
+            .values(reason=TaskReason.OFFLINE, started=True, updated_at=now)
+        )
+        return PushResult("offline", task.state, TaskReason.OFFLINE)
+
+    @staticmethod
+    def _firmware_id(conn: Connection, req: PushRequest, batch_id: str) -> int:
+        if req.firmware_id is not None:  # batches and verifications pass it
+            return req.firmware_id
+        firmware_id = conn.execute(
+            select(Batch.firmware_id).where(col(Batch.id) == batch_id)
+        ).scalar()
+        if firmware_id is None:
+            raise ApplicationError(f"task {req.task_id}: no firmware", non_retryable=True)
+        return firmware_id
+
+    def _load_firmware(self, firmware_id: int) -> Firmware:
+        """A firmware row never changes what is pushed, so each is read once per worker."""
+        with Session(self.engine) as session:
+            firmware = session.get(Firmware, firmware_id)
+            if firmware is None:
+                raise ApplicationError(f"firmware {firmware_id} not found", non_retryable=True)
+            session.expunge(firmware)
+        self._firmware_rows[firmware_id] = firmware
+        return firmware

@@ -29,6 +29,10 @@ def main() -> None:
     parser.add_argument(
         "--mqtt-url", help="use this broker instead of starting a Mosquitto of the bench's own"
     )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="py-spy the worker, bridge and api during the unthrottled batch",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -36,7 +40,8 @@ def main() -> None:
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
     runs = [
-        asyncio.run(run_size(n, args.mqtt_url, args.rate or None, new_workdir())) for n in sizes
+        asyncio.run(run_size(n, args.mqtt_url, args.rate or None, new_workdir(), args.profile))
+        for n in sizes
     ]
     report = summarize(runs)
     args.out.write_text(json.dumps(report, indent=2, default=str))
@@ -77,6 +82,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "baseline_cpu_ms_per_device": _per_device_ms(
             last["baselines"][0]["cpu_seconds"], last["devices"]
         ),
+        "profile": un.get("profile"),
         "runs": runs,
     }
 
@@ -113,6 +119,10 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{'CPU seconds ' + name:42} {seconds}")
     for key in ("cpu_ms_per_device", "baseline_cpu_ms_per_device"):
         print(f"{key:42} {report[key]}")
+    for name, prof in (report.get("profile") or {}).items():
+        print(f"\nprofile of {name}: CPU seconds by thread {prof['thread_cpu_seconds']}")
+        for function, share in prof.get("functions", {}).items():
+            print(f"  {share:6.1%}  {function}")
     if len(report["runs"]) > 1:
         print("\nby fleet size: devices, baseline/s, ota/s, ratio, rss worker/bridge MB")
         for r in report["runs"]:

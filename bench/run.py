@@ -29,6 +29,7 @@ from bench.measure import (
     task_times,
     updated_per_min,
 )
+from bench.profile import Profiler
 from bench.stack import BenchStack
 from ota.context import Context
 from ota.contracts import BatchInput, batch_workflow_id
@@ -44,10 +45,12 @@ IMAGE = os.urandom(64 * 1024)  # the firmware every simulated device downloads
 
 
 async def run_size(
-    devices: int, mqtt_url: str | None, rate: int | None, workdir: Path
+    devices: int, mqtt_url: str | None, rate: int | None, workdir: Path, profile: bool = False
 ) -> dict[str, Any]:
-    """`mqtt_url` None: start a Mosquitto of the stack's own."""
+    """`mqtt_url` None: start a Mosquitto of the stack's own. `profile`: py-spy the
+    unthrottled batch (bench/profile.py)."""
     stack = BenchStack(workdir)
+    profiler = Profiler(stack, workdir) if profile else None
     sampler = None
     try:
         stack.start_temporal()
@@ -83,8 +86,12 @@ async def run_size(
 
         fw1 = _firmware(ctx, pk, "2.0.0")
         with _costs(stack, devices) as costs:
+            if profiler:
+                profiler.start()
             result["unthrottled"] = await _batch(ctx, pk, fw1, "1.0.0", devices, None)
         result["unthrottled"].update(costs)
+        if profiler:
+            result["unthrottled"]["profile"] = profiler.stop()
         names = await asyncio.to_thread(_device_names, ctx, pk)
         result["unthrottled"].update(await device_histories(client, pk, names))
         result["baselines"].append(await baseline())

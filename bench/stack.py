@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ota.contracts import SEARCH_ATTRIBUTES
-from ota.devstack import answers, free_port, mosquitto_binary, mosquitto_conf, venv_binary
+from ota.devstack import (
+    TEMPORAL_DEV_TUNING,
+    answers,
+    free_port,
+    mosquitto_binary,
+    mosquitto_conf,
+    venv_binary,
+)
 
 
 @dataclass
@@ -63,7 +70,7 @@ class BenchStack:
             "--ip", "127.0.0.1", "--port", str(self.temporal_port),
             "--http-port", str(free_port()), "--metrics-port", str(self.metrics_port),
             "--db-filename", str(self.workdir / "temporal.db"),
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            *TEMPORAL_DEV_TUNING,
             "--log-level", "error",
         ]  # fmt: skip
         for key in SEARCH_ATTRIBUTES:

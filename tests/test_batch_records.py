@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 from temporalio.testing import ActivityEnvironment
 
 from activities.batches import BatchActivities
@@ -20,7 +20,7 @@ from ota.contracts import (
     PushRequest,
 )
 from ota.db.engine import session_scope
-from ota.db.models import Batch, Task
+from ota.db.models import Batch, Device, Task
 from ota.settings import Settings
 from tests.test_workflow_support import make_firmware, make_fleet, states_of, tasks_of
 
@@ -124,15 +124,19 @@ def test_push_records_offline_then_pushed_and_finish_is_guarded(engine, mqtt_url
     assert task_id is not None
     push = PushActivities(engine, Settings(url_secret="x"), mqtt=None)  # type: ignore[arg-type]
     req = PushRequest(task_id, "p1", pk, dn, attempt=1, firmware_id=fw)
-    offline = push._load(req)
-    assert offline.outcome == "offline"  # type: ignore[union-attr]
+    offline, _ = push._record_push(req)
+    assert offline.outcome == "offline"
     assert tasks_of(engine, "p1")[dn].reason == "offline"
     with session_scope(engine) as session:
         task = session.get(Task, task_id)
         assert task is not None
         task.first_progress_at = datetime.now(UTC)
-    assert push._mark_pushed(req).state == "pushed"
-    again = push._mark_pushed(PushRequest(task_id, "p1", pk, dn, attempt=2, firmware_id=fw))
+    with session_scope(engine) as session:
+        device = session.exec(select(Device).where(Device.name == dn)).one()
+        device.online = True
+    pushed, firmware_id = push._record_push(req)
+    assert (pushed.outcome, pushed.state, firmware_id) == ("pushed", "pushed", fw)
+    again, _ = push._record_push(PushRequest(task_id, "p1", pk, dn, attempt=2, firmware_id=fw))
     task = tasks_of(engine, "p1")[dn]
     assert (again.state, task.attempts, task.first_progress_at, task.reason) == (
         "pushed",
@@ -147,7 +151,7 @@ def test_push_records_offline_then_pushed_and_finish_is_guarded(engine, mqtt_url
         row.state = "updated"  # the bridge's write
     final = env.run(tasks.finish_task, FinishTaskRequest(task_id, "failed", "timeout"))
     assert (final.state, final.reason) == ("updated", None)
-    assert push._load(req).outcome == "final"  # type: ignore[union-attr]
+    assert push._record_push(req)[0].outcome == "final"
 
 
 async def test_the_task_is_pushed_before_the_device_can_see_the_push(engine):
