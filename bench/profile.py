@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.stack import BenchStack
 from ota.devstack import venv_binary
 
-PROFILED = ("worker", "bridge", "api")
+PROFILED = ("worker", "bridge", "api", "simulator")
 TOP = 12
 
 
@@ -35,7 +35,8 @@ class Profiler:
                 self.threads_before[proc.name] = thread_cpu(proc.popen.pid)
                 self.recorders[proc.name] = subprocess.Popen(
                     [self.binary, "record", "--pid", str(proc.popen.pid), "--format", "raw",
-                     "--rate", "100", "--nonblocking", "--gil", "--output", str(self._path(proc.name))],
+                     "--rate", "100", "--nonblocking", "--gil", "--subprocesses",
+                     "--output", str(self._path(proc.name))],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
 

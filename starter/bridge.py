@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import typer
 
+from ota import aio
 from ota.bridge import Bridge
 from ota.shutdown import stop_on_signals
 from starter.common import context, setup_logging
@@ -28,7 +28,7 @@ def bridge(
     setup_logging(verbose)
     stop_on_signals()
     try:
-        asyncio.run(_run())
+        aio.run(_run())
     except KeyboardInterrupt:
         log.info("bridge stopped")
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
+from ota import aio
 from starter.common import setup_logging
 
 
@@ -16,7 +15,7 @@ def worker(
     setup_logging(verbose)
     from worker import run_worker  # the worker's imports are heavy; other commands skip them
 
-    asyncio.run(run_worker())
+    aio.run(run_worker())
 
 
 def register(app: typer.Typer) -> None:

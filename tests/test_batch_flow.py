@@ -37,6 +37,14 @@ async def test_happy_path(temporal_env, mqtt_url, tmp_path):
     assert result["counts"] == {"updated": 3}
     tasks = tasks_of(ctx.engine, batch["id"])
     assert all(t.attempts == 1 and t.started for t in tasks.values())
-    # The lean path (docs/design.md): started, WT, push marker, timer, signal, WT,
-    # OtaState=updated, completed. No TimerCanceled: the workflow ends with its timer pending.
-    assert await history_counts(bridge.handle(names[0])) == (12, 2, 1)
+    # The lean path (docs/design.md): started, WT, push marker, timer, signal, WT, completed.
+    # No TimerCanceled: the workflow ends with its timer pending. No search-attribute update.
+    assert await history_counts(bridge.handle(names[0])) == (11, 2, 1)
+    # The Web UI finds a batch's devices by their parent, and a happy device has no OtaState.
+    by_parent = f'ParentWorkflowId = "{batch_workflow_id(batch["id"])}"'
+
+    async def found() -> bool:  # visibility is written asynchronously
+        return (await client.count_workflows(by_parent)).count == 3
+
+    await eventually(found)
+    assert "OtaState" not in (await bridge.handle(names[0]).describe()).search_attributes

@@ -282,7 +282,7 @@ async def test_rate_spreads_the_starts_over_the_minute(ctx):
     client = await ctx.temporal()
     async with running_worker(client, ctx):
         b = await create_batch(ctx, BatchInput("", fw, src_versions=["1.0.0"], rate_per_minute=60))
-        query = f'OtaBatchId = "{b["id"]}" AND WorkflowType = "DeviceUpgradeWorkflow"'
+        query = f'ParentWorkflowId = "{batch_workflow_id(b["id"])}"'
 
         async def all_started():
             return (await client.count_workflows(query)).count == 11

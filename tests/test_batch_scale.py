@@ -36,7 +36,7 @@ async def test_thousand_devices_each_started_once_over_many_runs(temporal_env, m
     async with running_worker(client, ctx):
         began = time.monotonic()
         b = await create_batch(ctx, BatchInput("", fw, src_versions=["1.0.0"]))
-        query_devices = f'OtaBatchId = "{b["id"]}" AND WorkflowType = "DeviceUpgradeWorkflow"'
+        query_devices = f'ParentWorkflowId = "{batch_workflow_id(b["id"])}"'
 
         async def all_started() -> bool:
             return (await client.count_workflows(query_devices)).count >= DEVICES

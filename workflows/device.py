@@ -249,12 +249,14 @@ class DeviceUpgradeWorkflow:
         return DeviceUpgradeResult(state=state, reason=reason, attempts=retries + 1)
 
     def _set_state(self, state: str) -> None:
-        """OtaState tells the Web UI how a device ended (OtaState = "failed") and which devices
-        wait, offline or retrying. The plain first push is not published: each search-attribute
-        update costs an event and several server reads (bench: ~4 database operations), and
-        a running workflow's current details already say "pushed"."""
+        """OtaState tells the Web UI which devices left the happy path: waiting offline or
+        retrying, failed, canceled (`OtaState = "failed"`); from then on it stays current. A device
+        pushed and updated at the first attempt never sets it (`OtaState IS NULL`): each update
+        costs an event, a visibility write and the worker's and server's CPU (bench), and the
+        workflow's current details and the console already say where it is."""
         self._state = state
-        if state == self._published or (state == TaskState.PUSHED and self._published is None):
+        happy = state in (TaskState.PUSHED, TaskState.UPDATED)
+        if state == self._published or (happy and self._published is None):
             return
         self._published = state
         workflow.upsert_search_attributes([STATE.value_set(state)])

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from ota.context import Context
@@ -26,8 +29,42 @@ CHUNK = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+# A firmware's file never changes once added, so what a download needs of its row is kept a
+# little while: a large batch's devices then cost the database nothing. A deleted firmware
+# stops being served within this time (its file is gone at once, which answers 404 too).
+FILE_INFO_SECONDS = 10.0
+
+
 class Unsatisfiable(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    size: int
+    file_name: str
+    sha256: str
+    storage_key: str
+
+
+class FileInfoCache:
+    def __init__(self, engine: Engine, ttl: float = FILE_INFO_SECONDS) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._entries: dict[int, tuple[float, FileInfo | None]] = {}
+
+    def get(self, firmware_id: int) -> FileInfo | None:
+        now = time.monotonic()
+        hit = self._entries.get(firmware_id)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        with Session(self.engine) as session:
+            fw = session.get(Firmware, firmware_id)
+            info = fw and FileInfo(fw.size, fw.file_name, fw.sha256, fw.storage_key)
+        if len(self._entries) > 1000:  # ids are few; this only bounds a scan of bad ids
+            self._entries.clear()
+        self._entries[firmware_id] = (now, info)
+        return info
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -52,6 +89,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size:
         raise Unsatisfiable
     return start, end
+
+
+def _file_info(request: Request, ctx: Context) -> FileInfoCache:
+    state = request.app.state
+    if getattr(state, "file_info", None) is None:
+        state.file_info = FileInfoCache(ctx.engine)
+    return state.file_info  # type: ignore[no-any-return]
 
 
 def _forbidden() -> JSONResponse:
@@ -85,8 +129,7 @@ def download(
         ctx.settings, firmware_id, pk, dn, int(expires), sig
     ):
         return _forbidden()
-    with Session(ctx.engine) as session:
-        firmware = session.get(Firmware, firmware_id)
+    firmware = _file_info(request, ctx).get(firmware_id)
     if firmware is None:
         return JSONResponse({"detail": "firmware not found"}, status_code=404)
     size = firmware.size
@@ -113,4 +156,11 @@ def download(
     except FileNotFoundError:
         log.error("firmware %s: file %s is missing", firmware_id, firmware.storage_key)
         return JSONResponse({"detail": "firmware file missing"}, status_code=404)
-    return StreamingResponse(_stream(f, start, end - start + 1), status, headers)
+    length = end - start + 1
+    if length <= CHUNK:
+        # One read, one send: streaming would hop to a thread per chunk (bench: the HTTP
+        # server's CPU per device).
+        with f:
+            f.seek(start)
+            return Response(f.read(length), status, headers)
+    return StreamingResponse(_stream(f, start, length), status, headers)

@@ -24,6 +24,7 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from ota import aio
 from ota.db.engine import session_scope
 from ota.db.models import Device as DeviceRow
 from ota.db.models import Product
@@ -205,7 +206,7 @@ def run_fleet(cfg: FleetConfig) -> dict[str, int]:
         loop.add_signal_handler(signal.SIGUSR1, fleet.wake_late.set)
         return await fleet.run()
 
-    return dict(asyncio.run(main()))
+    return dict(aio.run(main()))
 
 
 def run_fleet_processes(cfg: FleetConfig, processes: int) -> dict[str, int]:
