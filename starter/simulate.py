@@ -61,6 +61,11 @@ def simulate(
             "it, or to build a differential package from two of them).",
         ),
     ] = None,
+    mqtt_protocol: str | None = typer.Option(
+        None,
+        "--mqtt-protocol",
+        help="5 or 3.1.1 (what Alibaba's device SDKs speak); default: OTA_MQTT_PROTOCOL.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run simulated devices that take updates like real ones; prints a summary at the end."""
@@ -75,6 +80,8 @@ def simulate(
             signing.load_public_key(pem)
         except (OSError, UnicodeDecodeError, signing.SigningError) as exc:
             raise InvalidInput("public_key", f"{public_key}: {exc}") from None
+    if mqtt_protocol not in (None, "5", "3.1.1"):
+        raise InvalidInput("mqtt_protocol", f"{mqtt_protocol!r}: must be 5 or 3.1.1")
     setup_logging(verbose)
     if not verbose:
         logging.getLogger("ota.device").setLevel(logging.ERROR)
@@ -87,7 +94,7 @@ def simulate(
         module=module,
         prefix=prefix,
         mqtt_url=ctx.settings.mqtt_url,
-        mqtt_protocol=ctx.settings.mqtt_protocol,
+        mqtt_protocol=mqtt_protocol or ctx.settings.mqtt_protocol,
         fail_rate=fail_rate,
         download_fail_rate=download_fail_rate,
         verify_fail_rate=verify_fail_rate,

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 from sqlmodel import Session
 
@@ -24,7 +25,11 @@ from tests.linkkit.servers import api_settings, serve_api
 from tests.test_bridge import Recorder, bridge_settings, publisher, running, until
 
 
-async def test_a_fleet_updates_and_fails_as_configured(mqtt_url: str, tmp_path: Path):
+@pytest.mark.parametrize("mqtt_protocol", ["5", "3.1.1"])
+async def test_a_fleet_updates_and_fails_as_configured(
+    mqtt_url: str, tmp_path: Path, mqtt_protocol: str
+):
+    """On MQTT 5, and on 3.1.1 as Alibaba's device SDKs speak (the bench's fleet)."""
     n = 200
     settings = api_settings(bridge_settings(tmp_path, mqtt_url))
     ctx = Context(settings)
@@ -33,7 +38,7 @@ async def test_a_fleet_updates_and_fails_as_configured(mqtt_url: str, tmp_path: 
     cfg = FleetConfig(
         f.product_key, n, "1.0.0", prefix="dev-", mqtt_url=mqtt_url, install_seconds=0.2,
         fail_rate=0.05, download_fail_rate=0.1, verify_fail_rate=0.1, install_fail_rate=0.05,
-        session_expiry=60, seed=7,
+        session_expiry=60, seed=7, mqtt_protocol=mqtt_protocol,
     )  # fmt: skip
     fleet, recorder = Fleet(cfg), Recorder()
     bridge = Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[f.product_key])
@@ -113,3 +118,13 @@ def test_ota_simulate_registers_and_summarises(mqtt_url: str, tmp_path: Path):
     assert "devices 30, connected 30, updated 0, failed 0" in out.stdout
     engine = make_engine(f"sqlite:///{tmp_path / 'ota.db'}")
     assert len(devices(engine, pk)) == 30
+
+
+def test_simulate_refuses_an_unknown_mqtt_protocol():
+    out = subprocess.run(
+        [sys.executable, "-m", "starter", "simulate", "--product", "p", "--version", "1.0.0",
+         "--mqtt-protocol", "4"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "mqtt_protocol" in out.stderr and "5 or 3.1.1" in out.stderr
