@@ -101,7 +101,7 @@ class PushActivities:
         # within milliseconds, and the bridge judges that report against the task's state.
         # A crash in between re-runs this local activity, so the publish still happens.
         result, firmware_id = await asyncio.to_thread(self._record_push, req)
-        if result.outcome != "pushed":
+        if firmware_id is None:  # not pushed: final, or the device is offline
             return result
         firmware = self._firmware_rows.get(firmware_id) or await asyncio.to_thread(
             self._load_firmware, firmware_id
@@ -126,7 +126,7 @@ class PushActivities:
     def signer(self) -> Signer:
         return Signer(self.engine, self.settings)
 
-    def _record_push(self, req: PushRequest) -> tuple[PushResult, int]:
+    def _record_push(self, req: PushRequest) -> tuple[PushResult, int | None]:
         """The push's record, in one transaction: the result and the firmware to publish.
 
         The common case, an online device with an active task, is one conditional UPDATE.
@@ -161,7 +161,7 @@ class PushActivities:
                 return PushResult("pushed", pushed.state, None), self._firmware_id(
                     conn, req, pushed.batch_id
                 )
-            return self._not_pushed(conn, req, now), 0
+            return self._not_pushed(conn, req, now), None
 
     @staticmethod
     def _not_pushed(conn: Connection, req: PushRequest, now: datetime) -> PushResult:

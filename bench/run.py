@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, select
+from temporalio.client import Client
 
 from bench.baseline import run_baseline
 from bench.measure import (
@@ -75,16 +76,11 @@ async def run_size(
 
         # Baseline, ota, baseline again: the server's file grows with every run, so a baseline
         # on both sides of ours cancels the order's bias; the fleet is connected (idle) in all.
-        async def baseline() -> dict[str, Any]:
-            log.info("%d devices: baseline fan-out", devices)
-            with _costs(stack, devices) as costs:
-                out = await run_baseline(client, host, int(port), devices, uuid.uuid4().hex[:6])
-            out.update(costs)
-            log.info("baseline: %.1f devices/s", out["devices_per_s"])
-            return out
-
-        before = await baseline()
-        result: dict[str, Any] = {"devices": devices, "baselines": [before]}
+        mqtt = (host, int(port))
+        result: dict[str, Any] = {
+            "devices": devices,
+            "baselines": [await _baseline(stack, client, mqtt, devices)],
+        }
 
         fw1 = _firmware(ctx, pk, "2.0.0")
         with _costs(stack, devices) as costs:
@@ -96,7 +92,7 @@ async def run_size(
             result["unthrottled"]["profile"] = profiler.stop()
         names = await asyncio.to_thread(_device_names, ctx, pk)
         result["unthrottled"].update(await device_histories(client, pk, names))
-        result["baselines"].append(await baseline())
+        result["baselines"].append(await _baseline(stack, client, mqtt, devices))
         result["baseline"] = _mean_baseline(result["baselines"])
         if rate:
             fw2 = _firmware(ctx, pk, "3.0.0")
@@ -110,6 +106,17 @@ async def run_size(
         if sampler:
             sampler.cancel()
         stack.stop()
+
+
+async def _baseline(
+    stack: BenchStack, client: Client, mqtt: tuple[str, int], devices: int
+) -> dict[str, Any]:
+    log.info("%d devices: baseline fan-out", devices)
+    with _costs(stack, devices) as costs:
+        out = await run_baseline(client, *mqtt, devices, uuid.uuid4().hex[:6])
+    out.update(costs)
+    log.info("baseline: %.1f devices/s", out["devices_per_s"])
+    return out
 
 
 @contextlib.contextmanager

@@ -60,7 +60,7 @@ class BatchInput:
     timeout_minutes: int | None = None
     # Pacing knobs; `ota batch create` copies them from Settings, tests lower them.
     start_burst: int = 50  # device workflows started per workflow task (ENGINE.md: cap bursts)
-    continue_as_new_every: int = 2000  # starts per run before continuing as new
+    continue_as_new_every: int = 200  # starts per run before continuing as new
     poll_seconds: float = 5.0  # how often a batch whose starts are done re-counts its tasks
     dynamic_poll_seconds: float = 10.0  # how often a dynamic batch looks for newly matching devices
     # Filled in by the workflow itself when it continues as new.

@@ -50,7 +50,9 @@ class Settings(BaseSettings):
     # Batch pacing: how many device workflows one pacer turn starts, and after how many
     # starts the batch workflow continues as new (keeps each run's history small).
     start_burst: int = Field(default=50, ge=1, le=1000)
-    continue_as_new_every: int = Field(default=2000, ge=1)
+    # Starts per pacer run. Short runs keep the children's completions out of the pacer's history
+    # (a completion in a closed run costs nothing): 200 was ~8% faster than 1,500 (bench, 2,000).
+    continue_as_new_every: int = Field(default=200, ge=1)
     batch_poll_seconds: float = Field(default=5.0, gt=0)
     dynamic_poll_seconds: float = Field(default=10.0, gt=0)
 
