@@ -77,9 +77,11 @@ async def run_size(
         # Baseline, ota, baseline again: the server's file grows with every run, so a baseline
         # on both sides of ours cancels the order's bias; the fleet is connected (idle) in all.
         mqtt = (host, int(port))
+        rss = {"fleet_up": stack.rss_mb()}
         result: dict[str, Any] = {
             "devices": devices,
             "baselines": [await _baseline(stack, client, mqtt, devices)],
+            "rss_mb_after": rss,
         }
 
         fw1 = _firmware(ctx, pk, "2.0.0")
@@ -88,6 +90,7 @@ async def run_size(
                 profiler.start()
             result["unthrottled"] = await _batch(ctx, pk, fw1, "1.0.0", devices, None)
         result["unthrottled"].update(costs)
+        rss["unthrottled"] = stack.rss_mb()
         if profiler:
             result["unthrottled"]["profile"] = profiler.stop()
         names = await asyncio.to_thread(_device_names, ctx, pk)
@@ -97,6 +100,7 @@ async def run_size(
         if rate:
             fw2 = _firmware(ctx, pk, "3.0.0")
             result["rate"] = await _batch(ctx, pk, fw2, "2.0.0", devices, rate)
+            rss["rate"] = stack.rss_mb()
         stack.sample()
         result["peak_rss_mb"] = {p.name: round(p.peak_rss_mb, 1) for p in stack.procs}
         # Where the machine's two cores went (the fleet's simulation shares them with the rest).

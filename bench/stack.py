@@ -106,6 +106,14 @@ class BenchStack:
             if proc.popen.poll() is None:
                 proc.sample()
 
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory now, by component: when it grows tells what grows it."""
+        return {
+            p.name: round(sum(_rss_mb(pid) for pid in [p.popen.pid, *_children(p.popen.pid)]), 1)
+            for p in self.procs
+            if p.popen.poll() is None
+        }
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds so far, by component (sampled now)."""
         self.sample()
