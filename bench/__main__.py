@@ -31,7 +31,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", action="store_true",
-        help="py-spy the worker, bridge and api during the unthrottled batch",
+        help="py-spy the worker, bridge, api and simulator during the unthrottled batch",
     )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -6,12 +6,11 @@ speedscope) and summarized: the functions where its CPU goes, by time inside the
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections import Counter
 from pathlib import Path
 
-from bench.stack import BenchStack
+from bench.stack import BenchStack, stat_cpu_seconds
 from ota.devstack import venv_binary
 
 PROFILED = ("worker", "bridge", "api", "simulator")
@@ -69,14 +68,13 @@ class Profiler:
 def thread_cpu(pid: int) -> Counter[str]:
     """CPU seconds by thread name (numbered pool threads counted together)."""
     out: Counter[str] = Counter()
-    tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             comm = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[comm.rstrip("0123456789_-")] += (int(fields[11]) + int(fields[12])) / tick
+        if (cpu := stat_cpu_seconds(task / "stat")) is not None:
+            out[comm.rstrip("0123456789_-")] += cpu
     return out
 
 

@@ -28,12 +28,18 @@ class Proc:
     # CPU seconds of the process and its children, last seen per pid (children come and go).
     cpu_by_pid: dict[int, float] = field(default_factory=dict)
 
+    def pids(self) -> list[int]:
+        """The process and its children (the simulator forks)."""
+        return [self.popen.pid, *_children(self.popen.pid)]
+
+    def rss_mb(self) -> float:
+        return sum(_rss_mb(pid) for pid in self.pids())
+
     def sample(self) -> None:
-        """Track peak RSS and CPU time of the process and its children (the simulator forks)."""
-        pids = [self.popen.pid, *_children(self.popen.pid)]
-        self.peak_rss_mb = max(self.peak_rss_mb, sum(_rss_mb(pid) for pid in pids))
-        for pid in pids:
-            if (cpu := _cpu_seconds(pid)) is not None:
+        """Track peak RSS and CPU time of the process and its children."""
+        self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
+        for pid in self.pids():
+            if (cpu := stat_cpu_seconds(Path(f"/proc/{pid}/stat"))) is not None:
                 self.cpu_by_pid[pid] = cpu
 
     @property
@@ -108,11 +114,7 @@ class BenchStack:
 
     def rss_mb(self) -> dict[str, float]:
         """Resident memory now, by component: when it grows tells what grows it."""
-        return {
-            p.name: round(sum(_rss_mb(pid) for pid in [p.popen.pid, *_children(p.popen.pid)]), 1)
-            for p in self.procs
-            if p.popen.poll() is None
-        }
+        return {p.name: round(p.rss_mb(), 1) for p in self.procs if p.popen.poll() is None}
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds so far, by component (sampled now)."""
@@ -146,10 +148,11 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of one process (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+def stat_cpu_seconds(stat: Path) -> float | None:
+    """User + system CPU time in a /proc/PID/stat or /proc/PID/task/TID/stat file (fields 14
+    and 15, in clock ticks); None once the process or thread is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = Context(settings)
+    app.state.file_info = download.FileInfoCache(app.state.ctx)
     app.state.api_token = resolve_token(settings)
     app.state.templates = _templates()
 

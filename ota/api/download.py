@@ -15,7 +15,6 @@ from typing import BinaryIO
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy import Engine
 from sqlmodel import Session
 
 from ota.context import Context
@@ -48,8 +47,10 @@ class FileInfo:
 
 
 class FileInfoCache:
-    def __init__(self, engine: Engine, ttl: float = FILE_INFO_SECONDS) -> None:
-        self.engine = engine
+    """One per HTTP server (app.state.file_info). The database is opened on first use."""
+
+    def __init__(self, ctx: Context, ttl: float = FILE_INFO_SECONDS) -> None:
+        self.ctx = ctx
         self.ttl = ttl
         self._entries: dict[int, tuple[float, FileInfo | None]] = {}
 
@@ -58,7 +59,7 @@ class FileInfoCache:
         hit = self._entries.get(firmware_id)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        with Session(self.engine) as session:
+        with Session(self.ctx.engine) as session:
             fw = session.get(Firmware, firmware_id)
             info = fw and FileInfo(fw.size, fw.file_name, fw.sha256, fw.storage_key)
         if len(self._entries) > 1000:  # ids are few; this only bounds a scan of bad ids
@@ -89,13 +90,6 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size:
         raise Unsatisfiable
     return start, end
-
-
-def _file_info(request: Request, ctx: Context) -> FileInfoCache:
-    state = request.app.state
-    if getattr(state, "file_info", None) is None:
-        state.file_info = FileInfoCache(ctx.engine)
-    return state.file_info  # type: ignore[no-any-return]
 
 
 def _forbidden() -> JSONResponse:
@@ -129,7 +123,8 @@ def download(
         ctx.settings, firmware_id, pk, dn, int(expires), sig
     ):
         return _forbidden()
-    firmware = _file_info(request, ctx).get(firmware_id)
+    file_info: FileInfoCache = request.app.state.file_info
+    firmware = file_info.get(firmware_id)
     if firmware is None:
         return JSONResponse({"detail": "firmware not found"}, status_code=404)
     size = firmware.size
