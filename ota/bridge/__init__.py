@@ -8,6 +8,9 @@ Rules it follows:
   their effects are committed and their signals sent: at-least-once, so every write is idempotent.
   With MQTT 3.1.1 (the embedded broker) it subscribes without `$share` and runs alone.
   `products=[...]` limits a bridge to some products' devices (tests on a shared broker do so).
+- Memory: at most 2 x `max_batch` messages wait in the bridge (`inbox.py`); beyond that it stops
+  reading and the broker holds the rest, so a fleet's connection storm costs no more memory
+  than a busy minute.
 - Batching: messages are gathered for `bridge_flush_seconds` (or up to `max_batch`) and written in
   ONE transaction: devices' online/last_seen, reported versions per module (upsert), each task's
   latest progress, and the guarded moves to `in_upgrade` (first progress) and `updated` (target

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ota import protocol
+from ota.bridge.inbox import Inbox, Received
 from ota.bridge.records import FlushResult, Reply, apply_reports
 from ota.bridge.signals import Connect, SignalClient, Signaller
 from ota.push import upgrade_data
@@ -26,7 +27,8 @@ from ota.storage import FirmwareStore
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 1000  # messages per transaction; also the Receive Maximum the broker must honour
+MAX_BATCH = 1000  # messages per transaction; also the Receive Maximum the broker should honour
+INBOX_LIMIT_BATCHES = 2  # stop reading from the broker while this many batches wait (inbox.py)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 UNSIGNABLE = ""  # a reply that secure update requires signed but could not be
 
@@ -61,13 +63,16 @@ class Bridge:
         """Serve until cancelled, reconnecting with backoff when the broker or database goes."""
         backoff = BACKOFF_MIN
         while True:
+            client = self._client()
+            # Before connecting: a persistent session's queued messages follow the CONNACK.
+            inbox = Inbox(client, INBOX_LIMIT_BATCHES * self.max_batch, self.stats)
             try:
-                async with self._client() as client:
+                async with client:
                     await client.subscribe(self._subscriptions())
                     log.info("bridge connected to %s", self.settings.mqtt_url)
                     self.ready.set()
                     backoff = BACKOFF_MIN
-                    await self._serve(client)
+                    await self._serve(client, inbox)
             except aiomqtt.MqttError as exc:
                 log.warning("broker connection lost: %s; retrying in %.1fs", exc, backoff)
             except (OperationalError, DBAPIError) as exc:
@@ -116,43 +121,16 @@ class Bridge:
         client._client.manual_ack_set(True)
         return client
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
-
-        async def read() -> None:
-            async for message in client.messages:
-                log.debug("received %s", message.topic)
-                inbox.put_nowait(message)
-
-        reader = asyncio.create_task(read())
+    async def _serve(self, client: aiomqtt.Client, inbox: Inbox) -> None:
+        inbox.watch(client)
         try:
             while True:
-                batch = await self._gather(inbox, reader)
-                await self._flush(client, batch)
+                batch = await inbox.next_batch(self.max_batch, self.settings.bridge_flush_seconds)
+                await self._flush(client, inbox, batch)
         finally:
-            reader.cancel()
+            inbox.close()
 
-    async def _gather(
-        self, inbox: asyncio.Queue[aiomqtt.Message], reader: asyncio.Task[None]
-    ) -> list[aiomqtt.Message]:
-        """The first message, and whatever else arrives within flush_seconds (up to max_batch)."""
-        loop = asyncio.get_running_loop()
-        first = await _next(inbox, reader, None)
-        assert first is not None  # no timeout: a message or an exception
-        batch = [first]
-        deadline = loop.time() + self.settings.bridge_flush_seconds
-        while len(batch) < self.max_batch:
-            if not inbox.empty():
-                batch.append(inbox.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            message = await _next(inbox, reader, remaining) if remaining > 0 else None
-            if message is None:
-                break
-            batch.append(message)
-        return batch
-
-    async def _flush(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
+    async def _flush(self, client: aiomqtt.Client, inbox: Inbox, batch: Sequence[Received]) -> None:
         started = time.monotonic()
         self.stats["received"] += len(batch)
         parsed: list[protocol.Message] = []
@@ -160,8 +138,7 @@ class Bridge:
             if m.retain:  # replayed on subscribe, not news
                 self.stats["retained_ignored"] += 1
                 continue
-            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-            msg = protocol.parse(str(m.topic), payload)
+            msg = protocol.parse(m.topic, m.payload)
             if isinstance(msg, protocol.Rejected):
                 self.stats["rejected"] += 1
             else:
@@ -178,7 +155,8 @@ class Bridge:
                     dn,
                 )
             await self.signaller.send(result.signals)
-            await self._reply(client, result.replies)
+            async with inbox.reading():  # the broker's acks of the replies
+                await self._reply(client, result.replies)
         for m in batch:
             if m.qos > 0:
                 client._client.ack(m.mid, m.qos)
@@ -253,21 +231,3 @@ class Bridge:
                 log.exception("cannot sign firmware %s for %s", r.firmware_id, r.product_key)
                 signed[key] = UNSIGNABLE
         return signed
-
-
-async def _next(
-    inbox: asyncio.Queue[aiomqtt.Message], reader: asyncio.Task[None], timeout: float | None
-) -> aiomqtt.Message | None:
-    """The next message, None on timeout; raises what ended the reader (a lost connection)."""
-    get = asyncio.ensure_future(inbox.get())
-    try:
-        done, _ = await asyncio.wait({get, reader}, timeout=timeout, return_when="FIRST_COMPLETED")
-    finally:
-        if not get.done():
-            get.cancel()  # not done, so no message is lost with it
-    if get in done:
-        return get.result()
-    if reader in done:
-        reader.result()
-        raise aiomqtt.MqttError("the message stream ended")
-    return None
