@@ -65,8 +65,7 @@ async def test_a_full_inbox_stops_reading_and_loses_nothing(mqtt_url):
             batch = await asyncio.wait_for(inbox.next_batch(7, 0.05), 5)
             assert len(batch) <= 7
             payloads += [m.payload for m in batch]
-            for m in batch:
-                client._client.ack(m.mid, m.qos)
+            inbox.ack(batch)
     assert payloads == [str(i).encode() for i in range(200)]  # none lost, in order
     assert inbox.stats["inbox_most"] == LIMIT
 

@@ -75,6 +75,12 @@ class Inbox:
             self._resume()
         return batch
 
+    def ack(self, batch: list[Received]) -> None:
+        """The batch's effects are committed: the broker may forget its messages."""
+        for m in batch:
+            if m.qos > 0:
+                self._paho.ack(m.mid, m.qos)
+
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[None]:
         """Read the socket throughout, even when full: the block waits for the broker's acks."""
@@ -106,8 +112,7 @@ class Inbox:
             topic = message.topic
         except UnicodeDecodeError:  # a broker should refuse such a topic; ack it and go on
             self.stats["rejected"] += 1
-            if message.qos > 0:
-                self._paho.ack(message.mid, message.qos)
+            self._paho.ack(message.mid, message.qos)  # no-op for QoS 0
             return
         log.debug("received %s", topic)
         self._messages.append(

@@ -130,7 +130,7 @@ class Bridge:
         finally:
             inbox.close()
 
-    async def _flush(self, client: aiomqtt.Client, inbox: Inbox, batch: Sequence[Received]) -> None:
+    async def _flush(self, client: aiomqtt.Client, inbox: Inbox, batch: list[Received]) -> None:
         started = time.monotonic()
         self.stats["received"] += len(batch)
         parsed: list[protocol.Message] = []
@@ -157,9 +157,7 @@ class Bridge:
             await self.signaller.send(result.signals)
             async with inbox.reading():  # the broker's acks of the replies
                 await self._reply(client, result.replies)
-        for m in batch:
-            if m.qos > 0:
-                client._client.ack(m.mid, m.qos)
+        inbox.ack(batch)
         self.stats["flushes"] += 1
         if parsed:
             self.stats["transactions"] += 1
