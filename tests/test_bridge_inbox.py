@@ -39,7 +39,7 @@ async def subscribed(mqtt_url: str, topic: str) -> AsyncIterator[tuple[aiomqtt.C
     inbox = Inbox(client, LIMIT, Counter())
     async with client:
         await client.subscribe(topic, qos=1)
-        inbox.watch(client)
+        inbox.watch()
         try:
             yield client, inbox
         finally:

@@ -199,6 +199,10 @@ class BatchWorkflow:
         """Start one device workflow per task in one workflow task, and wait for the starts only.
         A device already updating in another batch makes its start fail: `busy` (seed)."""
         c = self._carry
+        # The starts happen now; their Started events come back later (seconds, on a busy
+        # server). Marked at the later time, a pacer at full rate fell behind by that much every
+        # minute: 3 s a minute, 5% of the rate, in the bench at 10,000 devices.
+        issued = workflow.now().timestamp()
         results = await asyncio.gather(
             *(self._start_device(inp, t) for t in tasks), return_exceptions=True
         )
@@ -208,8 +212,7 @@ class BatchWorkflow:
                 busy.append(task.task_id)
             elif isinstance(result, BaseException):
                 raise result
-        now = workflow.now().timestamp()
-        c.recent = [*recent_marks(c.recent, now), StartMark(at=now, count=len(tasks))]
+        c.recent = [*recent_marks(c.recent, issued), StartMark(at=issued, count=len(tasks))]
         c.started += len(tasks)
         c.busy += len(busy)
         c.after_task_id = tasks[-1].task_id

@@ -42,6 +42,7 @@ class Inbox:
     def __init__(self, client: aiomqtt.Client, limit: int, stats: Counter[str]) -> None:
         self.limit = limit
         self.stats = stats
+        self._client = client
         self._paho: paho.Client = client._client
         self._loop = asyncio.get_running_loop()
         self._messages: deque[Received] = deque()
@@ -54,10 +55,10 @@ class Inbox:
         # Instead of aiomqtt's conversion and queue.
         self._paho.on_message = self._on_message
 
-    def watch(self, client: aiomqtt.Client) -> None:
+    def watch(self) -> None:
         """Notice the connection's loss: aiomqtt's `messages`, which no message reaches now,
         ends with an error then."""
-        self._watch = asyncio.create_task(self._watch_connection(client))
+        self._watch = asyncio.create_task(self._watch_connection(self._client))
         self._watch.add_done_callback(lambda _: self._enough.set())
 
     def close(self) -> None:
@@ -95,7 +96,7 @@ class Inbox:
                 self._pause()
 
     async def _wait_for(self, count: int, timeout: float | None) -> None:
-        assert self._watch is not None, "watch(client) first"
+        assert self._watch is not None, "watch() first"
         self._wanted = count
         self._enough.clear()
         if len(self._messages) < count and not self._watch.done() and self._failure is None:

@@ -122,7 +122,7 @@ class Bridge:
         return client
 
     async def _serve(self, client: aiomqtt.Client, inbox: Inbox) -> None:
-        inbox.watch(client)
+        inbox.watch()
         try:
             while True:
                 batch = await inbox.next_batch(self.max_batch, self.settings.bridge_flush_seconds)
