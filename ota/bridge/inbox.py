@@ -6,10 +6,10 @@ Why a bound of our own: the bridge asks the broker for at most `max_batch` unack
 devices connected, their 20,000 reports all waited in the bridge, 2.5 KB each as aiomqtt messages
 (paho gives every v5 message its own tables of property names), and the bridge grew by 65 MB.
 
-So a message is kept as a `Received` record of what the bridge reads (about 300 bytes), and while
-`limit` records wait the inbox stops reading the socket: TCP stops the broker, which holds the
-rest. The broker's acks of the bridge's own publishes come in on the same socket, so a flush that
-waits for them holds reading open (`reading()`), or it would wait forever.
+So a message is kept as a `Received` record of what the bridge reads (a few hundred bytes), and
+while `limit` records wait the inbox stops reading the socket: TCP stops the broker, which holds
+the rest. The broker's acks of the bridge's own publishes come in on the same socket, so a flush
+that waits for them holds reading open (`reading()`), or it would wait forever.
 """
 
 from __future__ import annotations
