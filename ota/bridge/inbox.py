@@ -58,7 +58,7 @@ class Inbox:
     def watch(self) -> None:
         """Notice the connection's loss: aiomqtt's `messages`, which no message reaches now,
         ends with an error then."""
-        self._watch = asyncio.create_task(self._watch_connection(self._client))
+        self._watch = asyncio.create_task(self._watch_connection())
         self._watch.add_done_callback(lambda _: self._enough.set())
 
     def close(self) -> None:
@@ -153,7 +153,6 @@ class Inbox:
             self._failure = exc
             self._enough.set()
 
-    @staticmethod
-    async def _watch_connection(client: aiomqtt.Client) -> None:
-        async for _ in client.messages:
+    async def _watch_connection(self) -> None:
+        async for _ in self._client.messages:
             pass
