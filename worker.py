@@ -21,6 +21,7 @@ from activities.tasks import TaskActivities
 from activities.verify import VerifyActivities
 from ota.context import Context
 from ota.contracts import SEARCH_ATTRIBUTES
+from ota.identity.accounts import ServiceRole, service_endpoint
 from workflows import WORKFLOWS
 
 log = logging.getLogger("ota.worker")
@@ -55,7 +56,7 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
     """
     settings = context.settings
     engine = context.engine
-    publisher = MqttPublisher(settings.mqtt_url, settings.mqtt_protocol)
+    publisher = MqttPublisher(service_endpoint(settings, ServiceRole.WORKER))
     push = PushActivities(engine, settings, publisher)
     tasks = TaskActivities(engine)
     batches = BatchActivities(engine, client)

@@ -9,7 +9,6 @@ import time
 import uuid
 from datetime import datetime
 from functools import cached_property
-from urllib.parse import urlparse
 
 import aiomqtt
 from sqlalchemy import Connection, Engine, case, select, update
@@ -20,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from ota.contracts import PushRequest, PushResult
 from ota.db.models import Batch, Device, Firmware, Task, utcnow
 from ota.domain import ACTIVE_TASK_STATES, FINAL_TASK_STATES, TaskReason, TaskState
+from ota.mqtt import MqttEndpoint
 from ota.protocol import encode_upgrade, upgrade_topic
 from ota.push import upgrade_data
 from ota.services.security import Signer
@@ -33,29 +33,16 @@ PUBLISH_TIMEOUT_SECONDS = 10.0
 class MqttPublisher:
     """One long-lived MQTT connection for every push of this worker, reopened after a loss."""
 
-    def __init__(self, url: str, protocol: str = "5") -> None:
-        parsed = urlparse(url)
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 1883
-        self.username = parsed.username
-        self.password = parsed.password
-        self.protocol = (
-            aiomqtt.ProtocolVersion.V311 if protocol == "3.1.1" else aiomqtt.ProtocolVersion.V5
-        )
+    def __init__(self, endpoint: MqttEndpoint) -> None:
+        self.endpoint = endpoint
         self._client: aiomqtt.Client | None = None
         self._lock = asyncio.Lock()
 
     async def _connected(self) -> aiomqtt.Client:
         async with self._lock:
             if self._client is None:
-                client = aiomqtt.Client(
-                    self.host,
-                    self.port,
-                    username=self.username,
-                    password=self.password,
-                    identifier=f"ota-worker-{uuid.uuid4().hex[:12]}",
-                    protocol=self.protocol,
-                    timeout=PUBLISH_TIMEOUT_SECONDS,
+                client = self.endpoint.client(
+                    f"ota-worker-{uuid.uuid4().hex[:12]}", timeout=PUBLISH_TIMEOUT_SECONDS
                 )
                 await client.__aenter__()
                 self._client = client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ota.contracts import SEARCH_ATTRIBUTES
+from ota.identity.broker_setup import plugin_path, security_lines, write_dynsec_config
 from ota.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,14 +62,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def mosquitto_conf(home: Path, host: str, port: int) -> Path:
-    """A Mosquitto configuration of our own, with its data under `home`."""
+def mosquitto_conf(home: Path, host: str, port: int, settings: Settings | None = None) -> Path:
+    """A Mosquitto configuration of our own, with its data under `home`. With `settings` whose
+    broker authentication is on, it enforces device identity (ota.identity.broker_setup)."""
     data = home / "mosquitto"
     data.mkdir(parents=True, exist_ok=True)
     conf = home / "mosquitto.conf"
-    conf.write_text(
+    lines = (
         f"listener {port} {host}\n"
-        "allow_anonymous true\n"
         "persistence true\n"
         f"persistence_location {data}/\n"
         # The bridge's persistent session must hold a whole fleet's reports while it restarts
@@ -75,7 +77,37 @@ def mosquitto_conf(home: Path, host: str, port: int) -> Path:
         "max_queued_messages 0\n"
         "max_inflight_messages 100\n"
     )
+    if settings is not None and settings.broker_auth == "dynsec":
+        plugin = plugin_path()
+        if plugin is None:
+            raise RuntimeError(
+                "Mosquitto's dynamic-security plugin is not installed (Debian's mosquitto 2.x "
+                "ships it); or set OTA_BROKER_AUTH=none for a broker without device identity"
+            )
+        dynsec_file = data / "dynamic-security.json"
+        write_dynsec_config(settings, dynsec_file)
+        lines += security_lines(dynsec_file, plugin)
+    else:
+        lines += "allow_anonymous true\n"
+    if os.geteuid() == 0 and not _hand_to_mosquitto_user(data):
+        lines += "user root\n"
+    conf.write_text(lines)
     return conf
+
+
+def _hand_to_mosquitto_user(folder: Path) -> bool:
+    """Started as root, Mosquitto drops to its own user, which must then write its data (the
+    persistence file, the plugin's users) in `folder`. False where it could not reach it (a
+    private parent folder, such as a test's): then Mosquitto must stay root."""
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return False
+    if any(not p.stat().st_mode & 0o001 for p in folder.resolve().parents):
+        return False
+    for path in (folder, *folder.iterdir()):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    return True
 
 
 def mosquitto_binary() -> str | None:
@@ -136,12 +168,27 @@ class DevStack:
         elif self.settings.dev_broker == "mosquitto" and not mosquitto:
             raise RuntimeError("OTA_DEV_BROKER=mosquitto, but mosquitto is not installed")
         if mosquitto:
-            comp.argv = [mosquitto, "-c", str(mosquitto_conf(self.home, host, port))]
+            conf = mosquitto_conf(self.home, host, port, self.settings)
+            comp.argv = [mosquitto, "-c", str(conf)]
         else:
-            # amqtt speaks MQTT 3.1.1 only: no shared subscriptions, so one bridge.
+            # amqtt speaks MQTT 3.1.1 only: no shared subscriptions, so one bridge; and it has
+            # no per-device users or ACLs.
             comp.argv = [sys.executable, "-m", "ota.embedded_broker", host, str(port)]
             self.child_env["OTA_MQTT_PROTOCOL"] = "3.1.1"
+            self.without_device_identity("the embedded broker cannot enforce it")
         return comp
+
+    def without_device_identity(self, why: str) -> None:
+        """Run the platform against a broker that does not authenticate devices, and say so."""
+        if self.settings.broker_auth == "none":
+            return
+        log.warning(
+            "DEVICES ARE NOT AUTHENTICATED: %s. Any client on the network can speak for any "
+            "device. Use Mosquitto 2 with its dynamic-security plugin (docs/security.md).",
+            why,
+        )
+        self.child_env["OTA_BROKER_AUTH"] = "none"
+        self.settings = Settings(**{**self.settings.model_dump(), "broker_auth": "none"})
 
     def ota_service(self, name: str, command: str) -> Component:
         ready = None

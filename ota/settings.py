@@ -26,8 +26,30 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     task_queue: str = "ota"
+    # A Temporal cluster or Temporal Cloud: TLS (with the cluster's CA unless it is a public one),
+    # a client certificate for mTLS, or an API key (Temporal Cloud; implies TLS).
+    temporal_tls: bool = False
+    temporal_ca_file: Path | None = None
+    temporal_cert_file: Path | None = None
+    temporal_key_file: Path | None = None
+    temporal_server_name: str | None = None  # TLS server name, when it differs from the address
+    temporal_api_key: str | None = None
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # mqtts:// URLs: the broker's CA (default: the system's), and a client certificate if the
+    # broker asks for one. Used by every MQTT client we run: bridge, worker, SDK, simulator.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    # Device identity on the broker (docs/security.md): "dynsec" keeps Mosquitto's
+    # dynamic-security users and ACLs in step with the device registry; "none" leaves the broker
+    # alone (one that authenticates devices by other means, or a throwaway development broker).
+    broker_auth: str = Field(default="dynsec", pattern=r"^(dynsec|none)$")
+    # The services' broker passwords are derived from it; generated under home if unset.
+    mqtt_service_secret: str | None = None
+    broker_timeout_seconds: float = Field(default=30.0, gt=0)
+    # What devices are told to connect to (`ota device credentials`); default: mqtt_url's.
+    device_mqtt_url: str | None = None
     # Which broker `ota dev` starts when none answers: mosquitto if installed, else embedded.
     dev_broker: str = Field(default="auto", pattern=r"^(auto|mosquitto|embedded)$")
     # "5" for Mosquitto/EMQX (shared subscriptions); "3.1.1" for the embedded amqtt broker.
@@ -86,6 +108,12 @@ class Settings(BaseSettings):
         if self.url_secret:
             return self.url_secret.encode()
         return _secret_file(self.home / "url-secret")
+
+    @cached_property
+    def resolved_mqtt_service_secret(self) -> bytes:
+        if self.mqtt_service_secret:
+            return self.mqtt_service_secret.encode()
+        return _secret_file(self.home / "mqtt-secret")
 
     @cached_property
     def resolved_key_encryption_secret(self) -> bytes:

@@ -8,8 +8,12 @@ import time
 
 import typer
 
+from ota.context import Context
 from ota.devstack import DevStack
-from ota.settings import get_settings
+from ota.errors import OtaError
+from ota.identity.dynsec import DynsecError
+from ota.services.device_identity import sync
+from ota.settings import Settings, get_settings
 from ota.shutdown import stop_on_signals
 from starter.common import setup_logging
 
@@ -43,7 +47,9 @@ def dev(
     stack.child_env["OTA_API_TOKEN"] = token
     try:
         stack.start(stack.temporal())
-        stack.start(stack.broker())
+        broker = stack.broker()
+        stack.start(broker)
+        _sync_broker(stack, reused=broker.reused)
         for name in ("worker", "bridge", "api"):
             stack.start(stack.ota_service(name, name))
         _banner(stack, token)
@@ -59,6 +65,24 @@ def dev(
         log.info("stopping")
     finally:
         stack.stop()
+
+
+def _sync_broker(stack: DevStack, reused: bool) -> None:
+    """Give the broker the services' and every registered device's users (a broker that lost
+    its state is rebuilt). A broker we did not start may not enforce device identity at all."""
+    settings = stack.settings
+    if settings.broker_auth == "none":
+        return
+    if reused:  # an anonymous broker never answers the plugin's topic: don't wait long
+        settings = Settings(**{**settings.model_dump(), "broker_timeout_seconds": 5})
+    try:
+        report = sync(Context(settings).engine, settings)
+    except (OtaError, DynsecError) as exc:
+        if not reused:
+            raise
+        stack.without_device_identity(f"the broker already running at {settings.mqtt_url} {exc}")
+        return
+    log.info("broker: %d device users checked, %d changed", report.devices, report.changed)
 
 
 def _banner(stack: DevStack, token: str) -> None:

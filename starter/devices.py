@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.table import Table
 from ota.domain import DEFAULT_MODULE
 from ota.errors import InvalidInput
 from ota.services import devices
+from starter import identity
 from starter.common import console, context, handle_errors, print_json
 
 device_app = typer.Typer(help="Devices: registration and the versions they reported.")
@@ -30,12 +32,17 @@ def add(
     ] = DEFAULT_MODULE,
     json: JsonOpt = False,
 ) -> None:
-    """Register a device."""
-    view = devices.add_device(context().engine, product, name, version=version, module=module)
+    """Register a device; its DeviceSecret is shown once (`ota device credentials` again)."""
+    ctx = context()
+    view = devices.add_device(
+        ctx.engine, ctx.settings, product, name, version=version, module=module
+    )
     if json:
         print_json(view.to_dict())
-    else:
-        console.print(f"added device [bold]{view.name}[/bold] to {view.product_key}")
+        return
+    console.print(f"added device [bold]{view.name}[/bold] to {view.product_key}")
+    console.print(f"DeviceSecret: {view.secret}   (shown once; keep it on the device)")
+    _say_broker(view.broker)
 
 
 @device_app.command("import")
@@ -45,14 +52,30 @@ def import_(
         Path, typer.Argument(help="CSV file, one device a line: name[,version[,module]]")
     ],
     product: ProductOpt,
+    secrets: Annotated[
+        Path | None,
+        typer.Option(
+            "--secrets",
+            help="Write name,DeviceSecret of each new device to this file (created 0600).",
+        ),
+    ] = None,
 ) -> None:
     """Register every device of a CSV file, or none if any line is bad."""
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput("file", f"cannot read {file}: {exc}") from None
-    count = devices.import_devices(context().engine, product, text)
-    console.print(f"imported {count} devices into {product}")
+    if secrets is not None and secrets.exists():
+        raise InvalidInput("secrets", f"{secrets} exists: name a new file")
+    ctx = context()
+    registered = devices.import_devices(ctx.engine, ctx.settings, product, text)
+    console.print(f"imported {len(registered)} devices into {product}")
+    if secrets is not None:
+        write_private(secrets, "".join(f"{n},{s}\n" for n, s in registered.secrets.items()))
+        console.print(f"their secrets are in {secrets}")
+    else:
+        console.print("their secrets: `ota device credentials PRODUCT NAME` (or --secrets FILE)")
+    _say_broker(registered.broker)
 
 
 @device_app.command("list")
@@ -72,10 +95,26 @@ def list_(
     for d in found:
         versions = ", ".join(f"{m}={v}" for m, v in d.versions.items()) or "-"
         seen = f"{d.last_seen:%Y-%m-%d %H:%M:%S}" if d.last_seen else "-"
-        table.add_row(d.product_key, d.name, versions, "yes" if d.online else "no", seen)
+        online = "yes" if d.online else "no"
+        if not d.enabled:
+            online = "disabled"
+        table.add_row(d.product_key, d.name, versions, online, seen)
     console.print(table)
+
+
+def _say_broker(state: str | None) -> None:
+    if state and state not in ("synced", "off"):
+        console.print(f"[yellow]broker: {state}[/yellow]")
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner may read, from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `ota` app."""
     app.add_typer(device_app, name="device")
+    identity.register(app, device_app)

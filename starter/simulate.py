@@ -12,12 +12,14 @@ from ota import signing
 from ota.device.simulator import (
     IMAGE_MIN,
     FleetConfig,
-    register_fleet,
+    device_name,
     run_fleet_processes,
     synth_image,
 )
 from ota.domain import DEFAULT_MODULE
 from ota.errors import InvalidInput
+from ota.services import device_identity
+from ota.services.devices import register_fleet
 from starter.common import context, handle_errors, setup_logging
 
 log = logging.getLogger("ota.simulate")
@@ -87,14 +89,23 @@ def simulate(
         logging.getLogger("ota.device").setLevel(logging.ERROR)
         logging.getLogger("httpx").setLevel(logging.WARNING)
     ctx = context()
+    names = [device_name(prefix, i) for i in range(devices)]
+    if register:
+        registered = register_fleet(ctx.engine, ctx.settings, product, names)
+        log.info("registered %d new devices in %s", len(registered), product)
+    secrets = None
+    if ctx.settings.broker_auth != "none":
+        secrets = device_identity.secrets_of(ctx.engine, ctx.settings, product, names)
     cfg = FleetConfig(
         product_key=product,
         devices=devices,
         version=version,
         module=module,
         prefix=prefix,
-        mqtt_url=ctx.settings.mqtt_url,
+        mqtt_url=ctx.settings.device_mqtt_url or ctx.settings.mqtt_url,
         mqtt_protocol=mqtt_protocol or ctx.settings.mqtt_protocol,
+        secrets=secrets,
+        ca_file=str(ctx.settings.mqtt_ca_file) if ctx.settings.mqtt_ca_file else None,
         fail_rate=fail_rate,
         download_fail_rate=download_fail_rate,
         verify_fail_rate=verify_fail_rate,
@@ -107,9 +118,6 @@ def simulate(
         public_key=pem,
         image_size=image_size,
     )
-    if register:
-        added = register_fleet(ctx.engine, cfg)
-        log.info("registered %d new devices in %s", added, product)
     summary = run_fleet_processes(cfg, min(processes, devices))
     failed = sum(v for k, v in summary.items() if k.startswith("failed_"))
     typer.echo(

@@ -54,6 +54,7 @@ def bridge_settings(tmp_path: Path, mqtt_url: str, **kw: object) -> Settings:
         "bridge_flush_seconds": 0.2,
         "url_secret": "test-secret",
         "public_url": "http://127.0.0.1:9",
+        "broker_auth": "none",  # the machine's anonymous Mosquitto, unless kw says otherwise
     }
     return Settings(**(values | kw))
 

@@ -14,6 +14,9 @@ from ota.services.firmware import add_firmware, delete_firmware, get_firmware
 from ota.settings import Settings
 from ota.storage import FirmwareStore
 
+# Registration without a broker to put the devices' users on (tests/test_device_identity.py does).
+NO_BROKER = Settings(broker_auth="none", key_encryption_secret="test-key")
+
 
 @pytest.fixture
 def store(tmp_path) -> FirmwareStore:
@@ -23,7 +26,7 @@ def store(tmp_path) -> FirmwareStore:
 @pytest.fixture
 def fw(engine, store, tmp_path) -> Firmware:
     products.add_product(engine, "pk1", "Thermostat")
-    devices.add_device(engine, "pk1", "dev-0001", version="1.0.0")
+    devices.add_device(engine, NO_BROKER, "pk1", "dev-0001", version="1.0.0")
     return add_firmware(
         engine, store, Settings(home=tmp_path), src=io.BytesIO(b"image" * 100),
         file_name="fw.bin", product_key="pk1", name="thermo_fw", version="2.0.0",

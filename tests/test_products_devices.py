@@ -10,6 +10,10 @@ from sqlmodel import Session, func, select
 from ota.db.models import Device, DeviceModule
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services import devices, products
+from ota.settings import Settings
+
+# Registration without a broker to put the devices' users on (tests/test_device_identity.py does).
+NO_BROKER = Settings(broker_auth="none", key_encryption_secret="test-key")
 
 
 def count(engine, table) -> int:
@@ -60,7 +64,7 @@ def test_missing_product_is_not_found(engine):
     with pytest.raises(NotFound, match="product nope"):
         products.get_product(engine, "nope")
     with pytest.raises(NotFound, match="product nope"):
-        devices.add_device(engine, "nope", "dev-0001")
+        devices.add_device(engine, NO_BROKER, "nope", "dev-0001")
 
 
 # --- devices ----------------------------------------------------------------------------------
@@ -68,20 +72,20 @@ def test_missing_product_is_not_found(engine):
 
 @pytest.mark.parametrize("name", ["dev1", "a@b.c:d-e_f", "x" * 32, "AB12"])
 def test_device_names_alibaba_accepts(engine, pk, name):
-    view = devices.add_device(engine, pk, name)
+    view = devices.add_device(engine, NO_BROKER, pk, name)
     assert view.name == name and view.versions == {} and view.online is False
 
 
 @pytest.mark.parametrize("name", ["abc", "x" * 33, "has space", "slash/no", "ü-dev", "", "dev1\n"])
 def test_device_names_alibaba_rejects(engine, pk, name):
     with pytest.raises(InvalidInput) as err:
-        devices.add_device(engine, pk, name)
+        devices.add_device(engine, NO_BROKER, pk, name)
     assert err.value.field == "name"
     assert count(engine, Device) == 0
 
 
 def test_add_device_with_version_and_module(engine, pk):
-    view = devices.add_device(engine, pk, "dev-0001", version="1.0.0", module="wifi")
+    view = devices.add_device(engine, NO_BROKER, pk, "dev-0001", version="1.0.0", module="wifi")
     assert view.versions == {"wifi": "1.0.0"}
     assert devices.list_devices(engine, pk)[0].versions == {"wifi": "1.0.0"}
 
@@ -92,22 +96,22 @@ def test_add_device_with_version_and_module(engine, pk):
 )
 def test_add_device_bad_version_or_module(engine, pk, kwargs, field):
     with pytest.raises(InvalidInput) as err:
-        devices.add_device(engine, pk, "dev-0001", **kwargs)
+        devices.add_device(engine, NO_BROKER, pk, "dev-0001", **kwargs)
     assert err.value.field == field
     assert count(engine, Device) == 0
 
 
 def test_duplicate_device_is_a_conflict(engine, pk):
-    devices.add_device(engine, pk, "dev-0001", version="1.0.0")
+    devices.add_device(engine, NO_BROKER, pk, "dev-0001", version="1.0.0")
     with pytest.raises(Conflict, match="dev-0001 already exists"):
-        devices.add_device(engine, pk, "dev-0001", version="2.0.0")
+        devices.add_device(engine, NO_BROKER, pk, "dev-0001", version="2.0.0")
     assert devices.list_devices(engine)[0].versions == {"default": "1.0.0"}
 
 
 def test_same_name_in_two_products(engine, pk):
     products.add_product(engine, "pk2", "Other")
-    devices.add_device(engine, pk, "dev-0001")
-    devices.add_device(engine, "pk2", "dev-0001")
+    devices.add_device(engine, NO_BROKER, pk, "dev-0001")
+    devices.add_device(engine, NO_BROKER, "pk2", "dev-0001")
     assert [d.product_key for d in devices.list_devices(engine)] == ["pk1", "pk2"]
     assert len(devices.list_devices(engine, "pk2")) == 1
 
@@ -123,7 +127,7 @@ dev-0004
 
 
 def test_import_csv(engine, pk):
-    assert devices.import_devices(engine, pk, GOOD_CSV) == 4
+    assert len(devices.import_devices(engine, NO_BROKER, pk, GOOD_CSV)) == 4
     found = {d.name: d.versions for d in devices.list_devices(engine, pk)}
     assert found == {
         "dev-0001": {"default": "1.0.0"},
@@ -134,7 +138,14 @@ def test_import_csv(engine, pk):
 
 
 def test_import_csv_from_a_file_object_without_header(engine, pk):
-    assert devices.import_devices(engine, pk, io.StringIO("dev-0001,2.0\ndev-0002,2.1\n")) == 2
+    assert (
+        len(
+            devices.import_devices(
+                engine, NO_BROKER, pk, io.StringIO("dev-0001,2.0\ndev-0002,2.1\n")
+            )
+        )
+        == 2
+    )
     assert devices.device_versions(engine, pk) == ["2.0", "2.1"]
 
 
@@ -150,7 +161,7 @@ def test_import_csv_from_a_file_object_without_header(engine, pk):
 )
 def test_import_csv_bad_row_imports_nothing(engine, pk, csv_text, line, words):
     with pytest.raises(InvalidInput) as err:
-        devices.import_devices(engine, pk, csv_text)
+        devices.import_devices(engine, NO_BROKER, pk, csv_text)
     assert err.value.field == "file"
     assert f"line {line}:" in err.value.message
     assert words in err.value.message
@@ -159,20 +170,20 @@ def test_import_csv_bad_row_imports_nothing(engine, pk, csv_text, line, words):
 
 
 def test_import_csv_existing_device_imports_nothing(engine, pk):
-    devices.add_device(engine, pk, "dev-0002")
+    devices.add_device(engine, NO_BROKER, pk, "dev-0002")
     with pytest.raises(InvalidInput, match="line 3: device dev-0002 already exists"):
-        devices.import_devices(engine, pk, "dev-0001,1.0\n\ndev-0002,1.0\n")
+        devices.import_devices(engine, NO_BROKER, pk, "dev-0001,1.0\n\ndev-0002,1.0\n")
     assert [d.name for d in devices.list_devices(engine)] == ["dev-0002"]
     assert count(engine, DeviceModule) == 0
 
 
 def test_import_empty_csv(engine, pk):
     with pytest.raises(InvalidInput, match="no devices"):
-        devices.import_devices(engine, pk, "name,version,module\n")
+        devices.import_devices(engine, NO_BROKER, pk, "name,version,module\n")
 
 
 def test_list_devices_with_versions_per_module(engine, pk):
-    devices.import_devices(engine, pk, "dev-0001,1.0.0\ndev-0002,1.0.0\n")
+    devices.import_devices(engine, NO_BROKER, pk, "dev-0001,1.0.0\ndev-0002,1.0.0\n")
     with Session(engine) as session:  # a second module reported later, as the bridge records it
         dev = session.exec(select(Device).where(Device.name == "dev-0001")).one()
         session.add(DeviceModule(device_id=dev.id, module="wifi", version="3.1"))
@@ -191,8 +202,10 @@ def test_list_devices_with_versions_per_module(engine, pk):
 
 def test_device_versions_distinct_and_naturally_sorted(engine, pk):
     products.add_product(engine, "pk2", "Other")
-    devices.import_devices(engine, pk, "d-001,1.10.0\nd-002,1.9.0\nd-003,1.9.0\nd-004,2.0,wifi\n")
-    devices.add_device(engine, "pk2", "d-001", version="9.9.9")
+    devices.import_devices(
+        engine, NO_BROKER, pk, "d-001,1.10.0\nd-002,1.9.0\nd-003,1.9.0\nd-004,2.0,wifi\n"
+    )
+    devices.add_device(engine, NO_BROKER, "pk2", "d-001", version="9.9.9")
     assert devices.device_versions(engine, pk) == ["1.9.0", "1.10.0", "2.0"]
     assert devices.device_versions(engine, pk, module="wifi") == ["2.0"]
     assert devices.device_versions(engine, "pk2") == ["9.9.9"]

@@ -41,6 +41,9 @@ def new_key(prefix: str = "pk") -> str:
 
 
 def make_context(tmp_path: Path, mqtt_url: str, client: Client, **settings: Any) -> Context:
+    """On the machine's anonymous Mosquitto unless `settings` say otherwise (broker_auth and a
+    `secure_broker`'s settings: tests/fixtures/mqtt.py)."""
+    settings.setdefault("broker_auth", "none")
     ctx = Context(
         Settings(
             home=tmp_path,

@@ -9,8 +9,9 @@ from fastapi import Query, Request
 
 from ota.api.common import Ctx, api_router
 from ota.api.problems import renamed
-from ota.api.schemas import DeviceCreate
+from ota.api.schemas import DeviceCreate, DeviceEnabled
 from ota.errors import InvalidInput
+from ota.services import device_identity as identity
 from ota.services import devices as service
 
 router = api_router("devices")
@@ -43,7 +44,9 @@ def list_devices(
 @router.post("/products/{product_key}/devices", status_code=201, summary="RegisterDevice")
 def add_device(ctx: Ctx, product_key: str, body: DeviceCreate) -> dict[str, Any]:
     with renamed(FIELDS):
-        view = service.add_device(ctx.engine, product_key, body.name, body.version, body.module)
+        view = service.add_device(
+            ctx.engine, ctx.settings, product_key, body.name, body.version, body.module
+        )
     return view.to_dict()
 
 
@@ -63,7 +66,50 @@ async def import_devices(ctx: Ctx, product_key: str, request: Request) -> dict[s
             raise InvalidInput("file", f"must be at most {CSV_MAX // (1024 * 1024)} MB")
     with renamed(FIELDS):
         text = body.decode("utf-8", "replace")
-        added = await anyio.to_thread.run_sync(
-            service.import_devices, ctx.engine, product_key, text
+        registered = await anyio.to_thread.run_sync(
+            service.import_devices, ctx.engine, ctx.settings, product_key, text
         )
-    return {"added": added}
+    return {
+        "added": len(registered),
+        "devices": [{"name": n, "secret": s} for n, s in registered.secrets.items()],
+        "broker": registered.broker,
+    }
+
+
+@router.get(
+    "/products/{product_key}/devices/{device_name}/credentials",
+    summary="The device's MQTT connection parameters and its DeviceSecret",
+)
+def device_credentials(ctx: Ctx, product_key: str, device_name: str) -> dict[str, Any]:
+    return identity.credentials(ctx.engine, ctx.settings, product_key, device_name)
+
+
+@router.put(
+    "/products/{product_key}/devices/{device_name}/enabled",
+    summary="EnableThing / DisableThing: a disabled device is dropped and refused by the broker",
+)
+def set_enabled(
+    ctx: Ctx, product_key: str, device_name: str, body: DeviceEnabled
+) -> dict[str, Any]:
+    return identity.set_enabled(ctx.engine, ctx.settings, product_key, device_name, body.enabled)
+
+
+@router.post(
+    "/products/{product_key}/devices/{device_name}/rotate-secret",
+    summary="ResetDeviceSecret: a new secret; the old one stops working at once",
+)
+def rotate_secret(ctx: Ctx, product_key: str, device_name: str) -> dict[str, Any]:
+    return identity.rotate_secret(ctx.engine, ctx.settings, product_key, device_name)
+
+
+@router.delete(
+    "/products/{product_key}/devices/{device_name}",
+    summary="DeleteDevice: refused while one of its tasks is active",
+)
+def delete_device(ctx: Ctx, product_key: str, device_name: str) -> dict[str, Any]:
+    return identity.delete_device(ctx.engine, ctx.settings, product_key, device_name)
+
+
+@router.post("/broker/sync", summary="Make the broker's users and ACLs agree with the registry")
+def sync_broker(ctx: Ctx) -> dict[str, Any]:
+    return identity.sync(ctx.engine, ctx.settings).to_dict()

@@ -55,6 +55,10 @@ class DeviceCreate(Body):
     module: str = Field("default", description="The module that version is of.")
 
 
+class DeviceEnabled(BaseModel):
+    enabled: bool = Field(description="false: the broker drops the device and refuses it")
+
+
 class VerifyCreate(Body):
     """CreateOTAVerifyJob: update a few devices first; the firmware is verified if all update."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from ota import protocol
 from ota.bridge.inbox import Inbox, Received
 from ota.bridge.records import FlushResult, Reply, apply_reports
 from ota.bridge.signals import Connect, SignalClient, Signaller
+from ota.identity.accounts import ServiceRole, service_endpoint
 from ota.push import upgrade_data
 from ota.services.security import Signer
 from ota.settings import Settings
@@ -27,6 +27,7 @@ from ota.storage import FirmwareStore
 
 log = logging.getLogger(__name__)
 
+MAX_PACKET_BYTES = 64 * 1024  # the largest device message the bridge accepts
 MAX_BATCH = 1000  # messages per transaction; also the Receive Maximum the broker should honour
 INBOX_LIMIT_BATCHES = 2  # stop reading from the broker while this many batches wait (inbox.py)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
@@ -57,7 +58,8 @@ class Bridge:
         self.ready = asyncio.Event()  # set while connected and subscribed
         self._store: FirmwareStore | None = None  # for presigned S3 URLs (s3_direct_urls)
         self.signer = Signer(engine, settings)  # digestsign of replies (secure update)
-        self._v5 = settings.mqtt_protocol == "5"
+        self.endpoint = service_endpoint(settings, ServiceRole.BRIDGE)
+        self._v5 = self.endpoint.v5
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting with backoff when the broker or database goes."""
@@ -69,7 +71,7 @@ class Bridge:
             try:
                 async with client:
                     await client.subscribe(self._subscriptions())
-                    log.info("bridge connected to %s", self.settings.mqtt_url)
+                    log.info("bridge connected to %s", self.endpoint.url)
                     self.ready.set()
                     backoff = BACKOFF_MIN
                     await self._serve(client, inbox)
@@ -96,26 +98,20 @@ class Bridge:
         return [(f"$share/{group}/{f}", options) for f in filters]
 
     def _client(self) -> aiomqtt.Client:
-        addr = protocol.broker_address(self.settings.mqtt_url)
-        options: dict = {}
-        if self._v5:
+        props = None
+        if self.endpoint.v5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry
             # Unacked messages the broker may send at once; Mosquitto's default is only 20.
             props.ReceiveMaximum = min(self.max_batch, 65535)
-            options = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False}
-            options["properties"] = props
-        else:
-            options = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
-        client = aiomqtt.Client(
-            addr.host,
-            addr.port,
-            username=addr.username,
-            password=addr.password,
-            identifier=self.settings.bridge_client_id,
+            # A device message is a few hundred bytes: the broker drops bigger ones for us
+            # instead of handing the bridge a 200 MB publish to hold in memory.
+            props.MaximumPacketSize = MAX_PACKET_BYTES
+        client = self.endpoint.client(
+            self.settings.bridge_client_id,
+            persistent=True,
+            session_expiry=self.session_expiry,
+            properties=props,
             keepalive=30,
-            tls_context=ssl.create_default_context() if addr.tls else None,
-            **options,
         )
         # Ack only after a message's effects are committed (aiomqtt itself acks on receipt).
         client._client.manual_ack_set(True)

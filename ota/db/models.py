@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import true as sa_true
 from sqlmodel import Field, SQLModel
 
 
@@ -44,6 +45,10 @@ class Device(DeviceBase, table=True):
     online: bool = False
     last_seen: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    # Device identity (ota/identity): the DeviceSecret, encrypted; a disabled device may not
+    # connect to the broker.
+    secret_enc: str | None = None
+    enabled: bool = Field(default=True, sa_column_kwargs={"server_default": sa_true()})
 
 
 class DeviceModule(SQLModel, table=True):

@@ -27,8 +27,6 @@ from typing import Any
 
 import aiomqtt
 import httpx
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from ota import protocol, signing
 from ota.device.download import (
@@ -39,6 +37,8 @@ from ota.device.download import (
     download_bytes,
 )
 from ota.domain import DEFAULT_MODULE
+from ota.identity.credentials import device_credentials
+from ota.mqtt import MqttEndpoint
 from ota.protocol import Upgrade
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,33 @@ class Device:
         session_expiry: int = 3600,
         client_id: str | None = None,
         on_result: ResultCallback | None = None,
+        device_secret: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | str | None = None,
+        cert_file: Path | str | None = None,
+        key_file: Path | str | None = None,
     ) -> None:
+        """Credentials: `device_secret` (the triple: username, password and client id derived
+        as Alibaba's SDKs do, ota.identity.credentials), or `username`/`password`/`client_id`
+        as `ota device credentials` shows them. TLS: an mqtts:// URL, `ca_file` for a private
+        CA, `cert_file`/`key_file` for a broker that asks for a client certificate."""
         self.product_key, self.device_name = product_key, device_name
         self.mqtt_url = mqtt_url
+        endpoint = MqttEndpoint.from_url(
+            mqtt_url,
+            protocol=mqtt_protocol,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        if device_secret:
+            creds = device_credentials(product_key, device_name, device_secret)
+            endpoint = endpoint.with_credentials(creds.username, creds.password)
+            client_id = client_id or creds.client_id
+        elif username:
+            endpoint = endpoint.with_credentials(username, password)
+        self.endpoint = endpoint
         self.versions = {DEFAULT_MODULE: versions} if isinstance(versions, str) else dict(versions)
         self.install = install
         self.download_dir = download_dir
@@ -89,7 +113,7 @@ class Device:
         self.current_image = current_image
         self._parsed_key: tuple[bytes | str, Any] | None = None
         self.progress_every = progress_every
-        self.v5 = mqtt_protocol == "5"
+        self.v5 = endpoint.v5
         self.session_expiry = session_expiry
         self.client_id = client_id or f"{product_key}&{device_name}"
         self.on_result = on_result
@@ -135,23 +159,13 @@ class Device:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _make_client(self) -> aiomqtt.Client:
-        addr = protocol.broker_address(self.mqtt_url)
         will = aiomqtt.Will(self.status_topic, protocol.OFFLINE, qos=1, retain=True)
-        options: dict = {"clean_session": False}
-        if self.v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry
-            options = {"clean_start": False, "properties": props}
-        return aiomqtt.Client(
-            addr.host,
-            addr.port,
-            username=addr.username,
-            password=addr.password,
-            identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
+        return self.endpoint.client(
+            self.client_id,
+            persistent=True,
+            session_expiry=self.session_expiry,
             will=will,
             keepalive=60,
-            **options,
         )
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:

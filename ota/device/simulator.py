@@ -21,13 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
-from sqlalchemy import Engine
-from sqlmodel import select
 
 from ota import aio
-from ota.db.engine import session_scope
-from ota.db.models import Device as DeviceRow
-from ota.db.models import Product
 from ota.device.download import DownloadFailed, VerifyFailed
 from ota.device.sdk import Device
 from ota.domain import DEFAULT_MODULE
@@ -64,6 +59,9 @@ class FleetConfig:
     seed: int | None = None
     public_key: str | None = None  # PEM: verify digestsign like a secure-update device
     image_size: int = 256 * 1024  # of the synthesized images differential packages apply to
+    # Device name -> DeviceSecret (`device_secrets`), for a broker that authenticates devices.
+    secrets: dict[str, str] | None = None
+    ca_file: str | None = None  # an mqtts:// broker's CA
 
     def names(self) -> list[str]:
         count = self.devices - self.first if self.count is None else self.count
@@ -116,6 +114,8 @@ class SimulatedDevice(Device):
             on_result=fleet.record,
             public_key=cfg.public_key,
             current_image=self._image,
+            device_secret=(cfg.secrets or {}).get(name),
+            ca_file=cfg.ca_file,
         )
         self.fleet = fleet
 
@@ -231,18 +231,3 @@ def run_fleet_processes(cfg: FleetConfig, processes: int) -> dict[str, int]:
     for s in summaries:
         total.update(s)
     return dict(total)
-
-
-def register_fleet(engine: Engine, cfg: FleetConfig) -> int:
-    """Create the product and the devices that are missing, in one transaction; returns how many."""
-    names = [device_name(cfg.prefix, i) for i in range(cfg.devices)]
-    with session_scope(engine) as session:
-        if session.get(Product, cfg.product_key) is None:
-            session.add(Product(product_key=cfg.product_key, name=cfg.product_key))
-            session.flush()
-        existing = set(
-            session.scalars(select(DeviceRow.name).where(DeviceRow.product_key == cfg.product_key))
-        )
-        missing = [n for n in names if n not in existing]
-        session.add_all(DeviceRow(product_key=cfg.product_key, name=n) for n in missing)
-    return len(missing)

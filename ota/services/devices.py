@@ -15,10 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ota.db.engine import session_scope
-from ota.db.models import Device, DeviceModule
+from ota.db.models import Device, DeviceModule, Product
 from ota.domain import DEFAULT_MODULE, validate_module, validate_version
 from ota.errors import Conflict, InvalidInput
+from ota.identity.registry import Registered, register_secrets
 from ota.services.products import require_product, validate_product_key
+from ota.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,18 @@ class DeviceView:
     online: bool
     last_seen: datetime | None
     versions: dict[str, str] = field(default_factory=dict)
+    enabled: bool = True
+    # Only in the answer to its registration: the DeviceSecret, shown once (`ota device
+    # credentials` shows it again to an operator), and whether the broker has its user yet.
+    secret: str | None = None
+    broker: str | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["last_seen"] = self.last_seen.isoformat() if self.last_seen else None
+        for once in ("secret", "broker"):
+            if data[once] is None:
+                del data[once]
         return data
 
 
@@ -69,11 +79,13 @@ def _new_device(name: str, version: str | None, module: str | None, line: int = 
 
 def add_device(
     engine: Engine,
+    settings: Settings,
     product_key: str,
     name: str,
     version: str | None = None,
     module: str = DEFAULT_MODULE,
 ) -> DeviceView:
+    """Register one device: its secret is made here and shown once in the answer."""
     validate_product_key(product_key, "product")
     new = _new_device(name, version, module)
     try:
@@ -84,10 +96,13 @@ def add_device(
             ).first()
             if taken is not None:
                 raise Conflict(f"device {name} already exists in {product_key}", field="name")
-            _insert(session, product_key, [new])
+            registered = _insert(session, settings, product_key, [new])
     except IntegrityError:  # a concurrent add of the same name won the race
         raise Conflict(f"device {name} already exists in {product_key}", field="name") from None
-    return list_devices(engine, product_key, names=[name])[0]
+    view = list_devices(engine, product_key, names=[name])[0]
+    view.secret = registered.secrets[name]
+    view.broker = registered.publish(settings)
+    return view
 
 
 def parse_devices_csv(source: str | TextIO) -> list[_NewDevice]:
@@ -124,8 +139,10 @@ def parse_devices_csv(source: str | TextIO) -> list[_NewDevice]:
     return rows
 
 
-def import_devices(engine: Engine, product_key: str, csv_text_or_file: str | TextIO) -> int:
-    """Register every device of a CSV file, or none of them. Returns how many were added."""
+def import_devices(
+    engine: Engine, settings: Settings, product_key: str, csv_text_or_file: str | TextIO
+) -> Registered:
+    """Register every device of a CSV file, or none of them; the answer holds their secrets."""
     validate_product_key(product_key, "product")
     rows = parse_devices_csv(csv_text_or_file)
     try:
@@ -137,18 +154,43 @@ def import_devices(engine: Engine, product_key: str, csv_text_or_file: str | Tex
             for row in rows:
                 if row.name in existing:
                     raise InvalidInput("file", f"line {row.line}: device {row.name} already exists")
-            _insert(session, product_key, rows)
+            registered = _insert(session, settings, product_key, rows)
     except IntegrityError:
         raise Conflict("some of these devices were added meanwhile; nothing was imported") from None
     log.info("imported %d devices into %s", len(rows), product_key)
-    return len(rows)
+    registered.publish(settings)
+    return registered
 
 
-def _insert(session: Session, product_key: str, rows: list[_NewDevice]) -> None:
+def register_fleet(
+    engine: Engine, settings: Settings, product_key: str, names: list[str]
+) -> Registered:
+    """The simulator's `--register`: the product, and those of `names` that are missing."""
+    validate_product_key(product_key, "product")
+    with session_scope(engine) as session:
+        if session.get(Product, product_key) is None:
+            session.add(Product(product_key=product_key, name=product_key))
+            session.flush()
+        existing = set(session.exec(select(Device.name).where(Device.product_key == product_key)))
+        rows = [_NewDevice(n, None, DEFAULT_MODULE) for n in names if n not in existing]
+        registered = (
+            _insert(session, settings, product_key, rows) if rows else Registered(product_key)
+        )
+    registered.publish(settings)
+    return registered
+
+
+def _insert(
+    session: Session, settings: Settings, product_key: str, rows: list[_NewDevice]
+) -> Registered:
     """Bulk insert: one statement for the devices, one for their reported versions."""
+    registered = register_secrets(settings, product_key, [r.name for r in rows])
     ids = session.scalars(
         insert(Device).returning(col(Device.id), sort_by_parameter_order=True),
-        [{"product_key": product_key, "name": r.name} for r in rows],
+        [
+            {"product_key": product_key, "name": r.name, "secret_enc": registered.stored[r.name]}
+            for r in rows
+        ],
     ).all()
     modules = [
         {"device_id": device_id, "module": r.module, "version": r.version}
@@ -157,6 +199,7 @@ def _insert(session: Session, product_key: str, rows: list[_NewDevice]) -> None:
     ]
     if modules:
         session.execute(insert(DeviceModule), modules)
+    return registered
 
 
 def list_devices(
@@ -179,7 +222,12 @@ def list_devices(
             view = views.get(device.id)
             if view is None:
                 view = views[device.id] = DeviceView(
-                    device.id, device.name, device.product_key, device.online, device.last_seen
+                    device.id,
+                    device.name,
+                    device.product_key,
+                    device.online,
+                    device.last_seen,
+                    enabled=device.enabled,
                 )
             if module is not None:
                 view.versions[module.module] = module.version

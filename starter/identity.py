@@ -1,0 +1,120 @@
+"""`ota device credentials|disable|enable|delete|rotate-secret` and `ota broker sync|config`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ota.identity.broker_setup import security_lines, write_dynsec_config
+from ota.services import device_identity
+from starter.common import console, context, handle_errors, print_json
+
+broker_app = typer.Typer(help="The MQTT broker's users and ACLs, made from the device registry.")
+
+ProductArg = Annotated[str, typer.Argument(help="Product key.")]
+NameArg = Annotated[str, typer.Argument(help="Device name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+@handle_errors
+def credentials(product: ProductArg, name: NameArg, json: JsonOpt = False) -> None:
+    """The device's MQTT connection parameters (host, port, client id, username, password)."""
+    ctx = context()
+    found = device_identity.credentials(ctx.engine, ctx.settings, product, name)
+    if json:
+        print_json(found)
+        return
+    _print_credentials(found)
+
+
+def _print_credentials(found: dict) -> None:
+    for key in ("product_key", "device_name", "device_secret", "host", "port", "tls"):
+        console.print(f"{key:14} {found[key]}", highlight=False, markup=False)
+    for key in ("client_id", "username", "password"):
+        console.print(f"{key:14} {found[key]}", highlight=False, markup=False)
+    if not found["enabled"]:
+        console.print("[yellow]disabled: the broker refuses this device[/yellow]")
+
+
+@handle_errors
+def disable(product: ProductArg, name: NameArg) -> None:
+    """Refuse the device on the broker: its live connection is dropped at once."""
+    ctx = context()
+    device_identity.set_enabled(ctx.engine, ctx.settings, product, name, False)
+    console.print(f"disabled {product}/{name}")
+
+
+@handle_errors
+def enable(product: ProductArg, name: NameArg) -> None:
+    """Let a disabled device connect again."""
+    ctx = context()
+    device_identity.set_enabled(ctx.engine, ctx.settings, product, name, True)
+    console.print(f"enabled {product}/{name}")
+
+
+@handle_errors
+def delete(product: ProductArg, name: NameArg) -> None:
+    """Forget a device (refused while one of its tasks is active); the broker drops it."""
+    ctx = context()
+    device_identity.delete_device(ctx.engine, ctx.settings, product, name)
+    console.print(f"deleted {product}/{name}")
+
+
+@handle_errors
+def rotate_secret(product: ProductArg, name: NameArg, json: JsonOpt = False) -> None:
+    """A new DeviceSecret; the old one stops working at once. Prints the new parameters."""
+    ctx = context()
+    found = device_identity.rotate_secret(ctx.engine, ctx.settings, product, name)
+    if json:
+        print_json(found)
+        return
+    _print_credentials(found)
+
+
+@broker_app.command("sync")
+@handle_errors
+def sync(json: JsonOpt = False) -> None:
+    """Make the broker's users and ACLs agree with the registry (idempotent; rebuilds a broker
+    that lost its state; gives devices registered before device identity their secrets)."""
+    ctx = context()
+    report = device_identity.sync(ctx.engine, ctx.settings)
+    if json:
+        print_json(report.to_dict())
+        return
+    console.print(
+        f"{report.devices} devices: {report.created} created, {report.updated} updated, "
+        f"{report.disabled} disabled, {report.enabled} enabled, {report.deleted} deleted"
+        + (f"; {report.secrets_created} new secrets" if report.secrets_created else "")
+    )
+    if report.anonymous_refused is False:
+        console.print("[red]the broker accepts anonymous clients: set allow_anonymous false[/red]")
+
+
+@broker_app.command("config")
+@handle_errors
+def config(
+    folder: Annotated[Path, typer.Argument(help="Where Mosquitto keeps the plugin's file.")],
+) -> None:
+    """Create the dynamic-security plugin's file with our admin user, and print the lines a
+    mosquitto.conf needs. Run `ota broker sync` once Mosquitto runs with them."""
+    settings = context().settings
+    path = folder.resolve() / "dynamic-security.json"
+    created = write_dynsec_config(settings, path)
+    console.print(
+        f"# {'created' if created else 'kept the existing'} {path}: make it writable by the "
+        "user Mosquitto runs as\n# add to mosquitto.conf:",
+        highlight=False,
+    )
+    typer.echo(security_lines(path))
+
+
+def register(app: typer.Typer, device_app: typer.Typer) -> None:
+    """Add this area's commands: the device ones to `ota device`, and `ota broker`."""
+    device_app.command("credentials")(credentials)
+    device_app.command("disable")(disable)
+    device_app.command("enable")(enable)
+    device_app.command("delete")(delete)
+    device_app.command("rotate-secret")(rotate_secret)
+    app.add_typer(broker_app, name="broker")
