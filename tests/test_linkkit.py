@@ -16,7 +16,10 @@ import pytest
 from ota import protocol
 from ota.bridge import Bridge
 from ota.context import Context
+from ota.identity.accounts import ServiceRole, service_endpoint
+from ota.identity.sync import sync_broker
 from ota.push import upgrade_data
+from ota.services import device_identity
 from tests.linkkit.seed import seed_fleet, tasks, versions
 from tests.linkkit.servers import api_settings, serve_api
 from tests.test_bridge import Recorder, bridge_settings, publisher, running, until
@@ -107,3 +110,74 @@ async def test_linkkit_devices_update_by_push_and_by_query(
         assert task.first_progress_at is not None
     assert codes == [0, 0]
     assert {s[2].outcome for s in recorder.signals} == {"updated"}
+
+
+async def _run_linkkit(
+    python: Path, pk: str, dn: str, port: int, work: Path, mode: str, env: dict[str, str]
+) -> tuple[int, list[dict]]:
+    work.mkdir()
+    events = work / "events.jsonl"
+    argv = [str(DEVICE_SCRIPT), pk, dn, str(port), "1.0.0", str(work), str(events), mode]
+    with (work / "stdout.log").open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            str(python), *argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+        code = await asyncio.wait_for(proc.wait(), 90)
+    return code, read_events(events)
+
+
+async def test_linkkit_with_its_credentials_updates_on_a_broker_that_enforces_identity(
+    linkkit_python: Path, secure_broker, tmp_path: Path
+):
+    """Device identity with Alibaba's SDK unchanged: the parameters `ota device credentials`
+    shows connect it (LinkKit's direct mode) and it updates end to end; a wrong password, and the
+    triple with a wrong secret, are refused."""
+    extra = {k: v for k, v in secure_broker.settings().items() if k != "mqtt_url"}
+    settings = api_settings(bridge_settings(tmp_path, secure_broker.url, **extra))
+    ctx = Context(settings)
+    content = os.urandom(200_000)
+    fleet = seed_fleet(ctx.engine, 1, content=content, store=ctx.store)
+    report = await asyncio.to_thread(sync_broker, ctx.engine, settings)  # gives it a secret
+    assert report.secrets_created == 1
+    dn = fleet.names[0]
+    creds = device_identity.credentials(ctx.engine, settings, fleet.product_key, dn)
+    direct = {
+        "OTA_LK_USERNAME": creds["username"],
+        "OTA_LK_CLIENT_ID": creds["client_id"],
+        "OTA_LK_PASSWORD": creds["password"],
+    }
+    port, pk = secure_broker.port, fleet.product_key
+    refused = [
+        await _run_linkkit(
+            linkkit_python, pk, dn, port, tmp_path / "wrong", "connect",
+            {**direct, "OTA_LK_PASSWORD": "0" * 64},
+        ),
+        await _run_linkkit(
+            linkkit_python, pk, dn, port, tmp_path / "triple", "connect",
+            {"OTA_LK_SECRET": "0" * 32},
+        ),
+    ]  # fmt: skip
+    for code, events in refused:
+        assert code != 0 and not any(e == {"event": "connected", "rc": 0} for e in events)
+
+    recorder = Recorder()
+    worker = service_endpoint(settings, ServiceRole.WORKER)
+    with serve_api(settings):
+        async with running(
+            Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[pk])
+        ):
+            device = asyncio.create_task(
+                _run_linkkit(linkkit_python, pk, dn, port, tmp_path / "push", "push", direct)
+            )
+            events_file = tmp_path / "push" / "events.jsonl"
+            await until(lambda: any(e["event"] == "subscribed" for e in read_events(events_file)))
+            data = upgrade_data(settings, fleet.firmware, pk, dn)
+            async with worker.client("test-worker") as client:
+                payload = protocol.encode_upgrade(data, 1626969597470)
+                await client.publish(protocol.upgrade_topic(pk, dn), payload, 1)
+            code, events = await device
+            await until(lambda: len(recorder.signals) == 1, what="the updated signal")
+    assert code == 0, events
+    assert {e["event"]: e for e in events}["reported"]["version"] == "2.0.0"
+    assert versions(ctx.engine, pk) == {dn: "2.0.0"}
+    assert tasks(ctx.engine, fleet.batch_id)[dn].state == "updated"

@@ -3,7 +3,12 @@
 Runs in a venv of its own (LinkKit needs paho-mqtt<2). Writes what happens as JSON lines to
 EVENTS and exits after reporting its new version (or on a timeout).
 
-    python device.py PK DN PORT VERSION WORKDIR EVENTS push|query
+    python device.py PK DN PORT VERSION WORKDIR EVENTS push|query|connect
+
+Credentials come from the environment: OTA_LK_USERNAME, OTA_LK_CLIENT_ID and OTA_LK_PASSWORD
+(LinkKit's "direct" mode, the parameters `ota device credentials` shows, as Alibaba's console
+does), else OTA_LK_SECRET (its triple mode: it signs a password with a fresh timestamp at every
+connect). `connect` only records whether the broker let it in, then exits.
 """
 
 import json
@@ -23,8 +28,18 @@ def event(kind, **fields):
         f.write(json.dumps({"event": kind, **fields}) + "\n")
 
 
-# Our broker takes any credentials: LinkKit signs them with the device secret (HMAC-SHA1).
-lk = linkkit.LinkKit(host_name="127.0.0.1", product_key=pk, device_name=dn, device_secret="s3cr3t")
+direct = {
+    key: os.environ.get(f"OTA_LK_{key.upper()}") for key in ("username", "client_id", "password")
+}
+if all(direct.values()):
+    lk = linkkit.LinkKit(
+        host_name="127.0.0.1", product_key=pk, device_name=dn, device_secret="", **direct
+    )
+else:  # an anonymous broker takes any credentials; LinkKit signs them with HMAC-SHA1
+    secret = os.environ.get("OTA_LK_SECRET", "s3cr3t")
+    lk = linkkit.LinkKit(
+        host_name="127.0.0.1", product_key=pk, device_name=dn, device_secret=secret
+    )
 lk.config_mqtt(port=int(port), secure="")  # "": plain TCP, securemode=3 in the client id
 upgrade_topic = f"/ota/device/upgrade/{pk}/{dn}"
 reply_topic = f"/sys/{pk}/{dn}/thing/ota/firmware/get_reply"
@@ -33,6 +48,8 @@ progress_topic = f"/ota/device/progress/{pk}/{dn}"
 
 def on_connect(session_flag, rc, userdata):
     event("connected", rc=rc)
+    if mode == "connect" or rc != 0:
+        os._exit(0 if rc == 0 else 3)
     # Alibaba's broker subscribes devices to these by itself; Mosquitto does not.
     lk.subscribe_topic([(upgrade_topic, 1), (reply_topic, 1)])
 
@@ -78,7 +95,7 @@ lk.on_connect = on_connect
 lk.on_subscribe_topic = on_subscribe_topic
 lk.on_ota_message_arrived = on_ota_message_arrived
 lk.connect_async()
-finished = done.wait(60)
+finished = done.wait(8 if mode == "connect" else 60)
 time.sleep(1)  # let the last QoS 0 report leave
 lk.disconnect()
 event("exit", finished=finished)
