@@ -3,6 +3,7 @@ Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,14 @@ def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path, broker, st
         assert all(port_open(p) for p in (temporal_port, mqtt_port, http_port))
         started = _children(dev.pid)
         assert len(started) >= 6  # temporal, broker, worker, bridge, api, simulator
+        if broker == "mosquitto":  # devices authenticate: each has its user on the broker
+            users = json.loads((tmp_path / "home/mosquitto/dynamic-security.json").read_text())
+            names = {c["username"] for c in users["clients"]}
+            assert {"ota-admin", "ota-bridge", "ota-worker"} <= names
+            assert len([n for n in names if n.endswith("&demo")]) == 50
+            assert "NOT AUTHENTICATED" not in output
+        else:
+            assert "DEVICES ARE NOT AUTHENTICATED: the embedded broker" in output
     finally:
         dev.send_signal(stop_signal)
         code = dev.wait(60)
