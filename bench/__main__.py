@@ -57,6 +57,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     max_batch = max((max(r["unthrottled"]["batch_run_events"]) for r in runs), default=0)
     return {
         "devices": last["devices"],
+        "broker_auth": last.get("broker_auth"),
+        "register_seconds": last.get("register_seconds"),
         "baseline_devices_per_s": round(last["baseline"]["devices_per_s"], 2),
         "baseline_before_after_devices_per_s": last["baseline"]["each_devices_per_s"],
         "devices_per_s": round(un["devices_per_s"], 2),
@@ -94,6 +96,8 @@ def _per_device_ms(cpu_seconds: dict[str, float], devices: int) -> dict[str, flo
 def print_table(report: dict[str, Any]) -> None:
     rows = [
         ("devices", "devices"),
+        ("broker authentication", "broker_auth"),
+        ("registration with broker users (s)", "register_seconds"),
         ("baseline fan-out, devices/s", "baseline_devices_per_s"),
         ("  before and after ours", "baseline_before_after_devices_per_s"),
         ("ota batch, devices/s", "devices_per_s"),

@@ -18,6 +18,8 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from ota.mqtt import MqttEndpoint
+
 BURST = 50
 CHUNK = 500
 TOPIC = "bench/baseline"
@@ -90,11 +92,11 @@ def child_id(run_id: str, index: int) -> str:
     return f"baseline-{run_id}-{index}"
 
 
-async def _signaller(client: Client, mqtt_host: str, mqtt_port: int, run_id: str, n: int) -> None:
+async def _signaller(client: Client, mqtt: MqttEndpoint, run_id: str, n: int) -> None:
     """Answer each push with the signal that lets its child finish."""
     pending: set[asyncio.Task[None]] = set()
     answered = 0
-    async with aiomqtt.Client(mqtt_host, mqtt_port) as sub:
+    async with mqtt.client(f"bench-sub-{run_id}") as sub:
         await sub.subscribe(f"{TOPIC}/{run_id}", qos=1)
         async for msg in sub.messages:
             index = int(bytes(msg.payload).decode())  # type: ignore[arg-type]
@@ -117,11 +119,11 @@ async def _completed(client: Client, run_id: str) -> int:
 
 
 async def run_baseline(
-    client: Client, mqtt_host: str, mqtt_port: int, devices: int, run_id: str
+    client: Client, mqtt: MqttEndpoint, devices: int, run_id: str
 ) -> dict[str, float]:
     """Fan out to `devices` children and return devices per second, start to last completion."""
     queue = f"bench-baseline-{run_id}"
-    async with aiomqtt.Client(mqtt_host, mqtt_port) as pub:
+    async with mqtt.client(f"bench-pub-{run_id}") as pub:
         acts = BaselineActivities(pub)
         async with Worker(
             client,
@@ -131,9 +133,7 @@ async def run_baseline(
             workflow_runner=UnsandboxedWorkflowRunner(),
             max_concurrent_workflow_tasks=100,
         ):
-            signaller = asyncio.create_task(
-                _signaller(client, mqtt_host, mqtt_port, run_id, devices)
-            )
+            signaller = asyncio.create_task(_signaller(client, mqtt, run_id, devices))
             await asyncio.sleep(0.5)  # the subscription is in place before the first push
             started = time.monotonic()
             await client.start_workflow(

@@ -19,6 +19,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 from temporalio.client import Client
 
+from bench.accounts import bench_account
 from bench.baseline import run_baseline
 from bench.measure import (
     batch_run_lengths,
@@ -35,8 +36,12 @@ from bench.stack import BenchStack
 from ota.context import Context
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.models import DeviceModule, Task
+from ota.device.simulator import device_name
 from ota.devstack import free_port
+from ota.identity.sync import sync_broker
+from ota.mqtt import MqttEndpoint
 from ota.services.batches import create_batch
+from ota.services.devices import register_fleet
 from ota.services.firmware import add_firmware
 from ota.settings import Settings
 
@@ -55,19 +60,23 @@ async def run_size(
     sampler = None
     try:
         stack.start_temporal()
-        mqtt_url = mqtt_url or stack.start_mosquitto()
+        stack.env["OTA_BROKER_AUTH"] = "dynsec" if mqtt_url is None else "none"
+        stack.env["OTA_MQTT_SERVICE_SECRET"] = uuid.uuid4().hex
+        mqtt_url = mqtt_url or stack.start_mosquitto(_settings(stack))
         sampler = asyncio.create_task(_sample(stack))
         ctx = _context(stack, workdir, mqtt_url)
         client = await ctx.temporal()
-        host, port = mqtt_url.rsplit("//", 1)[1].split(":")
+        await asyncio.to_thread(sync_broker, ctx.engine, ctx.settings)  # the services' users
+        mqtt = await asyncio.to_thread(bench_account, ctx.settings)
         for name in ("worker", "bridge", "api"):
             stack.start(name, [sys.executable, "-m", "starter", name])
         pk = f"bench{uuid.uuid4().hex[:6]}"
+        register_seconds = await asyncio.to_thread(_register, ctx, pk, devices)
         processes = max(1, -(-devices // DEVICES_PER_SIM_PROCESS))
         stack.start(
             "simulator",
             [sys.executable, "-m", "starter", "simulate", "--product", pk,
-             "--devices", str(devices), "--version", "1.0.0", "--register",
+             "--devices", str(devices), "--version", "1.0.0",
              "--install-seconds", "0", "--processes", str(processes),
              # As deployed fleets on Alibaba's device SDKs do (and cheaper to simulate).
              "--mqtt-protocol", "3.1.1"],
@@ -76,10 +85,11 @@ async def run_size(
 
         # Baseline, ota, baseline again: the server's file grows with every run, so a baseline
         # on both sides of ours cancels the order's bias; the fleet is connected (idle) in all.
-        mqtt = (host, int(port))
         rss = {"fleet_up": stack.rss_mb()}
         result: dict[str, Any] = {
             "devices": devices,
+            "broker_auth": ctx.settings.broker_auth,
+            "register_seconds": register_seconds,
             "baselines": [await _baseline(stack, client, mqtt, devices)],
             "rss_mb_after": rss,
         }
@@ -113,11 +123,11 @@ async def run_size(
 
 
 async def _baseline(
-    stack: BenchStack, client: Client, mqtt: tuple[str, int], devices: int
+    stack: BenchStack, client: Client, mqtt: MqttEndpoint, devices: int
 ) -> dict[str, Any]:
     log.info("%d devices: baseline fan-out", devices)
     with _costs(stack, devices) as costs:
-        out = await run_baseline(client, *mqtt, devices, uuid.uuid4().hex[:6])
+        out = await run_baseline(client, mqtt, devices, uuid.uuid4().hex[:6])
     out.update(costs)
     log.info("baseline: %.1f devices/s", out["devices_per_s"])
     return out
@@ -179,6 +189,21 @@ async def _batch(
     return out
 
 
+def _register(ctx: Context, pk: str, devices: int) -> float:
+    """Register the fleet as `ota simulate --register` does (a secret per device, the broker's
+    users for them included): the figure the README quotes for registration."""
+    started = time.monotonic()
+    names = [device_name("sim-", i) for i in range(devices)]
+    register_fleet(ctx.engine, ctx.settings, pk, names)
+    elapsed = time.monotonic() - started
+    log.info("registered %d devices (with the broker's users) in %.1f s", devices, elapsed)
+    return round(elapsed, 2)
+
+
+def _settings(stack: BenchStack) -> Settings:
+    return Settings(**{k[4:].lower(): v for k, v in stack.env.items() if k.startswith("OTA_")})
+
+
 def _context(stack: BenchStack, workdir: Path, mqtt_url: str) -> Context:
     home = workdir / "ota"
     stack.env.update(
@@ -194,8 +219,7 @@ def _context(stack: BenchStack, workdir: Path, mqtt_url: str) -> Context:
             "OTA_BATCH_POLL_SECONDS": "1",
         }
     )
-    settings = Settings(**{k[4:].lower(): v for k, v in stack.env.items() if k.startswith("OTA_")})
-    ctx = Context(settings)
+    ctx = Context(_settings(stack))
     ctx.engine  # migrate once, before worker, bridge and api start  # noqa: B018
     return ctx
 

@@ -18,6 +18,7 @@ from ota.devstack import (
     mosquitto_conf,
     venv_binary,
 )
+from ota.settings import Settings
 
 
 @dataclass
@@ -90,16 +91,16 @@ class BenchStack:
         self.env["OTA_TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
         return proc
 
-    def start_mosquitto(self) -> str:
-        """A broker of our own: the machine's keeps at most 1,000 queued messages per session,
-        fewer than a large fleet's reports at once. Returns its URL."""
+    def start_mosquitto(self, settings: Settings) -> str:
+        """A broker of our own, enforcing device identity as a deployment's does (the machine's
+        keeps at most 1,000 queued messages per session, fewer than a large fleet's reports at
+        once). Returns its URL."""
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("the benchmark needs mosquitto (apt-get install mosquitto)")
         port = free_port()
-        self.start(
-            "mosquitto", [binary, "-c", str(mosquitto_conf(self.workdir, "127.0.0.1", port))]
-        )
+        conf = mosquitto_conf(self.workdir, "127.0.0.1", port, settings)
+        self.start("mosquitto", [binary, "-c", str(conf)])
         deadline = time.monotonic() + 20
         while not answers("127.0.0.1", port):
             if time.monotonic() > deadline:
