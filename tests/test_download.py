@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,9 +14,11 @@ from urllib.parse import quote, unquote
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import Engine, event, update
 from sqlmodel import col
 
+from ota.api.access_log import redact
 from ota.api.download import Unsatisfiable, parse_range
 from ota.context import Context
 from ota.db.engine import session_scope
@@ -22,6 +26,8 @@ from ota.db.models import Batch, Firmware, Task
 from ota.push import upgrade_data
 from ota.settings import Settings
 from ota.urls import download_url
+from starter import api as api_command
+from tests.fixtures.net import free_port
 from tests.fixtures.s3 import S3Server, s3_settings
 from tests.linkkit.seed import Fleet, seed_fleet
 from tests.linkkit.servers import api_settings, serve_api
@@ -238,3 +244,59 @@ def test_parse_range(header, expected):
 def test_parse_range_unsatisfiable(header):
     with pytest.raises(Unsatisfiable):
         parse_range(header, 100)
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_the_access_log_keeps_no_signature_or_token(tmp_path, monkeypatch):
+    """`ota api` under uvicorn's own logging setup: a download URL in the access log is as
+    good as the download for whoever reads the log, until it expires."""
+    port = free_port()
+    for name, value in {"HOME": tmp_path, "HTTP_PORT": port, "API_TOKEN": "t"}.items():
+        monkeypatch.setenv(f"OTA_{name}", str(value))
+    access = Records()
+    secret_query = "pk=p1&dn=d1&expires=9999999999&sig=0badc0ffee&token=hunter2"
+
+    def run(app, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))  # configures logging
+        logging.getLogger("uvicorn.access").addHandler(access)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not server.started and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert httpx.get(f"http://{host}:{port}/download/1?{secret_query}").status_code == 403
+        finally:
+            server.should_exit = True
+            thread.join(10)
+            logging.getLogger("uvicorn.access").removeHandler(access)
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    api_command.api(verbose=False)
+    (line,) = [r.getMessage() for r in access.records]
+    assert "/download/1?pk=p1&dn=d1&expires=9999999999&sig=***&token=*** HTTP/1.1" in line, line
+    assert "0badc0ffee" not in line and "hunter2" not in line
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/download/1?pk=a&sig=ab12", "/download/1?pk=a&sig=***"),
+        ("/x?access_token=t0k&b=1", "/x?access_token=***&b=1"),
+        (
+            "/x?X-Amz-Signature=f00&X-Amz-Credential=k%2Fday",
+            "/x?X-Amz-Signature=***&X-Amz-Credential=***",
+        ),
+        ("/x?design=1&sigma=2", "/x?design=1&sigma=2"),  # names that only contain "sig"
+    ],
+)
+def test_redact(path, logged):
+    assert redact(path) == logged
