@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     url_secret: str | None = None  # HMAC key for download URLs; generated under home if unset
     url_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     api_token: str | None = None
+    # How long a console login lasts; the server refuses the cookie after that (and after logout).
+    console_session_hours: float = Field(default=12, gt=0)
     # Where the console links batches and tasks to their workflows (the dev server's Web UI).
     temporal_ui_url: str = "http://127.0.0.1:8233"
     key_encryption_secret: str | None = None  # encrypts secure-update private keys at rest
