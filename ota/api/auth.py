@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from ota.api import sessions
 from ota.api.problems import Problem
 from ota.api.sessions import ConsoleSession
-from ota.settings import Settings
+from ota.settings import Settings, secret_file
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +31,9 @@ def resolve_token(settings: Settings) -> str:
     if settings.api_token:
         return settings.api_token
     path = settings.home / TOKEN_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
-        tmp.write_text(secrets.token_urlsafe(24))
-        tmp.chmod(0o600)
-        try:
-            os.link(tmp, path)  # atomic: two processes starting together agree on one token
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+    token = secret_file(path, 24)  # two processes starting together agree on one token
     log.warning("OTA_API_TOKEN is not set: the API and console take the token in %s", path)
-    return path.read_text().strip()
+    return token
 
 
 def _token(request: Request) -> str:
