@@ -68,6 +68,8 @@ async def require_token(
         ):
             return
         raise unauthorized("the bearer token is not valid", "invalid_token")
-    if request.headers.get(CONSOLE_HEADER) and await run_in_threadpool(console_session_ok, request):
+    console = bool(request.headers.get(CONSOLE_HEADER))
+    # console_session_ok reads the database: off the event loop.
+    if console and await run_in_threadpool(console_session_ok, request):
         return
     raise unauthorized("send Authorization: Bearer <OTA_API_TOKEN>")

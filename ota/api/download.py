@@ -73,9 +73,10 @@ class FileInfoCache:
             return hit[1]
         with Session(self.ctx.engine) as session:
             fw = session.get(Firmware, firmware_id)
-            info = fw and FileInfo(
-                fw.size, fw.file_name, fw.sha256, fw.storage_key, _any_canceled(session, fw.id)
-            )
+            info = None
+            if fw is not None:
+                canceled_tasks = _any_canceled(session, fw.id)
+                info = FileInfo(fw.size, fw.file_name, fw.sha256, fw.storage_key, canceled_tasks)
         if len(self._entries) > 1000:  # ids are few; this only bounds a scan of bad ids
             self._entries.clear()
         self._entries[firmware_id] = (now, info)
