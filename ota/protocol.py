@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ota.domain import DEFAULT_MODULE, parse_progress_step
+from ota.domain import DEFAULT_MODULE, parse_progress_step, validate_module, validate_version
+from ota.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +181,20 @@ def _parse(topic: str, payload: bytes) -> Message | Rejected:
     module = params.get("module") or DEFAULT_MODULE
     if not isinstance(module, str):
         return _reject(topic, "params.module must be a string")
+    # The API's own rules: what a device reports is stored and shown beside what operators
+    # typed, and a value the database refuses (too long) would fail the bridge's whole flush.
+    try:
+        validate_module(module)
+    except InvalidInput as exc:
+        return _reject(topic, f"params.module {exc.message}")
     if kind == INFORM:
         version = params.get("version")
-        if not isinstance(version, str) or not version or len(version) > 64:
-            return _reject(topic, "params.version must be a string of 1 to 64 characters")
+        if not isinstance(version, str):
+            return _reject(topic, "params.version must be a string")
+        try:
+            validate_version(version)
+        except InvalidInput as exc:
+            return _reject(topic, f"params.version {exc.message}")
         return Inform(pk, dn, msg_id, version, module)
     if kind == PROGRESS:
         step = parse_progress_step(params.get("step"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from functools import cached_property
@@ -62,6 +63,8 @@ class Settings(BaseSettings):
     url_secret: str | None = None  # HMAC key for download URLs; generated under home if unset
     url_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     api_token: str | None = None
+    # How long a console login lasts; the server refuses the cookie after that (and after logout).
+    console_session_hours: float = Field(default=12, gt=0)
     # Where the console links batches and tasks to their workflows (the dev server's Web UI).
     temporal_ui_url: str = "http://127.0.0.1:8233"
     key_encryption_secret: str | None = None  # encrypts secure-update private keys at rest
@@ -107,35 +110,40 @@ class Settings(BaseSettings):
     def resolved_url_secret(self) -> bytes:
         if self.url_secret:
             return self.url_secret.encode()
-        return _secret_file(self.home / "url-secret")
+        return secret_file(self.home / "url-secret").encode()
 
     @cached_property
     def resolved_mqtt_service_secret(self) -> bytes:
         if self.mqtt_service_secret:
             return self.mqtt_service_secret.encode()
-        return _secret_file(self.home / "mqtt-secret")
+        return secret_file(self.home / "mqtt-secret").encode()
 
     @cached_property
     def resolved_key_encryption_secret(self) -> bytes:
         if self.key_encryption_secret:
             return self.key_encryption_secret.encode()
-        return _secret_file(self.home / "key-secret")
+        return secret_file(self.home / "key-secret").encode()
 
 
-def _secret_file(path: Path) -> bytes:
-    """A random secret kept in a file, so every process of one installation shares it."""
+def secret_file(path: Path, nbytes: int = 32) -> str:
+    """A random secret kept in a file, so every process of one installation shares it.
+
+    Created 0600 by open() itself: written first and chmod-ed after, it was readable by others
+    for a moment, and a file opened then stays readable. Written under a temporary name and
+    linked into place, so no process reads it half written.
+    """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
-        tmp.write_text(secrets.token_urlsafe(32))
-        tmp.chmod(0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.link(tmp, path)  # atomic: the first process to create it wins
-        except FileExistsError:
-            pass
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(nbytes))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # atomic: the first process to create it wins
         finally:
             tmp.unlink()
-    return path.read_text().strip().encode()
+    return path.read_text().strip()
 
 
 def get_settings() -> Settings:

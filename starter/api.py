@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 import uvicorn
 
+from ota.api import access_log
 from ota.api.app import create_app
 from ota.settings import get_settings
 from starter.common import setup_logging
@@ -15,6 +16,7 @@ def api(
 ) -> None:
     """Serve firmware downloads, the API and the console on OTA_HTTP_HOST:OTA_HTTP_PORT."""
     setup_logging(verbose)
+    access_log.install()  # download URLs carry their signature: keep it out of the log
     settings = get_settings()
     uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port)
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 
 import typer
 
+from ota.api.auth import TOKEN_FILE
 from ota.context import Context
 from ota.devstack import DevStack
 from ota.errors import OtaError
 from ota.identity.dynsec import DynsecError
 from ota.services.device_identity import sync
-from ota.settings import Settings, get_settings
+from ota.settings import Settings, get_settings, secret_file
 from ota.shutdown import stop_on_signals
 from starter.common import setup_logging
 
@@ -24,12 +24,7 @@ def _api_token(stack: DevStack) -> str:
     """The API token: OTA_API_TOKEN, or one generated once and kept under OTA_HOME."""
     if stack.settings.api_token:
         return stack.settings.api_token
-    path = stack.home / "api-token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return secret_file(stack.home / TOKEN_FILE, 24)  # the file `ota api` reads (resolve_token)
 
 
 def dev(

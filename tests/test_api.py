@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
+from ota.api import sessions
 from ota.api.app import create_app
 from ota.urls import download_url
 from tests.test_api_support import (
@@ -74,6 +77,67 @@ async def test_the_console_cookie_counts_only_with_the_console_header(tmp_path, 
         assert r.status_code == 200
         await browser.post("/logout")
         assert (await browser.get("/firmware")).status_code == 303
+
+
+async def login(browser: httpx.AsyncClient) -> str:
+    r = await browser.post("/login", data={"token": TOKEN, "next": "/firmware"})
+    assert r.status_code == 303, r.text
+    return browser.cookies["ota_session"]
+
+
+async def test_a_logged_out_session_is_refused_even_replayed_on_another_process(
+    tmp_path, database_url
+):
+    """Logout used to only ask the browser to forget a cookie that worked forever. Two apps
+    on one database stand for two API processes of one installation."""
+    settings = api_settings(tmp_path, database_url)
+    async with api_client(settings, auth=False) as browser, api_client(settings, auth=False) as b:
+        cookie = await login(browser)
+        replay = {"Cookie": f"ota_session={cookie}"}
+        assert (await b.get("/firmware", headers=replay)).status_code == 200
+        await browser.post("/logout")
+        for client in (browser, b):
+            assert (await client.get("/firmware", headers=replay)).status_code == 303
+            r = await client.get("/api/v1/products", headers=replay | {"X-OTA-Console": "1"})
+            assert_problem(r, 401)
+        await login(browser)  # a new session is a new cookie, not the revoked one
+        assert (await browser.get("/firmware")).status_code == 200
+
+
+async def test_a_session_expires_on_the_server(tmp_path, database_url, monkeypatch):
+    settings = api_settings(tmp_path, database_url, console_session_hours=12)
+    async with api_client(settings, auth=False) as browser:
+        r = await browser.post("/login", data={"token": TOKEN, "next": "/firmware"})
+        assert "Max-Age=43200" in r.headers["set-cookie"]  # the browser forgets it then too
+        # Sent by hand: a replayed cookie, whatever the browser's jar thinks of its age.
+        console = {"X-OTA-Console": "1", "Cookie": f"ota_session={browser.cookies['ota_session']}"}
+        browser.cookies.clear()
+        now = time.time()
+        monkeypatch.setattr(time, "time", lambda: now + 11.9 * 3600)
+        assert (await browser.get("/api/v1/products", headers=console)).status_code == 200
+        monkeypatch.setattr(time, "time", lambda: now + 12 * 3600 + 1)
+        assert_problem(await browser.get("/api/v1/products", headers=console), 401)
+        assert (await browser.get("/firmware", headers=console)).status_code == 303
+
+
+def test_only_a_session_we_signed_and_still_running_is_read():
+    now = 1_800_000_000.0
+    value = sessions.issue(TOKEN, now)
+    found = sessions.read(TOKEN, value, 12, now + 60)
+    assert found is not None and found.expires_at.timestamp() == now + 12 * 3600
+    issued, session_id, mac = value.split(".")
+    for forged in [
+        sessions.issue("another token", now),
+        f"{int(now) + 3600}.{session_id}.{mac}",  # a later issue time under the same signature
+        f"{issued}.{session_id}.{mac[:-1]}\u00e9",  # not even ASCII
+        mac,  # the cookie of old: the same value forever
+        "",
+    ]:
+        assert sessions.read(TOKEN, forged, 12, now) is None, forged
+    assert (
+        sessions.read(TOKEN, sessions.issue(TOKEN, now + 3600), 12, now) is None
+    )  # from the future
+    assert sessions.read(TOKEN, value, 12, now + 12 * 3600) is None
 
 
 async def test_without_a_configured_token_one_is_generated_never_an_open_api(tmp_path):

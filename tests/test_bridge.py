@@ -16,12 +16,12 @@ from pathlib import Path
 
 import aiomqtt
 from sqlalchemy import update
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from ota import protocol
 from ota.bridge import Bridge
 from ota.db.engine import make_engine
-from ota.db.models import Task
+from ota.db.models import DeviceModule, Task
 from ota.device.sdk import Device
 from ota.settings import Settings
 from tests.linkkit.seed import new_pk, seed_fleet, tasks, versions
@@ -254,6 +254,33 @@ async def test_garbage_and_strangers_are_counted_and_the_bridge_goes_on(
         await until(lambda: versions(sqlite_engine, pk) == {dn: "1.2.3"})
     assert bridge.stats["rejected"] == 2
     assert bridge.stats["unknown_device"] == 1
+
+
+async def test_a_report_the_api_would_refuse_is_dropped_and_costs_the_others_nothing(
+    engine, mqtt_url, tmp_path
+):
+    """Stored, `1.0\u00b2` made the console's version list fail (500), and on PostgreSQL an
+    over-long module failed the flush's transaction, so the bridge retried it message by
+    message: such reports are rejected when parsed, like garbage."""
+    fleet = seed_fleet(engine, 2, task_state=None)
+    pk, (good, bad) = fleet.product_key, fleet.names
+    bridge = Bridge(
+        bridge_settings(tmp_path, mqtt_url), engine, None, session_expiry=60, products=[pk]
+    )
+    async with running(bridge), publisher(mqtt_url) as client:
+        inform, progress = protocol.inform_topic(pk, bad), protocol.progress_topic(pk, bad)
+        await client.publish(inform, protocol.encode_inform("1", "1.0\u00b2"), qos=1)
+        await client.publish(inform, protocol.encode_inform("2", "1.1.0", "m" * 65), qos=1)
+        await client.publish(progress, protocol.encode_progress("3", 5, module="../x"), qos=1)
+        await client.publish(protocol.inform_topic(pk, good), protocol.encode_inform("4", "1.1.0"))
+        await until(lambda: versions(engine, pk)[good] == "1.1.0" and bridge.stats["flushes"])
+    assert versions(engine, pk) == {good: "1.1.0", bad: "1.0.0"}
+    with Session(engine) as s:
+        bad_id = fleet.device_ids[bad]
+        modules = s.exec(select(DeviceModule.module).where(DeviceModule.device_id == bad_id))
+        assert list(modules) == ["default"]
+    assert bridge.stats["rejected"] == 3, bridge.stats
+    assert bridge.stats["errors"] == 0, bridge.stats  # no batch was retried one by one
 
 
 async def test_mqtt_311_without_shared_subscriptions(sqlite_engine, mqtt_url, tmp_path):

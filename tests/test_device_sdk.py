@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 
@@ -187,3 +190,43 @@ def test_sha256_firmware_is_verified_too(tmp_path):
     data = upgrade_data(api_settings(Settings(home=tmp_path)), fleet.firmware, "pk", "dn")
     assert data["signMethod"] == "SHA256" and data["sign"] == hashlib.sha256(content).hexdigest()
     assert "md5" not in data
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"module": "../../x"},
+        {"version": "../../../x"},
+        {"version": "2.0/x"},
+        {"sign": "../../../x/" + "0" * 21},
+    ],
+)
+async def test_a_push_naming_a_file_outside_the_download_folder_is_refused(tmp_path, change):
+    """module, version and sign make the file's name: '/' or '..' in them must not lead out."""
+    content = b"firmware image"
+    upgrade = Upgrade("1", "2.0.0", "http://fw.test/f", len(content), _md5(content), "Md5")
+    upgrade = dataclasses.replace(upgrade, **change)
+    transport = httpx.MockTransport(lambda _request: httpx.Response(200, content=content))
+    installed: list[Path | None] = []
+
+    async def install(path: Path | None, _upgrade: Upgrade) -> None:
+        installed.append(path)
+
+    folder = tmp_path / "a" / "b" / "dl"
+    async with httpx.AsyncClient(transport=transport) as http:
+        device = Device("pk", "dn", download_dir=folder, http=http, install=install)
+        sent: list[bytes] = []
+
+        async def publish(topic: str, payload: bytes, must: bool = False) -> bool:
+            sent.append(payload)
+            return True
+
+        device.publish = publish  # type: ignore[method-assign]
+        assert await device.update(upgrade) == -3
+    assert installed == []
+    assert [json.loads(p)["params"]["step"] for p in sent] == ["1", "-3"]
+    assert list(tmp_path.rglob("*")) == []  # refused before a byte was fetched or written
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()

@@ -209,3 +209,17 @@ def test_device_versions_distinct_and_naturally_sorted(engine, pk):
     assert devices.device_versions(engine, pk) == ["1.9.0", "1.10.0", "2.0"]
     assert devices.device_versions(engine, pk, module="wifi") == ["2.0"]
     assert devices.device_versions(engine, "pk2") == ["9.9.9"]
+
+
+def test_versions_no_rule_allows_still_sort(engine, pk):
+    """Rows the bridge stored before it checked reports: '\u00b2'.isdigit() is true but int()
+    refuses it, and the console's devices page and the versions list answered 500."""
+    devices.import_devices(engine, pk, "d-001,1.10\nd-002,1.9\nd-003,1.0\nd-004,2.0\n")
+    with Session(engine) as session:
+        ids = session.exec(select(Device.id).where(Device.name.in_(["d-003", "d-004"]))).all()
+        for device_id, version in zip(sorted(ids), ["1.0\u00b2", "1.\u0661"], strict=True):
+            row = session.get(DeviceModule, (device_id, "default"))
+            row.version = version
+            session.add(row)
+        session.commit()
+    assert devices.device_versions(engine, pk) == ["1.0\u00b2", "1.9", "1.10", "1.\u0661"]

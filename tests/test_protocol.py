@@ -22,8 +22,8 @@ def body(**kw: object) -> bytes:
 
 @pytest.mark.parametrize("msg_id", ["123", 123])
 def test_inform_id_string_or_number(msg_id):
-    msg = protocol.parse(INFORM, body(id=msg_id, params={"version": "1.0.1", "module": "MCU"}))
-    assert msg == Inform(PK, DN, "123", "1.0.1", "MCU")
+    msg = protocol.parse(INFORM, body(id=msg_id, params={"version": "1.0.1", "module": "mcu"}))
+    assert msg == Inform(PK, DN, "123", "1.0.1", "mcu")
 
 
 def test_inform_without_module_is_default():
@@ -41,13 +41,13 @@ def test_linkkit_inform_payload():
     ("step", "value"), [("45", 45), (45, 45), ("100", 100), ("-3", -3), (-4, -4)]
 )
 def test_progress_step_string_or_number(step, value):
-    msg = protocol.parse(PROGRESS, body(id=7, params={"step": step, "desc": "x", "module": "MCU"}))
-    assert msg == Progress(PK, DN, "7", value, "x", "MCU")
+    msg = protocol.parse(PROGRESS, body(id=7, params={"step": step, "desc": "x", "module": "mcu"}))
+    assert msg == Progress(PK, DN, "7", value, "x", "mcu")
 
 
 def test_firmware_get_with_and_without_module():
-    assert protocol.parse(GET, protocol.encode_firmware_get("9", "MCU")) == FirmwareGet(
-        PK, DN, "9", "MCU"
+    assert protocol.parse(GET, protocol.encode_firmware_get("9", "mcu")) == FirmwareGet(
+        PK, DN, "9", "mcu"
     )
     assert protocol.parse(GET, b'{"id": 1, "params": {}}') == FirmwareGet(PK, DN, "1")
 
@@ -58,8 +58,8 @@ def test_status(payload, online):
 
 
 def test_encoders_round_trip():
-    assert protocol.parse(INFORM, protocol.encode_inform("5", "2.0", "MCU")) == Inform(
-        PK, DN, "5", "2.0", "MCU"
+    assert protocol.parse(INFORM, protocol.encode_inform("5", "2.0", "mcu")) == Inform(
+        PK, DN, "5", "2.0", "mcu"
     )
     assert protocol.parse(PROGRESS, protocol.encode_progress("6", -2)) == Progress(PK, DN, "6", -2)
     # The SDKs expect the step as a string and no module for the default module.
@@ -80,6 +80,14 @@ def test_encoders_round_trip():
         (INFORM, body(id="1", params={"version": ""}), "params.version"),
         (INFORM, body(id="1", params={"version": "v" * 65}), "params.version"),
         (INFORM, body(id="1", params={"version": "1", "module": 5}), "params.module"),
+        # What the API would refuse: stored, such a version broke sorting (500 in the console),
+        # and an over-long module failed a whole flush on PostgreSQL.
+        (INFORM, body(id="1", params={"version": "1.0\u00b2"}), "params.version"),
+        (INFORM, body(id="1", params={"version": "1.0 beta"}), "params.version"),
+        (INFORM, body(id="1", params={"version": "1", "module": "m" * 65}), "params.module"),
+        (INFORM, body(id="1", params={"version": "1", "module": "../x"}), "params.module"),
+        (PROGRESS, body(id="1", params={"step": "5", "module": "m" * 65}), "params.module"),
+        (GET, body(id="1", params={"module": "wifi/2"}), "params.module"),
         (PROGRESS, body(id="1", params={"step": "abc"}), "params.step"),
         (PROGRESS, body(id="1", params={"step": "101"}), "params.step"),
         (PROGRESS, body(id="1", params={"step": "-5"}), "params.step"),
@@ -124,7 +132,7 @@ DATA = {
     "md5": "93230c3bde425a9d7984a594ac55ea1e",
     "sign": "93230c3bde425a9d7984a594ac55ea1e",
     "signMethod": "Md5",
-    "module": "MCU",
+    "module": "mcu",
     "extData": {"key1": "value1"},
 }
 
@@ -132,7 +140,7 @@ DATA = {
 def test_upgrade_push_decodes():
     u = protocol.parse_upgrade(protocol.encode_upgrade(DATA, 1626969597470))
     assert u == Upgrade(
-        "1626969597470", "2.0.0", DATA["url"], 432945, DATA["sign"], "Md5", "MCU",
+        "1626969597470", "2.0.0", DATA["url"], 432945, DATA["sign"], "Md5", "mcu",
         ext_data={"key1": "value1"},
     )  # fmt: skip
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
-import os
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
+from ota.api import sessions
 from ota.api.problems import Problem
-from ota.settings import Settings
+from ota.api.sessions import ConsoleSession
+from ota.settings import Settings, secret_file
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +31,25 @@ def resolve_token(settings: Settings) -> str:
     if settings.api_token:
         return settings.api_token
     path = settings.home / TOKEN_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
-        tmp.write_text(secrets.token_urlsafe(24))
-        tmp.chmod(0o600)
-        try:
-            os.link(tmp, path)  # atomic: two processes starting together agree on one token
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+    token = secret_file(path, 24)  # two processes starting together agree on one token
     log.warning("OTA_API_TOKEN is not set: the API and console take the token in %s", path)
-    return path.read_text().strip()
-
-
-def session_value(token: str) -> str:
-    """What the console cookie holds: derived from the token, so the cookie is not the token."""
-    return hmac.new(token.encode(), b"ota console session", hashlib.sha256).hexdigest()
+    return token
 
 
 def _token(request: Request) -> str:
     return request.app.state.api_token  # type: ignore[no-any-return]
 
 
+def console_session(request: Request) -> ConsoleSession | None:
+    """The session the request's cookie names, if signed by us and not expired (no database)."""
+    hours = request.app.state.ctx.settings.console_session_hours
+    return sessions.read(_token(request), request.cookies.get(COOKIE, ""), hours)
+
+
 def console_session_ok(request: Request) -> bool:
-    cookie = request.cookies.get(COOKIE, "")
-    return bool(cookie) and hmac.compare_digest(cookie, session_value(_token(request)))
+    """A signed, unexpired session that was not logged out. Reads the database: blocking."""
+    found = console_session(request)
+    return found is not None and not sessions.is_revoked(request.app.state.ctx.engine, found)
 
 
 def unauthorized(detail: str, error: str | None = None) -> Problem:
@@ -76,6 +68,8 @@ async def require_token(
         ):
             return
         raise unauthorized("the bearer token is not valid", "invalid_token")
-    if request.headers.get(CONSOLE_HEADER) and console_session_ok(request):
+    console = bool(request.headers.get(CONSOLE_HEADER))
+    # console_session_ok reads the database: off the event loop.
+    if console and await run_in_threadpool(console_session_ok, request):
         return
     raise unauthorized("send Authorization: Bearer <OTA_API_TOKEN>")

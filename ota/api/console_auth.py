@@ -9,10 +9,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ota.api.auth import COOKIE, console_session_ok, session_value
+from ota.api import sessions
+from ota.api.auth import COOKIE, console_session, console_session_ok
 
 router = APIRouter(include_in_schema=False)
-SESSION_SECONDS = 7 * 24 * 3600
 
 
 class LoginRequired(Exception):
@@ -55,10 +55,11 @@ def login(
         context = {"next": _safe_next(next), "error": "That is not the API token."}
         return templates.TemplateResponse(request, "login.html", context, status_code=401)
     response = RedirectResponse(_safe_next(next), status_code=303)
+    hours = request.app.state.ctx.settings.console_session_hours
     response.set_cookie(
         COOKIE,
-        session_value(expected),
-        max_age=SESSION_SECONDS,
+        sessions.issue(expected),
+        max_age=int(hours * 3600),  # the server refuses it after that too (sessions.read)
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -67,7 +68,10 @@ def login(
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    found = console_session(request)
+    if found is not None:  # a copy of the cookie must not outlive the logout
+        sessions.revoke(request.app.state.ctx.engine, found)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE)
     return response

@@ -12,13 +12,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlmodel import Session
+from fastapi.responses import Response, StreamingResponse
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
 
+from ota.api.problems import problem_response
 from ota.context import Context
-from ota.db.models import Firmware
+from ota.db.models import Batch, Device, Firmware, Task
+from ota.domain import ACTIVE_TASK_STATES, TaskState
 from ota.urls import check_token
 
 log = logging.getLogger(__name__)
@@ -26,11 +30,16 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Unix seconds (10 digits until 2286), ASCII only: str.isdigit() takes '\u00b2', which int()
+# refuses, and int() of thousands of digits raises too; either was a 500.
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+_ACTIVE = {s.value for s in ACTIVE_TASK_STATES}
 
 
 # A firmware's file never changes once added, so what a download needs of its row is kept a
 # little while: a large batch's devices then cost the database nothing. A deleted firmware
-# stops being served within this time (its file is gone at once, which answers 404 too).
+# stops being served within this time (its file is gone at once, which answers 404 too), and
+# the first canceled task of a firmware reaches its downloads within this time.
 FILE_INFO_SECONDS = 10.0
 
 
@@ -44,6 +53,9 @@ class FileInfo:
     file_name: str
     sha256: str
     storage_key: str
+    # Some task of this firmware was canceled: only then is each download's device looked up
+    # (`canceled`), so the downloads of a batch nobody canceled cost no query per request.
+    canceled_tasks: bool = False
 
 
 class FileInfoCache:
@@ -61,7 +73,10 @@ class FileInfoCache:
             return hit[1]
         with Session(self.ctx.engine) as session:
             fw = session.get(Firmware, firmware_id)
-            info = fw and FileInfo(fw.size, fw.file_name, fw.sha256, fw.storage_key)
+            info = None
+            if fw is not None:
+                canceled_tasks = _any_canceled(session, fw.id)
+                info = FileInfo(fw.size, fw.file_name, fw.sha256, fw.storage_key, canceled_tasks)
         if len(self._entries) > 1000:  # ids are few; this only bounds a scan of bad ids
             self._entries.clear()
         self._entries[firmware_id] = (now, info)
@@ -92,8 +107,53 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _forbidden() -> JSONResponse:
-    return JSONResponse({"detail": "invalid or expired download URL"}, status_code=403)
+def _any_canceled(session: Session, firmware_id: int | None) -> bool:
+    """Whether a task of this firmware was canceled (tasks by batch and state: indexed)."""
+    query = (
+        select(Task.id)
+        .join(Batch, col(Batch.id) == col(Task.batch_id))
+        .where(Batch.firmware_id == firmware_id, Task.state == TaskState.CANCELED.value)
+        .limit(1)
+    )
+    return session.exec(query).first() is not None
+
+
+def canceled(engine: Engine, firmware_id: int, product_key: str, device_name: str) -> bool:
+    """True when the device's task for this firmware was canceled and none of its active
+    tasks uses the firmware: the URL its push carried must stop working. One indexed query
+    (devices by name, tasks by device and state) per request, before the first byte, never
+    per chunk, and only for a firmware with canceled tasks (FileInfo.canceled_tasks);
+    devices without tasks (a URL made by hand) are not concerned."""
+    query = (
+        select(Task.state)
+        .join(Device, col(Device.id) == col(Task.device_id))
+        .join(Batch, col(Batch.id) == col(Task.batch_id))
+        .where(
+            Device.product_key == product_key,
+            Device.name == device_name,
+            col(Task.state).in_([TaskState.CANCELED.value, *_ACTIVE]),
+            Batch.firmware_id == firmware_id,
+        )
+    )
+    with Session(engine) as session:
+        states = {str(state) for state in session.exec(query)}
+    return TaskState.CANCELED.value in states and states.isdisjoint(_ACTIVE)
+
+
+def content_disposition(file_name: str) -> str:
+    """RFC 6266: the exact name in `filename*` (UTF-8, RFC 8187), and an ASCII `filename` for
+    clients without it. Header values are Latin-1: a name outside it failed every download."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in file_name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"
+
+
+def _refused(status: int, detail: str) -> Response:
+    title = "Forbidden" if status == 403 else "Not found"
+    return problem_response(status, title, detail)
+
+
+def _forbidden() -> Response:
+    return _refused(403, "invalid or expired download URL")
 
 
 def _stream(f: BinaryIO, start: int, length: int) -> Iterator[bytes]:
@@ -119,19 +179,21 @@ def download(
     sig: str = "",
 ) -> Response:
     ctx: Context = request.app.state.ctx
-    if not expires.isdigit() or not check_token(
+    if not _EXPIRES.fullmatch(expires) or not check_token(
         ctx.settings, firmware_id, pk, dn, int(expires), sig
     ):
         return _forbidden()
     file_info: FileInfoCache = request.app.state.file_info
     firmware = file_info.get(firmware_id)
     if firmware is None:
-        return JSONResponse({"detail": "firmware not found"}, status_code=404)
+        return _refused(404, "firmware not found")
+    if firmware.canceled_tasks and canceled(ctx.engine, firmware_id, pk, dn):
+        return _refused(403, "the update this URL was issued for was canceled")
     size = firmware.size
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
-        "Content-Disposition": f'attachment; filename="{firmware.file_name}"',
+        "Content-Disposition": content_disposition(firmware.file_name),
         "ETag": f'"{firmware.sha256}"',
     }
     try:
@@ -150,7 +212,7 @@ def download(
         f = ctx.store.open(firmware.storage_key)
     except FileNotFoundError:
         log.error("firmware %s: file %s is missing", firmware_id, firmware.storage_key)
-        return JSONResponse({"detail": "firmware file missing"}, status_code=404)
+        return _refused(404, "firmware file missing")
     length = end - start + 1
     if length <= CHUNK:
         # One read, one send: streaming would hop to a thread per chunk (bench: the HTTP

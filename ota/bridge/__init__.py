@@ -25,7 +25,9 @@ Rules it follows:
 - firmware/get is answered with the device's pending push data (fresh URL), or `{}`.
 - Unregistered devices are not auto-registered (a device must be provisioned, as on Alibaba's
   platform): their messages are logged and counted in `stats["unknown_device"]`.
-- A malformed message is counted and acked; a message the database refuses is isolated and
+- A malformed message, or one reporting a version or module the API would refuse
+  (ota.domain's rules), is counted in `stats["rejected"]`, logged and acked when parsed, so it
+  never reaches the flush's transaction; a message the database still refuses is isolated and
   dropped; a lost broker or database means reconnecting with backoff, and redelivery.
 """
 

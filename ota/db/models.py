@@ -155,3 +155,13 @@ class Task(SQLModel, table=True):
     first_progress_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RevokedSession(SQLModel, table=True):
+    """A console session logged out before it expired (ota.api.sessions): refused until then,
+    by every API process of the installation. Kept only until `expires_at`."""
+
+    __tablename__ = "revoked_sessions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime

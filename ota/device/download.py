@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import bsdiff4  # type: ignore[import-untyped]
 import httpx
 
+from ota.domain import MODULE_RE, VERSION_RE
 from ota.protocol import Upgrade
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ RETRY_DELAY = 1.0  # seconds, doubled after each failed try
 CHUNK = 64 * 1024
 
 Progress = Callable[[int, int], Awaitable[None]]  # (bytes received, total)
+_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 class DownloadFailed(Exception):
@@ -31,6 +34,19 @@ class DownloadFailed(Exception):
 
 class VerifyFailed(Exception):
     """Size or sign (or signature) mismatch: the device reports -3."""
+
+
+def file_stem(upgrade: Upgrade) -> str:
+    """The name a download (and its patched image) is kept under, made of the push's module,
+    version and sign: held to the platform's rules first, since a '/' or '..' in them would
+    put the file outside the download folder. VerifyFailed (-3) before anything is fetched."""
+    if not (
+        MODULE_RE.fullmatch(upgrade.module)
+        and VERSION_RE.fullmatch(upgrade.version)
+        and _HEX.fullmatch(upgrade.sign)
+    ):
+        raise VerifyFailed("module, version or sign breaks the platform's naming rules")
+    return f"{upgrade.module}-{upgrade.version}-{upgrade.sign[:12]}"
 
 
 def new_hasher(sign_method: str) -> Any:

@@ -35,6 +35,7 @@ from ota.device.download import (
     apply_diff,
     download,
     download_bytes,
+    file_stem,
 )
 from ota.domain import DEFAULT_MODULE
 from ota.identity.credentials import device_credentials
@@ -290,10 +291,8 @@ class Device:
                 reported = step
                 await self.report_progress(step, "downloading", upgrade.module)
 
-        dest = None
-        if self.download_dir is not None:
-            name = f"{upgrade.module}-{upgrade.version}-{upgrade.sign[:12]}.bin"
-            dest = self.download_dir / name
+        stem = file_stem(upgrade)  # refuses names that would lead out of download_dir
+        dest = None if self.download_dir is None else self.download_dir / f"{stem}.bin"
         if self.http is not None:
             return await _download(self.http, upgrade, dest, progress)
         async with httpx.AsyncClient(timeout=30) as http:
@@ -337,7 +336,7 @@ class Device:
         image = await asyncio.to_thread(apply_diff, old, patch, upgrade.ext_data)
         if self.download_dir is None:
             return None
-        dest = self.download_dir / f"{upgrade.module}-{upgrade.version}-{upgrade.sign[:12]}.img"
+        dest = self.download_dir / f"{file_stem(upgrade)}.img"
         await asyncio.to_thread(dest.write_bytes, image)
         return dest
 

@@ -250,5 +250,7 @@ def device_versions(engine: Engine, product_key: str, module: str | None = None)
 
 
 def version_sort_key(version: str) -> list[tuple[int, int | str]]:
-    """Natural order, so 1.10 comes after 1.9."""
-    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p]
+    """Natural order, so 1.10 comes after 1.9. ASCII digits only: '\u00b2'.isdigit() is true
+    and int() refuses it, and a row stored before the bridge checked versions may hold one."""
+    parts = re.split(r"([0-9]+)", version)
+    return [(0, int(p)) if p.isascii() and p.isdecimal() else (1, p) for p in parts if p]
