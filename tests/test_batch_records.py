@@ -124,7 +124,7 @@ def test_push_records_offline_then_pushed_and_finish_is_guarded(engine, mqtt_url
     assert task_id is not None
     push = PushActivities(engine, Settings(url_secret="x"), mqtt=None)  # type: ignore[arg-type]
     req = PushRequest(task_id, "p1", pk, dn, attempt=1, firmware_id=fw)
-    offline, _ = push._record_push(req)
+    offline, _, _ = push._record_push(req)
     assert offline.outcome == "offline"
     assert tasks_of(engine, "p1")[dn].reason == "offline"
     with session_scope(engine) as session:
@@ -134,9 +134,14 @@ def test_push_records_offline_then_pushed_and_finish_is_guarded(engine, mqtt_url
     with session_scope(engine) as session:
         device = session.exec(select(Device).where(Device.name == dn)).one()
         device.online = True
-    pushed, firmware_id = push._record_push(req)
-    assert (pushed.outcome, pushed.state, firmware_id) == ("pushed", "pushed", fw)
-    again, _ = push._record_push(PushRequest(task_id, "p1", pk, dn, attempt=2, firmware_id=fw))
+    pushed, firmware_id, from_version = push._record_push(req)
+    assert (pushed.outcome, pushed.state, firmware_id, from_version) == (
+        "pushed",
+        "pushed",
+        fw,
+        "1.0.0",
+    )
+    again, _, _ = push._record_push(PushRequest(task_id, "p1", pk, dn, attempt=2, firmware_id=fw))
     task = tasks_of(engine, "p1")[dn]
     assert (again.state, task.attempts, task.first_progress_at, task.reason) == (
         "pushed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +61,7 @@ class Reply:
     msg_id: str
     firmware_id: int | None
     firmware: Firmware | None = None
+    from_version: str | None = None  # the task's: a firmware not newer is an intended downgrade
 
 
 @dataclass
@@ -228,6 +229,8 @@ def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: F
             elif verdict == "failed":
                 moves.failed.setdefault(t.id, (t, TaskReason.VERSION_MISMATCH.value))
     elif isinstance(m, protocol.Progress):
+        if m.step < 0:  # the device's words (our SDK says why it refused a push) are kept here
+            log.info("%s/%s: progress %d %r", m.product_key, m.device_name, m.step, m.desc[:200])
         # A progress report without a module is the device's one ongoing update.
         for t in active:
             if m.module != t.module and m.module != DEFAULT_MODULE:
@@ -246,8 +249,16 @@ def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: F
             if t.module == m.module
             and (t.state in PROGRESSING or (t.state == TaskState.TO_BE_PUSHED and t.attempts > 0))
         ]
-        firmware_id = pending[0].firmware_id if pending else None
-        result.replies.append(Reply(m.product_key, m.device_name, m.msg_id, firmware_id))
+        task = pending[0] if pending else None
+        result.replies.append(
+            Reply(
+                m.product_key,
+                m.device_name,
+                m.msg_id,
+                task.firmware_id if task else None,
+                from_version=task.from_version if task else None,
+            )
+        )
 
 
 def _load_devices(
@@ -335,9 +346,7 @@ def _attach_firmware(conn: Connection, replies: list[Reply]) -> None:
     firmware = {row["id"]: Firmware.model_validate(dict(row)) for row in rows}
     for i, r in enumerate(replies):
         if r.firmware_id is not None:
-            replies[i] = Reply(
-                r.product_key, r.device_name, r.msg_id, r.firmware_id, firmware.get(r.firmware_id)
-            )
+            replies[i] = replace(r, firmware=firmware.get(r.firmware_id))
 
 
 def _chunks(items: list, size: int = CHUNK) -> Iterable[list]:

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from ota.db.engine import session_scope
 from ota.db.models import Device, DeviceModule
-from ota.domain import DEFAULT_MODULE, validate_module, validate_version
+from ota.domain import DEFAULT_MODULE, validate_module, validate_version, version_sort_key
 from ota.errors import Conflict, InvalidInput
 from ota.services.products import require_product, validate_product_key
 
@@ -199,8 +199,3 @@ def device_versions(engine: Engine, product_key: str, module: str | None = None)
         if module is not None:
             query = query.where(DeviceModule.module == module)
         return sorted(session.exec(query), key=version_sort_key)
-
-
-def version_sort_key(version: str) -> list[tuple[int, int | str]]:
-    """Natural order, so 1.10 comes after 1.9."""
-    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p]
