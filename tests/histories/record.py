@@ -1,12 +1,13 @@
 """Records the histories tests/test_replay.py replays: run by hand, never by pytest.
 
-    PYTHONPATH=. .venv/bin/python -m tests.histories.record [OUT_DIR]
+    PYTHONPATH=. .venv/bin/python -m tests.histories.record OUT_DIR
 
 The `legacy-*.json` files here were recorded with it at commit ddbe7f5, the last release whose
 batch and verify workflows started device workflows as `device-{pk}-{dn}`. A worker of today's
 code must replay them without a non-determinism error: batches run for hours and device
 workflows wait for days, so an upgrade finds them mid-flight. Recorded again today, the same
-scenario gives `device/{pk}/{dn}` ids; keep the legacy files as they are.
+scenario gives `device/{pk}/{dn}` ids: keep the legacy files as they are (OUT_DIR is required,
+so they are not overwritten by accident).
 
 Scenario: product `rec-a`, devices `b-c00000`..`b-c00002` (names with `-`, like the colliding pair
 the change fixed). A batch continues as new after 2 starts (two runs, the first one starting two
@@ -81,7 +82,9 @@ async def record(client: Client, out: Path, home: Path) -> None:
 
 
 async def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python -m tests.histories.record OUT_DIR (the legacy files: {HERE})")
+    out = Path(sys.argv[1])
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         dev_server_extra_args=DEV_SERVER_ARGS,
