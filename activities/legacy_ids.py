@@ -49,7 +49,7 @@ def suspects(session: Session, batch_id: str, task_ids: Sequence[int]) -> list[S
         )
         .distinct()
     ).all()
-    return [Suspect(*row) for row in rows]  # type: ignore[arg-type]
+    return [Suspect(*row) for row in rows]
 
 
 async def running_under_legacy_id(client: Client, tasks: Sequence[Suspect]) -> list[int]:

@@ -73,9 +73,12 @@ class Signaller:
             if await self._deliver(client, s.workflow_id, s.name, args) != NOT_FOUND:
                 return
             # A device workflow started before ids became device/{pk}/{dn} keeps the old one.
-            if s.legacy_id and await self._deliver(client, s.legacy_id, s.name, args) != NOT_FOUND:
-                self.stats["signals_legacy"] += 1
-                return
+            if s.legacy_id:
+                outcome = await self._deliver(client, s.legacy_id, s.name, args)
+                if outcome == SENT:
+                    self.stats["signals_legacy"] += 1
+                if outcome != NOT_FOUND:
+                    return
         # Finished, canceled or never started: the database already says enough.
         log.info("no running workflow %s for signal %s", s.workflow_id, s.name)
         self.stats["signals_not_found"] += 1
