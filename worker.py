@@ -60,7 +60,7 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
     push = PushActivities(engine, settings, publisher)
     tasks = TaskActivities(engine)
     batches = BatchActivities(engine, client)
-    verify = VerifyActivities(engine)
+    verify = VerifyActivities(engine, client)
     executor = ThreadPoolExecutor(max_workers=ACTIVITY_THREADS, thread_name_prefix="ota-activity")
     return OtaWorker(
         client,

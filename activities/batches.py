@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import cast
 
 from sqlalchemy import Engine, update
@@ -10,8 +11,8 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
+from activities.legacy_ids import Suspect, running_under_legacy_id, signal_device, suspects
 from activities.targets import (
     drop_superseded,
     finish_tasks,
@@ -30,7 +31,6 @@ from ota.contracts import (
     FinishBatchRequest,
     PrepareResult,
     TaskRef,
-    device_workflow_id,
 )
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Task, utcnow
@@ -90,9 +90,31 @@ class BatchActivities:
             raise permanent(exc) from exc
 
     @activity.defn
-    def claim_tasks(self, req: ClaimRequest) -> ClaimResult:
+    async def claim_tasks(self, req: ClaimRequest) -> ClaimResult:
         """The next page of tasks to start, marked started. Selected by cursor and state, not by
-        the started flag, so a claim re-run after a lost workflow task returns the same page."""
+        the started flag, so a claim re-run after a lost workflow task returns the same page.
+
+        A device whose workflow still runs under its legacy id (started before ids became
+        device/{pk}/{dn}) is busy, but the server cannot tell when its child starts: its task
+        fails `busy` here instead. A page of nothing but such tasks is followed by the next one
+        (an empty page would tell the pacer there is nothing left)."""
+        claim, maybe = await asyncio.to_thread(self._claim, req)
+        while maybe and (busy := await running_under_legacy_id(self.client, maybe)):
+            claim.busy += len(busy)
+            kept = [t for t in claim.tasks if t.task_id not in busy]
+            if kept:
+                await asyncio.to_thread(self._finish_busy, busy)
+                claim.tasks = kept
+                break
+            nxt = replace(
+                req, after_task_id=claim.tasks[-1].task_id, sync_dynamic=False, busy_task_ids=busy
+            )
+            more, maybe = await asyncio.to_thread(self._claim, nxt)
+            more.added, more.busy = claim.added, claim.busy
+            claim = more
+        return claim
+
+    def _claim(self, req: ClaimRequest) -> tuple[ClaimResult, list[Suspect]]:
         with session_scope(self.engine) as session:
             finish_tasks(session, req.busy_task_ids, TaskState.FAILED, TaskReason.BUSY)
             added = self._sync_dynamic(session, req.batch_id) if req.sync_dynamic else 0
@@ -112,11 +134,16 @@ class BatchActivities:
                     update(Task).where(col(Task.id).in_(ids)).values(started=True)
                 )
             counts = batch_counts(session, req.batch_id) if req.want_counts else None
-            return ClaimResult(
+            claim = ClaimResult(
                 tasks=[TaskRef(cast(int, task_id), name) for task_id, name in rows],
                 counts=counts,
                 added=added,
             )
+            return claim, suspects(session, req.batch_id, [cast(int, i) for i in ids])
+
+    def _finish_busy(self, ids: list[int]) -> None:
+        with session_scope(self.engine) as session:
+            finish_tasks(session, ids, TaskState.FAILED, TaskReason.BUSY)
 
     def _sync_dynamic(self, session: Session, batch_id: str) -> int:
         batch = session.get(Batch, batch_id)
@@ -219,17 +246,16 @@ class BatchActivities:
             )
 
     async def _signal(self, gate: asyncio.Semaphore, batch_id: str, task: Task) -> bool:
-        handle = self.client.get_workflow_handle(
-            device_workflow_id(task.product_key, task.device_name)
-        )
+        """False if the device's workflow is over (under its id or its legacy id): the caller
+        cancels the task here."""
         async with gate:
-            try:
-                await handle.signal(SIGNAL_CANCEL, CancelRequest(CancelScope.ALL, batch_id))
-                return True
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:  # its workflow is over: cancel here
-                    return False
-                raise
+            return await signal_device(
+                self.client,
+                task.product_key,
+                task.device_name,
+                SIGNAL_CANCEL,
+                CancelRequest(CancelScope.ALL, batch_id),
+            )
 
     def _finish(self, ids: list[int]) -> int:
         if not ids:

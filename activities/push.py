@@ -87,7 +87,7 @@ class PushActivities:
         # Record the push before publishing it: a device can answer with its new version
         # within milliseconds, and the bridge judges that report against the task's state.
         # A crash in between re-runs this local activity, so the publish still happens.
-        result, firmware_id = await asyncio.to_thread(self._record_push, req)
+        result, firmware_id, from_version = await asyncio.to_thread(self._record_push, req)
         if firmware_id is None:  # not pushed: final, or the device is offline
             return result
         firmware = self._firmware_rows.get(firmware_id) or await asyncio.to_thread(
@@ -99,6 +99,7 @@ class PushActivities:
             req.product_key,
             req.device_name,
             digestsign=self.digestsign(req.product_key, firmware),
+            from_version=from_version,
         )
         topic = upgrade_topic(req.product_key, req.device_name)
         await self.mqtt.publish(topic, encode_upgrade(data, next(self._msg_ids)))
@@ -113,8 +114,9 @@ class PushActivities:
     def signer(self) -> Signer:
         return Signer(self.engine, self.settings)
 
-    def _record_push(self, req: PushRequest) -> tuple[PushResult, int | None]:
-        """The push's record, in one transaction: the result and the firmware to publish.
+    def _record_push(self, req: PushRequest) -> tuple[PushResult, int | None, str | None]:
+        """The push's record, in one transaction: the result, the firmware to publish and the
+        task's source version (a firmware that is not newer is pushed as a downgrade).
 
         The common case, an online device with an active task, is one conditional UPDATE.
         The seed: a retry leaves the state as it was (pushed or in_upgrade); the timeout counts
@@ -142,13 +144,12 @@ class PushActivities:
                     progress=None,
                     updated_at=now,
                 )
-                .returning(col(Task.state), col(Task.batch_id))
+                .returning(col(Task.state), col(Task.batch_id), col(Task.from_version))
             ).first()
             if pushed is not None:
-                return PushResult("pushed", pushed.state, None), self._firmware_id(
-                    conn, req, pushed.batch_id
-                )
-            return self._not_pushed(conn, req, now), None
+                firmware_id = self._firmware_id(conn, req, pushed.batch_id)
+                return PushResult("pushed", pushed.state, None), firmware_id, pushed.from_version
+            return self._not_pushed(conn, req, now), None, None
 
     @staticmethod
     def _not_pushed(conn: Connection, req: PushRequest, now: datetime) -> PushResult:

@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio import activity
+from temporalio.client import Client
 
 from activities.batches import permanent
-from activities.targets import insert_tasks, select_targets
+from activities.legacy_ids import Suspect, running_under_legacy_id, suspects
+from activities.targets import finish_tasks, insert_tasks, select_targets
 from ota.contracts import TaskRef, VerifyFinishRequest, VerifyInput, VerifyPrepared
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Firmware, Task, utcnow
-from ota.domain import BatchState, FirmwareState
+from ota.domain import BatchState, FirmwareState, TaskReason, TaskState
 from ota.errors import OtaError
 from ota.services.verify import resolve_verify
 
 
 class VerifyActivities:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, client: Client) -> None:
         self.engine = engine
+        self.client = client
 
     @activity.defn
-    def prepare_verify(self, inp: VerifyInput) -> VerifyPrepared:
-        """Idempotent like prepare_batch: registers a verification started from the Temporal CLI."""
+    async def prepare_verify(self, inp: VerifyInput) -> VerifyPrepared:
+        """Idempotent like prepare_batch: registers a verification started from the Temporal CLI.
+        A device whose workflow still runs under its legacy id is busy: its task fails `busy`
+        here (the server cannot tell when its new workflow starts), and that workflow, finding
+        its task final, ends at once without a push."""
+        prep, maybe = await asyncio.to_thread(self._prepare, inp)
+        if maybe and (busy := await running_under_legacy_id(self.client, maybe)):
+            await asyncio.to_thread(self._finish_busy, busy)
+        return prep
+
+    def _finish_busy(self, ids: list[int]) -> None:
+        with session_scope(self.engine) as session:
+            finish_tasks(session, ids, TaskState.FAILED, TaskReason.BUSY)
+
+    def _prepare(self, inp: VerifyInput) -> tuple[VerifyPrepared, list[Suspect]]:
         try:
             with session_scope(self.engine) as session:
                 batch = session.get(Batch, inp.batch_id)
@@ -44,11 +61,12 @@ class VerifyActivities:
                     .where(Task.batch_id == batch.id)
                     .order_by(col(Task.id))
                 ).all()
-                return VerifyPrepared(
+                prep = VerifyPrepared(
                     product_key=batch.product_key,
                     target_version=batch.target_version,
                     tasks=[TaskRef(cast(int, task_id), name) for task_id, name in tasks],
                 )
+                return prep, suspects(session, batch.id, [t.task_id for t in prep.tasks])
         except OtaError as exc:
             raise permanent(exc) from exc
 

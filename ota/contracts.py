@@ -38,7 +38,16 @@ def verify_workflow_id(batch_id: str) -> str:
 
 
 def device_workflow_id(product_key: str, device_name: str) -> str:
-    """One id per device: the server then enforces one ongoing update per device."""
+    """One id per device: the server then enforces one ongoing update per device. `/` is in
+    neither a product key nor a device name, so no two devices share an id (with `-` they did:
+    product `a` device `b-c001` and product `a-b` device `c001`)."""
+    return f"device/{product_key}/{device_name}"
+
+
+def legacy_device_workflow_id(product_key: str, device_name: str) -> str:
+    """The id device workflows had before `device/{pk}/{dn}`: one started then keeps it until it
+    ends, so what signals, cancels or checks a device tries this one when the new id is not found
+    (docs/design.md, "Upgrading a running installation")."""
     return f"device-{product_key}-{device_name}"
 
 
@@ -193,6 +202,7 @@ class ClaimResult:
     tasks: list[TaskRef] = field(default_factory=list)
     counts: dict[str, int] | None = None
     added: int = 0  # tasks a dynamic sync created
+    busy: int = 0  # tasks failed busy by the claim itself (a device under its legacy id)
 
 
 @dataclass

@@ -163,6 +163,20 @@ def validate_version(version: str, field: str = "version") -> str:
     return version
 
 
+def version_sort_key(version: str) -> list[tuple[int, int | str]]:
+    """Natural order, so 1.10 comes after 1.9. ASCII digits only: '\u00b2'.isdigit() is true
+    and int() refuses it, and a row stored before the bridge checked versions may hold one."""
+    parts = re.split(r"([0-9]+)", version)
+    return [(0, int(p)) if p.isascii() and p.isdecimal() else (1, p) for p in parts if p]
+
+
+def is_newer(version: str, than: str) -> bool:
+    """`version` comes after `than` in natural order. An update to a version that is not newer
+    than the module's is a downgrade: devices on our SDK refuse it unless the push says it is
+    intended (ota.protocol.EXT_DOWNGRADE), which the platform says when a batch goes back."""
+    return version_sort_key(version) > version_sort_key(than)
+
+
 def validate_description(description: str | None) -> str | None:
     if description is not None and len(description) > DESCRIPTION_MAX:
         raise InvalidInput("description", f"must be at most {DESCRIPTION_MAX} characters")

@@ -262,6 +262,12 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 
 
+# Our key in a push's extData (its only free-form field, so the wire stays Alibaba's): `true`
+# when the platform means to install an older version (a batch whose firmware sorts before the
+# task's source version). Devices on our SDK refuse any other push that is not newer.
+EXT_DOWNGRADE = "downgrade"
+
+
 @dataclass(frozen=True)
 class Upgrade:
     """An upgrade push or a non-empty firmware/get reply, as a device sees it."""
@@ -276,6 +282,11 @@ class Upgrade:
     is_diff: bool = False
     digestsign: str | None = None  # secure update: base64 RSA signature (PROTOCOL.md)
     ext_data: dict[str, Any] | None = None
+
+    @property
+    def downgrade(self) -> bool:
+        """The platform means it: this push may go back to an older version."""
+        return self.ext_data is not None and self.ext_data.get(EXT_DOWNGRADE) is True
 
 
 SIGN_LENGTHS = {"Md5": 32, "SHA256": 64}

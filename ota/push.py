@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ota.db.models import Firmware
-from ota.domain import DEFAULT_MODULE, FirmwareType, SignMethod
+from ota.domain import DEFAULT_MODULE, FirmwareType, SignMethod, is_newer
+from ota.protocol import EXT_DOWNGRADE
 from ota.settings import Settings
 from ota.storage import FirmwareStore
 from ota.urls import download_url
@@ -18,8 +19,10 @@ def upgrade_data(
     device_name: str,
     digestsign: str | None = None,
     store: FirmwareStore | None = None,
+    from_version: str | None = None,
 ) -> dict[str, Any]:
-    """PROTOCOL.md's push data, with a fresh URL signed for this device."""
+    """PROTOCOL.md's push data, with a fresh URL signed for this device. `from_version` is the
+    task's: a firmware that is not newer makes the push an intended downgrade (extData)."""
     method = SignMethod(firmware.sign_method)
     assert firmware.id is not None
     data: dict[str, Any] = {
@@ -38,9 +41,22 @@ def upgrade_data(
     if digestsign:
         data["digestsign"] = digestsign
     ext = {k: v for k, v in (firmware.ext_data or {}).items() if not k.startswith("_")}
+    # The platform's word alone: a tag of that name on the firmware would let every push of it
+    # past the devices' downgrade check.
+    ext.pop(EXT_DOWNGRADE, None)
+    if is_downgrade(firmware.version, from_version):
+        ext[EXT_DOWNGRADE] = True
     if ext:
         data["extData"] = ext
     return data
+
+
+def is_downgrade(target: str, from_version: str | None) -> bool:
+    """The operator chose this firmware for devices on `from_version` (a batch's source
+    versions, or devices picked by name): one that is not newer is a downgrade they intend."""
+    return (
+        from_version is not None and target != from_version and not is_newer(target, from_version)
+    )
 
 
 def firmware_url(

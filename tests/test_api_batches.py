@@ -242,7 +242,7 @@ async def test_tasks_filter_by_state_and_reason_page_by_page(client, temporal_en
         "Update Failed (Timed out)",
         "Updated",
     ]
-    assert page["items"][0]["workflow_url"].endswith(f"/workflows/device-{pk}-dev-0000")
+    assert page["items"][0]["workflow_url"].endswith(f"/workflows/device%2F{pk}%2Fdev-0000")
     r = await client.get(tasks_url, params={"state": "to_be_pushed", "reason": "offline"})
     assert [t["device_name"] for t in r.json()["items"]] == ["dev-0000"]
     r = await client.get(tasks_url, params={"reason": "timeout"})

@@ -55,23 +55,23 @@ def test_prepare_registers_selects_and_is_idempotent(engine, acts):
     }
 
 
-def test_claim_pages_by_cursor_and_a_replay_gets_the_same_page(engine, acts):
+async def test_claim_pages_by_cursor_and_a_replay_gets_the_same_page(engine, acts):
     batch_acts, env = acts
     pk, names = make_fleet(engine, 5)
     fw = make_firmware(engine, pk)
     prepare(acts, BatchInput("b2", fw, src_versions=["1.0.0"]))
-    page = env.run(batch_acts.claim_tasks, ClaimRequest("b2", 0, 2, want_counts=True))
+    page = await env.run(batch_acts.claim_tasks, ClaimRequest("b2", 0, 2, want_counts=True))
     assert [t.device_name for t in page.tasks] == names[:2]
     assert page.counts == {"to_be_pushed": 5}
-    again = env.run(batch_acts.claim_tasks, ClaimRequest("b2", 0, 2))
+    again = await env.run(batch_acts.claim_tasks, ClaimRequest("b2", 0, 2))
     assert again.tasks == page.tasks
-    rest = env.run(batch_acts.claim_tasks, ClaimRequest("b2", page.tasks[-1].task_id, 10))
+    rest = await env.run(batch_acts.claim_tasks, ClaimRequest("b2", page.tasks[-1].task_id, 10))
     assert [t.device_name for t in rest.tasks] == names[2:]
     assert all(t.started for t in tasks_of(engine, "b2").values())
     # Busy ones fail with reason busy; a final task is never touched again.
     busy = [page.tasks[0].task_id]
-    env.run(batch_acts.claim_tasks, ClaimRequest("b2", 99999, 0, busy_task_ids=busy))
-    env.run(batch_acts.claim_tasks, ClaimRequest("b2", 99999, 0, busy_task_ids=busy))
+    await env.run(batch_acts.claim_tasks, ClaimRequest("b2", 99999, 0, busy_task_ids=busy))
+    await env.run(batch_acts.claim_tasks, ClaimRequest("b2", 99999, 0, busy_task_ids=busy))
     task = tasks_of(engine, "b2")[names[0]]
     assert (task.state, task.reason) == ("failed", "busy")
 
@@ -93,22 +93,22 @@ async def test_schedule_then_cancel_scheduled(engine, acts):
         assert batch and batch.state == "canceled" and batch.finished_at
 
 
-def test_dynamic_sync_adds_later_devices_and_yields_to_a_later_batch(engine, acts):
+async def test_dynamic_sync_adds_later_devices_and_yields_to_a_later_batch(engine, acts):
     batch_acts, env = acts
     pk, _ = make_fleet(engine, 1)
     older = make_firmware(engine, pk, version="2.0.0")
     newer = make_firmware(engine, pk, version="3.0.0")
     prepare(acts, BatchInput("d1", older, policy="dynamic", src_versions=["1.0.0"]))
     make_fleet(engine, 2, product_key=pk, prefix="late")
-    claim = env.run(batch_acts.claim_tasks, ClaimRequest("d1", 0, 0, sync_dynamic=True))
+    claim = await env.run(batch_acts.claim_tasks, ClaimRequest("d1", 0, 0, sync_dynamic=True))
     assert claim.added == 2
     prepare(acts, BatchInput("d2", newer, policy="dynamic", src_versions=["1.0.0"]))
     # Those devices are busy in d1 (to_be_pushed is ongoing, seed), so d2 leaves them for now;
     # the later policy owns them, so d1 drops its unstarted tasks, and d2's next sync takes them.
     assert tasks_of(engine, "d2") == {}
-    env.run(batch_acts.claim_tasks, ClaimRequest("d1", 0, 0, sync_dynamic=True))
+    await env.run(batch_acts.claim_tasks, ClaimRequest("d1", 0, 0, sync_dynamic=True))
     assert tasks_of(engine, "d1") == {}
-    env.run(batch_acts.claim_tasks, ClaimRequest("d2", 0, 0, sync_dynamic=True))
+    await env.run(batch_acts.claim_tasks, ClaimRequest("d2", 0, 0, sync_dynamic=True))
     assert len(tasks_of(engine, "d2")) == 3
 
 
@@ -124,7 +124,7 @@ def test_push_records_offline_then_pushed_and_finish_is_guarded(engine, mqtt_url
     assert task_id is not None
     push = PushActivities(engine, Settings(url_secret="x"), mqtt=None)  # type: ignore[arg-type]
     req = PushRequest(task_id, "p1", pk, dn, attempt=1, firmware_id=fw)
-    offline, _ = push._record_push(req)
+    offline, _, _ = push._record_push(req)
     assert offline.outcome == "offline"
     assert tasks_of(engine, "p1")[dn].reason == "offline"
     with session_scope(engine) as session:
@@ -134,9 +134,14 @@ def test_push_records_offline_then_pushed_and_finish_is_guarded(engine, mqtt_url
     with session_scope(engine) as session:
         device = session.exec(select(Device).where(Device.name == dn)).one()
         device.online = True
-    pushed, firmware_id = push._record_push(req)
-    assert (pushed.outcome, pushed.state, firmware_id) == ("pushed", "pushed", fw)
-    again, _ = push._record_push(PushRequest(task_id, "p1", pk, dn, attempt=2, firmware_id=fw))
+    pushed, firmware_id, from_version = push._record_push(req)
+    assert (pushed.outcome, pushed.state, firmware_id, from_version) == (
+        "pushed",
+        "pushed",
+        fw,
+        "1.0.0",
+    )
+    again, _, _ = push._record_push(PushRequest(task_id, "p1", pk, dn, attempt=2, firmware_id=fw))
     task = tasks_of(engine, "p1")[dn]
     assert (again.state, task.attempts, task.first_progress_at, task.reason) == (
         "pushed",

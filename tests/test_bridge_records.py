@@ -65,7 +65,7 @@ def test_target_version_updates_and_signals_once(engine):
     )
     t = tasks(engine, f.batch_id)[dn]
     assert (t.state, t.progress) == ("updated", 100) and t.finished_at is not None
-    report = DeviceReport(outcome="updated", version="2.0.0")
+    report = DeviceReport(outcome="updated", version="2.0.0", batch_id=f.batch_id)
     assert [(s.workflow_id, s.name, s.arg) for s in result.signals] == [
         (device_workflow_id(f.product_key, dn), SIGNAL_REPORT, report)
     ]
@@ -86,8 +86,12 @@ def test_failures_are_signalled_not_written(engine):
     )
     reports = {s.workflow_id: s.arg for s in result.signals}
     assert reports == {
-        device_workflow_id(f.product_key, a): DeviceReport("failed", "download_failed"),
-        device_workflow_id(f.product_key, b): DeviceReport("failed", "version_mismatch"),
+        device_workflow_id(f.product_key, a): DeviceReport(
+            "failed", "download_failed", None, f.batch_id
+        ),
+        device_workflow_id(f.product_key, b): DeviceReport(
+            "failed", "version_mismatch", None, f.batch_id
+        ),
     }
     assert {t.state for t in tasks(engine, f.batch_id).values()} == {"in_upgrade"}
 

@@ -16,6 +16,7 @@ from sqlmodel import Session
 from ota import protocol
 from ota.bridge import Bridge
 from ota.context import Context
+from ota.contracts import device_workflow_id
 from ota.db.engine import make_engine
 from ota.db.models import Task
 from ota.device.simulator import Fleet, FleetConfig
@@ -105,7 +106,7 @@ async def test_offline_devices_connect_later_and_wake_their_workflows(mqtt_url: 
         await run
     assert {name for _wid, name in recorder.signals} == {"online"}
     late = sorted(wid for wid, _name in recorder.signals[4:])
-    assert late == [f"device-{f.product_key}-dev-0000{i}" for i in (4, 5)]
+    assert late == [device_workflow_id(f.product_key, f"dev-0000{i}") for i in (4, 5)]
 
 
 def test_ota_simulate_registers_and_summarises(mqtt_url: str, tmp_path: Path):

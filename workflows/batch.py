@@ -191,6 +191,7 @@ class BatchWorkflow:
             ClaimResult,
         )
         self._carry.total += claim.added
+        self._carry.busy += claim.busy
         if claim.counts is not None:
             self._counts = claim.counts
         return claim

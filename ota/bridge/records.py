@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
 from ota import protocol
-from ota.contracts import SIGNAL_ONLINE, SIGNAL_REPORT, DeviceReport, device_workflow_id
+from ota.contracts import (
+    SIGNAL_ONLINE,
+    SIGNAL_REPORT,
+    DeviceReport,
+    device_workflow_id,
+    legacy_device_workflow_id,
+)
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Device, DeviceModule, Firmware, Task, utcnow
 from ota.domain import (
@@ -42,6 +48,8 @@ class Signal:
     workflow_id: str
     name: str
     arg: DeviceReport | None = None
+    # Tried when workflow_id is not found: a device workflow started before the id change.
+    legacy_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Reply:
     msg_id: str
     firmware_id: int | None
     firmware: Firmware | None = None
+    from_version: str | None = None  # the task's: a firmware not newer is an intended downgrade
 
 
 @dataclass
@@ -72,6 +81,7 @@ class _TaskView:
     """The fields of an active task the rules read, and how this flush changes them."""
 
     id: int
+    batch_id: str
     product_key: str
     device_name: str
     module: str
@@ -83,6 +93,15 @@ class _TaskView:
     started: bool
     first_progress_at: Any
     firmware_id: int
+
+
+def device_signal(task: _TaskView, name: str, arg: DeviceReport | None = None) -> Signal:
+    return Signal(
+        device_workflow_id(task.product_key, task.device_name),
+        name,
+        arg,
+        legacy_device_workflow_id(task.product_key, task.device_name),
+    )
 
 
 def apply_reports(
@@ -135,8 +154,7 @@ def _apply(conn: Connection, messages: Sequence[protocol.Message], now: datetime
         for t in tasks.get(device_id, []):
             # Only a task whose device workflow waits for the device: pushed before, or started.
             if t.state == TaskState.TO_BE_PUSHED and (t.reason == TaskReason.OFFLINE or t.started):
-                wid = device_workflow_id(t.product_key, t.device_name)
-                result.signals.append(Signal(wid, SIGNAL_ONLINE))
+                result.signals.append(device_signal(t, SIGNAL_ONLINE))
     _attach_firmware(conn, result.replies)
     return result
 
@@ -181,17 +199,16 @@ class _Moves:
             )
 
     def signals(self) -> list[Signal]:
+        # Reports name their batch: a device workflow of another batch ignores them (a task of a
+        # batch not started yet, or a legacy id that another device's old workflow holds).
         out = []
         for tid, t in self.updated.items():
-            report = DeviceReport(outcome="updated", version=self.versions[tid])
-            out.append(
-                Signal(device_workflow_id(t.product_key, t.device_name), SIGNAL_REPORT, report)
-            )
+            report = DeviceReport("updated", version=self.versions[tid], batch_id=t.batch_id)
+            out.append(device_signal(t, SIGNAL_REPORT, report))
         for tid, (t, reason) in self.failed.items():
             if tid not in self.updated:  # the device recovered within the same flush
-                report = DeviceReport(outcome="failed", reason=reason)
-                wid = device_workflow_id(t.product_key, t.device_name)
-                out.append(Signal(wid, SIGNAL_REPORT, report))
+                report = DeviceReport("failed", reason=reason, batch_id=t.batch_id)
+                out.append(device_signal(t, SIGNAL_REPORT, report))
         return out
 
 
@@ -212,6 +229,8 @@ def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: F
             elif verdict == "failed":
                 moves.failed.setdefault(t.id, (t, TaskReason.VERSION_MISMATCH.value))
     elif isinstance(m, protocol.Progress):
+        if m.step < 0:  # the device's words (our SDK says why it refused a push) are kept here
+            log.info("%s/%s: progress %d %r", m.product_key, m.device_name, m.step, m.desc[:200])
         # A progress report without a module is the device's one ongoing update.
         for t in active:
             if m.module != t.module and m.module != DEFAULT_MODULE:
@@ -230,8 +249,16 @@ def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: F
             if t.module == m.module
             and (t.state in PROGRESSING or (t.state == TaskState.TO_BE_PUSHED and t.attempts > 0))
         ]
-        firmware_id = pending[0].firmware_id if pending else None
-        result.replies.append(Reply(m.product_key, m.device_name, m.msg_id, firmware_id))
+        task = pending[0] if pending else None
+        result.replies.append(
+            Reply(
+                m.product_key,
+                m.device_name,
+                m.msg_id,
+                task.firmware_id if task else None,
+                from_version=task.from_version if task else None,
+            )
+        )
 
 
 def _load_devices(
@@ -260,6 +287,7 @@ def _load_tasks(conn: Connection, device_ids: list[int]) -> dict[int, list[_Task
             select(
                 TASKS.c.device_id,
                 TASKS.c.id,
+                TASKS.c.batch_id,
                 TASKS.c.product_key,
                 TASKS.c.device_name,
                 TASKS.c.module,
@@ -318,9 +346,7 @@ def _attach_firmware(conn: Connection, replies: list[Reply]) -> None:
     firmware = {row["id"]: Firmware.model_validate(dict(row)) for row in rows}
     for i, r in enumerate(replies):
         if r.firmware_id is not None:
-            replies[i] = Reply(
-                r.product_key, r.device_name, r.msg_id, r.firmware_id, firmware.get(r.firmware_id)
-            )
+            replies[i] = replace(r, firmware=firmware.get(r.firmware_id))
 
 
 def _chunks(items: list, size: int = CHUNK) -> Iterable[list]:

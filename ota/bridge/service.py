@@ -201,6 +201,7 @@ class Bridge:
                     r.device_name,
                     digestsign=digestsign,
                     store=self._store,
+                    from_version=r.from_version,
                 )
             topic = protocol.firmware_get_reply_topic(r.product_key, r.device_name)
             payload = protocol.encode_firmware_get_reply(r.msg_id, data)

@@ -18,6 +18,7 @@ CONCURRENCY = 64
 RETRY_DELAYS = (0.2, 1.0, 3.0)  # Temporal briefly unavailable: try again before giving up
 RECONNECT_SECONDS = 15.0
 TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.ABORTED}
+SENT, NOT_FOUND, FAILED = "sent", "not_found", "failed"
 
 
 class SignalClient(Protocol):
@@ -69,23 +70,36 @@ class Signaller:
     async def _send_one(self, client: SignalClient, s: Signal) -> None:
         args = [] if s.arg is None else [s.arg]
         async with self._limit:
-            for delay in (*RETRY_DELAYS, None):
-                try:
-                    await client.get_workflow_handle(s.workflow_id).signal(s.name, *args)
-                    self.stats["signals"] += 1
+            if await self._deliver(client, s.workflow_id, s.name, args) != NOT_FOUND:
+                return
+            # A device workflow started before ids became device/{pk}/{dn} keeps the old one.
+            if s.legacy_id:
+                outcome = await self._deliver(client, s.legacy_id, s.name, args)
+                if outcome == SENT:
+                    self.stats["signals_legacy"] += 1
+                if outcome != NOT_FOUND:
                     return
-                except RPCError as exc:
-                    if exc.status == RPCStatusCode.NOT_FOUND:
-                        # Finished, canceled or never started: the database already says enough.
-                        log.info("no running workflow %s for signal %s", s.workflow_id, s.name)
-                        self.stats["signals_not_found"] += 1
-                        return
-                    if exc.status not in TRANSIENT or delay is None:
-                        log.warning("signal %s to %s failed: %s", s.name, s.workflow_id, exc)
-                        self.stats["signal_errors"] += 1
-                        return
-                except Exception:
-                    log.exception("signal %s to %s failed", s.name, s.workflow_id)
+        # Finished, canceled or never started: the database already says enough.
+        log.info("no running workflow %s for signal %s", s.workflow_id, s.name)
+        self.stats["signals_not_found"] += 1
+
+    async def _deliver(self, client: SignalClient, workflow_id: str, name: str, args: list) -> str:
+        """sent | not_found | failed (logged and counted)."""
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                await client.get_workflow_handle(workflow_id).signal(name, *args)
+                self.stats["signals"] += 1
+                return SENT
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    return NOT_FOUND
+                if exc.status not in TRANSIENT or delay is None:
+                    log.warning("signal %s to %s failed: %s", name, workflow_id, exc)
                     self.stats["signal_errors"] += 1
-                    return
-                await asyncio.sleep(delay)
+                    return FAILED
+            except Exception:
+                log.exception("signal %s to %s failed", name, workflow_id)
+                self.stats["signal_errors"] += 1
+                return FAILED
+            await asyncio.sleep(delay)
+        return FAILED  # not reached: the last attempt returns

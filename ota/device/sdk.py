@@ -11,6 +11,11 @@ Secure update: with `public_key` (the product's PEM), every update must carry a 
 that verifies (ota.signing), checked before a byte is downloaded; otherwise -3. Differential
 packages (`isDiff`) are applied to `current_image` (a Path, or `f(module) -> bytes | Path`) and
 the result checked against extData's targetSha256 before install gets the new image; -3 if not.
+
+Downgrades: a push whose version is not newer than the module's (natural order) is refused with
+progress -1 and the reason in desc, before anything is downloaded, unless its extData says
+`"downgrade": true` (the platform does for a batch that goes back). The same version is
+reported again, as always.
 """
 
 from __future__ import annotations
@@ -37,10 +42,10 @@ from ota.device.download import (
     download_bytes,
     file_stem,
 )
-from ota.domain import DEFAULT_MODULE
+from ota.domain import DEFAULT_MODULE, is_newer
 from ota.identity.credentials import device_credentials
 from ota.mqtt import MqttEndpoint
-from ota.protocol import Upgrade
+from ota.protocol import EXT_DOWNGRADE, Upgrade
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +246,12 @@ class Device:
         self._updates[upgrade.module] = asyncio.create_task(self.update(upgrade))
 
     async def update(self, upgrade: Upgrade) -> int:
-        """Download, verify, install, report; returns 100 or the failure code it reported."""
+        """Download, verify, install, report; returns 100 or the failure code it reported.
+        A downgrade the push does not call intended is refused before a byte is fetched (-1)."""
+        if (refusal := self.downgrade_refusal(upgrade)) is not None:
+            log.warning("%s: %s", self.device_name, refusal)
+            self.stats["downgrades_refused"] += 1
+            return await self._finish(upgrade, UPDATE_FAILED, refusal)
         code = 100
         try:
             await self.report_progress(1, "downloading", upgrade.module)
@@ -272,12 +282,30 @@ class Device:
         except Exception:
             log.exception("%s: update failed", self.device_name)
             code = UPDATE_FAILED
+        return await self._finish(upgrade, code, "failed")
+
+    async def _finish(self, upgrade: Upgrade, code: int, desc: str) -> int:
         if code < 0:
-            await self.report_progress(code, "failed", upgrade.module)
+            await self.report_progress(code, desc, upgrade.module)
         self.stats[f"result_{code}"] += 1
         if self.on_result is not None:
             self.on_result(self, upgrade, code)
         return code
+
+    def downgrade_refusal(self, upgrade: Upgrade) -> str | None:
+        """Why a push must not be installed: its version is not newer than the module's, and
+        the push does not say the downgrade is intended (extData `downgrade: true`, which the
+        platform sets for a batch that goes back). The same version is no downgrade: a repeated
+        push is answered with the version again (`_on_message`)."""
+        current = self.versions.get(upgrade.module)
+        if current is None or upgrade.version == current or upgrade.downgrade:
+            return None
+        if is_newer(upgrade.version, current):
+            return None
+        return (
+            f"downgrade refused: {upgrade.version} is not newer than {current}"
+            f" (extData.{EXT_DOWNGRADE} not set)"
+        )
 
     async def fetch(self, upgrade: Upgrade) -> Path | bytes | None:
         """Download with resume, reporting coarse progress (every `progress_every` percent).

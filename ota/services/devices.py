@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from ota.db.engine import session_scope
 from ota.db.models import Device, DeviceModule, Product
-from ota.domain import DEFAULT_MODULE, validate_module, validate_version
+from ota.domain import DEFAULT_MODULE, validate_module, validate_version, version_sort_key
 from ota.errors import Conflict, InvalidInput
 from ota.identity.registry import Registered, register_secrets
 from ota.services.products import require_product, validate_product_key
@@ -247,10 +247,3 @@ def device_versions(engine: Engine, product_key: str, module: str | None = None)
         if module is not None:
             query = query.where(DeviceModule.module == module)
         return sorted(session.exec(query), key=version_sort_key)
-
-
-def version_sort_key(version: str) -> list[tuple[int, int | str]]:
-    """Natural order, so 1.10 comes after 1.9. ASCII digits only: '\u00b2'.isdigit() is true
-    and int() refuses it, and a row stored before the bridge checked versions may hold one."""
-    parts = re.split(r"([0-9]+)", version)
-    return [(0, int(p)) if p.isascii() and p.isdecimal() else (1, p) for p in parts if p]
