@@ -4,6 +4,9 @@ The parent starts children in bursts (ABANDON, not awaited) and continues as new
 `CHUNK` starts; each child runs one regular activity that publishes an MQTT message, then waits
 for one signal. A signaller subscribed to those messages plays device and bridge together.
 Nothing else: no database, no timers. Our device path is compared against this.
+
+Its MQTT clients come from ota.mqtt like ours: against an mqtts:// broker the baseline pays for
+TLS too, or the comparison would flatter it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import aiomqtt
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from ota.mqtt import MqttEndpoint
 
 BURST = 50
 CHUNK = 500
@@ -90,11 +95,11 @@ def child_id(run_id: str, index: int) -> str:
     return f"baseline-{run_id}-{index}"
 
 
-async def _signaller(client: Client, mqtt_host: str, mqtt_port: int, run_id: str, n: int) -> None:
+async def _signaller(client: Client, mqtt: MqttEndpoint, run_id: str, n: int) -> None:
     """Answer each push with the signal that lets its child finish."""
     pending: set[asyncio.Task[None]] = set()
     answered = 0
-    async with aiomqtt.Client(mqtt_host, mqtt_port) as sub:
+    async with mqtt.client(None) as sub:
         await sub.subscribe(f"{TOPIC}/{run_id}", qos=1)
         async for msg in sub.messages:
             index = int(bytes(msg.payload).decode())  # type: ignore[arg-type]
@@ -117,11 +122,11 @@ async def _completed(client: Client, run_id: str) -> int:
 
 
 async def run_baseline(
-    client: Client, mqtt_host: str, mqtt_port: int, devices: int, run_id: str
+    client: Client, mqtt: MqttEndpoint, devices: int, run_id: str
 ) -> dict[str, float]:
     """Fan out to `devices` children and return devices per second, start to last completion."""
     queue = f"bench-baseline-{run_id}"
-    async with aiomqtt.Client(mqtt_host, mqtt_port) as pub:
+    async with mqtt.client(None) as pub:
         acts = BaselineActivities(pub)
         async with Worker(
             client,
@@ -131,9 +136,7 @@ async def run_baseline(
             workflow_runner=UnsandboxedWorkflowRunner(),
             max_concurrent_workflow_tasks=100,
         ):
-            signaller = asyncio.create_task(
-                _signaller(client, mqtt_host, mqtt_port, run_id, devices)
-            )
+            signaller = asyncio.create_task(_signaller(client, mqtt, run_id, devices))
             await asyncio.sleep(0.5)  # the subscription is in place before the first push
             started = time.monotonic()
             await client.start_workflow(
