@@ -4,6 +4,9 @@ The parent starts children in bursts (ABANDON, not awaited) and continues as new
 `CHUNK` starts; each child runs one regular activity that publishes an MQTT message, then waits
 for one signal. A signaller subscribed to those messages plays device and bridge together.
 Nothing else: no database, no timers. Our device path is compared against this.
+
+Its MQTT clients come from ota.mqtt like ours: against an mqtts:// broker the baseline pays for
+TLS too, or the comparison would flatter it.
 """
 
 from __future__ import annotations

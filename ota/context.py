@@ -11,6 +11,7 @@ from ota.db.engine import make_engine
 from ota.errors import Unavailable
 from ota.settings import Settings, get_settings
 from ota.storage import FirmwareStore
+from ota.temporal import temporal_connect_options
 
 
 class Context:
@@ -29,13 +30,13 @@ class Context:
     async def temporal(self) -> Client:
         if self._temporal is None:
             address = self.settings.temporal_address
+            options = temporal_connect_options(self.settings)
             try:
-                self._temporal = await Client.connect(
-                    address, namespace=self.settings.temporal_namespace
-                )
-            except RuntimeError as exc:  # the SDK's "Failed client connect"
+                self._temporal = await Client.connect(address, **options)
+            except RuntimeError as exc:  # the SDK's "Failed client connect: <why>"
+                # The SDK's reason tells a stopped server from a TLS or API-key mismatch.
                 raise Unavailable(
-                    f"Temporal is not reachable at {address} (OTA_TEMPORAL_ADDRESS): "
-                    "start it, e.g. with `ota dev`"
+                    f"Temporal is not reachable at {address} (OTA_TEMPORAL_ADDRESS): {exc}; "
+                    "start it, e.g. with `ota dev`, or check the OTA_TEMPORAL_* TLS settings"
                 ) from exc
         return self._temporal

@@ -105,7 +105,9 @@ def simulate(
         mqtt_url=ctx.settings.device_mqtt_url or ctx.settings.mqtt_url,
         mqtt_protocol=mqtt_protocol or ctx.settings.mqtt_protocol,
         secrets=secrets,
-        ca_file=str(ctx.settings.mqtt_ca_file) if ctx.settings.mqtt_ca_file else None,
+        ca_file=_path(ctx.settings.mqtt_ca_file),
+        cert_file=_path(ctx.settings.mqtt_cert_file),
+        key_file=_path(ctx.settings.mqtt_key_file),
         fail_rate=fail_rate,
         download_fail_rate=download_fail_rate,
         verify_fail_rate=verify_fail_rate,
@@ -125,6 +127,11 @@ def simulate(
         f"updated {summary.get('updated', 0)}, failed {failed}"
         + "".join(f", {k} {v}" for k, v in sorted(summary.items()) if k.startswith("failed_"))
     )
+
+
+def _path(path: Path | None) -> str | None:
+    """FleetConfig travels to worker processes: plain strings."""
+    return str(path) if path else None
 
 
 def register(app: typer.Typer) -> None:

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.stack",
     "tests.fixtures.s3",
+    "tests.fixtures.tls",
 ]

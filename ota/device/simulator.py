@@ -61,7 +61,11 @@ class FleetConfig:
     image_size: int = 256 * 1024  # of the synthesized images differential packages apply to
     # Device name -> DeviceSecret (`device_secrets`), for a broker that authenticates devices.
     secrets: dict[str, str] | None = None
-    ca_file: str | None = None  # an mqtts:// broker's CA
+    # An mqtts:// broker: its CA, and a client certificate if it asks for one (every simulated
+    # device shows the same: the broker's device identity is its password, not this).
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     def names(self) -> list[str]:
         count = self.devices - self.first if self.count is None else self.count
@@ -116,6 +120,8 @@ class SimulatedDevice(Device):
             current_image=self._image,
             device_secret=(cfg.secrets or {}).get(name),
             ca_file=cfg.ca_file,
+            cert_file=cfg.cert_file,
+            key_file=cfg.key_file,
         )
         self.fleet = fleet
 

@@ -1,0 +1,57 @@
+"""How we reach Temporal: the settings turned into `Client.connect`'s arguments.
+
+Kept pure (no connection) so the mapping is tested without a TLS Temporal: the dev server
+speaks plain gRPC only.
+
+    OTA_TEMPORAL_TLS=true                   TLS, checked against the system's CAs
+    OTA_TEMPORAL_CA_FILE                    ... or against this CA (a self-hosted cluster)
+    OTA_TEMPORAL_CERT_FILE + _KEY_FILE      mTLS: our client certificate
+    OTA_TEMPORAL_SERVER_NAME                the name the server's certificate carries
+    OTA_TEMPORAL_API_KEY                    Temporal Cloud's API keys (implies TLS)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import TLSConfig
+
+from ota.errors import InvalidInput
+from ota.settings import Settings
+
+
+def temporal_connect_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `Client.connect(settings.temporal_address, **options)`."""
+    s = settings
+    if bool(s.temporal_cert_file) != bool(s.temporal_key_file):
+        have, missing = ("CERT", "KEY") if s.temporal_cert_file else ("KEY", "CERT")
+        raise InvalidInput(
+            f"OTA_TEMPORAL_{missing}_FILE",
+            f"OTA_TEMPORAL_{have}_FILE is set: mTLS needs both the client certificate and its "
+            "private key",
+        )
+    options: dict[str, Any] = {"namespace": s.temporal_namespace}
+    if s.temporal_api_key:
+        options["api_key"] = s.temporal_api_key
+    tls_files = (s.temporal_ca_file, s.temporal_cert_file, s.temporal_key_file)
+    if any(tls_files) or s.temporal_server_name:
+        options["tls"] = TLSConfig(
+            server_root_ca_cert=_read(s.temporal_ca_file, "OTA_TEMPORAL_CA_FILE"),
+            client_cert=_read(s.temporal_cert_file, "OTA_TEMPORAL_CERT_FILE"),
+            client_private_key=_read(s.temporal_key_file, "OTA_TEMPORAL_KEY_FILE"),
+            domain=s.temporal_server_name,
+        )
+    elif s.temporal_tls or s.temporal_api_key:
+        # Said outright: an API key over plain gRPC would be sent in the clear.
+        options["tls"] = True
+    return options
+
+
+def _read(path: Path | None, setting: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(setting, f"cannot read {path}: {exc.strerror or exc}") from None
