@@ -12,6 +12,7 @@ from ota.context import Context
 from ota.devstack import DevStack
 from ota.errors import OtaError
 from ota.identity.dynsec import DynsecError
+from ota.mqtt import redact
 from ota.services.device_identity import sync
 from ota.settings import Settings, get_settings, secret_file
 from ota.shutdown import stop_on_signals
@@ -75,7 +76,9 @@ def _sync_broker(stack: DevStack, reused: bool) -> None:
     except (OtaError, DynsecError) as exc:
         if not reused:
             raise
-        stack.without_device_identity(f"the broker already running at {settings.mqtt_url} {exc}")
+        stack.without_device_identity(
+            f"the broker already running at {redact(settings.mqtt_url)} {exc}"
+        )
         return
     log.info("broker: %d device users checked, %d changed", report.devices, report.changed)
 
@@ -87,7 +90,7 @@ def _banner(stack: DevStack, token: str) -> None:
         "\nota is running.\n"
         f"  console and API   http://{s.http_host}:{s.http_port}/   (API token: {token})\n"
         f"  Temporal Web UI   http://{host}:{int(port) + 1000}/namespaces/{s.temporal_namespace}\n"
-        f"  MQTT broker       {s.mqtt_url}\n"
+        f"  MQTT broker       {redact(s.mqtt_url)}\n"
         f"  data and logs     {stack.home}\n"
         "Press Ctrl-C to stop.\n"
     )

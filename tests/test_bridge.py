@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -302,3 +303,32 @@ async def test_mqtt_311_without_shared_subscriptions(sqlite_engine, mqtt_url, tm
         async with publisher(mqtt_url) as client:  # leave no retained message behind
             await client.publish(protocol.status_topic(pk, dn), b"", qos=1, retain=True)
     assert bridge.stats["retained_ignored"] >= 1
+
+
+async def test_a_huge_publish_never_reaches_the_bridge_and_costs_the_others_nothing(
+    engine, mqtt_url, tmp_path
+):
+    """The bridge asks the broker (MQTT v5 Maximum Packet Size) for device-sized messages only:
+    a 2 MB publish on a device topic is dropped by the broker instead of held in the bridge."""
+    fleet = seed_fleet(engine, 1, task_state=None)
+    dn = fleet.names[0]
+    bridge = Bridge(
+        bridge_settings(tmp_path, mqtt_url), engine, Recorder(), products=[fleet.product_key]
+    )
+    async with running(bridge), publisher(mqtt_url) as client:
+        huge = b'{"id":"1","params":{"version":"' + b"9" * 2_000_000 + b'"}}'
+        await client.publish(protocol.inform_topic(fleet.product_key, dn), huge, qos=1)
+        good = protocol.encode_inform("2", "1.5.0")
+        await client.publish(protocol.inform_topic(fleet.product_key, dn), good, qos=1)
+        await until(lambda: versions(engine, fleet.product_key) == {dn: "1.5.0"})
+    assert bridge.stats["received"] == 1  # only the small one was delivered
+
+
+async def test_the_bridge_logs_its_broker_without_the_password(engine, mqtt_url, tmp_path, caplog):
+    secret_url = mqtt_url.replace("mqtt://", "mqtt://someone:hunter2-secret@")
+    bridge = Bridge(bridge_settings(tmp_path, secret_url), engine, Recorder(), products=["none"])
+    with caplog.at_level(logging.DEBUG):
+        async with running(bridge):
+            pass
+    assert "bridge connected to mqtt://127.0.0.1" in caplog.text
+    assert "hunter2-secret" not in caplog.text
