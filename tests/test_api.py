@@ -292,7 +292,11 @@ async def test_products_and_devices(client):
     assert_problem(r, 404)
     csv = "name,version\ndev-0100,1.0.0\ndev-0101,1.2.0\n"
     r = await client.post(f"/api/v1/products/{pk}/devices/import", content=csv)
-    assert r.status_code == 201 and r.json() == {"added": 2}
+    assert r.status_code == 201 and r.json()["added"] == 2
+    secrets = {d["name"]: d["secret"] for d in r.json()["devices"]}
+    assert sorted(secrets) == ["dev-0100", "dev-0101"] and all(
+        len(s) == 32 for s in secrets.values()
+    )
     r = await client.post(f"/api/v1/products/{pk}/devices/import", content="dev-0102,V1\n")
     assert "line 1" in assert_problem(r, 422, "file")["detail"]
     r = await client.get(f"/api/v1/products/{pk}/devices", params={"version": ["1.0.0", "1.2.0"]})

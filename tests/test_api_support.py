@@ -27,6 +27,7 @@ def api_settings(
         "storage_url": str(tmp_path / "firmware"),
         "api_token": TOKEN,
         "task_queue": f"api-{uuid.uuid4().hex[:8]}",  # no worker: started workflows just wait
+        "broker_auth": "none",  # registration without a broker (tests/test_device_identity.py)
     }
     if temporal_address:
         values["temporal_address"] = temporal_address
