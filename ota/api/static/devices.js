@@ -123,7 +123,9 @@ devui.toggleEnabled = async function () {
     const answer = await ota.api("PUT", devui.url(name, "/enabled"), { enabled });
     devui.showEnabled(form, answer.enabled);
     devui.markRow(name, answer.enabled);
-    ota.toast(`${name} ${answer.enabled ? "enabled" : "disabled: the broker dropped it"}`);
+    // "off": this installation's broker does not check identities, so nothing was dropped.
+    const dropped = !answer.enabled && answer.broker === "synced" ? ": the broker dropped it" : "";
+    ota.toast(`${name} ${answer.enabled ? "enabled" : "disabled"}${dropped}`);
   } catch (problem) {
     devui.failed(form, name, problem);
   }
@@ -220,11 +222,17 @@ document.addEventListener("click", (event) => {
   else if (event.target.closest(".js-confirm-back")) devui.confirm(null);
 });
 
+// A bookmarked or pasted #device=NAME opens its panel (our own links only replace the address).
+devui.fromHash = function () {
+  const linked = location.hash.match(/^#device=(.+)$/);
+  if (linked && !devui.form().closest("dialog").open) devui.open(decodeURIComponent(linked[1]));
+};
+
 document.addEventListener("DOMContentLoaded", () => {
   const form = devui.form();
   if (!form) return;
   form.addEventListener("submit", devui.submit);
   form.closest("dialog").addEventListener("close", devui.close);
-  const linked = location.hash.match(/^#device=(.+)$/);
-  if (linked) devui.open(decodeURIComponent(linked[1]));
+  window.addEventListener("hashchange", devui.fromHash);
+  devui.fromHash();
 });
