@@ -15,7 +15,8 @@ from ota.services import device_identity as identity
 from ota.services import devices as service
 
 router = api_router("devices")
-FIELDS = {"product": "product_key"}
+# The services name path parameters as the CLI does; the problem names what the URL holds.
+FIELDS = {"product": "product_key", "device": "device_name"}
 CSV_MAX = 16 * 1024 * 1024  # about 500,000 devices
 
 
@@ -81,7 +82,8 @@ async def import_devices(ctx: Ctx, product_key: str, request: Request) -> dict[s
     summary="The device's MQTT connection parameters and its DeviceSecret",
 )
 def device_credentials(ctx: Ctx, product_key: str, device_name: str) -> dict[str, Any]:
-    return identity.credentials(ctx.engine, ctx.settings, product_key, device_name)
+    with renamed(FIELDS):
+        return identity.credentials(ctx.engine, ctx.settings, product_key, device_name)
 
 
 @router.put(
@@ -91,7 +93,10 @@ def device_credentials(ctx: Ctx, product_key: str, device_name: str) -> dict[str
 def set_enabled(
     ctx: Ctx, product_key: str, device_name: str, body: DeviceEnabled
 ) -> dict[str, Any]:
-    return identity.set_enabled(ctx.engine, ctx.settings, product_key, device_name, body.enabled)
+    with renamed(FIELDS):
+        return identity.set_enabled(
+            ctx.engine, ctx.settings, product_key, device_name, body.enabled
+        )
 
 
 @router.post(
@@ -99,7 +104,8 @@ def set_enabled(
     summary="ResetDeviceSecret: a new secret; the old one stops working at once",
 )
 def rotate_secret(ctx: Ctx, product_key: str, device_name: str) -> dict[str, Any]:
-    return identity.rotate_secret(ctx.engine, ctx.settings, product_key, device_name)
+    with renamed(FIELDS):
+        return identity.rotate_secret(ctx.engine, ctx.settings, product_key, device_name)
 
 
 @router.delete(
@@ -107,7 +113,8 @@ def rotate_secret(ctx: Ctx, product_key: str, device_name: str) -> dict[str, Any
     summary="DeleteDevice: refused while one of its tasks is active",
 )
 def delete_device(ctx: Ctx, product_key: str, device_name: str) -> dict[str, Any]:
-    return identity.delete_device(ctx.engine, ctx.settings, product_key, device_name)
+    with renamed(FIELDS):
+        return identity.delete_device(ctx.engine, ctx.settings, product_key, device_name)
 
 
 @router.post("/broker/sync", summary="Make the broker's users and ACLs agree with the registry")
