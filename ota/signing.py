@@ -57,16 +57,15 @@ def public_pem_of(key: rsa.RSAPublicKey) -> str:
     return pem.decode()
 
 
+def derived_fernet(secret: bytes, info: str) -> Fernet:
+    """A Fernet key derived from the installation's secret for one purpose and one row (`info`):
+    a ciphertext copied onto another row does not decrypt there."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info.encode())
+    return Fernet(base64.urlsafe_b64encode(derived.derive(secret)))
+
+
 def _fernet(secret: bytes, product_key: str) -> Fernet:
-    """One Fernet key per product, derived from the installation's secret: a ciphertext copied
-    onto another product's row does not decrypt there."""
-    derived = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=None,
-        info=f"ota secure-update private key:{product_key}".encode(),
-    ).derive(secret)
-    return Fernet(base64.urlsafe_b64encode(derived))
+    return derived_fernet(secret, f"ota secure-update private key:{product_key}")
 
 
 def encrypt_private_key(private_pem: bytes, secret: bytes, product_key: str) -> str:

@@ -10,15 +10,14 @@ its secret does: the broker can store them, and an SDK given only the triple com
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
 from dataclasses import asdict, dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ota.signing import derived_fernet
 
 SECRET_FORMAT = "fernet-hkdf-v1"  # the prefix of a stored (encrypted) device secret
 SIGN_METHOD = "hmacsha256"
@@ -36,14 +35,7 @@ def new_device_secret() -> str:
 
 
 def _fernet(key_secret: bytes, product_key: str, device_name: str) -> Fernet:
-    """A key per device: a ciphertext copied onto another device's row does not decrypt there."""
-    derived = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=None,
-        info=f"ota device secret:{product_key}/{device_name}".encode(),
-    ).derive(key_secret)
-    return Fernet(base64.urlsafe_b64encode(derived))
+    return derived_fernet(key_secret, f"ota device secret:{product_key}/{device_name}")
 
 
 def encrypt_secret(secret: str, key_secret: bytes, product_key: str, device_name: str) -> str:
