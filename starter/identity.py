@@ -88,8 +88,6 @@ def sync(json: JsonOpt = False) -> None:
         f"{report.disabled} disabled, {report.enabled} enabled, {report.deleted} deleted"
         + (f"; {report.secrets_created} new secrets" if report.secrets_created else "")
     )
-    if report.anonymous_refused is False:
-        console.print("[red]the broker accepts anonymous clients: set allow_anonymous false[/red]")
 
 
 @broker_app.command("config")

@@ -22,6 +22,7 @@ def ota(tmp_path):
     """Run `ota ...` in-process against a fresh OTA_HOME; returns the click Result."""
     runner = CliRunner()
     env = {"OTA_HOME": str(tmp_path / "home"), "OTA_DATABASE_URL": None, "OTA_STORAGE_URL": None}
+    env["OTA_BROKER_AUTH"] = "none"  # the machine's anonymous Mosquitto (identity: its own tests)
 
     def run(*args: str):
         return runner.invoke(app, [str(a) for a in args], env=env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ota.db.engine import session_scope
 from ota.db.models import Batch, Task
 from ota.db.models import Device as DeviceRow
 from ota.device.sdk import Device
-from ota.errors import Conflict
+from ota.errors import Conflict, Unavailable
 from ota.identity import dynsec
 from ota.identity.accounts import ServiceRole, service_endpoint
 from ota.identity.credentials import device_credentials
@@ -278,3 +279,24 @@ async def test_sync_is_idempotent_and_rebuilds_what_the_broker_lost(ctx, secure_
         creds["username"], creds["password"]
     )
     assert await connects(fresh, creds["client_id"])
+
+
+def test_a_broker_that_lets_anyone_in_is_named_at_once_and_the_registry_still_saves(
+    tmp_path, mqtt_url
+):
+    """The machine's Mosquitto allows anonymous clients: registration saves the device and says
+    the broker does not enforce identity (no 30 s wait for a plugin that is not there); a disable
+    saves and raises, since the device's old access may still work."""
+    settings = Settings(
+        home=tmp_path, broker_auth="dynsec", mqtt_url=mqtt_url, mqtt_service_secret="s"
+    )
+    ctx = Context(settings)
+    pk = new_key()
+    add_product(ctx.engine, pk, "anonymous broker")
+    started = time.monotonic()
+    view = devices.add_device(ctx.engine, settings, pk, "dev0001")
+    assert time.monotonic() - started < 5
+    assert view.secret and "accepts anonymous clients" in (view.broker or "")
+    with pytest.raises(Unavailable, match="saved, but the broker was not updated"):
+        device_identity.set_enabled(ctx.engine, settings, pk, "dev0001", False)
+    assert [v.enabled for v in devices.list_devices(ctx.engine, pk)] == [False]

@@ -214,7 +214,7 @@ def test_device_versions_distinct_and_naturally_sorted(engine, pk):
 def test_versions_no_rule_allows_still_sort(engine, pk):
     """Rows the bridge stored before it checked reports: '\u00b2'.isdigit() is true but int()
     refuses it, and the console's devices page and the versions list answered 500."""
-    devices.import_devices(engine, pk, "d-001,1.10\nd-002,1.9\nd-003,1.0\nd-004,2.0\n")
+    devices.import_devices(engine, NO_BROKER, pk, "d-001,1.10\nd-002,1.9\nd-003,1.0\nd-004,2.0\n")
     with Session(engine) as session:
         ids = session.exec(select(Device.id).where(Device.name.in_(["d-003", "d-004"]))).all()
         for device_id, version in zip(sorted(ids), ["1.0\u00b2", "1.\u0661"], strict=True):

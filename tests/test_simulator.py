@@ -112,6 +112,7 @@ async def test_offline_devices_connect_later_and_wake_their_workflows(mqtt_url: 
 def test_ota_simulate_registers_and_summarises(mqtt_url: str, tmp_path: Path):
     pk = new_pk()
     env = {**os.environ, "OTA_HOME": str(tmp_path), "OTA_MQTT_URL": mqtt_url}
+    env["OTA_BROKER_AUTH"] = "none"  # the machine's anonymous Mosquitto
     argv = [sys.executable, "-m", "starter", "simulate", "--product", pk, "--devices", "30"]
     argv += ["--version", "1.0.0", "--register", "--duration", "4", "--processes", "2"]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)

@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from ota.db.engine import session_scope
 from ota.db.models import Device
+from ota.errors import Unavailable
 from ota.identity import dynsec
 from ota.identity.accounts import (
     DEVICE_TAG,
@@ -66,7 +67,7 @@ class SyncReport:
     enabled: int = 0
     deleted: int = 0
     secrets_created: int = 0  # devices registered before device identity existed
-    anonymous_refused: bool | None = None  # checked by full syncs
+    anonymous_refused: bool | None = None  # checked before anything is sent
 
     @property
     def changed(self) -> int:
@@ -167,6 +168,15 @@ async def _sync(
     report: SyncReport,
 ) -> SyncReport:
     admin = service_endpoint(settings, ServiceRole.ADMIN)
+    # A broker that lets anyone in enforces nothing, and never answers the plugin's topic:
+    # say so at once rather than after a timeout.
+    report.anonymous_refused = await _refuses_anonymous(settings)
+    if not report.anonymous_refused:
+        raise Unavailable(
+            f"the broker at {admin.url} accepts anonymous clients, so it does not enforce device "
+            "identity: configure it (`ota broker config`, docs/security.md), or set "
+            "OTA_BROKER_AUTH=none to leave its users alone"
+        )
     async with dynsec.Dynsec(admin, settings.broker_timeout_seconds) as broker:
         commands: list[dynsec.Command] = []
         if full:
@@ -193,13 +203,6 @@ async def _sync(
         report.deleted = len(gone)
         responses = await broker.run(commands)
         _check(responses)
-    if full:
-        report.anonymous_refused = await _refuses_anonymous(settings)
-        if not report.anonymous_refused:
-            log.warning(
-                "the broker at %s accepts anonymous clients: set `allow_anonymous false`",
-                admin.url,
-            )
     return report
 
 
