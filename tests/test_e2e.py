@@ -196,3 +196,29 @@ async def test_killing_worker_and_bridge_mid_batch_loses_nothing(
         attempts = s.exec(select(func.max(Task.attempts)).where(Task.batch_id == batch_id)).one()
     assert attempts <= 1 + max_retries
     listen.cancel()
+
+
+async def test_a_batch_updates_a_fleet_on_a_broker_that_enforces_identity(
+    ota_processes: OtaProcesses, secure_broker
+):
+    """The whole stack as deployed: worker, bridge and API on their own broker accounts, every
+    simulated device on its own secret (`ota simulate --register` makes and uses them)."""
+    stack = ota_processes
+    stack.env.update(secure_broker.env)
+    pk = f"e2e{uuid.uuid4().hex[:8]}"
+    for name in ("worker", "bridge", "api"):
+        stack.start(name)
+    await start_fleet(stack, pk, 20, "--install-seconds", "0.2")
+    ctx = stack.context()
+    batch = await create_batch(
+        ctx,
+        BatchInput(batch_id="", firmware_id=add_test_firmware(stack, pk), src_versions=["1.0.0"]),
+    )
+    await wait_for(
+        lambda: task_states(ctx.engine, batch["id"])["updated"] == 20, 120, "all 20 updated"
+    )
+    assert reported(ctx.engine, pk, "2.0.0") == 20
+    with Session(ctx.engine) as s:
+        attempts = s.exec(select(Task.attempts).where(Task.batch_id == batch["id"])).all()
+    assert set(attempts) == {1}
+    assert "not synced" not in stack.log("sim")
