@@ -32,7 +32,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -526,6 +525,20 @@ static void write_user(FILE *f, const struct user *u)
 	fputc('}', f);
 }
 
+/* The rename itself reaches the disk only with the folder's entry: sync that too. */
+static void sync_folder(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *folder = slash ? dup_n(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+	if(folder == NULL) return;
+	int fd = open(folder, O_RDONLY | O_DIRECTORY);
+	if(fd >= 0){
+		fsync(fd);
+		close(fd);
+	}
+	free(folder);
+}
+
 /* Writes a temporary file (0600: it holds device secrets), syncs it and renames it over the
  * users file, so a crash leaves either the old table or the new one, never half of one. */
 static int table_save(void)
@@ -560,6 +573,7 @@ static int table_save(void)
 	bool ok = fflush(f) == 0 && !ferror(f) && fsync(fd) == 0;
 	if(fclose(f) != 0) ok = false;
 	if(ok && rename(tmp, users_file) != 0) ok = false;
+	if(ok) sync_folder(users_file);
 	if(!ok){
 		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "cannot save %s: %s", users_file, strerror(errno));
 		unlink(tmp);
