@@ -81,7 +81,7 @@ class OtaAuthUsers(BrokerUsers):
 
     async def existing(self, usernames: list[str] | None) -> dict[str, dict[str, Any]]:
         if usernames is None:
-            commands = [{"command": "listUsers"}]
+            commands: list[Command] = [{"command": "listUsers"}]
         else:  # in slices, so each command stays a small part of a control message
             slices = [usernames[i : i + 1000] for i in range(0, len(usernames), 1000)]
             commands = [{"command": "getUsers", "usernames": s} for s in slices]
