@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from bench.baseline import TOPIC
-from ota.identity import dynsec
-from ota.identity.accounts import ServiceRole, broker_endpoint, service_endpoint
+from ota.identity.accounts import SEND, SUBSCRIBE, Account, Acl, broker_endpoint
+from ota.identity.sync import SyncReport, broker_users
 from ota.mqtt import MqttEndpoint
 from ota.settings import Settings
 
@@ -25,20 +25,13 @@ def bench_account(settings: Settings) -> MqttEndpoint:
 
 async def _create(settings: Settings, password: str) -> None:
     topic = f"{TOPIC}/#"
-    acls = [
-        {"acltype": kind, "topic": topic, "allow": True}
-        for kind in ("publishClientSend", "subscribePattern")
-    ]
-    async with dynsec.Dynsec(service_endpoint(settings, ServiceRole.ADMIN)) as broker:
-        responses = await broker.run(
-            [
-                {"command": "createRole", "rolename": USER, "acls": acls},
-                {
-                    "command": "createClient",
-                    "username": USER,
-                    "password": password,
-                    "roles": [{"rolename": USER}],
-                },
-            ]  # fmt: skip
-        )
-    dynsec.check(responses, tolerated=("Role already exists", "Client already exists"))
+    account = Account(
+        username=USER,
+        password=password,
+        role=USER,
+        acls=[Acl(SEND, topic), Acl(SUBSCRIBE, topic)],
+        textname="ota service",
+    )
+    async with broker_users(settings) as broker:
+        existing = await broker.existing([USER])
+        broker.check(await broker.run(broker.plan([account], existing, SyncReport())))

@@ -39,6 +39,7 @@ from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.models import DeviceModule, Task
 from ota.device.simulator import device_name
 from ota.devstack import free_port
+from ota.identity.broker_setup import usable_broker_auth
 from ota.identity.sync import sync_broker
 from ota.mqtt import V311, MqttEndpoint
 from ota.services.batches import create_batch
@@ -61,8 +62,11 @@ async def run_size(
     sampler = None
     try:
         stack.start_temporal()
-        stack.env["OTA_BROKER_AUTH"] = "dynsec" if mqtt_url is None else "none"
+        stack.env["OTA_BROKER_AUTH"] = "plugin" if mqtt_url is None else "none"
         stack.env["OTA_MQTT_SERVICE_SECRET"] = uuid.uuid4().hex
+        if mqtt_url is None:  # ota_auth, or dynamic-security where it cannot be built
+            usable = usable_broker_auth(_settings(stack), workdir / "mosquitto")
+            stack.env["OTA_BROKER_AUTH"] = usable
         mqtt_url = mqtt_url or stack.start_mosquitto(_settings(stack))
         sampler = asyncio.create_task(_sample(stack))
         ctx = _context(stack, workdir, mqtt_url)

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ota.contracts import SEARCH_ATTRIBUTES
-from ota.identity.broker_setup import plugin_path, security_lines, write_dynsec_config
+from ota.identity.broker_setup import broker_security, usable_broker_auth
 from ota.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def free_port() -> int:
 
 def mosquitto_conf(home: Path, host: str, port: int, settings: Settings | None = None) -> Path:
     """A Mosquitto configuration of our own, with its data under `home`. With `settings` whose
-    broker authentication is on, it enforces device identity (ota.identity.broker_setup)."""
+    broker authentication is on, it enforces device identity with the plugin they name
+    (ota.identity.broker_setup; `usable_broker_auth` first, where ota_auth may not build)."""
     data = home / "mosquitto"
     data.mkdir(parents=True, exist_ok=True)
     conf = home / "mosquitto.conf"
@@ -77,16 +78,8 @@ def mosquitto_conf(home: Path, host: str, port: int, settings: Settings | None =
         "max_queued_messages 0\n"
         "max_inflight_messages 100\n"
     )
-    if settings is not None and settings.broker_auth == "dynsec":
-        plugin = plugin_path()
-        if plugin is None:
-            raise RuntimeError(
-                "Mosquitto's dynamic-security plugin is not installed (Debian's mosquitto 2.x "
-                "ships it); or set OTA_BROKER_AUTH=none for a broker without device identity"
-            )
-        dynsec_file = data / "dynamic-security.json"
-        write_dynsec_config(settings, dynsec_file)
-        lines += security_lines(dynsec_file, plugin)
+    if settings is not None and settings.broker_auth != "none":
+        lines += broker_security(settings, data).lines
     else:
         lines += "allow_anonymous true\n"
     if os.geteuid() == 0 and not _hand_to_mosquitto_user(data):
@@ -168,6 +161,10 @@ class DevStack:
         elif self.settings.dev_broker == "mosquitto" and not mosquitto:
             raise RuntimeError("OTA_DEV_BROKER=mosquitto, but mosquitto is not installed")
         if mosquitto:
+            if self.settings.broker_auth == "plugin":
+                usable = usable_broker_auth(self.settings, self.home / "mosquitto")
+                if usable != "plugin":
+                    self.use_broker_auth(usable, "the ota_auth plugin cannot be built here")
             conf = mosquitto_conf(self.home, host, port, self.settings)
             comp.argv = [mosquitto, "-c", str(conf)]
         else:
@@ -178,13 +175,19 @@ class DevStack:
             self.without_device_identity("the embedded broker cannot enforce it")
         return comp
 
+    def use_broker_auth(self, broker_auth: str, why: str) -> None:
+        """Run the platform with another OTA_BROKER_AUTH than it was given."""
+        log.warning("%s: using OTA_BROKER_AUTH=%s (docs/security.md)", why, broker_auth)
+        self.child_env["OTA_BROKER_AUTH"] = broker_auth
+        self.settings = Settings(**{**self.settings.model_dump(), "broker_auth": broker_auth})
+
     def without_device_identity(self, why: str) -> None:
         """Run the platform against a broker that does not authenticate devices, and say so."""
         if self.settings.broker_auth == "none":
             return
         log.warning(
             "DEVICES ARE NOT AUTHENTICATED: %s. Any client on the network can speak for any "
-            "device. Use Mosquitto 2 with its dynamic-security plugin (docs/security.md).",
+            "device. Use Mosquitto 2 with the ota_auth plugin (docs/security.md).",
             why,
         )
         self.child_env["OTA_BROKER_AUTH"] = "none"

@@ -42,10 +42,11 @@ class Settings(BaseSettings):
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
-    # Device identity on the broker (docs/security.md): "dynsec" keeps Mosquitto's
-    # dynamic-security users and ACLs in step with the device registry; "none" leaves the broker
-    # alone (one that authenticates devices by other means, or a throwaway development broker).
-    broker_auth: str = Field(default="dynsec", pattern=r"^(dynsec|none)$")
+    # Device identity on the broker (docs/security.md): "plugin" keeps the users of our Mosquitto
+    # plugin ota_auth in step with the device registry, "dynsec" those of Mosquitto's
+    # dynamic-security plugin (where ota_auth cannot be built); "none" leaves the broker alone
+    # (one that authenticates devices by other means, or a throwaway development broker).
+    broker_auth: str = Field(default="plugin", pattern=r"^(plugin|dynsec|none)$")
     # The services' broker passwords are derived from it; generated under home if unset.
     mqtt_service_secret: str | None = None
     broker_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -11,7 +11,7 @@ from ota.api.auth import TOKEN_FILE
 from ota.context import Context
 from ota.devstack import DevStack
 from ota.errors import OtaError
-from ota.identity.dynsec import DynsecError
+from ota.identity.control import ControlError
 from ota.mqtt import redact
 from ota.services.device_identity import sync
 from ota.settings import Settings, get_settings, secret_file
@@ -73,7 +73,7 @@ def _sync_broker(stack: DevStack, reused: bool) -> None:
         settings = Settings(**{**settings.model_dump(), "broker_timeout_seconds": 5})
     try:
         report = sync(Context(settings).engine, settings)
-    except (OtaError, DynsecError) as exc:
+    except (OtaError, ControlError) as exc:
         if not reused:
             raise
         stack.without_device_identity(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ota.identity.broker_setup import security_lines, write_dynsec_config
+from ota.identity.broker_setup import broker_security, usable_broker_auth
 from ota.services import device_identity
 from starter.common import console, context, handle_errors, print_json
 
@@ -93,19 +93,28 @@ def sync(json: JsonOpt = False) -> None:
 @broker_app.command("config")
 @handle_errors
 def config(
-    folder: Annotated[Path, typer.Argument(help="Where Mosquitto keeps the plugin's file.")],
+    folder: Annotated[Path, typer.Argument(help="Where Mosquitto keeps the plugin and its users.")],
 ) -> None:
-    """Create the dynamic-security plugin's file with our admin user, and print the lines a
-    mosquitto.conf needs. Run `ota broker sync` once Mosquitto runs with them."""
+    """Build the ota_auth plugin into FOLDER (where it cannot be built: create the
+    dynamic-security plugin's file there), and print the lines a mosquitto.conf needs. Run
+    `ota broker sync` once Mosquitto runs with them."""
     settings = context().settings
-    path = folder.resolve() / "dynamic-security.json"
-    created = write_dynsec_config(settings, path)
+    folder = folder.resolve()
+    wanted = "plugin" if settings.broker_auth == "none" else settings.broker_auth
+    settings = settings.model_copy(update={"broker_auth": wanted})
+    usable = usable_broker_auth(settings, folder)
+    security = broker_security(settings.model_copy(update={"broker_auth": usable}), folder)
+    files = ", ".join(str(f) for f in security.files)
     console.print(
-        f"# {'created' if created else 'kept the existing'} {path}: make it writable by the "
-        "user Mosquitto runs as\n# add to mosquitto.conf:",
+        f"# {files}: make {folder} writable by the user Mosquitto runs as\n"
+        "# add to mosquitto.conf:",
         highlight=False,
     )
-    typer.echo(security_lines(path))
+    typer.echo(security.lines)
+    if usable != wanted:
+        console.print("# ota_auth cannot be built here (see above)", highlight=False)
+    if usable == "dynsec":
+        console.print("# set OTA_BROKER_AUTH=dynsec on every ota process", highlight=False)
 
 
 def register(app: typer.Typer, device_app: typer.Typer) -> None:

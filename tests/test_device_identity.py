@@ -1,5 +1,6 @@
 """Device identity on a Mosquitto that enforces it: every device authenticates with its own
-secret and speaks only for itself; disable, rotate and delete take effect on live connections."""
+secret and speaks only for itself; disable, rotate and delete take effect on live connections.
+Each test runs against both mechanisms (`secure_broker`: ota_auth, and dynamic-security)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from ota.db.models import Batch, Task
 from ota.db.models import Device as DeviceRow
 from ota.device.sdk import Device
 from ota.errors import Conflict, Unavailable
-from ota.identity import dynsec
 from ota.identity.accounts import ServiceRole, service_endpoint
+from ota.identity.control import Command
 from ota.identity.credentials import device_credentials
-from ota.identity.sync import sync_broker
+from ota.identity.sync import broker_users, sync_broker
 from ota.mqtt import MqttEndpoint
 from ota.services import device_identity, devices
 from ota.services.products import add_product
@@ -256,29 +257,37 @@ async def test_sync_is_idempotent_and_rebuilds_what_the_broker_lost(ctx, secure_
     again = await asyncio.to_thread(sync_broker, ctx.engine, ctx.settings)
     assert again.changed == 0 and again.secrets_created == 0
 
-    # The broker loses this product's users and roles (as a broker restored from an old backup
-    # would), and holds a user of a device the registry no longer has.
-    async with dynsec.Dynsec(service_endpoint(ctx.settings, ServiceRole.ADMIN)) as broker:
-        commands: list[dynsec.Command] = []
+    # The broker loses this product's users (as a broker restored from an old backup would),
+    # and holds a user of a device the registry no longer has.
+    ghost = f"ghost&{pk}"
+    async with broker_users(ctx.settings) as broker:
+        commands: list[Command] = []
         for dn in names:
-            commands.append({"command": "deleteClient", "username": f"{dn}&{pk}"})
-            commands.append({"command": "deleteRole", "rolename": f"ota-device:{pk}/{dn}"})
-        ghost = {"username": f"ghost&{pk}", "password": "x", "textname": "ota device"}
-        commands.append({"command": "createClient", **ghost})
-        dynsec.check(await broker.run(commands))
+            commands += broker.delete(f"{dn}&{pk}", pk, dn)
+        commands += _ghost(secure_broker.broker_auth, ghost)
+        broker.check(await broker.run(commands))
     lost = names[0]
     endpoint, client_id = device_endpoint(secure_broker.url, pk, lost, secrets[lost])
     assert not await connects(endpoint, client_id)
     rebuilt = await asyncio.to_thread(sync_broker, ctx.engine, ctx.settings)
     assert (rebuilt.created, rebuilt.deleted) == (3, 1)
     assert await connects(endpoint, client_id)
-    ghost_endpoint = MqttEndpoint.from_url(secure_broker.url).with_credentials(f"ghost&{pk}", "x")
-    assert not await connects(ghost_endpoint, None)
+    async with broker_users(ctx.settings) as broker:
+        assert await broker.existing([ghost]) == {}
     creds = device_identity.credentials(ctx.engine, ctx.settings, pk, names[2])
     fresh = MqttEndpoint.from_url(secure_broker.url).with_credentials(
         creds["username"], creds["password"]
     )
     assert await connects(fresh, creds["client_id"])
+
+
+def _ghost(broker_auth: str, username: str) -> list[Command]:
+    """A device user for a device the registry does not have."""
+    if broker_auth == "plugin":
+        return [{"command": "setDevice", "username": username, "secret": "x" * 32}]
+    return [
+        {"command": "createClient", "username": username, "password": "x", "textname": "ota device"}
+    ]
 
 
 def test_a_broker_that_lets_anyone_in_is_named_at_once_and_the_registry_still_saves(

@@ -129,9 +129,9 @@ async def _run_linkkit(
 async def test_linkkit_with_its_credentials_updates_on_a_broker_that_enforces_identity(
     linkkit_python: Path, secure_broker, tmp_path: Path
 ):
-    """Device identity with Alibaba's SDK unchanged: the parameters `ota device credentials`
-    shows connect it (LinkKit's direct mode) and it updates end to end; a wrong password, and the
-    triple with a wrong secret, are refused."""
+    """Device identity with Alibaba's SDK unchanged, on either mechanism: the parameters `ota
+    device credentials` shows connect it (LinkKit's direct mode) and it updates end to end; a
+    wrong password, and the triple with a wrong secret, are refused."""
     extra = {k: v for k, v in secure_broker.settings().items() if k != "mqtt_url"}
     settings = api_settings(bridge_settings(tmp_path, secure_broker.url, **extra))
     ctx = Context(settings)
@@ -179,5 +179,45 @@ async def test_linkkit_with_its_credentials_updates_on_a_broker_that_enforces_id
             await until(lambda: len(recorder.signals) == 1, what="the updated signal")
     assert code == 0, events
     assert {e["event"]: e for e in events}["reported"]["version"] == "2.0.0"
+    assert versions(ctx.engine, pk) == {dn: "2.0.0"}
+    assert tasks(ctx.engine, fleet.batch_id)[dn].state == "updated"
+
+
+@pytest.mark.parametrize("secure_broker", ["plugin"], indirect=True)
+async def test_linkkit_in_its_triple_mode_updates_on_ota_auth(
+    linkkit_python: Path, secure_broker, tmp_path: Path
+):
+    """LinkKit given only the triple signs a fresh timestamp (HMAC-SHA1, client id
+    `{pk}&{dn}|securemode=3,...,timestamp=...|`) at every connect: ota_auth checks the signature
+    itself, so it connects and updates end to end."""
+    extra = {k: v for k, v in secure_broker.settings().items() if k != "mqtt_url"}
+    settings = api_settings(bridge_settings(tmp_path, secure_broker.url, **extra))
+    ctx = Context(settings)
+    content = os.urandom(200_000)
+    fleet = seed_fleet(ctx.engine, 1, content=content, store=ctx.store)
+    await asyncio.to_thread(sync_broker, ctx.engine, settings)  # gives it a secret
+    pk, dn, port = fleet.product_key, fleet.names[0], secure_broker.port
+    secret = device_identity.credentials(ctx.engine, settings, pk, dn)["device_secret"]
+    triple = {"OTA_LK_SECRET": secret}
+
+    recorder = Recorder()
+    worker = service_endpoint(settings, ServiceRole.WORKER)
+    with serve_api(settings):
+        async with running(
+            Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[pk])
+        ):
+            device = asyncio.create_task(
+                _run_linkkit(linkkit_python, pk, dn, port, tmp_path / "push", "push", triple)
+            )
+            events_file = tmp_path / "push" / "events.jsonl"
+            await until(lambda: any(e["event"] == "subscribed" for e in read_events(events_file)))
+            data = upgrade_data(settings, fleet.firmware, pk, dn)
+            async with worker.client("test-worker") as client:
+                payload = protocol.encode_upgrade(data, 1626969597470)
+                await client.publish(protocol.upgrade_topic(pk, dn), payload, 1)
+            code, events = await device
+            await until(lambda: len(recorder.signals) == 1, what="the updated signal")
+    assert code == 0, events
+    assert {e["event"]: e for e in events}["connected"]["rc"] == 0
     assert versions(ctx.engine, pk) == {dn: "2.0.0"}
     assert tasks(ctx.engine, fleet.batch_id)[dn].state == "updated"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from ota import protocol
-from ota.identity.credentials import MqttCredentials, fingerprint
+from ota.identity.credentials import device_credentials, fingerprint
 from ota.mqtt import MqttEndpoint
 from ota.settings import Settings
 
@@ -80,6 +80,7 @@ class Account:
     client_id: str | None = None  # bound: the user may connect with this client id only
     enabled: bool = True
     textname: str = ""
+    secret: str | None = None  # a device's DeviceSecret (ota_auth checks signatures with it)
 
     @property
     def tag(self) -> str:
@@ -88,8 +89,9 @@ class Account:
 
 
 def device_account(
-    product_key: str, device_name: str, creds: MqttCredentials, enabled: bool = True
+    product_key: str, device_name: str, secret: str, enabled: bool = True
 ) -> Account:
+    creds = device_credentials(product_key, device_name, secret)
     return Account(
         username=creds.username,
         password=creds.password,
@@ -98,6 +100,7 @@ def device_account(
         client_id=creds.client_id,
         enabled=enabled,
         textname=DEVICE_TAG,
+        secret=secret,
     )
 
 

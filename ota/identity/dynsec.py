@@ -1,124 +1,136 @@
-"""Mosquitto's dynamic-security plugin, driven over its control topic.
+"""Mosquitto's dynamic-security plugin: the fallback where ota_auth cannot be built.
 
-Commands go to `$CONTROL/dynamic-security/v1` as `{"commands": [...]}`; the plugin answers each
-message with one `{"responses": [...]}` on the response topic, in order, and saves its whole
-configuration once per message. So commands travel many to a message (a thousand devices cost a
-few saves, not thousands), and in messages small enough for any broker's packet limit.
-Every admin connection sees every response, so ours carry a correlation id.
+Each device is a plugin user bound to its client id with a role of its own (2.0's ACLs have no
+%u/%c patterns); services have a role each. The plugin saves its whole configuration after
+every command, so registration costs O(N^2) (docs/security.md has the figures).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import uuid
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiomqtt
-
-from ota.errors import Unavailable
+from ota.identity.accounts import DEVICE_TAG, Account, device_role
+from ota.identity.control import BrokerUsers, Command, ControlClient, ControlError
 from ota.mqtt import MqttEndpoint
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ota.identity.sync import SyncReport
 
 REQUEST_TOPIC = "$CONTROL/dynamic-security/v1"
-RESPONSE_TOPIC = f"{REQUEST_TOPIC}/response"
-MESSAGE_BYTES = 192 * 1024  # per control message: well under any broker's max_packet_size
+HINT = "is Mosquitto's dynamic-security plugin enabled, and OTA_MQTT_SERVICE_SECRET the one " \
+    "`ota broker config` used?"  # fmt: skip
 
-Command = dict[str, Any]
+# The broker's defaults: a user may do only what its role allows.
+DEFAULT_ACCESS = [
+    {"acltype": "publishClientSend", "allow": False},
+    {"acltype": "publishClientReceive", "allow": True},
+    {"acltype": "subscribe", "allow": False},
+    {"acltype": "unsubscribe", "allow": True},
+]
+# Errors that only say the thing is already there (roles and ACLs are the same every time).
+ALREADY_THERE = ("createRole", "addRoleACL")
 
 
-class DynsecError(Exception):
-    """The plugin refused a command that had to succeed."""
+def Dynsec(endpoint: MqttEndpoint, timeout: float = 30.0) -> ControlClient:  # noqa: N802
+    """An admin connection to the plugin's control topic."""
+    return ControlClient(endpoint, REQUEST_TOPIC, timeout, HINT)
 
 
-class Dynsec:
-    """An admin connection to the plugin: `async with Dynsec(endpoint) as d: await d.run(...)`."""
+def _create_role(a: Account) -> Command:
+    return {"command": "createRole", "rolename": a.role, "acls": [x.to_dynsec() for x in a.acls]}
 
+
+class DynsecUsers(BrokerUsers):
     def __init__(self, endpoint: MqttEndpoint, timeout: float = 30.0) -> None:
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self._client: aiomqtt.Client | None = None
-        self._prefix = uuid.uuid4().hex[:12]
-        self._sent = 0
+        super().__init__(Dynsec(endpoint, timeout))
 
-    async def __aenter__(self) -> Dynsec:
-        client = self.endpoint.client(f"ota-admin-{self._prefix}", timeout=self.timeout)
-        try:
-            await asyncio.wait_for(client.__aenter__(), self.timeout)
-            await client.subscribe(RESPONSE_TOPIC, qos=1)
-        except (aiomqtt.MqttError, TimeoutError) as exc:
-            raise Unavailable(
-                f"cannot manage the broker's users at {self.endpoint.url} as "
-                f"{self.endpoint.username!r}: {exc} (is Mosquitto's dynamic-security plugin "
-                "enabled, and OTA_MQTT_SERVICE_SECRET the one `ota broker config` used? "
-                "docs/security.md)"
-            ) from None
-        self._client = client
-        return self
+    def setup(self) -> list[Command]:
+        return [{"command": "setDefaultACLAccess", "acls": DEFAULT_ACCESS}]
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            await self._client.__aexit__(None, None, None)
-            self._client = None
+    async def existing(self, usernames: list[str] | None) -> dict[str, dict[str, Any]]:
+        if usernames is None:
+            [response] = await self.run([{"command": "listClients", "verbose": True, "count": -1}])
+            self.check([response])
+            clients = response.get("data", {}).get("clients", [])
+            return {c["username"]: c for c in clients if "username" in c}
+        responses = await self.run([{"command": "getClient", "username": u} for u in usernames])
+        found = {}
+        for response in responses:
+            client = response.get("data", {}).get("client")
+            if client and "username" in client:
+                found[client["username"]] = client
+        return found
 
-    async def run(self, commands: list[Command]) -> list[dict[str, Any]]:
-        """Every command's response, in order (an `error` key where the plugin refused one)."""
-        responses: list[dict[str, Any]] = []
-        for chunk in _chunks(commands):
-            responses += await self._send(chunk)
-        return responses
+    def plan(
+        self, accounts: list[Account], existing: dict[str, dict[str, Any]], report: SyncReport
+    ) -> list[Command]:
+        commands: list[Command] = []
+        for a in accounts:
+            user = existing.get(a.username)
+            if user is None:
+                commands.append(_create_role(a))
+                create = {
+                    "command": "createClient",
+                    "username": a.username,
+                    "password": a.password,
+                    "textname": a.textname,
+                    "textdescription": a.tag,
+                    "roles": [{"rolename": a.role}],
+                }
+                if a.client_id:
+                    create["clientid"] = a.client_id
+                commands.append(create)
+                report.created += 1
+                if not a.enabled:
+                    commands.append({"command": "disableClient", "username": a.username})
+                    report.disabled += 1
+                continue
+            roles = [r.get("rolename") for r in user.get("roles", [])]
+            if (
+                user.get("textdescription") != a.tag
+                or (a.client_id and user.get("clientid") != a.client_id)
+                or roles != [a.role]
+            ):
+                # The role itself may be missing too (a half-done earlier sync): make sure of it.
+                commands.append(_create_role(a))
+                modify = {
+                    "command": "modifyClient",
+                    "username": a.username,
+                    "password": a.password,
+                    "textdescription": a.tag,
+                    "roles": [{"rolename": a.role}],
+                }
+                if a.client_id:
+                    modify["clientid"] = a.client_id
+                commands.append(modify)
+                report.updated += 1
+            elif not a.client_id:  # services: their ACLs may have grown with a release
+                commands += [
+                    {"command": "addRoleACL", "rolename": a.role, **x.to_dynsec()} for x in a.acls
+                ]
+            disabled = bool(user.get("disabled"))
+            if disabled and a.enabled:
+                commands.append({"command": "enableClient", "username": a.username})
+                report.enabled += 1
+            elif not disabled and not a.enabled:
+                commands.append({"command": "disableClient", "username": a.username})
+                report.disabled += 1
+        return commands
 
-    async def _send(self, commands: list[Command]) -> list[dict[str, Any]]:
-        assert self._client is not None, "use `async with`"
-        self._sent += 1
-        tag = f"{self._prefix}:{self._sent}"
-        tagged = [{**c, "correlationData": tag} for c in commands]
-        payload = json.dumps({"commands": tagged}, separators=(",", ":"))
-        await self._client.publish(REQUEST_TOPIC, payload, qos=1)
-        try:
-            async with asyncio.timeout(self.timeout):
-                async for message in self._client.messages:
-                    responses = _responses(message.payload)
-                    if responses and responses[0].get("correlationData") == tag:
-                        return responses
-        except TimeoutError:
-            pass
-        raise Unavailable(
-            f"the broker at {self.endpoint.url} did not answer on {REQUEST_TOPIC} within "
-            f"{self.timeout:.0f}s: is Mosquitto's dynamic-security plugin enabled, and may "
-            f"{self.endpoint.username!r} use it? (docs/security.md)"
-        )
+    def is_device(self, user: dict[str, Any]) -> bool:
+        return user.get("textname") == DEVICE_TAG
 
+    def delete(self, username: str, product_key: str, device_name: str) -> list[Command]:
+        return [
+            {"command": "deleteClient", "username": username},
+            {"command": "deleteRole", "rolename": device_role(product_key, device_name)},
+        ]
 
-def _responses(payload: Any) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(payload)
-        found = data.get("responses")
-    except (ValueError, AttributeError, TypeError):
-        return []
-    return found if isinstance(found, list) else []
-
-
-def _chunks(commands: list[Command]) -> Iterator[list[Command]]:
-    chunk: list[Command] = []
-    size = 0
-    for command in commands:
-        length = len(json.dumps(command)) + 40
-        if chunk and size + length > MESSAGE_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(command)
-        size += length
-    if chunk:
-        yield chunk
-
-
-def check(responses: list[dict[str, Any]], tolerated: tuple[str, ...] = ()) -> None:
-    """Raise on the first error not in `tolerated` (e.g. "Client already exists")."""
-    for response in responses:
-        error = response.get("error")
-        if error and error not in tolerated:
-            raise DynsecError(f"{response.get('command')}: {error}")
+    def check(self, responses: list[dict[str, Any]]) -> None:
+        for r in responses:
+            error = r.get("error")
+            if not error or r.get("command") in ALREADY_THERE:
+                continue
+            if r.get("command") in ("deleteClient", "deleteRole") and "not found" in error.lower():
+                continue  # already gone
+            raise ControlError(f"the broker refused {r.get('command')}: {error}")

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from ota.errors import OtaError
 from ota.identity.accounts import device_account
-from ota.identity.credentials import device_credentials, encrypt_secret, new_device_secret
-from ota.identity.dynsec import DynsecError
+from ota.identity.control import ControlError
+from ota.identity.credentials import encrypt_secret, new_device_secret
 from ota.identity.sync import sync_accounts
 from ota.settings import Settings
 
@@ -36,13 +36,10 @@ class Registered:
         if settings.broker_auth == "none":
             self.broker = OFF
             return self.broker
-        accounts = [
-            device_account(self.product_key, name, device_credentials(self.product_key, name, s))
-            for name, s in self.secrets.items()
-        ]
+        accounts = [device_account(self.product_key, n, s) for n, s in self.secrets.items()]
         try:
             sync_accounts(settings, accounts)
-        except (OtaError, DynsecError) as exc:
+        except (OtaError, ControlError) as exc:
             log.warning("registered %d devices, but the broker was not updated: %s", len(self), exc)
             self.broker = f"not synced ({exc}); run `ota broker sync`"
         else:

@@ -1,10 +1,12 @@
 """Make the broker's users and ACLs agree with the device registry (the source of truth).
 
 `sync_broker` reads the devices (all, or the few a registration change touched), works out what
-the broker lacks or holds wrongly, and sends only that: a user whose password, client id and
-state are already right is left alone, since the plugin drops a user's live connection on any
-change to it. So a sync is idempotent, cheap when nothing changed, and rebuilds a broker that lost
-its state. Full syncs also delete the device users of devices no longer registered.
+the broker lacks or holds wrongly, and sends only that: a user whose credentials and state are
+already right is left alone, since the plugin drops a user's live connection when they change.
+The broker's plugin is ours (`ota_auth`) or Mosquitto's dynamic-security (`dynsec`), as
+OTA_BROKER_AUTH says; the planning here is shared. So a sync is idempotent, cheap when nothing
+changed, and rebuilds a broker that lost its state. Full syncs also delete the device users of
+devices no longer registered.
 """
 
 from __future__ import annotations
@@ -23,39 +25,24 @@ from sqlmodel import Session, col, select
 from ota.db.engine import session_scope
 from ota.db.models import Device
 from ota.errors import Unavailable
-from ota.identity import dynsec
 from ota.identity.accounts import (
-    DEVICE_TAG,
     Account,
     ServiceRole,
     broker_endpoint,
     device_account,
-    device_role,
     service_account,
     service_endpoint,
 )
-from ota.identity.credentials import (
-    decrypt_secret,
-    device_credentials,
-    encrypt_secret,
-    new_device_secret,
-    username_of,
-)
+from ota.identity.control import BrokerUsers, Command
+from ota.identity.credentials import decrypt_secret, encrypt_secret, new_device_secret, username_of
+from ota.identity.dynsec import DynsecUsers
+from ota.identity.ota_auth import OtaAuthUsers
+from ota.mqtt import redact
 from ota.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DeviceKey = tuple[str, str]  # (product key, device name)
-
-# The broker's defaults: a user may do only what its role allows.
-DEFAULT_ACCESS = [
-    {"acltype": "publishClientSend", "allow": False},
-    {"acltype": "publishClientReceive", "allow": True},
-    {"acltype": "subscribe", "allow": False},
-    {"acltype": "unsubscribe", "allow": True},
-]
-# Errors that only say the thing is already there (roles and ACLs are the same every time).
-ALREADY_THERE = ("createRole", "addRoleACL")
 
 
 @dataclass
@@ -136,8 +123,7 @@ def _device_accounts(
     for row in rows:
         assert row.secret_enc is not None
         secret = decrypt_secret(row.secret_enc, key_secret, row.product_key, row.name)
-        creds = device_credentials(row.product_key, row.name, secret)
-        accounts.append(device_account(row.product_key, row.name, creds, row.enabled))
+        accounts.append(device_account(row.product_key, row.name, secret, row.enabled))
     report.devices = len(accounts)
     return accounts
 
@@ -160,6 +146,15 @@ def _devices(session: Session, keys: list[DeviceKey] | None) -> list[_Row]:
     return [_Row(*r) for r in session.exec(query)]  # type: ignore[call-overload]
 
 
+def broker_users(settings: Settings) -> BrokerUsers:
+    """The admin connection to the plugin `OTA_BROKER_AUTH` names."""
+    admin = service_endpoint(settings, ServiceRole.ADMIN)
+    timeout = settings.broker_timeout_seconds
+    if settings.broker_auth == "dynsec":
+        return DynsecUsers(admin, timeout)
+    return OtaAuthUsers(admin, timeout)
+
+
 async def _sync(
     settings: Settings,
     accounts: list[Account],
@@ -167,140 +162,40 @@ async def _sync(
     deleted: list[DeviceKey],
     report: SyncReport,
 ) -> SyncReport:
-    admin = service_endpoint(settings, ServiceRole.ADMIN)
     # A broker that lets anyone in enforces nothing, and never answers the plugin's topic:
     # say so at once rather than after a timeout.
     report.anonymous_refused = await _refuses_anonymous(settings)
     if not report.anonymous_refused:
         raise Unavailable(
-            f"the broker at {admin.url} accepts anonymous clients, so it does not enforce device "
-            "identity: configure it (`ota broker config`, docs/security.md), or set "
-            "OTA_BROKER_AUTH=none to leave its users alone"
+            f"the broker at {redact(settings.mqtt_url)} accepts anonymous clients, so it does "
+            "not enforce device identity: configure it (`ota broker config`, "
+            "docs/security.md), or set OTA_BROKER_AUTH=none to leave its users alone"
         )
-    async with dynsec.Dynsec(admin, settings.broker_timeout_seconds) as broker:
-        commands: list[dynsec.Command] = []
+    async with broker_users(settings) as broker:
+        commands: list[Command] = []
         if full:
-            commands.append({"command": "setDefaultACLAccess", "acls": DEFAULT_ACCESS})
+            commands += broker.setup()
             services = [
                 service_account(settings, r) for r in (ServiceRole.BRIDGE, ServiceRole.WORKER)
             ]
             accounts = services + accounts
-            existing = await _list_users(broker)
+            existing = await broker.existing(None)
         else:
-            existing = await _get_users(broker, [a.username for a in accounts])
-        commands += plan(accounts, existing, report)
+            existing = await broker.existing([a.username for a in accounts])
+        commands += broker.plan(accounts, existing, report)
         gone = {username_of(pk, dn): (pk, dn) for pk, dn in deleted}
         if full:
             wanted = {a.username for a in accounts}
             gone |= {
                 u: _device_of(u)
                 for u, user in existing.items()
-                if user.get("textname") == DEVICE_TAG and u not in wanted
+                if broker.is_device(user) and u not in wanted
             }
         for username, (pk, dn) in gone.items():
-            commands.append({"command": "deleteClient", "username": username})
-            commands.append({"command": "deleteRole", "rolename": device_role(pk, dn)})
+            commands += broker.delete(username, pk, dn)
         report.deleted = len(gone)
-        responses = await broker.run(commands)
-        _check(responses)
+        broker.check(await broker.run(commands))
     return report
-
-
-def plan(
-    accounts: list[Account], existing: dict[str, dict[str, Any]], report: SyncReport
-) -> list[dynsec.Command]:
-    """The commands that make the broker hold `accounts`, given the users it holds now."""
-    commands: list[dynsec.Command] = []
-    for a in accounts:
-        user = existing.get(a.username)
-        if user is None:
-            commands.append(
-                {
-                    "command": "createRole",
-                    "rolename": a.role,
-                    "acls": [x.to_dynsec() for x in a.acls],
-                }
-            )
-            create = {
-                "command": "createClient",
-                "username": a.username,
-                "password": a.password,
-                "textname": a.textname,
-                "textdescription": a.tag,
-                "roles": [{"rolename": a.role}],
-            }
-            if a.client_id:
-                create["clientid"] = a.client_id
-            commands.append(create)
-            report.created += 1
-            if not a.enabled:
-                commands.append({"command": "disableClient", "username": a.username})
-                report.disabled += 1
-            continue
-        roles = [r.get("rolename") for r in user.get("roles", [])]
-        if (
-            user.get("textdescription") != a.tag
-            or (a.client_id and user.get("clientid") != a.client_id)
-            or roles != [a.role]
-        ):
-            # The role itself may be missing too (a half-done earlier sync): make sure of it.
-            commands.append(
-                {
-                    "command": "createRole",
-                    "rolename": a.role,
-                    "acls": [x.to_dynsec() for x in a.acls],
-                }
-            )
-            modify = {
-                "command": "modifyClient",
-                "username": a.username,
-                "password": a.password,
-                "textdescription": a.tag,
-                "roles": [{"rolename": a.role}],
-            }
-            if a.client_id:
-                modify["clientid"] = a.client_id
-            commands.append(modify)
-            report.updated += 1
-        elif not a.client_id:  # services: their ACLs may have grown with a release
-            commands += [
-                {"command": "addRoleACL", "rolename": a.role, **x.to_dynsec()} for x in a.acls
-            ]
-        disabled = bool(user.get("disabled"))
-        if disabled and a.enabled:
-            commands.append({"command": "enableClient", "username": a.username})
-            report.enabled += 1
-        elif not disabled and not a.enabled:
-            commands.append({"command": "disableClient", "username": a.username})
-            report.disabled += 1
-    return commands
-
-
-def _check(responses: list[dict[str, Any]]) -> None:
-    for r in responses:
-        error = r.get("error")
-        if not error or r.get("command") in ALREADY_THERE:
-            continue
-        if r.get("command") in ("deleteClient", "deleteRole") and "not found" in error.lower():
-            continue  # already gone
-        raise dynsec.DynsecError(f"the broker refused {r.get('command')}: {error}")
-
-
-async def _list_users(broker: dynsec.Dynsec) -> dict[str, dict[str, Any]]:
-    [response] = await broker.run([{"command": "listClients", "verbose": True, "count": -1}])
-    _check([response])
-    clients = response.get("data", {}).get("clients", [])
-    return {c["username"]: c for c in clients if "username" in c}
-
-
-async def _get_users(broker: dynsec.Dynsec, usernames: list[str]) -> dict[str, dict[str, Any]]:
-    responses = await broker.run([{"command": "getClient", "username": u} for u in usernames])
-    found = {}
-    for response in responses:
-        client = response.get("data", {}).get("client")
-        if client and "username" in client:
-            found[client["username"]] = client
-    return found
 
 
 def _device_of(username: str) -> DeviceKey:

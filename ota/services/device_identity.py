@@ -18,13 +18,13 @@ from ota.db.models import Device, DeviceModule, Task
 from ota.domain import ACTIVE_TASK_STATES
 from ota.errors import Conflict, NotFound, OtaError, Unavailable
 from ota.identity.accounts import broker_endpoint
+from ota.identity.control import ControlError
 from ota.identity.credentials import (
     decrypt_secret,
     device_credentials,
     encrypt_secret,
     new_device_secret,
 )
-from ota.identity.dynsec import DynsecError
 from ota.identity.sync import SyncReport, sync_broker
 from ota.mqtt import MqttEndpoint
 from ota.services.products import validate_product_key
@@ -161,7 +161,7 @@ def _publish(
             report = sync_broker(engine, settings, devices=[], deleted=[key])
         else:
             report = sync_broker(engine, settings, devices=[key])
-    except (OtaError, DynsecError) as exc:
+    except (OtaError, ControlError) as exc:
         raise Unavailable(
             f"saved, but the broker was not updated ({exc}): the device's old access may still "
             "work until `ota broker sync` succeeds"
