@@ -31,7 +31,7 @@ async def start_device(
     """A child that outlives its parent (ABANDON: the pacer continues as new without waiting for
     devices). Its id is the device's, so the server refuses a second ongoing update of it
     (WorkflowAlreadyStartedError); one still running under its legacy id is found by the claim
-    (activities/legacy.py).
+    (activities/legacy_ids.py).
 
     No search attributes: the Web UI finds a batch's devices by `ParentWorkflowId = "batch-ID"`
     and a product's by `WorkflowId STARTS_WITH "device/PK/"`, and a device sets OtaState only off
