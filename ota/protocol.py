@@ -11,7 +11,6 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from ota.domain import DEFAULT_MODULE, parse_progress_step, validate_module, validate_version
 from ota.errors import InvalidInput
@@ -34,28 +33,6 @@ DEVICE_TOPIC_FILTERS = {
 }
 
 REJECTED: Counter[str] = Counter()  # reason -> count, for metrics and tests
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-
-def broker_address(url: str) -> BrokerAddress:
-    """mqtt://[user:password@]host[:port], or mqtts:// for TLS (settings.mqtt_url)."""
-    parts = urlsplit(url)
-    tls = parts.scheme in ("mqtts", "ssl", "tls")
-    return BrokerAddress(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
 
 
 def inform_topic(pk: str, dn: str) -> str:

@@ -24,6 +24,7 @@ from ota.bridge import Bridge
 from ota.db.engine import make_engine
 from ota.db.models import DeviceModule, Task
 from ota.device.sdk import Device
+from ota.mqtt import MqttEndpoint
 from ota.settings import Settings
 from tests.linkkit.seed import new_pk, seed_fleet, tasks, versions
 
@@ -82,8 +83,7 @@ async def until(predicate, timeout: float = 20, what: str = "condition"):  # typ
 
 
 def publisher(mqtt_url: str) -> aiomqtt.Client:
-    addr = protocol.broker_address(mqtt_url)
-    return aiomqtt.Client(addr.host, addr.port, protocol=aiomqtt.ProtocolVersion.V5)
+    return MqttEndpoint.from_url(mqtt_url).client(None)
 
 
 async def test_500_devices_reporting_at_once_take_a_few_transactions(engine, mqtt_url, tmp_path):

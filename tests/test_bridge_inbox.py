@@ -16,6 +16,7 @@ from paho.mqtt.properties import Properties
 from ota import protocol
 from ota.bridge import Bridge
 from ota.bridge.inbox import Inbox
+from ota.mqtt import MqttEndpoint
 from tests.linkkit.seed import seed_fleet, versions
 from tests.test_bridge import bridge_settings, publisher, running, until
 
@@ -25,15 +26,10 @@ LIMIT = 10
 @contextlib.asynccontextmanager
 async def subscribed(mqtt_url: str, topic: str) -> AsyncIterator[tuple[aiomqtt.Client, Inbox]]:
     """A client whose inbox holds LIMIT messages; the broker may send it 1,000 unacked."""
-    addr = protocol.broker_address(mqtt_url)
     props = Properties(PacketTypes.CONNECT)
     props.ReceiveMaximum = 1000
-    client = aiomqtt.Client(
-        addr.host,
-        addr.port,
-        identifier=f"test-inbox-{uuid.uuid4().hex[:8]}",
-        protocol=aiomqtt.ProtocolVersion.V5,
-        properties=props,
+    client = MqttEndpoint.from_url(mqtt_url).client(
+        f"test-inbox-{uuid.uuid4().hex[:8]}", properties=props
     )
     client._client.manual_ack_set(True)
     inbox = Inbox(client, LIMIT, Counter())

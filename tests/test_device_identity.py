@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -33,6 +32,7 @@ from ota.services.products import add_product
 from ota.settings import Settings
 from tests.fixtures.mqtt import SecureBroker
 from tests.test_bridge import Recorder, bridge_settings, running, until
+from tests.test_device_sdk import online
 from tests.test_workflow_support import make_firmware, new_key
 
 
@@ -71,18 +71,6 @@ def device_endpoint(url: str, pk: str, dn: str, secret: str) -> tuple[MqttEndpoi
     creds = device_credentials(pk, dn, secret)
     endpoint = MqttEndpoint.from_url(url).with_credentials(creds.username, creds.password)
     return endpoint, creds.client_id
-
-
-@contextlib.asynccontextmanager
-async def online(device: Device) -> AsyncIterator[Device]:
-    task = asyncio.create_task(device.run())
-    try:
-        await asyncio.wait_for(device.connected.wait(), 10)
-        yield device
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_anonymous_and_wrong_secret_are_refused_own_secret_connects(ctx, secure_broker):

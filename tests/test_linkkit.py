@@ -18,6 +18,7 @@ from ota.bridge import Bridge
 from ota.context import Context
 from ota.identity.accounts import ServiceRole, service_endpoint
 from ota.identity.sync import sync_broker
+from ota.mqtt import MqttEndpoint
 from ota.push import upgrade_data
 from ota.services import device_identity
 from tests.linkkit.seed import seed_fleet, tasks, versions
@@ -69,7 +70,7 @@ async def test_linkkit_devices_update_by_push_and_by_query(
     pushed = seed_fleet(ctx.engine, 1, content=content, store=ctx.store)  # MD5: "Md5" on the wire
     queried = seed_fleet(ctx.engine, 1, content=content, store=ctx.store, sign_method="SHA256")
     recorder = Recorder()
-    port = str(protocol.broker_address(mqtt_url).port)
+    port = str(MqttEndpoint.from_url(mqtt_url).port)
     logs: dict[str, Path] = {}
     procs = []
     with serve_api(settings):
@@ -126,6 +127,32 @@ async def _run_linkkit(
     return code, read_events(events)
 
 
+async def _pushed_update(
+    python: Path, settings, ctx: Context, fleet, port: int, tmp_path: Path, env: dict[str, str]
+) -> tuple[int, list[dict]]:
+    """Run LinkKit with `env`'s credentials against bridge and API; push it the fleet's firmware
+    as the worker does (on the worker's own broker account) and wait for its report."""
+    pk, dn = fleet.product_key, fleet.names[0]
+    recorder = Recorder()
+    worker = service_endpoint(settings, ServiceRole.WORKER)
+    with serve_api(settings):
+        async with running(
+            Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[pk])
+        ):
+            device = asyncio.create_task(
+                _run_linkkit(python, pk, dn, port, tmp_path / "push", "push", env)
+            )
+            events_file = tmp_path / "push" / "events.jsonl"
+            await until(lambda: any(e["event"] == "subscribed" for e in read_events(events_file)))
+            data = upgrade_data(settings, fleet.firmware, pk, dn)
+            async with worker.client("test-worker") as client:
+                payload = protocol.encode_upgrade(data, 1626969597470)
+                await client.publish(protocol.upgrade_topic(pk, dn), payload, 1)
+            code, events = await device
+            await until(lambda: len(recorder.signals) == 1, what="the updated signal")
+    return code, events
+
+
 async def test_linkkit_with_its_credentials_updates_on_a_broker_that_enforces_identity(
     linkkit_python: Path, secure_broker, tmp_path: Path
 ):
@@ -160,23 +187,9 @@ async def test_linkkit_with_its_credentials_updates_on_a_broker_that_enforces_id
     for code, events in refused:
         assert code != 0 and not any(e == {"event": "connected", "rc": 0} for e in events)
 
-    recorder = Recorder()
-    worker = service_endpoint(settings, ServiceRole.WORKER)
-    with serve_api(settings):
-        async with running(
-            Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[pk])
-        ):
-            device = asyncio.create_task(
-                _run_linkkit(linkkit_python, pk, dn, port, tmp_path / "push", "push", direct)
-            )
-            events_file = tmp_path / "push" / "events.jsonl"
-            await until(lambda: any(e["event"] == "subscribed" for e in read_events(events_file)))
-            data = upgrade_data(settings, fleet.firmware, pk, dn)
-            async with worker.client("test-worker") as client:
-                payload = protocol.encode_upgrade(data, 1626969597470)
-                await client.publish(protocol.upgrade_topic(pk, dn), payload, 1)
-            code, events = await device
-            await until(lambda: len(recorder.signals) == 1, what="the updated signal")
+    code, events = await _pushed_update(
+        linkkit_python, settings, ctx, fleet, port, tmp_path, direct
+    )
     assert code == 0, events
     assert {e["event"]: e for e in events}["reported"]["version"] == "2.0.0"
     assert versions(ctx.engine, pk) == {dn: "2.0.0"}
@@ -200,23 +213,9 @@ async def test_linkkit_in_its_triple_mode_updates_on_ota_auth(
     secret = device_identity.credentials(ctx.engine, settings, pk, dn)["device_secret"]
     triple = {"OTA_LK_SECRET": secret}
 
-    recorder = Recorder()
-    worker = service_endpoint(settings, ServiceRole.WORKER)
-    with serve_api(settings):
-        async with running(
-            Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[pk])
-        ):
-            device = asyncio.create_task(
-                _run_linkkit(linkkit_python, pk, dn, port, tmp_path / "push", "push", triple)
-            )
-            events_file = tmp_path / "push" / "events.jsonl"
-            await until(lambda: any(e["event"] == "subscribed" for e in read_events(events_file)))
-            data = upgrade_data(settings, fleet.firmware, pk, dn)
-            async with worker.client("test-worker") as client:
-                payload = protocol.encode_upgrade(data, 1626969597470)
-                await client.publish(protocol.upgrade_topic(pk, dn), payload, 1)
-            code, events = await device
-            await until(lambda: len(recorder.signals) == 1, what="the updated signal")
+    code, events = await _pushed_update(
+        linkkit_python, settings, ctx, fleet, port, tmp_path, triple
+    )
     assert code == 0, events
     assert {e["event"]: e for e in events}["connected"]["rc"] == 0
     assert versions(ctx.engine, pk) == {dn: "2.0.0"}

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ota import protocol
+from ota.mqtt import MqttEndpoint, redact
 from ota.protocol import FirmwareGet, Inform, Progress, Rejected, Status, Upgrade
 
 PK, DN = "a1B2c3", "dev-1"
@@ -179,9 +180,11 @@ def test_garbage_upgrade_is_rejected(payload):
     assert isinstance(protocol.parse_upgrade(payload), Rejected)
 
 
-def test_broker_address():
-    assert protocol.broker_address("mqtt://127.0.0.1:1884") == protocol.BrokerAddress(
-        "127.0.0.1", 1884
-    )
-    a = protocol.broker_address("mqtts://u%40x:p@broker")
+def test_broker_urls():
+    assert MqttEndpoint.from_url("mqtt://127.0.0.1:1884") == MqttEndpoint("127.0.0.1", 1884)
+    a = MqttEndpoint.from_url("mqtts://u%40x:p@broker")
     assert (a.host, a.port, a.tls, a.username, a.password) == ("broker", 8883, True, "u@x", "p")
+    assert a.url == "mqtts://broker:8883"
+    assert redact("mqtts://u%40x:p@broker:8883") == "mqtts://u%40x:***@broker:8883"
+    with pytest.raises(ValueError, match="scheme"):
+        MqttEndpoint.from_url("http://broker")
