@@ -11,10 +11,10 @@ import pytest
 from sqlmodel import select
 
 from ota.db.engine import session_scope
-from ota.db.models import Batch, Device, Task
+from ota.db.models import Task
 from ota.identity.credentials import device_credentials
 from tests.test_api_support import TOKEN, api_client, api_settings, assert_problem, fleet
-from tests.test_workflow_support import make_firmware
+from tests.test_workflow_support import make_task
 
 DN = "dev-0000"
 
@@ -41,31 +41,7 @@ async def registered(client: httpx.AsyncClient, pk: str = "pk1") -> tuple[str, s
 def add_task(client: httpx.AsyncClient, pk: str, state: str) -> None:
     """A batch with one task of the device, in `state`, written as the batch workflow would."""
     engine = client.app.state.ctx.engine  # type: ignore[attr-defined]
-    firmware_id = make_firmware(engine, pk)
-    with session_scope(engine) as session:
-        device = session.exec(select(Device).where(Device.name == DN)).one()
-        batch_id = f"b-{state}"
-        session.add(
-            Batch(
-                id=batch_id,
-                firmware_id=firmware_id,
-                product_key=pk,
-                module="default",
-                target_version="2.0.0",
-            )
-        )
-        session.flush()
-        session.add(
-            Task(
-                batch_id=batch_id,
-                device_id=device.id,
-                product_key=pk,
-                device_name=DN,
-                module="default",
-                target_version="2.0.0",
-                state=state,
-            )
-        )
+    make_task(engine, pk, DN, state, batch_id=f"b-{state}")
 
 
 async def test_credentials_are_the_connection_parameters_of_the_secret(client):

@@ -16,15 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
-from sqlmodel import select
 
-from ota.db.engine import session_scope
-from ota.db.models import Batch, Device, Task
 from tests.fixtures.net import free_port
 from tests.fixtures.stack import OtaProcesses
 from tests.test_api_support import assert_problem
 from tests.test_console import CHROMIUM, browser  # noqa: F401 (fixture)
-from tests.test_workflow_support import make_firmware
+from tests.test_workflow_support import make_task
 
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "console-devices"
 PK, TOKEN = "pk_devices", "test-token"
@@ -71,31 +68,7 @@ def api(stack: OtaProcesses) -> Iterator[httpx.Client]:
 def add_active_task(stack: OtaProcesses, name: str) -> str:
     """A batch with one task of the device, mid-update, as the batch workflow would write it."""
     engine = stack.context().engine
-    firmware_id = make_firmware(engine, PK)
-    batch_id = "b-console"
-    with session_scope(engine) as session:
-        device = session.exec(select(Device).where(Device.name == name)).one()
-        session.add(
-            Batch(
-                id=batch_id,
-                firmware_id=firmware_id,
-                product_key=PK,
-                module="default",
-                target_version="2.0.0",
-            )
-        )
-        session.flush()
-        session.add(
-            Task(
-                batch_id=batch_id,
-                device_id=device.id,
-                product_key=PK,
-                device_name=name,
-                module="default",
-                target_version="2.0.0",
-                state="in_upgrade",
-            )
-        )
+    batch_id = make_task(engine, PK, name, "in_upgrade", batch_id="b-console")
     engine.dispose()
     return batch_id
 

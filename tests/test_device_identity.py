@@ -12,13 +12,11 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from sqlalchemy import update
-from sqlmodel import select
 
 from ota import protocol
 from ota.bridge import Bridge
 from ota.context import Context
 from ota.db.engine import session_scope
-from ota.db.models import Batch, Task
 from ota.db.models import Device as DeviceRow
 from ota.device.sdk import Device
 from ota.errors import Conflict, Unavailable
@@ -33,7 +31,7 @@ from ota.settings import Settings
 from tests.fixtures.mqtt import SecureBroker
 from tests.test_bridge import Recorder, bridge_settings, running, until
 from tests.test_device_sdk import online
-from tests.test_workflow_support import make_firmware, new_key
+from tests.test_workflow_support import make_task, new_key
 
 
 @pytest.fixture
@@ -205,30 +203,7 @@ async def test_delete_drops_the_device_and_is_refused_while_a_task_is_active(ctx
 def test_delete_refuses_a_device_with_an_active_task(ctx):
     pk, secrets = register(ctx, 1)
     [dn] = secrets
-    firmware_id = make_firmware(ctx.engine, pk)
-    with session_scope(ctx.engine) as session:
-        [device] = session.exec(select(DeviceRow).where(DeviceRow.product_key == pk)).all()
-        session.add(
-            Batch(
-                id=f"b-{pk}",
-                firmware_id=firmware_id,
-                product_key=pk,
-                module="default",
-                target_version="2.0.0",
-            )
-        )
-        session.flush()
-        session.add(
-            Task(
-                batch_id=f"b-{pk}",
-                device_id=device.id,
-                product_key=pk,
-                device_name=dn,
-                module="default",
-                target_version="2.0.0",
-                state="pushed",
-            )
-        )
+    make_task(ctx.engine, pk, dn)
     with pytest.raises(Conflict, match="active task"):
         device_identity.delete_device(ctx.engine, ctx.settings, pk, dn)
     assert [v.name for v in devices.list_devices(ctx.engine, pk)] == [dn]

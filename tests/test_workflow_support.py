@@ -114,6 +114,29 @@ def make_firmware(
         return fw.id
 
 
+def make_task(
+    engine: Engine, pk: str, device_name: str, state: str = "pushed", batch_id: str | None = None
+) -> str:
+    """A batch of a new firmware with one task of the device in `state`, as the batch workflow
+    would write it; returns the batch id."""
+    firmware_id = make_firmware(engine, pk)
+    batch_id = batch_id or f"b-{uuid.uuid4().hex[:8]}"
+    with session_scope(engine) as session:
+        device = session.exec(
+            select(Device).where(Device.product_key == pk, Device.name == device_name)
+        ).one()
+        session.add(
+            Batch(id=batch_id, firmware_id=firmware_id, product_key=pk, module="default",
+                  target_version="2.0.0")
+        )  # fmt: skip
+        session.flush()
+        session.add(
+            Task(batch_id=batch_id, device_id=device.id, product_key=pk, device_name=device_name,
+                 module="default", target_version="2.0.0", state=state)
+        )  # fmt: skip
+    return batch_id
+
+
 @asynccontextmanager
 async def running_worker(client: Client, ctx: Context) -> AsyncIterator[None]:
     async with build_worker(client, ctx):
