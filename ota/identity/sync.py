@@ -114,9 +114,10 @@ def _device_accounts(
                 row.secret_enc = encrypt_secret(
                     new_device_secret(), key_secret, row.product_key, row.name
                 )
-                session.execute(
-                    update(Device).where(col(Device.id) == row.id).values(secret_enc=row.secret_enc)
-                )
+            # One executemany (ORM bulk update by primary key), not a statement per device.
+            session.execute(
+                update(Device), [{"id": r.id, "secret_enc": r.secret_enc} for r in fresh]
+            )
             report.secrets_created = len(fresh)
             log.info("made secrets for %d devices registered before device identity", len(fresh))
     accounts = []
