@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # bridge is connected. Tests and the benchmark shorten it: every session they leave behind
     # would otherwise collect a copy of every device message on a shared broker for a day.
     bridge_session_expiry_seconds: int = Field(default=24 * 3600, ge=10)
+    # After the broker lost the bridge's session, tasks in flight are pushed again at this pace
+    # (ota/bridge/reconcile.py): a fleet's worth spread over seconds, not one burst.
+    bridge_reconcile_per_second: float = Field(default=50.0, gt=0)
 
     @cached_property
     def resolved_database_url(self) -> str:

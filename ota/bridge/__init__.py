@@ -29,6 +29,9 @@ Rules it follows:
   (ota.domain's rules), is counted in `stats["rejected"]`, logged and acked when parsed, so it
   never reaches the flush's transaction; a message the database still refuses is isolated and
   dropped; a lost broker or database means reconnecting with backoff, and redelivery.
+- Lost session: when the broker says (CONNACK session present = 0) it had no session for the
+  bridge, device reports may have been dropped; every task in flight is pushed again, paced and
+  in the background, so finished devices report their version again (`reconcile.py`).
 """
 
 from ota.bridge.service import Bridge

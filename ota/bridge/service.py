@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ota import protocol
 from ota.bridge.inbox import Inbox, Received
+from ota.bridge.reconcile import Reconciler, SessionFlag
 from ota.bridge.records import FlushResult, Reply, apply_reports
 from ota.bridge.signals import Connect, SignalClient, Signaller
 from ota.identity.accounts import ServiceRole, service_endpoint
@@ -60,6 +61,7 @@ class Bridge:
         self.signer = Signer(engine, settings)  # digestsign of replies (secure update)
         self.endpoint = service_endpoint(settings, ServiceRole.BRIDGE)
         self._v5 = self.endpoint.v5
+        self.reconciler = Reconciler(settings, engine, self.signer, self.stats, self.products)
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting with backoff when the broker or database goes."""
@@ -68,13 +70,19 @@ class Bridge:
             client = self._client()
             # Before connecting: a persistent session's queued messages follow the CONNACK.
             inbox = Inbox(client, INBOX_LIMIT_BATCHES * self.max_batch, self.stats)
+            session = SessionFlag(client)
             try:
                 async with client:
                     await client.subscribe(self._subscriptions())
                     log.info("bridge connected to %s", self.endpoint.url)
                     self.ready.set()
                     backoff = BACKOFF_MIN
-                    await self._serve(client, inbox)
+                    # No session on the broker: device reports may have been dropped.
+                    self.reconciler.connected(client, inbox, session)
+                    try:
+                        await self._serve(client, inbox)
+                    finally:
+                        await self.reconciler.stop()
             except aiomqtt.MqttError as exc:
                 log.warning("broker connection lost: %s; retrying in %.1fs", exc, backoff)
             except (OperationalError, DBAPIError) as exc:

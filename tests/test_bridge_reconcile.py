@@ -1,0 +1,123 @@
+"""A broker that lost the bridge's session: tasks in flight are pushed again (reconcile.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ota import protocol
+from ota.bridge import Bridge
+from ota.device.sdk import Device
+from ota.devstack import mosquitto_conf
+from tests.fixtures.mqtt import start_mosquitto
+from tests.fixtures.net import free_port
+from tests.linkkit.seed import seed_fleet, tasks
+from tests.test_bridge import bridge_settings, publisher, running, until
+
+
+@dataclasses.dataclass
+class Broker:
+    """A Mosquitto of the test's own that forgets every session when killed."""
+
+    home: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = start_mosquitto(self.home, self.port)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    home = tmp_path / "broker"
+    home.mkdir()
+    port = free_port()
+    conf = mosquitto_conf(home, "127.0.0.1", port)
+    conf.write_text(conf.read_text().replace("persistence true", "persistence false"))
+    b = Broker(home, port)
+    b.start()
+    yield b
+    with contextlib.suppress(Exception):
+        b.kill()
+
+
+async def test_a_version_reported_while_the_broker_restarted_is_asked_again(
+    sqlite_engine, broker, tmp_path
+):
+    """The faults issue: the broker is SIGKILLed and restarted without sessions; a device that
+    finished meanwhile reports its new version before the bridge has subscribed again, so the
+    report is dropped. The bridge, told by the broker that its session is gone, pushes again and
+    the device's answer (its version) makes the task updated."""
+    fleet = seed_fleet(sqlite_engine, 1, task_state="in_upgrade")
+    pk, dn = fleet.product_key, fleet.names[0]
+    settings = bridge_settings(tmp_path, broker.url)
+    bridge = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk])
+    device = Device(pk, dn, mqtt_url=broker.url, versions="2.0.0", session_expiry=60)
+    real = bridge.endpoint
+    async with running(bridge):
+        await asyncio.sleep(0.5)  # a new session: a first pass, whose push reaches no device
+        broker.kill()
+        # Keep the bridge away until the device has reconnected and reported to nobody.
+        bridge.endpoint = dataclasses.replace(real, port=free_port())
+        await until(lambda: bridge.stats["reconnects"] >= 1, what="the bridge noticing")
+        broker.start()
+        run = asyncio.create_task(device.run())
+        try:
+            await asyncio.wait_for(device.connected.wait(), 20)
+            await asyncio.sleep(0.5)
+            assert tasks(sqlite_engine, fleet.batch_id)[dn].state == "in_upgrade"
+            bridge.endpoint = real
+            await until(
+                lambda: tasks(sqlite_engine, fleet.batch_id)[dn].state == "updated",
+                timeout=30,
+                what=f"the task updated; {bridge.stats}",
+            )
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    assert bridge.stats["reconciles"] == 2, bridge.stats
+    assert bridge.stats["reconcile_pushes"] == 2, bridge.stats  # one per pass
+    assert device.stats["connects"] == 1  # its report on connect was the one dropped
+
+
+async def test_a_reconnect_that_kept_its_session_does_not_reconcile(
+    sqlite_engine, mqtt_url, tmp_path
+):
+    """Session present = 1: the broker queued the reports for the bridge, nothing was lost."""
+    fleet = seed_fleet(sqlite_engine, 1, task_state="in_upgrade")
+    pk, dn = fleet.product_key, fleet.names[0]
+    settings = bridge_settings(tmp_path, mqtt_url)
+    first = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk])
+    async with publisher(mqtt_url) as watcher:
+        await watcher.subscribe(protocol.upgrade_topic(pk, dn), qos=1)
+        async with running(first):  # a new session: reconciles, which here pushes the one task
+            await until(lambda: first.stats["reconcile_pushes"] == 1, what=f"{first.stats}")
+        async with asyncio.timeout(10):
+            message = await anext(aiter(watcher.messages))
+        assert json.loads(message.payload)["data"]["version"] == "2.0.0"
+
+        again = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk])
+        async with running(again):  # the same client id: the broker kept the session
+            await asyncio.sleep(1)
+        assert not first.reconciler.owed
+        assert again.stats["reconciles"] == 0 and again.stats["reconcile_pushes"] == 0
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await anext(aiter(watcher.messages))
