@@ -45,6 +45,9 @@ IDLE_RECHECK = timedelta(hours=24)
 # times, then with a growing interval.
 NO_PROGRESS_STEADY_CHECKS = 4
 NO_PROGRESS_RECHECK_MAX = timedelta(hours=6)
+# A run no longer continues as new with a cancel pending (see _continue_if_suggested); a run
+# recorded before did, and replays without this marker.
+KEEP_CANCEL_PATCH = "device-continue-keeps-cancel"
 
 
 class Outcome(NamedTuple):
@@ -270,7 +273,16 @@ class DeviceUpgradeWorkflow:
     def _continue_if_suggested(
         self, inp: DeviceUpgradeInput, retries: int, awaiting_report: bool
     ) -> None:
-        if workflow.info().is_continue_as_new_suggested() and not self._reports:
-            workflow.continue_as_new(
-                replace(inp, retries_used=retries, awaiting_report=awaiting_report)
-            )
+        """A pending report or cancel keeps this run: the caller's next step handles it at once
+        (a cancel ends the workflow, so the history stops growing anyway), where carrying it in
+        the input would cost a field per signal and a second way in. A cancel that came while
+        `check_task` ran would otherwise die with this run. An `online` needs neither: the next
+        run starts with a push, which reads whether the device is online."""
+        if not workflow.info().is_continue_as_new_suggested() or self._reports:
+            return
+        # patched() only here, on the rare path: the happy path's history gains no marker.
+        if self._cancel is not None and workflow.patched(KEEP_CANCEL_PATCH):
+            return
+        workflow.continue_as_new(
+            replace(inp, retries_used=retries, awaiting_report=awaiting_report)
+        )

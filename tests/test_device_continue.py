@@ -1,0 +1,93 @@
+"""A device workflow continues as new without dropping a cancel that came meanwhile.
+
+The server suggests continue-as-new only once a history is long (weeks offline or silent), so
+the test makes it suggest always for the device workflow, and sends the cancel while the
+`check_task` local activity runs longer than a workflow task (a slow database): the worker
+heartbeats the task, the cancel is delivered, and then the check returns to a run that was about
+to continue as new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+from temporalio import activity, workflow
+
+from activities.tasks import TaskActivities
+from ota.contracts import (
+    DEVICE_WORKFLOW,
+    SIGNAL_CANCEL,
+    CancelRequest,
+    DeviceUpgradeInput,
+    TaskCheck,
+    device_workflow_id,
+)
+from ota.db.models import Task
+from tests.test_workflow_support import (
+    eventually,
+    make_context,
+    make_fleet,
+    make_task,
+    running_worker,
+    tasks_of,
+)
+
+TASK_TIMEOUT = timedelta(seconds=2)  # the worker heartbeats a workflow task at 80% of it
+
+
+@pytest.fixture
+def ctx(time_skipping_env, mqtt_url, tmp_path):
+    return make_context(tmp_path, mqtt_url, time_skipping_env.client)
+
+
+@pytest.fixture(autouse=True)
+def always_suggested(monkeypatch):
+    """Only the device workflow: a batch told to continue at every turn would never rest."""
+    suggested = workflow.Info.is_continue_as_new_suggested
+
+    def patched(info: workflow.Info) -> bool:
+        return info.workflow_type == DEVICE_WORKFLOW or suggested(info)
+
+    monkeypatch.setattr(workflow.Info, "is_continue_as_new_suggested", patched)
+
+
+async def test_a_cancel_while_check_task_runs_is_not_lost(time_skipping_env, ctx, monkeypatch):
+    env = time_skipping_env
+    loop = asyncio.get_running_loop()
+    pk, (dn,) = make_fleet(ctx.engine, 1)
+    batch_id = make_task(ctx.engine, pk, dn, state="to_be_pushed")
+    with Session(ctx.engine) as session:
+        task_id = session.exec(select(Task.id).where(Task.batch_id == batch_id)).one()
+    handle = env.client.get_workflow_handle(device_workflow_id(pk, dn))
+    cancels: list[float] = []
+    check_task = TaskActivities.check_task
+
+    @activity.defn(name="check_task")
+    def slow_check(self: TaskActivities, task_id: int) -> TaskCheck:
+        if not cancels:  # the first check only: the cancel comes once
+            cancel = handle.signal(SIGNAL_CANCEL, CancelRequest(scope="all", batch_id=batch_id))
+            asyncio.run_coroutine_threadsafe(cancel, loop).result()
+            cancels.append(time.monotonic())
+            time.sleep(TASK_TIMEOUT.total_seconds() * 1.5)
+        return check_task(self, task_id)
+
+    monkeypatch.setattr(TaskActivities, "check_task", slow_check)
+    async with running_worker(env.client, ctx):
+        with env.with_time_skipping_disabled():
+            await env.client.start_workflow(
+                DEVICE_WORKFLOW,
+                DeviceUpgradeInput(batch_id, task_id, pk, dn, timeout_minutes=1),
+                id=handle.id,
+                task_queue=ctx.settings.task_queue,
+                task_timeout=TASK_TIMEOUT,
+            )
+        await eventually(lambda: tasks_of(ctx.engine, batch_id)[dn].state == "pushed")
+        await env.fast_forward(handle, timedelta(minutes=2))  # the timer fires: check_task
+        await eventually(lambda: cancels)
+        await eventually(lambda: tasks_of(ctx.engine, batch_id)[dn].state == "canceled", 15)
+        result = await handle.result()
+    assert (result["state"], result["reason"]) == ("canceled", "canceled")
