@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     bridge_session_expiry_seconds: int = Field(default=24 * 3600, ge=10)
     # After the broker lost the bridge's session, tasks in flight are pushed again at this pace
     # (ota/bridge/reconcile.py): a fleet's worth spread over seconds, not one burst.
-    bridge_reconcile_per_second: float = Field(default=50.0, gt=0)
+    bridge_reconcile_per_second: float = Field(default=50.0, ge=0)  # 0: never reconcile
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -57,6 +57,9 @@ def bridge_settings(tmp_path: Path, mqtt_url: str, **kw: object) -> Settings:
         "url_secret": "test-secret",
         "public_url": "http://127.0.0.1:9",
         "broker_auth": "none",  # the machine's anonymous Mosquitto, unless kw says otherwise
+        # A new bridge session would push every seeded in-flight task again: tests that set up
+        # their own pushes turn that on only where it is the subject (test_bridge_reconcile.py).
+        "bridge_reconcile_per_second": 0,
     }
     return Settings(**(values | kw))
 

@@ -67,7 +67,7 @@ async def test_a_version_reported_while_the_broker_restarted_is_asked_again(
     the device's answer (its version) makes the task updated."""
     fleet = seed_fleet(sqlite_engine, 1, task_state="in_upgrade")
     pk, dn = fleet.product_key, fleet.names[0]
-    settings = bridge_settings(tmp_path, broker.url)
+    settings = bridge_settings(tmp_path, broker.url, bridge_reconcile_per_second=50)
     bridge = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk])
     device = Device(pk, dn, mqtt_url=broker.url, versions="2.0.0", session_expiry=60)
     real = bridge.endpoint
@@ -103,7 +103,7 @@ async def test_a_reconnect_that_kept_its_session_does_not_reconcile(
     """Session present = 1: the broker queued the reports for the bridge, nothing was lost."""
     fleet = seed_fleet(sqlite_engine, 1, task_state="in_upgrade")
     pk, dn = fleet.product_key, fleet.names[0]
-    settings = bridge_settings(tmp_path, mqtt_url)
+    settings = bridge_settings(tmp_path, mqtt_url, bridge_reconcile_per_second=50)
     first = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk])
     async with publisher(mqtt_url) as watcher:
         await watcher.subscribe(protocol.upgrade_topic(pk, dn), qos=1)

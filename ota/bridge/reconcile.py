@@ -98,6 +98,8 @@ class Reconciler:
 
     def connected(self, client: aiomqtt.Client, inbox: Inbox, session: SessionFlag) -> None:
         """Call once subscribed: the devices' answers to the pushes must reach the bridge."""
+        if self.settings.bridge_reconcile_per_second == 0:  # switched off
+            return
         if session.present is False:
             self.owed = True
         if self.owed:
