@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ota.domain import DEFAULT_MODULE
 from ota.errors import InvalidInput
+from ota.identity.registry import OFF, SYNCED
 from ota.services import devices
 from starter import identity
 from starter.common import console, context, handle_errors, print_json
@@ -103,7 +104,7 @@ def list_(
 
 
 def _say_broker(state: str | None) -> None:
-    if state and state not in ("synced", "off"):
+    if state and state not in (SYNCED, OFF):
         console.print(f"[yellow]broker: {state}[/yellow]")
 
 

@@ -22,17 +22,20 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 def credentials(product: ProductArg, name: NameArg, json: JsonOpt = False) -> None:
     """The device's MQTT connection parameters (host, port, client id, username, password)."""
     ctx = context()
-    found = device_identity.credentials(ctx.engine, ctx.settings, product, name)
+    _show(device_identity.credentials(ctx.engine, ctx.settings, product, name), json)
+
+
+CREDENTIALS = (
+    "product_key", "device_name", "device_secret", "host", "port", "tls",
+    "client_id", "username", "password",
+)  # fmt: skip
+
+
+def _show(found: dict, json: bool) -> None:
     if json:
         print_json(found)
         return
-    _print_credentials(found)
-
-
-def _print_credentials(found: dict) -> None:
-    for key in ("product_key", "device_name", "device_secret", "host", "port", "tls"):
-        console.print(f"{key:14} {found[key]}", highlight=False, markup=False)
-    for key in ("client_id", "username", "password"):
+    for key in CREDENTIALS:
         console.print(f"{key:14} {found[key]}", highlight=False, markup=False)
     if not found["enabled"]:
         console.print("[yellow]disabled: the broker refuses this device[/yellow]")
@@ -66,11 +69,7 @@ def delete(product: ProductArg, name: NameArg) -> None:
 def rotate_secret(product: ProductArg, name: NameArg, json: JsonOpt = False) -> None:
     """A new DeviceSecret; the old one stops working at once. Prints the new parameters."""
     ctx = context()
-    found = device_identity.rotate_secret(ctx.engine, ctx.settings, product, name)
-    if json:
-        print_json(found)
-        return
-    _print_credentials(found)
+    _show(device_identity.rotate_secret(ctx.engine, ctx.settings, product, name), json)
 
 
 @broker_app.command("sync")

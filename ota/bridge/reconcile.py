@@ -43,7 +43,7 @@ from ota.bridge.inbox import Inbox
 from ota.bridge.records import BATCHES, FIRMWARE, PROGRESSING, TASKS
 from ota.db.models import Firmware
 from ota.push import upgrade_data
-from ota.services.security import Signer
+from ota.services.security import UNSIGNABLE, Signer
 from ota.settings import Settings
 from ota.storage import FirmwareStore
 
@@ -142,9 +142,11 @@ class Reconciler:
                 await asyncio.sleep(delay)
             key = (t.product_key, t.firmware.id)
             if key not in signed:
-                signed[key] = await asyncio.to_thread(self._digestsign, t)
+                signed[key] = await asyncio.to_thread(
+                    self.signer.digestsign_or_unsignable, t.product_key, t.firmware
+                )
             digestsign = signed[key]
-            if digestsign == "":
+            if digestsign == UNSIGNABLE:
                 self.stats["reconcile_unsigned"] += 1
                 continue
             data = upgrade_data(
@@ -162,14 +164,6 @@ class Reconciler:
                     protocol.upgrade_topic(t.product_key, t.device_name), payload, qos=1
                 )
             self.stats["reconcile_pushes"] += 1
-
-    def _digestsign(self, t: InFlight) -> str | None:
-        """As the worker's push signs (secure update); "" when it cannot: skip that push."""
-        try:
-            return self.signer.digestsign(t.product_key, t.firmware)
-        except Exception:
-            log.exception("cannot sign firmware %s for %s", t.firmware.id, t.product_key)
-            return ""
 
 
 def in_flight(engine: Engine, products: Sequence[str] = ()) -> list[InFlight]:

@@ -22,7 +22,7 @@ from ota.bridge.records import FlushResult, Reply, apply_reports
 from ota.bridge.signals import Connect, SignalClient, Signaller
 from ota.identity.accounts import ServiceRole, service_endpoint
 from ota.push import upgrade_data
-from ota.services.security import Signer
+from ota.services.security import UNSIGNABLE, Signer
 from ota.settings import Settings
 from ota.storage import FirmwareStore
 
@@ -32,7 +32,6 @@ MAX_PACKET_BYTES = 64 * 1024  # the largest device message the bridge accepts
 MAX_BATCH = 1000  # messages per transaction; also the Receive Maximum the broker should honour
 INBOX_LIMIT_BATCHES = 2  # stop reading from the broker while this many batches wait (inbox.py)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-UNSIGNABLE = ""  # a reply that secure update requires signed but could not be
 
 
 class Bridge:
@@ -226,11 +225,5 @@ class Bridge:
             key = (r.product_key, r.firmware_id)
             if r.firmware is None or key in signed:
                 continue
-            try:
-                signed[key] = self.signer.digestsign(r.product_key, r.firmware)
-            except Exception:
-                # Unsigned, a secure device would fail the update (-3): better no reply, the
-                # device asks again and the worker's push retries until the key is usable.
-                log.exception("cannot sign firmware %s for %s", r.firmware_id, r.product_key)
-                signed[key] = UNSIGNABLE
+            signed[key] = self.signer.digestsign_or_unsignable(r.product_key, r.firmware)
         return signed

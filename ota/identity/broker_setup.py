@@ -93,10 +93,6 @@ def security_lines(dynsec_file: Path, plugin: str | None = None) -> str:
     )
 
 
-def tls_lines(port: int, host: str, cafile: Path, certfile: Path, keyfile: Path) -> str:
-    return f"listener {port} {host}\ncafile {cafile}\ncertfile {certfile}\nkeyfile {keyfile}\n"
-
-
 def admin_password_sha256(settings: Settings) -> str:
     """ota_auth's `plugin_opt_admin_password_sha256`: SALTHEX:hex(SHA-256(salt || password))."""
     salt = secrets.token_bytes(16)

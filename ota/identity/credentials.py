@@ -72,6 +72,12 @@ def username_of(product_key: str, device_name: str) -> str:
     return f"{device_name}&{product_key}"
 
 
+def device_of_username(username: str) -> tuple[str, str]:
+    """(product key, device name) of a device's username: neither may contain `&`."""
+    name, _, product_key = username.partition("&")
+    return product_key, name
+
+
 def client_id_of(product_key: str, device_name: str) -> str:
     cid = f"{product_key}.{device_name}"
     return f"{cid}|securemode={SECURE_MODE},signmethod={SIGN_METHOD},timestamp={TIMESTAMP}|"

@@ -40,6 +40,21 @@ def _create_role(a: Account) -> Command:
     return {"command": "createRole", "rolename": a.role, "acls": [x.to_dynsec() for x in a.acls]}
 
 
+def _client_command(name: str, a: Account, **extra: object) -> Command:
+    """createClient or modifyClient: the user's password, tag, role and bound client id."""
+    command: Command = {
+        "command": name,
+        "username": a.username,
+        "password": a.password,
+        **extra,
+        "textdescription": a.tag,
+        "roles": [{"rolename": a.role}],
+    }
+    if a.client_id:
+        command["clientid"] = a.client_id
+    return command
+
+
 class DynsecUsers(BrokerUsers):
     def __init__(self, endpoint: MqttEndpoint, timeout: float = 30.0) -> None:
         super().__init__(Dynsec(endpoint, timeout))
@@ -69,17 +84,7 @@ class DynsecUsers(BrokerUsers):
             user = existing.get(a.username)
             if user is None:
                 commands.append(_create_role(a))
-                create = {
-                    "command": "createClient",
-                    "username": a.username,
-                    "password": a.password,
-                    "textname": a.textname,
-                    "textdescription": a.tag,
-                    "roles": [{"rolename": a.role}],
-                }
-                if a.client_id:
-                    create["clientid"] = a.client_id
-                commands.append(create)
+                commands.append(_client_command("createClient", a, textname=a.textname))
                 report.created += 1
                 if not a.enabled:
                     commands.append({"command": "disableClient", "username": a.username})
@@ -93,16 +98,7 @@ class DynsecUsers(BrokerUsers):
             ):
                 # The role itself may be missing too (a half-done earlier sync): make sure of it.
                 commands.append(_create_role(a))
-                modify = {
-                    "command": "modifyClient",
-                    "username": a.username,
-                    "password": a.password,
-                    "textdescription": a.tag,
-                    "roles": [{"rolename": a.role}],
-                }
-                if a.client_id:
-                    modify["clientid"] = a.client_id
-                commands.append(modify)
+                commands.append(_client_command("modifyClient", a))
                 report.updated += 1
             elif not a.client_id:  # services: their ACLs may have grown with a release
                 commands += [

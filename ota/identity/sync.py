@@ -34,7 +34,13 @@ from ota.identity.accounts import (
     service_endpoint,
 )
 from ota.identity.control import BrokerUsers, Command
-from ota.identity.credentials import decrypt_secret, encrypt_secret, new_device_secret, username_of
+from ota.identity.credentials import (
+    decrypt_secret,
+    device_of_username,
+    encrypt_secret,
+    new_device_secret,
+    username_of,
+)
 from ota.identity.dynsec import DynsecUsers
 from ota.identity.ota_auth import OtaAuthUsers
 from ota.mqtt import redact
@@ -188,7 +194,7 @@ async def _sync(
         if full:
             wanted = {a.username for a in accounts}
             gone |= {
-                u: _device_of(u)
+                u: device_of_username(u)
                 for u, user in existing.items()
                 if broker.is_device(user) and u not in wanted
             }
@@ -197,11 +203,6 @@ async def _sync(
         report.deleted = len(gone)
         broker.check(await broker.run(commands))
     return report
-
-
-def _device_of(username: str) -> DeviceKey:
-    name, _, product_key = username.partition("&")
-    return product_key, name
 
 
 async def _refuses_anonymous(settings: Settings) -> bool:

@@ -25,6 +25,7 @@ from ota.identity.credentials import (
     encrypt_secret,
     new_device_secret,
 )
+from ota.identity.registry import OFF, SYNCED
 from ota.identity.sync import SyncReport, sync_broker
 from ota.mqtt import MqttEndpoint
 from ota.services.products import validate_product_key
@@ -167,6 +168,6 @@ def _publish(
             "work until `ota broker sync` succeeds"
         ) from exc
     return {
-        "broker": "off" if settings.broker_auth == "none" else "synced",
+        "broker": OFF if settings.broker_auth == "none" else SYNCED,
         "changed": report.changed,
     }

@@ -168,6 +168,9 @@ class _ProductKeys:
     read_at: float
 
 
+UNSIGNABLE = ""  # secure update requires a signature that cannot be made now
+
+
 class Signer:
     """digestsign for pushes and firmware/get replies, cached per (firmware, sign, key): a
     100,000-device batch signs once per firmware, and reads its product every few seconds."""
@@ -214,6 +217,17 @@ class Signer:
                 self._signatures[cache_key] = found
                 self.signed += 1
         return found
+
+    def digestsign_or_unsignable(self, product_key: str, firmware: Firmware) -> str | None:
+        """As `digestsign`, for the bridge's messages, which no activity retries: a key that
+        cannot be used is logged and answered UNSIGNABLE, and the caller sends nothing (unsigned,
+        a secure device would fail the update with -3; the device asks again, the worker's push
+        retries until the key is usable)."""
+        try:
+            return self.digestsign(product_key, firmware)
+        except Exception:
+            log.exception("cannot sign firmware %s for %s", firmware.id, product_key)
+            return UNSIGNABLE
 
     def _product(self, product_key: str) -> _ProductKeys:
         now = time.monotonic()
