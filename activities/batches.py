@@ -20,6 +20,7 @@ from activities.targets import (
     new_dynamic_targets,
     select_targets,
 )
+from activities.turns import give_turns
 from ota.contracts import (
     SIGNAL_CANCEL,
     BatchInput,
@@ -97,8 +98,16 @@ class BatchActivities:
         A device whose workflow still runs under its legacy id (started before ids became
         device/{pk}/{dn}) is busy, but the server cannot tell when its child starts: its task
         fails `busy` here instead. A page of nothing but such tasks is followed by the next one
-        (an empty page would tell the pacer there is nothing left)."""
+        (an empty page would tell the pacer there is nothing left).
+
+        `turns`: a paced batch's reconnected devices push first, out of the same `limit`
+        (activities/turns.py)."""
+        given, waiting = 0, False
+        if req.turns:  # reconnected devices first: they have waited longest
+            given, waiting = await give_turns(self.engine, self.client, req.batch_id, req.turns)
+            req = replace(req, limit=max(0, req.limit - given))
         claim, maybe = await asyncio.to_thread(self._claim, req)
+        claim.turns_given, claim.turns_waiting = given, waiting
         while maybe and (busy := await running_under_legacy_id(self.client, maybe)):
             claim.busy += len(busy)
             kept = [t for t in claim.tasks if t.task_id not in busy]
@@ -111,6 +120,7 @@ class BatchActivities:
             )
             more, maybe = await asyncio.to_thread(self._claim, nxt)
             more.added, more.busy = claim.added, claim.busy
+            more.turns_given, more.turns_waiting = given, waiting
             claim = more
         return claim
 
@@ -131,7 +141,9 @@ class BatchActivities:
             ids = [task_id for task_id, _ in rows]
             if ids:
                 session.exec(  # type: ignore[call-overload]
-                    update(Task).where(col(Task.id).in_(ids)).values(started=True)
+                    # Reason cleared: a started task still `rate_limited` is a reconnected
+                    # device waiting for its turn (activities/turns.py), not this one.
+                    update(Task).where(col(Task.id).in_(ids)).values(started=True, reason=None)
                 )
             counts = batch_counts(session, req.batch_id) if req.want_counts else None
             claim = ClaimResult(

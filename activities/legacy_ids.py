@@ -70,7 +70,7 @@ async def running_under_legacy_id(client: Client, tasks: Sequence[Suspect]) -> l
 
 
 async def signal_device(
-    client: Client, product_key: str, device_name: str, signal: str, arg: object
+    client: Client, product_key: str, device_name: str, signal: str, *args: object
 ) -> bool:
     """Signal the device's workflow under its id, else under its legacy id; False if neither
     is running."""
@@ -79,7 +79,7 @@ async def signal_device(
         legacy_device_workflow_id(product_key, device_name),
     ):
         try:
-            await client.get_workflow_handle(workflow_id).signal(signal, arg)
+            await client.get_workflow_handle(workflow_id).signal(signal, *args)
             return True
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:

@@ -20,7 +20,9 @@ DEVICE_WORKFLOW = "DeviceUpgradeWorkflow"
 
 SIGNAL_CANCEL = "cancel"
 SIGNAL_REPORT = "report"  # bridge -> device workflow: the device finished, or failed an attempt
-SIGNAL_ONLINE = "online"  # bridge -> device workflow: the device it waits for came online
+SIGNAL_ONLINE = "online"  # bridge or pacer -> device workflow: the device it waits for is online
+# bridge -> batch workflow: devices of this paced batch came online and wait for their turn
+SIGNAL_DEVICES_ONLINE = "devices_online"
 QUERY_PROGRESS = "progress"
 
 BATCH_ID = SearchAttributeKey.for_keyword("OtaBatchId")
@@ -92,13 +94,15 @@ class PacerCarry:
     target_version: str = ""
     total: int = 0
     skipped: int = 0
-    # Starts in the last minute, for the sliding-window rate limit across runs.
+    # Starts (and turns) in the last minute, for the sliding-window rate limit across runs.
     recent: list[StartMark] = field(default_factory=list)
+    turns: int = 0  # reconnected devices let push by the pacer, over all runs
 
 
 @dataclass
 class StartMark:
-    """`count` device workflows started at `at` (epoch seconds, workflow time)."""
+    """`count` pushes let go at `at` (epoch seconds, workflow time): device workflows started,
+    or reconnected devices given their turn."""
 
     at: float
     count: int
@@ -195,6 +199,9 @@ class ClaimRequest:
     sync_dynamic: bool = False  # dynamic batches: first add devices that match now
     want_counts: bool = False
     busy_task_ids: list[int] = field(default_factory=list)  # mark these failed/busy first
+    # Paced batches: first let up to this many reconnected devices push (their `online` signal
+    # comes from the claim), then start new tasks with what is left of `limit`.
+    turns: int = 0
 
 
 @dataclass
@@ -203,6 +210,8 @@ class ClaimResult:
     counts: dict[str, int] | None = None
     added: int = 0  # tasks a dynamic sync created
     busy: int = 0  # tasks failed busy by the claim itself (a device under its legacy id)
+    turns_given: int = 0  # reconnected devices signalled to push now
+    turns_waiting: bool = False  # more reconnected devices wait for their turn
 
 
 @dataclass

@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
         PRODUCT_KEY,
         QUERY_PROGRESS,
         SIGNAL_CANCEL,
+        SIGNAL_DEVICES_ONLINE,
         STATE,
         BatchInput,
         BatchProgress,
@@ -57,10 +58,14 @@ class BatchWorkflow:
        never more than the rate in any minute; continue as new every N starts;
     4. dynamic batches: keep adding devices that match later, until the policy is canceled;
     5. watch the counts until no task is active, then complete.
+    Paced batches: a device that was offline at its push and came back waits for its turn, which
+    the claim gives out of the same budget as new starts (activities/turns.py); the bridge's
+    `devices_online` signal says some wait.
     Per-device outcomes live in the device workflows and the database; this keeps counters."""
 
     def __init__(self) -> None:
         self._cancels: list[CancelRequest] = []
+        self._turns_pending = False  # reconnected devices may wait for their turn
         self._inp: BatchInput | None = None
         self._carry = PacerCarry()
         self._state = BatchState.IN_PROGRESS.value
@@ -69,6 +74,10 @@ class BatchWorkflow:
     @workflow.signal(name=SIGNAL_CANCEL)
     def cancel(self, req: CancelRequest) -> None:
         self._cancels.append(req)
+
+    @workflow.signal(name=SIGNAL_DEVICES_ONLINE)
+    def devices_online(self) -> None:
+        self._turns_pending = True
 
     @workflow.query(name=QUERY_PROGRESS)
     def progress(self) -> BatchProgress:
@@ -141,23 +150,18 @@ class BatchWorkflow:
             if (done := await self._handle_cancels(inp)) is not None:
                 return done
             now = workflow.now().timestamp()
-            due = next_start(
-                now,
-                inp.rate_per_minute,
-                size,
-                c.started,
-                datetime.fromisoformat(c.paced_since or workflow.now().isoformat()).timestamp(),
-                c.recent,
-            )
+            due = self._next_push(inp, size)
             if due > now and await self._nap(timedelta(seconds=due - now)):
                 continue  # a cancel came: handle it before claiming anything
             now = workflow.now().timestamp()
             sync = dynamic and not c.policy_canceled and now - synced_at >= inp.dynamic_poll_seconds
+            counts = now - counted_at >= inp.poll_seconds
             claim = await self._claim(
                 inp,
                 limit=min(size, per_run - started_here),
                 sync=sync,
-                counts=now - counted_at >= inp.poll_seconds,
+                counts=counts,
+                turns=self._turns(inp, size, counts),
             )
             synced_at = now if sync else synced_at
             counted_at = now if claim.counts is not None else counted_at
@@ -177,7 +181,10 @@ class BatchWorkflow:
         sync: bool = False,
         counts: bool = False,
         busy: Sequence[int] = (),
+        turns: int = 0,
     ) -> ClaimResult:
+        if turns:
+            self._turns_pending = False  # the claim tells whether more wait
         claim: ClaimResult = await self._local(
             "claim_tasks",
             ClaimRequest(
@@ -187,14 +194,40 @@ class BatchWorkflow:
                 sync_dynamic=sync,
                 want_counts=counts,
                 busy_task_ids=list(busy),
+                turns=turns,
             ),
             ClaimResult,
         )
-        self._carry.total += claim.added
-        self._carry.busy += claim.busy
+        c = self._carry
+        c.total += claim.added
+        c.busy += claim.busy
         if claim.counts is not None:
             self._counts = claim.counts
+        if claim.turns_given:
+            issued = workflow.now().timestamp()
+            c.recent = [*recent_marks(c.recent, issued), StartMark(issued, claim.turns_given)]
+            c.turns += claim.turns_given
+        self._turns_pending = self._turns_pending or claim.turns_waiting
         return claim
+
+    def _turns(self, inp: BatchInput, size: int, counting: bool) -> int:
+        """How many reconnected devices this claim may let push: a paced batch asks when the
+        bridge said some wait, and with every count (a nudge lost with a bridge crash)."""
+        if not inp.rate_per_minute or not (self._turns_pending or counting):
+            return 0
+        return size
+
+    def _next_push(self, inp: BatchInput, size: int) -> float:
+        """When `size` more pushes (starts or turns) keep the batch's rate."""
+        c = self._carry
+        return next_start(
+            workflow.now().timestamp(),
+            inp.rate_per_minute,
+            size,
+            c.started + c.turns,
+            datetime.fromisoformat(c.paced_since or workflow.now().isoformat()).timestamp(),
+            c.recent,
+        )
 
     async def _start(self, inp: BatchInput, tasks: list[TaskRef]) -> int:
         """Start one device workflow per task in one workflow task, and wait for the starts only.
@@ -240,13 +273,20 @@ class BatchWorkflow:
         )
 
     async def _watch(self, inp: BatchInput) -> BatchProgress:
-        """Every device workflow is started: re-count until no task is active."""
+        """Every device workflow is started: re-count until no task is active, and give
+        reconnected devices their turns as the rate allows."""
         interval = timedelta(seconds=inp.poll_seconds)
+        size = burst_size(inp.rate_per_minute, inp.start_burst)
         while True:
             if (done := await self._handle_cancels(inp)) is not None:
                 return done
+            if self._turns_pending and inp.rate_per_minute:
+                due = self._next_push(inp, size) - workflow.now().timestamp()
+                if due > 0:
+                    await self._nap(timedelta(seconds=due))
+                    continue  # cancels first, then the turns
             before = dict(self._counts)
-            await self._claim(inp, limit=0, counts=True)
+            await self._claim(inp, limit=0, counts=True, turns=self._turns(inp, size, True))
             if not any(self._counts.get(s, 0) for s in ACTIVE_TASK_STATES):
                 await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "completed"))
                 # A dynamic batch whose policy was canceled stays canceled once drained.
@@ -254,9 +294,13 @@ class BatchWorkflow:
                 self._set_state(final)
                 return self.progress()
             self._details("waiting for the devices to finish")
-            same = self._counts == before
-            interval = min(interval * 2, MAX_POLL) if same else timedelta(seconds=inp.poll_seconds)
-            await self._nap(interval)
+            # More reconnected devices wait: no nap here, the loop's top waits for their burst.
+            if not (self._turns_pending and inp.rate_per_minute):
+                same = self._counts == before
+                interval = (
+                    min(interval * 2, MAX_POLL) if same else timedelta(seconds=inp.poll_seconds)
+                )
+                await self._nap(interval, wake_on_turns=True)
             if workflow.info().is_continue_as_new_suggested():
                 self._continue_as_new(inp)
 
@@ -289,11 +333,16 @@ class BatchWorkflow:
         await self._claim(inp, limit=0, counts=True)
         return self.progress()
 
-    async def _nap(self, duration: timedelta) -> bool:
-        """Sleep, waking early for a cancel; True if one came."""
+    async def _nap(self, duration: timedelta, wake_on_turns: bool = False) -> bool:
+        """Sleep, waking early for a cancel (or devices waiting for their turn); True if a
+        cancel came."""
+
+        def woken() -> bool:
+            return bool(self._cancels) or (wake_on_turns and self._turns_pending)
+
         if duration > timedelta(0):
             with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(lambda: bool(self._cancels), timeout=duration)
+                await workflow.wait_condition(woken, timeout=duration)
         return bool(self._cancels)
 
     def _continue_as_new(self, inp: BatchInput) -> None:

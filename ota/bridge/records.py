@@ -15,9 +15,11 @@ from sqlmodel import SQLModel
 
 from ota import protocol
 from ota.contracts import (
+    SIGNAL_DEVICES_ONLINE,
     SIGNAL_ONLINE,
     SIGNAL_REPORT,
     DeviceReport,
+    batch_workflow_id,
     device_workflow_id,
     legacy_device_workflow_id,
 )
@@ -93,6 +95,7 @@ class _TaskView:
     started: bool
     first_progress_at: Any
     firmware_id: int
+    rate_per_minute: int | None  # the batch's: a paced batch gives reconnected devices turns
 
 
 def device_signal(task: _TaskView, name: str, arg: DeviceReport | None = None) -> Signal:
@@ -150,13 +153,38 @@ def _apply(conn: Connection, messages: Sequence[protocol.Message], now: datetime
     moves.write(conn, now)
     result.signals += moves.signals()
 
+    waiting: list[_TaskView] = []
     for device_id in came_online:
         for t in tasks.get(device_id, []):
             # Only a task whose device workflow waits for the device: pushed before, or started.
-            if t.state == TaskState.TO_BE_PUSHED and (t.reason == TaskReason.OFFLINE or t.started):
+            if t.state != TaskState.TO_BE_PUSHED or not (
+                t.reason == TaskReason.OFFLINE or t.started
+            ):
+                continue
+            if t.rate_per_minute and t.reason in (TaskReason.OFFLINE, TaskReason.RATE_LIMITED):
+                waiting.append(t)  # the batch's pacer lets it push, within the rate
+            else:
                 result.signals.append(device_signal(t, SIGNAL_ONLINE))
+    result.signals += _wait_for_turn(conn, waiting, now)
     _attach_firmware(conn, result.replies)
     return result
+
+
+def _wait_for_turn(conn: Connection, tasks: list[_TaskView], now: datetime) -> list[Signal]:
+    """Reconnected devices of paced batches: marked to wait for their turn (activities/turns.py),
+    and one `devices_online` per batch so its pacer looks. After a broker outage the whole fleet
+    reconnects within seconds; pushed at once, every device would download at once."""
+    offline = sorted(t.id for t in tasks if t.reason == TaskReason.OFFLINE)
+    for part in _chunks(offline):
+        conn.execute(
+            update(TASKS)
+            .where(TASKS.c.id.in_(part), TASKS.c.reason == TaskReason.OFFLINE)
+            .values(reason=TaskReason.RATE_LIMITED, updated_at=now)
+        )
+    return [
+        Signal(batch_workflow_id(batch_id), SIGNAL_DEVICES_ONLINE)
+        for batch_id in sorted({t.batch_id for t in tasks})
+    ]
 
 
 class _Moves:
@@ -299,6 +327,7 @@ def _load_tasks(conn: Connection, device_ids: list[int]) -> dict[int, list[_Task
                 TASKS.c.started,
                 TASKS.c.first_progress_at,
                 BATCHES.c.firmware_id,
+                BATCHES.c.rate_per_minute,
             )
             .join(BATCHES, BATCHES.c.id == TASKS.c.batch_id)
             .where(TASKS.c.device_id.in_(part), TASKS.c.state.in_(ACTIVE_TASK_STATES))
