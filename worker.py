@@ -68,6 +68,7 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
         workflows=WORKFLOWS,
         activities=[
             push.push,
+            push.recheck,
             tasks.check_task,
             tasks.finish_task,
             batches.prepare_batch,

@@ -88,8 +88,23 @@ class PushActivities:
         # within milliseconds, and the bridge judges that report against the task's state.
         # A crash in between re-runs this local activity, so the publish still happens.
         result, firmware_id, from_version = await asyncio.to_thread(self._record_push, req)
-        if firmware_id is None:  # not pushed: final, or the device is offline
-            return result
+        if firmware_id is not None:  # else not pushed: final, or the device is offline
+            await self._publish(req, firmware_id, from_version)
+        return result
+
+    @activity.defn
+    async def recheck(self, req: PushRequest) -> PushResult:
+        """Before a timeout fails a device: the same push once more, recorded nowhere (no
+        attempt is counted, the timeout does not start again). A device that finished but whose
+        report was lost (a broker restart, a dropped QoS 0 message) answers a push of the
+        version it runs by reporting it again; one still working ignores it. Offline: nothing to
+        ask, and no report can come."""
+        result, firmware_id, from_version = await asyncio.to_thread(self._recheck_target, req)
+        if firmware_id is not None:
+            await self._publish(req, firmware_id, from_version)
+        return result
+
+    async def _publish(self, req: PushRequest, firmware_id: int, from_version: str | None) -> None:
         firmware = self._firmware_rows.get(firmware_id) or await asyncio.to_thread(
             self._load_firmware, firmware_id
         )
@@ -103,7 +118,6 @@ class PushActivities:
         )
         topic = upgrade_topic(req.product_key, req.device_name)
         await self.mqtt.publish(topic, encode_upgrade(data, next(self._msg_ids)))
-        return result
 
     def digestsign(self, product_key: str, firmware: Firmware) -> str | None:
         """Secure update (AliOS Things) signs each push here, for products that enable it.
@@ -150,6 +164,23 @@ class PushActivities:
                 firmware_id = self._firmware_id(conn, req, pushed.batch_id)
                 return PushResult("pushed", pushed.state, None), firmware_id, pushed.from_version
             return self._not_pushed(conn, req, now), None, None
+
+    def _recheck_target(self, req: PushRequest) -> tuple[PushResult, int | None, str | None]:
+        """(what the re-check finds, the firmware to push again, the task's source version)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Task.state, Task.reason, Task.batch_id, Task.from_version, Device.online)
+                .join(Device, col(Device.id) == col(Task.device_id))
+                .where(col(Task.id) == req.task_id)
+            ).first()
+            if row is None:
+                raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
+            if row.state in FINAL_TASK_STATES:
+                return PushResult("final", row.state, row.reason), None, None
+            if not row.online:
+                return PushResult("offline", row.state, TaskReason.OFFLINE), None, None
+            firmware_id = self._firmware_id(conn, req, row.batch_id)
+            return PushResult("pushed", row.state, None), firmware_id, row.from_version
 
     @staticmethod
     def _not_pushed(conn: Connection, req: PushRequest, now: datetime) -> PushResult:

@@ -19,7 +19,7 @@ from sqlmodel import col
 
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.engine import session_scope
-from ota.db.models import Task
+from ota.db.models import Device, Task
 from ota.services.batches import cancel_batch, create_batch, list_tasks
 from tests.test_workflow_support import (
     FakeBridge,
@@ -46,6 +46,15 @@ async def start(env, ctx, **batch):
     with env.with_time_skipping_disabled():
         b = await create_batch(ctx, BatchInput("", src_versions=["1.0.0"], **batch))
     return b, env.client.get_workflow_handle(batch_workflow_id(b["id"]))
+
+
+def set_online(ctx, pk: str, name: str, online: bool) -> None:
+    with session_scope(ctx.engine) as session:
+        session.exec(
+            update(Device)
+            .where(col(Device.product_key) == pk, col(Device.name) == name)
+            .values(online=online)
+        )
 
 
 def first_progress(ctx, batch_id, name, at):
@@ -141,4 +150,45 @@ async def test_timeout_counts_from_first_progress_and_never_retries(
         assert await env.fast_forward(device, timedelta(minutes=10)) is False  # it ended
         result = await device.result()
     assert (result["state"], result["reason"], result["attempts"]) == ("failed", "timeout", 1)
-    assert len(pushes) == 1  # a timeout is never retried
+    # A timeout is never retried: the second push is the last look before failing (no attempt).
+    assert len(pushes) == 2
+
+
+async def test_a_device_whose_report_was_lost_is_asked_once_more_before_it_times_out(
+    time_skipping_env, ctx, mqtt_url
+):
+    """The device finished while the broker restarted and its report was dropped: at the
+    timeout it is pushed once more, reports its version again, and ends updated, not failed."""
+    env = time_skipping_env
+    pk, (dn,) = make_fleet(ctx.engine, 1)
+    fw = make_firmware(ctx.engine, pk)
+    bridge = FakeBridge(ctx.engine, env.client, pk)
+    async with upgrade_listener(mqtt_url, pk) as pushes, running_worker(env.client, ctx):
+        b, _ = await start(env, ctx, firmware_id=fw, timeout_minutes=30)
+        await eventually(lambda: states_of(ctx.engine, b["id"]).get(dn) == "pushed")
+        device = bridge.handle(dn)
+        first_progress(ctx, b["id"], dn, await env.get_current_time(device))
+        assert await env.fast_forward(device, timedelta(minutes=31))  # in its last look
+        await eventually(lambda: len(pushes) == 2)
+        assert states_of(ctx.engine, b["id"])[dn] == "in_upgrade"
+        await bridge.updated(dn)  # the device's answer to the second push
+        result = await device.result()
+    assert (result["state"], result["attempts"]) == ("updated", 1)
+    assert attempts_of(ctx.engine, b["id"], dn) == 1
+
+
+async def test_an_offline_device_times_out_without_a_last_look(time_skipping_env, ctx, mqtt_url):
+    env = time_skipping_env
+    pk, (dn,) = make_fleet(ctx.engine, 1)
+    fw = make_firmware(ctx.engine, pk)
+    bridge = FakeBridge(ctx.engine, env.client, pk)
+    async with upgrade_listener(mqtt_url, pk) as pushes, running_worker(env.client, ctx):
+        b, _ = await start(env, ctx, firmware_id=fw, timeout_minutes=30)
+        await eventually(lambda: states_of(ctx.engine, b["id"]).get(dn) == "pushed")
+        device = bridge.handle(dn)
+        first_progress(ctx, b["id"], dn, await env.get_current_time(device))
+        set_online(ctx, pk, dn, False)
+        assert await env.fast_forward(device, timedelta(minutes=31)) is False  # it ended
+        result = await device.result()
+    assert (result["state"], result["reason"]) == ("failed", "timeout")
+    assert len(pushes) == 1

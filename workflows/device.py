@@ -48,6 +48,11 @@ NO_PROGRESS_RECHECK_MAX = timedelta(hours=6)
 # A run no longer continues as new with a cancel pending (see _continue_if_suggested); a run
 # recorded before did, and replays without this marker.
 KEEP_CANCEL_PATCH = "device-continue-keeps-cancel"
+# Before a timeout fails an online device, it is asked once more and given this long to answer:
+# our SDK reports at once, LinkKit (docs: tests/test_linkkit_repush.py) takes longer.
+RECHECK_GRACE = timedelta(minutes=2)
+# Runs recorded before the re-check fail a timeout at once, and replay without this marker.
+RECHECK_PATCH = "device-recheck-before-timeout"
 
 
 class Outcome(NamedTuple):
@@ -67,7 +72,8 @@ class DeviceUpgradeWorkflow:
        first progress report the bridge recorded;
     3. a failure report is retried after the interval, up to the maximum (state unchanged);
     4. record the final state (updated is recorded by the bridge) and end.
-    A timeout or a cancel is final: neither is retried (seed)."""
+    A timeout or a cancel is final: neither is retried (seed). Before a timeout fails an online
+    device, the device is asked once more: its report may have been lost."""
 
     def __init__(self) -> None:
         self._reports: list[DeviceReport] = []
@@ -114,6 +120,8 @@ class DeviceUpgradeWorkflow:
                     continue
                 pushed = True
             outcome = await self._wait_report(inp, retries)
+            if outcome.kind == "timeout":
+                outcome = await self._last_look(inp, retries)
             if outcome.kind == "updated":
                 return self._done(TaskState.UPDATED, None, retries)
             if outcome.kind == "recorded":
@@ -131,6 +139,17 @@ class DeviceUpgradeWorkflow:
             return await self._finish(inp, TaskState.FAILED, reason, retries)
 
     @staticmethod
+    def _push_request(inp: DeviceUpgradeInput, attempt: int) -> PushRequest:
+        return PushRequest(
+            task_id=inp.task_id,
+            batch_id=inp.batch_id,
+            product_key=inp.product_key,
+            device_name=inp.device_name,
+            attempt=attempt,
+            firmware_id=inp.firmware_id,
+        )
+
+    @staticmethod
     def _may_retry(inp: DeviceUpgradeInput, retries: int) -> bool:
         return inp.retry_interval_minutes is not None and retries < inp.max_retries
 
@@ -141,14 +160,7 @@ class DeviceUpgradeWorkflow:
         self._reports.clear()
         result = await workflow.execute_local_activity(
             "push",
-            PushRequest(
-                task_id=inp.task_id,
-                batch_id=inp.batch_id,
-                product_key=inp.product_key,
-                device_name=inp.device_name,
-                attempt=attempt,
-                firmware_id=inp.firmware_id,
-            ),
+            self._push_request(inp, attempt),
             result_type=PushResult,
             start_to_close_timeout=PUSH_TIMEOUT,
             retry_policy=LOCAL_RETRY,
@@ -212,6 +224,36 @@ class DeviceUpgradeWorkflow:
                 if checks >= NO_PROGRESS_STEADY_CHECKS:
                     wait = min(wait * 2, NO_PROGRESS_RECHECK_MAX)
             self._continue_if_suggested(inp, retries, awaiting_report=True)
+
+    async def _last_look(self, inp: DeviceUpgradeInput, retries: int) -> Outcome:
+        """The timeout is reached: ask an online device once more (the push again, recorded
+        nowhere) and wait RECHECK_GRACE for its report. A device that finished while the broker
+        restarted, or whose report was dropped, is then recorded updated instead of failed; a
+        final state must not contradict what the device says a minute later."""
+        timeout = Outcome("timeout", TaskReason.TIMEOUT)
+        if not workflow.patched(RECHECK_PATCH):  # only here: the happy path has no marker
+            return timeout
+        found: PushResult = await workflow.execute_local_activity(
+            "recheck",
+            self._push_request(inp, attempt=retries + 1),
+            result_type=PushResult,
+            start_to_close_timeout=PUSH_TIMEOUT,
+            retry_policy=LOCAL_RETRY,
+        )
+        if found.outcome == "final":  # recorded by the bridge meanwhile
+            return Outcome("recorded", found.reason, found.state)
+        if found.outcome != "pushed":  # offline: nobody to ask
+            return timeout
+        self._details("timed out; asking the device once more before failing it", inp)
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(
+                lambda: bool(self._reports) or self._cancel is not None, timeout=RECHECK_GRACE
+            )
+        if self._cancel is not None:
+            return Outcome("cancel")
+        if self._reports and self._reports[0].outcome == "updated":
+            return Outcome("updated")
+        return timeout  # silent, or a failure: the attempt has timed out all the same (seed)
 
     async def _check(self, inp: DeviceUpgradeInput) -> TaskCheck:
         return await workflow.execute_local_activity(
