@@ -261,6 +261,20 @@ def parse_progress_step(step: object) -> int | None:
     return None
 
 
+def contradiction(state: str, target_version: str, device_version: str | None) -> str | None:
+    """What to say beside a final task whose device now reports otherwise: failed or canceled
+    although it runs the target (its report came too late, or the cancel came after it had
+    flashed), or updated although it runs something else (it rolled back). The task's state
+    stays as recorded (final states are final); the console and the CLI show this note."""
+    if device_version is None:
+        return None
+    if state in (TaskState.FAILED, TaskState.CANCELED) and device_version == target_version:
+        return f"the device now reports {device_version}, the target version"
+    if state == TaskState.UPDATED and device_version != target_version:
+        return f"the device now reports {device_version}, not {target_version}"
+    return None
+
+
 def judge_version_report(
     state: TaskState, from_version: str | None, target_version: str, reported: str
 ) -> str | None:

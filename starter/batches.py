@@ -155,7 +155,7 @@ def tasks(
     for t in rows:
         table.add_row(
             t["device_name"],
-            t["label"],
+            t["label"] + (f" [yellow]({t['note']})[/]" if t["note"] else ""),
             "" if t["progress"] is None else f"{t['progress']}%",
             str(t["attempts"]),
             t["from_version"] or "",

@@ -26,7 +26,7 @@ from ota.contracts import (
     verify_workflow_id,
 )
 from ota.db.engine import session_scope
-from ota.db.models import Batch, Device, Firmware, Task
+from ota.db.models import Batch, Device, DeviceModule, Firmware, Task
 from ota.domain import (
     REASON_LABELS,
     BatchKind,
@@ -36,6 +36,7 @@ from ota.domain import (
     FirmwareType,
     Target,
     TaskReason,
+    contradiction,
     parse_retry_interval,
     validate_max_retries,
     validate_percent,
@@ -356,13 +357,30 @@ def list_tasks(
         batch = session.get(Batch, batch_id)
         if batch is None:
             raise NotFound("batch", batch_id)
-        query = select(Task).where(Task.batch_id == batch_id, col(Task.id) > after_id)
+        # The device's version of the task's module as it reports it now, beside the record.
+        query = (
+            select(Task, DeviceModule.version)
+            .outerjoin(
+                DeviceModule,
+                (col(DeviceModule.device_id) == col(Task.device_id))
+                & (col(DeviceModule.module) == col(Task.module)),
+            )
+            .where(Task.batch_id == batch_id, col(Task.id) > after_id)
+        )
         if state:
             query = query.where(Task.state == state)
         if reason:
             query = query.where(Task.reason == reason)
-        tasks = session.exec(query.order_by(col(Task.id)).limit(limit))
-        return [{**t.model_dump(mode="json"), "label": task_label(t, batch)} for t in tasks]
+        rows = session.exec(query.order_by(col(Task.id)).limit(limit))
+        return [
+            {
+                **t.model_dump(mode="json"),
+                "label": task_label(t, batch),
+                "device_version": version,
+                "note": contradiction(t.state, t.target_version, version),
+            }
+            for t, version in rows
+        ]
 
 
 # --- cancel -------------------------------------------------------------------------------------
