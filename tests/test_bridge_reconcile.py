@@ -121,3 +121,34 @@ async def test_a_reconnect_that_kept_its_session_does_not_reconcile(
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5):
                 await anext(aiter(watcher.messages))
+
+
+async def test_a_bridge_away_longer_than_its_session_expiry_reconciles(
+    sqlite_engine, mqtt_url, tmp_path
+):
+    """The broker kept running but let the bridge's session expire while it was down: what
+    devices said meanwhile is gone, and the broker says so (session present = 0)."""
+    fleet = seed_fleet(sqlite_engine, 1, task_state="in_upgrade")
+    pk, dn = fleet.product_key, fleet.names[0]
+    settings = bridge_settings(tmp_path, mqtt_url, bridge_reconcile_per_second=50)
+    first = Bridge(settings, sqlite_engine, None, session_expiry=1, products=[pk])
+    async with running(first):
+        await until(lambda: first.stats["reconcile_pushes"] == 1, what=f"{first.stats}")
+    device = Device(pk, dn, mqtt_url=mqtt_url, versions="2.0.0", session_expiry=60)
+    run = asyncio.create_task(device.run())
+    try:
+        await asyncio.wait_for(device.connected.wait(), 20)  # reports 2.0.0 to nobody
+        await asyncio.sleep(2)  # the bridge's session has expired by now
+        assert tasks(sqlite_engine, fleet.batch_id)[dn].state == "in_upgrade"
+        again = Bridge(settings, sqlite_engine, None, session_expiry=1, products=[pk])
+        async with running(again):
+            await until(
+                lambda: tasks(sqlite_engine, fleet.batch_id)[dn].state == "updated",
+                timeout=30,
+                what=f"the task updated; {again.stats}",
+            )
+        assert again.stats["reconciles"] == 1 and again.stats["reconcile_pushes"] == 1
+        assert device.stats["connects"] == 1  # answered the push, not a reconnect
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
