@@ -3,68 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import signal
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ota import protocol
 from ota.bridge import Bridge
 from ota.device.sdk import Device
-from ota.devstack import mosquitto_conf
-from tests.fixtures.mqtt import start_mosquitto
 from tests.fixtures.net import free_port
 from tests.linkkit.seed import seed_fleet, tasks
 from tests.test_bridge import bridge_settings, publisher, running, until
 
 
-@dataclasses.dataclass
-class Broker:
-    """A Mosquitto of the test's own that forgets every session when killed."""
-
-    home: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = start_mosquitto(self.home, self.port)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    home = tmp_path / "broker"
-    home.mkdir()
-    port = free_port()
-    conf = mosquitto_conf(home, "127.0.0.1", port)
-    conf.write_text(conf.read_text().replace("persistence true", "persistence false"))
-    b = Broker(home, port)
-    b.start()
-    yield b
-    with contextlib.suppress(Exception):
-        b.kill()
-
-
 async def test_a_version_reported_while_the_broker_restarted_is_asked_again(
-    sqlite_engine, broker, tmp_path
+    sqlite_engine, forgetful_broker, tmp_path
 ):
     """The faults issue: the broker is SIGKILLed and restarted without sessions; a device that
     finished meanwhile reports its new version before the bridge has subscribed again, so the
     report is dropped. The bridge, told by the broker that its session is gone, pushes again and
     the device's answer (its version) makes the task updated."""
+    broker = forgetful_broker
     fleet = seed_fleet(sqlite_engine, 1, task_state="in_upgrade")
     pk, dn = fleet.product_key, fleet.names[0]
     settings = bridge_settings(tmp_path, broker.url, bridge_reconcile_per_second=50)

@@ -53,6 +53,8 @@ KEEP_CANCEL_PATCH = "device-continue-keeps-cancel"
 RECHECK_GRACE = timedelta(minutes=2)
 # Runs recorded before the re-check fail a timeout at once, and replay without this marker.
 RECHECK_PATCH = "device-recheck-before-timeout"
+# Runs recorded before ignored an `online` while waiting for the report (no push again).
+REPUSH_PATCH = "device-repush-on-reconnect"
 
 
 class Outcome(NamedTuple):
@@ -198,7 +200,12 @@ class DeviceUpgradeWorkflow:
             def woken(timer: asyncio.Future[None] = timer) -> bool:
                 return bool(self._reports) or self._cancel is not None or timer.done()
 
-            await workflow.wait_condition(woken)
+            await workflow.wait_condition(lambda: woken() or self._online)
+            while self._online and not woken():
+                if (recorded := await self._ask_again(inp, retries)) is not None:
+                    timer.cancel()
+                    return recorded
+                await workflow.wait_condition(lambda: woken() or self._online)
             if self._cancel is not None:
                 return Outcome("cancel")
             if self._reports:
@@ -225,6 +232,31 @@ class DeviceUpgradeWorkflow:
                     wait = min(wait * 2, NO_PROGRESS_RECHECK_MAX)
             self._continue_if_suggested(inp, retries, awaiting_report=True)
 
+    async def _ask_again(self, inp: DeviceUpgradeInput, retries: int) -> Outcome | None:
+        """`online` while waiting for the report: the bridge saw the device reconnect still on
+        its old version with its task pushed. The push was lost (a broker that restarted
+        without the device's session drops what was queued for it, and a push published before
+        the device subscribed again reaches nobody): push again, recorded nowhere, and keep
+        waiting on the same timer. Not a retry: the attempt and its timeout are unchanged.
+        A final state found instead ends the wait."""
+        self._online = False
+        if not workflow.patched(REPUSH_PATCH):  # only on this path: the happy one has no marker
+            return None
+        found = await self._recheck(inp, retries)
+        if found.outcome == "final":
+            return Outcome("recorded", found.reason, found.state)
+        self._details(f"pushed again (attempt {retries + 1}): the device reconnected", inp)
+        return None
+
+    async def _recheck(self, inp: DeviceUpgradeInput, retries: int) -> PushResult:
+        return await workflow.execute_local_activity(
+            "recheck",
+            self._push_request(inp, attempt=retries + 1),
+            result_type=PushResult,
+            start_to_close_timeout=PUSH_TIMEOUT,
+            retry_policy=LOCAL_RETRY,
+        )
+
     async def _last_look(self, inp: DeviceUpgradeInput, retries: int) -> Outcome:
         """The timeout is reached: ask an online device once more (the push again, recorded
         nowhere) and wait RECHECK_GRACE for its report. A device that finished while the broker
@@ -233,13 +265,7 @@ class DeviceUpgradeWorkflow:
         timeout = Outcome("timeout", TaskReason.TIMEOUT)
         if not workflow.patched(RECHECK_PATCH):  # only here: the happy path has no marker
             return timeout
-        found: PushResult = await workflow.execute_local_activity(
-            "recheck",
-            self._push_request(inp, attempt=retries + 1),
-            result_type=PushResult,
-            start_to_close_timeout=PUSH_TIMEOUT,
-            retry_policy=LOCAL_RETRY,
-        )
+        found = await self._recheck(inp, retries)
         if found.outcome == "final":  # recorded by the bridge meanwhile
             return Outcome("recorded", found.reason, found.state)
         if found.outcome != "pushed":  # offline: nobody to ask

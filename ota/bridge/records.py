@@ -256,6 +256,11 @@ def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: F
                 t.state = TaskState.UPDATED
             elif verdict == "failed":
                 moves.failed.setdefault(t.id, (t, TaskReason.VERSION_MISMATCH.value))
+            elif t.state == TaskState.PUSHED and m.version == t.from_version:
+                # Pushed, yet it says (as devices do on connect) it runs the old version and
+                # has not begun: the push was lost with a broker's sessions. Its workflow
+                # pushes again (workflows/device.py, _ask_again).
+                result.signals.append(device_signal(t, SIGNAL_ONLINE))
     elif isinstance(m, protocol.Progress):
         if m.step < 0:  # the device's words (our SDK says why it refused a push) are kept here
             log.info("%s/%s: progress %d %r", m.product_key, m.device_name, m.step, m.desc[:200])

@@ -181,6 +181,11 @@ class Device:
         )
         await client.publish(self.status_topic, protocol.ONLINE, qos=1, retain=True)
         for module, version in self.versions.items():
+            running = self._updates.get(module)
+            if running is not None and not running.done():
+                # A reconnect mid-update (a broker restart): the old version now would read as
+                # a failed update (seed: in upgrade, any other version); the result follows.
+                continue
             payload = protocol.encode_inform(self._next_id(), version, module)
             await client.publish(protocol.inform_topic(pk, dn), payload, qos=1)
         self._client = client
