@@ -21,6 +21,8 @@ from linkkit import linkkit
 
 pk, dn, port, version, workdir, events_path, mode = sys.argv[1:8]
 done = threading.Event()
+updates_left = int(os.environ.get("OTA_LK_UPDATES", "1"))
+updates_lock = threading.Lock()
 
 
 def event(kind, **fields):
@@ -75,6 +77,14 @@ def on_ota_message_arrived(
     ).start()
 
 
+def finish_one():
+    global updates_left
+    with updates_lock:
+        updates_left -= 1
+        if updates_left <= 0:
+            done.set()
+
+
 def update(new_version, size, url, sign_method, sign, module):
     report(10, "downloading")
     path = os.path.join(workdir, "firmware.bin")
@@ -83,12 +93,12 @@ def update(new_version, size, url, sign_method, sign, module):
     event("downloaded", ok=ok, rc=str(rc), bytes=os.path.getsize(path), size=size)
     if not ok:
         report(-3 if rc == linkkit.LinkKit.ErrorCode.OTA_DIGEST_MISMATCH else -2, "failed")
-        done.set()
+        finish_one()
         return
     report(100, "installed")
     lk.ota_report_version(None if module == "default" else module, new_version)
     event("reported", version=new_version)
-    done.set()
+    finish_one()
 
 
 lk.on_connect = on_connect
