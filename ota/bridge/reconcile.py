@@ -11,7 +11,9 @@ The broker says so itself: CONNACK's session-present flag is 0 when it had no se
 Then every task in flight (pushed or in_upgrade) is asked again with the push the worker sends.
 Our SDK answers a push of the version it already runs by reporting that version again (ota/device/
 sdk.py), so a finished device is recorded `updated` by the bridge's normal report path; one still
-working ignores it (busy). A device that reconnects only after the bridge subscribed reports its
+working ignores it (busy). LinkKit's sample application downloads and flashes again and then
+reports progress and the version, within 100 ms for a small image; pushed while still downloading,
+it starts a second download beside the first (tests/test_linkkit_repush.py). A device that reconnects only after the bridge subscribed reports its
 version on connect, which reaches the bridge anyway. Nothing is written here: no attempt is
 counted and no timeout restarts.
 
