@@ -49,7 +49,8 @@ NO_PROGRESS_RECHECK_MAX = timedelta(hours=6)
 # recorded before did, and replays without this marker.
 KEEP_CANCEL_PATCH = "device-continue-keeps-cancel"
 # Before a timeout fails an online device, it is asked once more and given this long to answer:
-# our SDK reports at once, LinkKit (docs: tests/test_linkkit_repush.py) takes longer.
+# our SDK reports its version at once; LinkKit's sample downloads the image again first
+# (tests/test_linkkit_repush.py), so this leaves room for a few megabytes.
 RECHECK_GRACE = timedelta(minutes=2)
 # Runs recorded before the re-check fail a timeout at once, and replay without this marker.
 RECHECK_PATCH = "device-recheck-before-timeout"
