@@ -63,7 +63,7 @@ class StoreReader:
         with _unavailable():
             self._f.seek(offset)
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int = -1) -> bytes:
         with _unavailable():
             return self._f.read(n)
 
@@ -207,7 +207,9 @@ class FirmwareStore:
             "read_timeout": S3_READ_SECONDS,
             "retries": {"mode": "standard", "total_max_attempts": S3_READ_ATTEMPTS},
         }
-        fs = fsspec.filesystem("s3", skip_instance_cache=True, config_kwargs=config, **self._s3_options)
+        fs = fsspec.filesystem(
+            "s3", skip_instance_cache=True, config_kwargs=config, **self._s3_options
+        )
         fs.retries = 1  # s3fs's own retry loop (5 passes) would multiply botocore's attempts
         return fs
 

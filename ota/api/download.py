@@ -167,9 +167,7 @@ def _unavailable() -> Response:
     return problem_response(503, "Service unavailable", detail, headers=headers)
 
 
-def _stream(
-    f: StoreReader, first: bytes, length: int, outage: StorageOutage
-) -> Iterator[bytes]:
+def _stream(f: StoreReader, first: bytes, length: int, outage: StorageOutage) -> Iterator[bytes]:
     """`first` was read before the answer's status went out; the rest follows. A store that
     fails now raises out of here: the server then closes the connection short of Content-Length
     (uvicorn's traceback for it is dropped: QuietBrokenDownloads), which the client sees as a

@@ -60,7 +60,9 @@ class StorageOutage:
             if self._since is not None:
                 return
             self._since = now
-        log.error("firmware storage is unavailable, downloads answer 503 until it is back: %s", reason)
+        log.error(
+            "firmware storage is unavailable, downloads answer 503 until it is back: %s", reason
+        )
 
     def ok(self) -> None:
         if self._since is None:
