@@ -38,6 +38,9 @@ from tests.test_device_sdk import online, watching
 
 # Larger than the route's S3 read-ahead (2 MiB): an outage reaches a download in flight.
 CONTENT = os.urandom(12 * 1024 * 1024)
+# The API reads S3 ahead of a paused device by what the sockets buffer (~10 MiB on loopback):
+# a device's download must be longer than that for S3's death to reach it.
+LONG_CONTENT = os.urandom(40 * 1024 * 1024)
 QUICK = RetryPolicy(first_delay=0.5, max_delay=3, give_up_after=60)
 OUTAGE_SECONDS = 12
 
@@ -97,7 +100,11 @@ class Platform:
 
 @contextlib.asynccontextmanager
 async def platform(
-    tmp_path: Path, mqtt_url: str, store: Settings | None = None, cuts: dict[int, int] | None = None
+    tmp_path: Path,
+    mqtt_url: str,
+    store: Settings | None = None,
+    cuts: dict[int, int] | None = None,
+    content: bytes = CONTENT,
 ) -> AsyncIterator[Platform]:
     """Bridge (signals recorded), API, and a proxy in front of the API that the push URLs name."""
     proxy_port = free_port()
@@ -107,7 +114,7 @@ async def platform(
     base = bridge_settings(tmp_path, mqtt_url, **storage)
     settings = api_settings(base, public_url=f"http://127.0.0.1:{proxy_port}")
     ctx = Context(settings)
-    fleet = seed_fleet(ctx.engine, 1, content=CONTENT, store=ctx.store, sign_method="SHA256")
+    fleet = seed_fleet(ctx.engine, 1, content=content, store=ctx.store, sign_method="SHA256")
     recorder = Recorder()
     bridge = Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[fleet.product_key])
     proxy = CuttingProxy(settings.http_port, cuts or {}, port=proxy_port)
@@ -243,7 +250,10 @@ async def test_a_device_rides_out_an_s3_outage_and_the_task_never_fails(
         assert path is not None
         installed.append(path.read_bytes())
 
-    async with platform(tmp_path, mqtt_url, store) as p, one_request_per_connection() as http:
+    async with (
+        platform(tmp_path, mqtt_url, store, content=LONG_CONTENT) as p,
+        one_request_per_connection() as http,
+    ):
         pk, dn = p.fleet.product_key, p.fleet.names[0]
         results: asyncio.Queue[int] = asyncio.Queue()
         device = OutageDevice(
@@ -259,12 +269,13 @@ async def test_a_device_rides_out_an_s3_outage_and_the_task_never_fails(
                 await until(lambda: tasks(p.engine, p.fleet.batch_id)[dn].state == "updated")
             await until(lambda: steps(progress, pk, dn)[-1:] == [100])
     assert device.restarted is not None and device.restarted.done()
-    assert hashlib.sha256(installed[0]).digest() == hashlib.sha256(CONTENT).digest()
+    assert hashlib.sha256(installed[0]).digest() == hashlib.sha256(LONG_CONTENT).digest()
     statuses = p.proxy.statuses
-    assert statuses[0] == 200 and p.proxy.exchanges[0].bytes_down < len(CONTENT)  # truncated
+    print("exchanges:", [(e.status, e.range) for e in p.proxy.exchanges])  # shown on failure
+    assert statuses[0] == 200 and p.proxy.exchanges[0].bytes_down < len(LONG_CONTENT)  # cut short
     assert 503 in statuses and statuses[-1] == 206, statuses
     resumed_at = int((p.proxy.exchanges[-1].range or "").removeprefix("bytes=").rstrip("-"))
-    assert 1024 * 1024 < resumed_at < len(CONTENT)  # from the bytes on disk, not from 0
+    assert 1024 * 1024 < resumed_at < len(LONG_CONTENT)  # from the bytes on disk, not from 0
     assert device.stats["download_retries"] == len(statuses) - 1
     assert min(steps(progress, pk, dn)) > 0  # never a failure step while retrying
     assert [s[2].outcome for s in p.recorder.signals] == ["updated"]
