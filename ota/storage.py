@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any, BinaryIO
 
 import aiohttp
-import botocore.exceptions
+import botocore.exceptions  # type: ignore[import-untyped]
 import fsspec  # type: ignore[import-untyped]
 
 from ota.errors import InvalidInput
