@@ -11,8 +11,11 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, BinaryIO
 
+import aiohttp
+import botocore.exceptions  # type: ignore[import-untyped]
 import fsspec  # type: ignore[import-untyped]
 
 from ota.errors import InvalidInput
@@ -25,10 +28,64 @@ TAR_MAGIC_OFFSET = 257
 # s3fs buffers a whole multipart part in memory (50 MiB by default): smaller parts keep an
 # upload's memory bounded. 8 MiB is above S3's 5 MiB minimum part size.
 S3_PART_BYTES = 8 * 1024 * 1024
+# Downloads read S3 with short timeouts and one retry: a device retries by itself, and a request
+# held for minutes (s3fs's defaults: 5 x 5 attempts of 5 s connect and 15 s read) holds a server
+# thread and the device's connection for nothing. An upload keeps the patient defaults.
+S3_CONNECT_SECONDS = 2
+S3_READ_SECONDS = 5
+S3_READ_ATTEMPTS = 2
+# What a download reads from S3 at once (s3fs reads ahead 50 MiB by default: as much memory per
+# download in flight, and the first byte only after those 50 MiB arrived).
+S3_READ_BLOCK_BYTES = 2 * 1024 * 1024
 
 # The first bytes each extension must start with ("content must match its extension").
 _GZIP = (b"\x1f\x8b",)
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+class StorageUnavailable(Exception):
+    """The store did not answer or failed (S3 down, refused, timed out, an error of its own):
+    try again later. A missing file is FileNotFoundError instead."""
+
+
+# What a store's reads raise when the store, not the file, is at fault. s3fs turns S3's own
+# error answers into OSError; botocore and aiohttp raise their own for a dead or silent server.
+_UNAVAILABLE = (OSError, botocore.exceptions.BotoCoreError, aiohttp.ClientError)
+
+
+class StoreReader:
+    """A file open for reading whose failures are StorageUnavailable (FileNotFoundError stays)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def seek(self, offset: int) -> None:
+        with _unavailable():
+            self._f.seek(offset)
+
+    def read(self, n: int = -1) -> bytes:
+        with _unavailable():
+            return self._f.read(n)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # a broken connection has nothing left to release
+            self._f.close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _unavailable() -> Any:
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except _UNAVAILABLE as exc:
+        raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -72,6 +129,7 @@ class FirmwareStore:
             if settings.s3_key:
                 options["key"] = settings.s3_key
                 options["secret"] = settings.s3_secret
+            self._s3_options = options
             self.fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
             self.root = url[len("s3://") :].rstrip("/")
         else:
@@ -131,8 +189,29 @@ class FirmwareStore:
         except Exception:
             log.warning("could not abandon a partial upload cleanly", exc_info=True)
 
-    def open(self, key: str) -> BinaryIO:
-        return self.fs.open(self.path(key), "rb")
+    def open(self, key: str) -> StoreReader:
+        """The file for a download: raises FileNotFoundError, or StorageUnavailable quickly
+        (bounded timeouts) when the store is down; so do the reader's reads."""
+        with _unavailable():
+            if not self.is_s3:
+                return StoreReader(self.fs.open(self.path(key), "rb"))
+            f = self._download_fs.open(self.path(key), "rb", block_size=S3_READ_BLOCK_BYTES)
+            return StoreReader(f)
+
+    @cached_property
+    def _download_fs(self) -> Any:
+        """S3 for downloads: short timeouts, one retry (S3_CONNECT_SECONDS...). Made on first
+        use, so a store that only presigns or uploads never builds it."""
+        config = {
+            "connect_timeout": S3_CONNECT_SECONDS,
+            "read_timeout": S3_READ_SECONDS,
+            "retries": {"mode": "standard", "total_max_attempts": S3_READ_ATTEMPTS},
+        }
+        fs = fsspec.filesystem(
+            "s3", skip_instance_cache=True, config_kwargs=config, **self._s3_options
+        )
+        fs.retries = 1  # s3fs's own retry loop (5 passes) would multiply botocore's attempts
+        return fs
 
     def size(self, key: str) -> int:
         return int(self.fs.size(self.path(key)))

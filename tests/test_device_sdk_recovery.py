@@ -14,7 +14,7 @@ import pytest
 from ota import protocol
 from ota.bridge import Bridge
 from ota.context import Context
-from ota.device.download import DownloadFailed, download
+from ota.device.download import DownloadFailed, RetryPolicy, download
 from ota.device.sdk import Device
 from ota.protocol import Upgrade
 from ota.push import upgrade_data
@@ -25,6 +25,7 @@ from tests.test_bridge import bridge_settings, running, until
 from tests.test_device_sdk import online, watching
 
 CONTENT = os.urandom(2 * 1024 * 1024)
+QUICK = RetryPolicy(first_delay=0.01, give_up_after=5)
 
 
 class CutOnce(httpx.AsyncBaseTransport):
@@ -71,7 +72,7 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
 async def test_a_broken_download_resumes_where_it_stopped(served: Upgrade, tmp_path: Path):
     transport = CutOnce(cut=700_000)
     async with httpx.AsyncClient(transport=transport) as http:
-        path = await download(http, served, tmp_path / "fw.bin", retry_delay=0.01)
+        path = await download(http, served, tmp_path / "fw.bin", retry=QUICK)
     assert path is not None and path.read_bytes() == CONTENT
     assert transport.ranges == [None, "bytes=700000-"]
 
@@ -88,7 +89,7 @@ async def test_a_part_file_from_an_earlier_run_is_resumed(served: Upgrade, tmp_p
 async def test_hash_only_resume_keeps_the_hash_going(served: Upgrade):
     transport = CutOnce(cut=123_457)
     async with httpx.AsyncClient(transport=transport) as http:
-        assert await download(http, served, None, retry_delay=0.01) is None  # verified
+        assert await download(http, served, None, retry=QUICK) is None  # verified
     assert transport.ranges == [None, "bytes=123457-"]
 
 
@@ -96,7 +97,7 @@ async def test_giving_up_is_a_download_failure(served: Upgrade, tmp_path: Path):
     dead = Upgrade(**{**served.__dict__, "url": "http://127.0.0.1:9/download/1"})
     async with httpx.AsyncClient() as http:
         with pytest.raises(DownloadFailed):
-            await download(http, dead, tmp_path / "fw.bin", retries=2, retry_delay=0.01)
+            await download(http, dead, tmp_path / "fw.bin", retry=RetryPolicy(0.01, 0.05, 0.3))
 
 
 async def test_device_and_bridge_come_back_after_the_broker_restarts(tmp_path: Path):

@@ -20,6 +20,7 @@ from ota.api import (
     problems,
     products,
     security,
+    storage_outage,
     verifications,
 )
 from ota.api.auth import resolve_token
@@ -69,6 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.ctx = Context(settings)
     app.state.file_info = download.FileInfoCache(app.state.ctx)
+    app.state.storage_outage = storage_outage.StorageOutage()
+    storage_outage.install_log_filter()
     app.state.api_token = resolve_token(settings)
     app.state.templates = _templates()
 

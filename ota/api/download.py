@@ -2,6 +2,10 @@
 
 The device SDKs need a Content-Length on 200 and 206 answers (no chunked encoding) and resume with
 `Range: bytes=N-`. Files are streamed through the FirmwareStore, so S3 works like the folder.
+
+A store that is down (S3 unreachable, timing out, failing) is a 503 with Retry-After, which the
+devices retry, never a 404 or 500; a download whose store fails mid-body is broken off before its
+Content-Length, so the device sees it truncated and resumes with Range (storage_outage.py).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -20,9 +23,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from ota.api.problems import problem_response
+from ota.api.storage_outage import RETRY_AFTER_SECONDS, StorageOutage
 from ota.context import Context
 from ota.db.models import Batch, Device, Firmware, Task
 from ota.domain import ACTIVE_TASK_STATES, TaskState
+from ota.storage import StorageUnavailable, StoreReader
 from ota.urls import check_token
 
 log = logging.getLogger(__name__)
@@ -156,11 +161,26 @@ def _forbidden() -> Response:
     return _refused(403, "invalid or expired download URL")
 
 
-def _stream(f: BinaryIO, start: int, length: int) -> Iterator[bytes]:
+def _unavailable() -> Response:
+    detail = "firmware storage is unavailable; try again later"
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return problem_response(503, "Service unavailable", detail, headers=headers)
+
+
+def _stream(f: StoreReader, first: bytes, length: int, outage: StorageOutage) -> Iterator[bytes]:
+    """`first` was read before the answer's status went out; the rest follows. A store that
+    fails now raises out of here: the server then closes the connection short of Content-Length
+    (uvicorn's traceback for it is dropped: QuietBrokenDownloads), which the client sees as a
+    truncated body, never as a complete short file."""
     try:
-        f.seek(start)
+        yield first
+        length -= len(first)
         while length > 0:
-            chunk = f.read(min(CHUNK, length))
+            try:
+                chunk = f.read(min(CHUNK, length))
+            except StorageUnavailable as exc:
+                outage.failed(str(exc))
+                raise
             if not chunk:
                 break  # the file shrank under us: the client sees a short body and retries
             length -= len(chunk)
@@ -208,16 +228,30 @@ def download(
     headers["Content-Length"] = str(end - start + 1)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
+    outage: StorageOutage = request.app.state.storage_outage
+    if outage.refuse_now():
+        return _unavailable()
+    length = end - start + 1
     try:
         f = ctx.store.open(firmware.storage_key)
     except FileNotFoundError:
         log.error("firmware %s: file %s is missing", firmware_id, firmware.storage_key)
         return _refused(404, "firmware file missing")
-    length = end - start + 1
-    if length <= CHUNK:
-        # One read, one send: streaming would hop to a thread per chunk (bench: the HTTP
-        # server's CPU per device).
-        with f:
-            f.seek(start)
-            return Response(f.read(length), status, headers)
-    return StreamingResponse(_stream(f, start, length), status, headers)
+    except StorageUnavailable as exc:
+        outage.failed(str(exc))
+        return _unavailable()
+    try:
+        # The first chunk before the status: a store that fails here is a 503, not a 200 cut
+        # short. A small answer is this one read and one send (streaming would hop to a thread
+        # per chunk: bench, the HTTP server's CPU per device).
+        f.seek(start)
+        first = f.read(min(CHUNK, length))
+    except StorageUnavailable as exc:
+        f.close()
+        outage.failed(str(exc))
+        return _unavailable()
+    outage.ok()
+    if len(first) >= length:
+        f.close()
+        return Response(first, status, headers)
+    return StreamingResponse(_stream(f, first, length, outage), status, headers)

@@ -36,6 +36,7 @@ import httpx
 from ota import protocol, signing
 from ota.device.download import (
     DownloadFailed,
+    RetryPolicy,
     VerifyFailed,
     apply_diff,
     download,
@@ -88,11 +89,14 @@ class Device:
         ca_file: Path | str | None = None,
         cert_file: Path | str | None = None,
         key_file: Path | str | None = None,
+        download_retry: RetryPolicy | None = None,
     ) -> None:
         """Credentials: `device_secret` (the triple: username, password and client id derived
         as Alibaba's SDKs do, ota.identity.credentials), or `username`/`password`/`client_id`
         as `ota device credentials` shows them. TLS: an mqtts:// URL, `ca_file` for a private
-        CA, `cert_file`/`key_file` for a broker that asks for a client certificate."""
+        CA, `cert_file`/`key_file` for a broker that asks for a client certificate.
+        `download_retry`: how long a download rides out transient failures (a server or S3
+        outage, a network flap) before it is reported failed (-2); five minutes by default."""
         self.product_key, self.device_name = product_key, device_name
         self.mqtt_url = mqtt_url
         endpoint = MqttEndpoint.from_url(
@@ -123,6 +127,7 @@ class Device:
         self.session_expiry = session_expiry
         self.client_id = client_id or f"{product_key}&{device_name}"
         self.on_result = on_result
+        self.download_retry = download_retry or RetryPolicy()
         self.connected = asyncio.Event()
         self.stats: Counter[str] = Counter()
         self._client: aiomqtt.Client | None = None
@@ -314,7 +319,11 @@ class Device:
 
     async def fetch(self, upgrade: Upgrade) -> Path | bytes | None:
         """Download with resume, reporting coarse progress (every `progress_every` percent).
-        A differential package without `download_dir` is kept in memory to be applied."""
+        A differential package without `download_dir` is kept in memory to be applied.
+
+        Transient failures are retried (`download_retry`) without a report: the steps only tell
+        bytes actually received, and a failure (-2) only once the download gives up; -2 at
+        once for a 4xx, -3 for a complete file that does not match."""
         reported = 0
 
         async def progress(done: int, total: int) -> None:
@@ -324,12 +333,16 @@ class Device:
                 reported = step
                 await self.report_progress(step, "downloading", upgrade.module)
 
+        def retrying(why: str, pause: float) -> None:
+            self.stats["download_retries"] += 1
+
         stem = file_stem(upgrade)  # refuses names that would lead out of download_dir
         dest = None if self.download_dir is None else self.download_dir / f"{stem}.bin"
+        options = {"on_progress": progress, "retry": self.download_retry, "on_retry": retrying}
         if self.http is not None:
-            return await _download(self.http, upgrade, dest, progress)
+            return await _download(self.http, upgrade, dest, options)
         async with httpx.AsyncClient(timeout=30) as http:
-            return await _download(http, upgrade, dest, progress)
+            return await _download(http, upgrade, dest, options)
 
     def verify_secure(self, upgrade: Upgrade) -> None:
         """Secure update: `upgrade.digestsign` must verify with `public_key` (PROTOCOL.md).
@@ -375,8 +388,8 @@ class Device:
 
 
 async def _download(
-    http: httpx.AsyncClient, upgrade: Upgrade, dest: Path | None, progress: Any
+    http: httpx.AsyncClient, upgrade: Upgrade, dest: Path | None, options: dict[str, Any]
 ) -> Path | bytes | None:
     if upgrade.is_diff and dest is None:
-        return await download_bytes(http, upgrade, progress)
-    return await download(http, upgrade, dest, progress)
+        return await download_bytes(http, upgrade, **options)
+    return await download(http, upgrade, dest, **options)
