@@ -33,9 +33,11 @@ def _upload_schema() -> dict[str, Any]:
         "Send it after the other fields: they are checked before it is read.",
     }
     schema.setdefault("required", []).append("file")
-    return {
-        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
-    }
+    # The file part's name must end in one of the extensions: say so where OpenAPI can.
+    disposition = {"example": 'form-data; name="file"; filename="firmware.bin"'}
+    encoding = {"file": {"headers": {"Content-Disposition": disposition}}}
+    form = {"schema": schema, "encoding": encoding}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": form}}}
 
 
 @router.get("/firmware", summary="ListOTAFirmware")

@@ -17,8 +17,11 @@ from ota.services.devices import DEVICE_NAME_RE
 from ota.services.products import PRODUCT_KEY_RE
 
 
-def matching(regex: re.Pattern[str]) -> dict[str, Any]:
-    """The regex as a JSON Schema pattern; ours are anchored and ECMA-compatible."""
+def matching(regex: re.Pattern[str], or_empty: bool = False) -> dict[str, Any]:
+    """The regex as a JSON Schema pattern; ours are anchored and ECMA-compatible. or_empty: the
+    service reads "" as "not given" (module: default; version: unknown)."""
+    if or_empty:
+        return {"pattern": f"^({regex.pattern.removeprefix('^').removesuffix('$')})?$"}
     return {"pattern": regex.pattern}
 
 
@@ -41,5 +44,6 @@ BatchId = Annotated[
     str, Path(description="The batch's id.", json_schema_extra=matching(BATCH_ID_RE))
 ]
 ModuleQuery = Annotated[
-    str | None, Query(description="A module name.", json_schema_extra=matching(MODULE_RE))
+    str | None,
+    Query(description="A module name.", json_schema_extra=matching(MODULE_RE, or_empty=True)),
 ]

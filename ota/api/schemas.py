@@ -63,7 +63,7 @@ def between(low: int, high: int) -> dict[str, Any]:
 
 def items(regex: re.Pattern[str], **limits: int) -> dict[str, Any]:
     """A list whose every item matches `regex`; limits: minItems, maxItems."""
-    return {"items": matching(regex), **limits}
+    return {"items": {"type": "string", **matching(regex)}, **limits}
 
 
 def _any_case(text: str) -> str:
@@ -74,7 +74,7 @@ def _any_case(text: str) -> str:
 # controls, spaces other than " ", format characters, surrogates and private use.
 NOT_PRINTABLE = (
     r"\x00-\x1f\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u1680\u180e\u2000-\u200f"
-    r"\u2028-\u202f\u205f-\u206f\u3000\ud800-\uf8ff\ufeff\ufff0-\uffff"
+    r"\u2028-\u202f\u205f-\u206f\u3000\ue000-\uf8ff\ufeff\ufff0-\uffff"
 )
 EXTENSIONS = "|".join(_any_case(ext[1:]) for ext in FIRMWARE_EXTENSIONS)
 # A file name, not a path: the storage key keeps the last part only.
@@ -107,7 +107,10 @@ class ProductCreate(Body):
         json_schema_extra=matching(PRODUCT_KEY_RE),
     )
     name: str = alias(
-        "name", "ProductName", "1 to 64 characters.", json_schema_extra=matching(PRODUCT_NAME_RE)
+        "name",
+        "ProductName",
+        "1 to 64 characters.",
+        json_schema_extra={"minLength": 1, **matching(PRODUCT_NAME_RE)},
     )
 
 
@@ -121,12 +124,12 @@ class DeviceCreate(Body):
     version: str | None = Field(
         None,
         description="The version the device runs, if known.",
-        json_schema_extra=matching(VERSION_RE),
+        json_schema_extra=matching(VERSION_RE, or_empty=True),
     )
     module: str = Field(
         "default",
         description="The module that version is of.",
-        json_schema_extra=matching(MODULE_RE),
+        json_schema_extra=matching(MODULE_RE, or_empty=True),
     )
 
 
@@ -243,8 +246,24 @@ class BatchCreate(Body):
         return value or None
 
 
+ONGOING_FLAGS = ("CancelQueuedTask", "CancelNotifiedTask", "CancelInProgressTask")
+
+
 class CancelBody(Body):
     """CancelOTATaskByJob, mapped onto our two scopes (the seed's two Cancel choices)."""
+
+    # all_tasks' rule, stated: the three ongoing-task flags are all set or none is.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {f: {"const": False} for f in ONGOING_FLAGS}},
+                {
+                    "properties": {f: {"const": True} for f in ONGOING_FLAGS},
+                    "required": list(ONGOING_FLAGS),
+                },
+            ]
+        }
+    )
 
     scope: str | None = Field(
         None,
@@ -263,7 +282,7 @@ class CancelBody(Body):
     def all_tasks(self) -> bool:
         if self.CancelUnconfirmedTask:
             raise InvalidInput("CancelUnconfirmedTask", "is not supported: tasks need no confirm")
-        flags = (self.CancelQueuedTask, self.CancelNotifiedTask, self.CancelInProgressTask)
+        flags = [getattr(self, flag) for flag in ONGOING_FLAGS]
         if any(flags) and not all(flags):
             raise InvalidInput(
                 "CancelQueuedTask",
@@ -302,7 +321,7 @@ class FirmwareFields(Body):
         "ModuleName",
         "Default: default.",
         default=None,
-        json_schema_extra=matching(MODULE_RE),
+        json_schema_extra=matching(MODULE_RE, or_empty=True),
     )
     version: str | None = Field(
         None, description="Firmware Version (full).", json_schema_extra=matching(VERSION_RE)
@@ -353,7 +372,8 @@ class FirmwareFields(Body):
 
 class FirmwareCheck(FirmwareFields):
     file_name: str = Field(
-        description="The name of the file to upload.", json_schema_extra=matching(FILE_NAME_RE)
+        description="The name of the file to upload.",
+        json_schema_extra={"minLength": 5, **matching(FILE_NAME_RE)},
     )
     file_size: int | None = Field(
         None, description="Its size in bytes, if known.", json_schema_extra={"minimum": 1}
