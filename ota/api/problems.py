@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import Match
 from temporalio.service import RPCError, RPCStatusCode
 
 from ota.api.schemas import CLOUD_NAMES
@@ -122,14 +122,22 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     )
 
 
-def allowed_methods(app: FastAPI, path: str) -> str:
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Mapping[str, Any]) -> str:
     """Every method some route takes at this path. Starlette's 405 names only the first route
-    that matched the path (GET /firmware), not the others at the same path (POST /firmware)."""
-    methods: set[str] = set()
-    for route in app.routes:
-        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
-            methods |= route.methods
-    return ", ".join(sorted(methods))
+    that matched the path (GET /firmware), not the others at the same path (POST /firmware).
+    Asked through Route.matches: FastAPI keeps included routers as routes of their own."""
+    allowed = [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def install(app: FastAPI, is_console: Any) -> None:
@@ -154,7 +162,7 @@ def install(app: FastAPI, is_console: Any) -> None:
         title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["Allow"] = allowed_methods(app, request.scope["path"])
+            headers["Allow"] = allowed_methods(app, request.scope)
         return problem_response(exc.status_code, title, str(exc.detail), headers=headers)
 
     async def on_rpc_error(request: Request, exc: RPCError) -> Response:

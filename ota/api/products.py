@@ -35,7 +35,7 @@ def show_product(ctx: Ctx, product_key: ProductKey) -> dict[str, Any]:
 )
 def product_versions(ctx: Ctx, product_key: ProductKey, module: ModuleQuery = None) -> list[str]:
     if module is not None:
-        validate_module(module)
+        module = validate_module(module)  # "" is the default module, as everywhere
     return devices.device_versions(ctx.engine, product_key, module)
 
 
