@@ -134,6 +134,15 @@ RETRY_INTERVALS: dict[str, int | None] = {
     "24h": 1440,
 }
 PERCENT_MIN, PERCENT_MAX = 1, 100
+# Batch ids: new_batch_id's hex, and what a Temporal workflow id and the 64-character column hold.
+BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Firmware and task ids are INTEGER columns: 4 bytes on PostgreSQL. A larger id names nothing,
+# and must not reach the database, which refuses it (PostgreSQL) or overflows (SQLite's driver).
+ID_MIN, ID_MAX = 1, 2**31 - 1
+
+
+def id_in_range(value: int) -> bool:
+    return ID_MIN <= value <= ID_MAX
 
 
 def validate_firmware_name(name: str) -> str:

@@ -310,3 +310,66 @@ async def test_products_and_devices(client):
     assert shown["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
     assert "PRIVATE" not in r.text
     assert_problem(await client.get("/api/v1/products/none"), 404)
+
+
+async def test_ids_beyond_an_integer_column_are_a_422_problem_not_a_crash(client):
+    """SQLite's driver overflowed above 2^63 and PostgreSQL refused above 2^31: both were 500s."""
+    too_big = 2**31
+    for method, path in [
+        ("GET", f"/api/v1/firmware/{too_big}"),
+        ("DELETE", f"/api/v1/firmware/{2**64}"),
+        ("GET", f"/api/v1/firmware/{too_big}/batches"),
+        ("GET", f"/api/v1/batches?firmware_id={too_big}"),
+        ("GET", f"/api/v1/batches/b1/tasks?after_id={too_big}"),
+    ]:
+        r = await client.request(method, path)
+        body = assert_problem(r, 422)
+        assert body["field"] in ("firmware_id", "after_id"), body
+    assert_problem(await client.get(f"/api/v1/firmware/{too_big - 1}"), 404)
+    schema = (await client.get("/openapi.json")).json()
+    param = schema["paths"]["/api/v1/firmware/{firmware_id}"]["get"]["parameters"][0]
+    assert param["schema"]["maximum"] == too_big - 1 and param["schema"]["minimum"] == 1
+
+
+async def test_a_key_no_row_can_hold_is_not_found_not_a_crash(client):
+    """PostgreSQL refuses a NUL byte in a text parameter: these were 500s there."""
+    for path in ["/api/v1/products/pk%00", "/api/v1/batches/b%001", "/api/v1/batches/b%00/tasks"]:
+        assert_problem(await client.get(path), 404)
+    assert_problem(await client.get("/api/v1/firmware", params={"product_key": "a\x00"}), 404)
+
+
+async def test_a_405_allows_every_method_of_the_path(client):
+    for method, path, allowed in [
+        ("PUT", "/api/v1/firmware", "GET, POST"),
+        ("GET", "/api/v1/firmware/check", "POST"),  # not a firmware id
+        ("PUT", "/api/v1/firmware/7", "DELETE, GET"),
+        ("PUT", "/api/v1/firmware/7/batches", "GET, POST"),
+        ("DELETE", "/api/v1/products", "GET, POST"),
+    ]:
+        r = await client.request(method, path)
+        assert_problem(r, 405)
+        assert r.headers["allow"] == allowed, (method, path, r.headers["allow"])
+
+
+async def test_the_schema_states_the_services_rules(client):
+    from ota.domain import MODULE_RE, RATE_MAX, RATE_MIN, VERSION_RE
+    from ota.services.products import PRODUCT_KEY_RE
+
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    batch = schemas["BatchCreate"]["properties"]
+    assert (batch["rate_per_minute"]["minimum"], batch["rate_per_minute"]["maximum"]) == (
+        RATE_MIN,
+        RATE_MAX,
+    )
+    assert batch["max_retries"]["enum"] == [1, 2, 5]
+    assert batch["src_versions"]["items"]["pattern"] == VERSION_RE.pattern
+    assert (
+        schemas["ProductCreate"]["properties"]["product_key"]["pattern"] == PRODUCT_KEY_RE.pattern
+    )
+    assert MODULE_RE.pattern[1:-1] in schemas["DeviceCreate"]["properties"]["module"]["pattern"]
+    r = await client.post(
+        "/api/v1/batches/b1/cancel",
+        content=b"\xff(",  # not UTF-8: a 400, documented
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(r, 400)

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import Body, Query
 
-from ota.api.common import Ctx, api_router
+from ota.api.common import UNAVAILABLE, Ctx, api_router
+from ota.api.params import AfterId, BatchId, FirmwareId, FirmwareIdQuery
 from ota.api.problems import renamed
 from ota.api.schemas import BatchCreate, CancelBody
 from ota.api.views import batch_view, task_view
@@ -38,11 +39,12 @@ PAGE_MAX = 1000
 
 
 @router.post(
-    "/firmware/{firmware_id}/batches",
+    "/firmware/{firmware_id:int}/batches",
     status_code=201,
     summary="CreateOTAStaticUpgradeJob / CreateOTADynamicUpgradeJob (Batch Update)",
+    responses=UNAVAILABLE,
 )
-async def create_batch(ctx: Ctx, firmware_id: int, body: BatchCreate) -> dict[str, Any]:
+async def create_batch(ctx: Ctx, firmware_id: FirmwareId, body: BatchCreate) -> dict[str, Any]:
     with renamed(FIELDS):
         # The CLI's order: the ranges first, so a typo fails before anything is read.
         validate_rate(body.rate_per_minute)
@@ -70,33 +72,33 @@ async def create_batch(ctx: Ctx, firmware_id: int, body: BatchCreate) -> dict[st
     return batch_view(ctx.settings, shown)
 
 
-@router.get("/firmware/{firmware_id}/batches", summary="ListOTAJobByFirmware")
-def firmware_batches(ctx: Ctx, firmware_id: int) -> list[dict[str, Any]]:
+@router.get("/firmware/{firmware_id:int}/batches", summary="ListOTAJobByFirmware")
+def firmware_batches(ctx: Ctx, firmware_id: FirmwareId) -> list[dict[str, Any]]:
     get_firmware(ctx.engine, firmware_id)  # 404 rather than an empty list
     return [batch_view(ctx.settings, b) for b in service.list_batches(ctx.engine, firmware_id)]
 
 
 @router.get("/batches", summary="List batches, newest first")
 def list_batches(
-    ctx: Ctx, firmware_id: int | None = None, state: BatchState | None = None
+    ctx: Ctx, firmware_id: FirmwareIdQuery = None, state: BatchState | None = None
 ) -> list[dict[str, Any]]:
     rows = service.list_batches(ctx.engine, firmware_id, state.value if state else None)
     return [batch_view(ctx.settings, b) for b in rows]
 
 
 @router.get("/batches/{batch_id}", summary="QueryOTAJob")
-def show_batch(ctx: Ctx, batch_id: str) -> dict[str, Any]:
+def show_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
     return batch_view(ctx.settings, service.show_batch(ctx.engine, batch_id))
 
 
 @router.get("/batches/{batch_id}/tasks", summary="ListOTATaskByJob: one page of devices")
 def list_tasks(
     ctx: Ctx,
-    batch_id: str,
+    batch_id: BatchId,
     state: TaskState | None = None,
     reason: TaskReason | None = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
-    after_id: Annotated[int, Query(ge=0, description="The previous page's next_after_id.")] = 0,
+    after_id: AfterId = 0,
 ) -> dict[str, Any]:
     return task_page(ctx, batch_id, state, reason, limit, after_id)
 
@@ -117,9 +119,13 @@ def task_page(
     return {"items": items, "next_after_id": rows[-1]["id"] if more else None}
 
 
-@router.post("/batches/{batch_id}/cancel", summary="CancelOTATaskByJob / CancelOTAStrategyByJob")
+@router.post(
+    "/batches/{batch_id}/cancel",
+    summary="CancelOTATaskByJob / CancelOTAStrategyByJob",
+    responses=UNAVAILABLE,
+)
 async def cancel_batch(
-    ctx: Ctx, batch_id: str, body: Annotated[CancelBody | None, Body()] = None
+    ctx: Ctx, batch_id: BatchId, body: Annotated[CancelBody | None, Body()] = None
 ) -> dict[str, Any]:
     """Static: scheduled tasks only by default; dynamic: the policy only by default.
     scope all (or the three CancelQueued/Notified/InProgressTask flags) cancels every ongoing

@@ -34,11 +34,16 @@ def _problem(description: str) -> dict[str, Any]:
 
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: _problem("The body is not what its Content-Type says (JSON that does not parse)"),
     401: _problem("Missing or wrong bearer token"),
     404: _problem("Not found"),
     409: _problem("The current state forbids it (a limit, a duplicate, a batch already running)"),
     422: _problem("Invalid input: `field` names it, `detail` says what is allowed"),
 }
+
+
+# For the operations that start or signal workflows.
+UNAVAILABLE = {503: _problem("Temporal (or another service the operation needs) does not answer")}
 
 
 def api_router(tag: str) -> APIRouter:

@@ -9,6 +9,7 @@ import anyio.to_thread
 from fastapi import Request, Response
 
 from ota.api.common import Ctx, api_router, parse
+from ota.api.params import FirmwareId
 from ota.api.problems import renamed
 from ota.api.schemas import FirmwareCheck, FirmwareFields
 from ota.api.upload import MultipartStream, ThreadReader
@@ -32,9 +33,11 @@ def _upload_schema() -> dict[str, Any]:
         "Send it after the other fields: they are checked before it is read.",
     }
     schema.setdefault("required", []).append("file")
-    return {
-        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
-    }
+    # The file part's name must end in one of the extensions: say so where OpenAPI can.
+    disposition = {"example": 'form-data; name="file"; filename="firmware.bin"'}
+    encoding = {"file": {"headers": {"Content-Disposition": disposition}}}
+    form = {"schema": schema, "encoding": encoding}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": form}}}
 
 
 @router.get("/firmware", summary="ListOTAFirmware")
@@ -42,8 +45,8 @@ def list_firmware(ctx: Ctx, product_key: str | None = None) -> list[dict[str, An
     return [service.firmware_public(fw) for fw in service.list_firmware(ctx.engine, product_key)]
 
 
-@router.get("/firmware/{firmware_id}", summary="QueryOTAFirmware")
-def show_firmware(ctx: Ctx, firmware_id: int) -> dict[str, Any]:
+@router.get("/firmware/{firmware_id:int}", summary="QueryOTAFirmware")
+def show_firmware(ctx: Ctx, firmware_id: FirmwareId) -> dict[str, Any]:
     return service.firmware_public(service.get_firmware(ctx.engine, firmware_id))
 
 
@@ -96,7 +99,7 @@ async def add_firmware(ctx: Ctx, request: Request) -> dict[str, Any]:
     return service.firmware_public(fw)
 
 
-@router.delete("/firmware/{firmware_id}", status_code=204, summary="DeleteOTAFirmware")
-def delete_firmware(ctx: Ctx, firmware_id: int) -> Response:
+@router.delete("/firmware/{firmware_id:int}", status_code=204, summary="DeleteOTAFirmware")
+def delete_firmware(ctx: Ctx, firmware_id: FirmwareId) -> Response:
     service.delete_firmware(ctx.engine, ctx.store, firmware_id)
     return Response(status_code=204)

@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from temporalio.service import RPCError, RPCStatusCode
 
 from ota.api.schemas import CLOUD_NAMES
 from ota.errors import Conflict, InvalidInput, NotFound, OtaError, Unavailable
@@ -26,6 +28,7 @@ _TYPES = {
 }
 _SNAKE_NAMES = {cloud: name for name, cloud in CLOUD_NAMES.items()}
 _HTTP_TITLES = {
+    400: "Bad request",
     401: "Unauthorized",
     404: "Not found",
     405: "Method not allowed",
@@ -119,6 +122,24 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     )
 
 
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Mapping[str, Any]) -> str:
+    """Every method some route takes at this path. Starlette's 405 names only the first route
+    that matched the path (GET /firmware), not the others at the same path (POST /firmware).
+    Asked through Route.matches: FastAPI keeps included routers as routes of their own."""
+    allowed = [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
 def install(app: FastAPI, is_console: Any) -> None:
     """Register the handlers; `is_console(request)` picks HTML pages over problem JSON."""
 
@@ -139,7 +160,16 @@ def install(app: FastAPI, is_console: Any) -> None:
         if is_console(request) and exc.status_code == 404:
             return await app.state.render_error(request, 404, "There is no such page.")
         title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
-        return problem_response(exc.status_code, title, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(app, request.scope)
+        return problem_response(exc.status_code, title, str(exc.detail), headers=headers)
+
+    async def on_rpc_error(request: Request, exc: RPCError) -> Response:
+        # Temporal went away after we connected: the same 503 as when it was never there.
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            return await on_ota_error(request, Unavailable(f"Temporal does not answer: {exc}"))
+        raise exc  # a 500, logged with its traceback like any other crash
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette logs the traceback after this answer; the client gets the same shape.
@@ -148,6 +178,7 @@ def install(app: FastAPI, is_console: Any) -> None:
 
     app.add_exception_handler(Problem, on_problem)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, on_crash)
+    app.add_exception_handler(RPCError, on_rpc_error)  # type: ignore[arg-type]
     app.add_exception_handler(OtaError, on_ota_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ota.api.common import Ctx, api_router
+from ota.api.params import ModuleQuery, ProductKey
 from ota.api.schemas import ProductCreate
 from ota.domain import DEFAULT_MODULE, validate_module
 from ota.services import devices, firmware
@@ -24,7 +25,7 @@ def add_product(ctx: Ctx, body: ProductCreate) -> dict[str, Any]:
 
 
 @router.get("/products/{product_key}", summary="QueryProduct")
-def show_product(ctx: Ctx, product_key: str) -> dict[str, Any]:
+def show_product(ctx: Ctx, product_key: ProductKey) -> dict[str, Any]:
     return service.product_public(service.get_product(ctx.engine, product_key))
 
 
@@ -32,9 +33,9 @@ def show_product(ctx: Ctx, product_key: str) -> dict[str, Any]:
     "/products/{product_key}/versions",
     summary="The versions the product's devices report: Version number to be upgraded",
 )
-def product_versions(ctx: Ctx, product_key: str, module: str | None = None) -> list[str]:
+def product_versions(ctx: Ctx, product_key: ProductKey, module: ModuleQuery = None) -> list[str]:
     if module is not None:
-        validate_module(module)
+        module = validate_module(module)  # "" is the default module, as everywhere
     return devices.device_versions(ctx.engine, product_key, module)
 
 
@@ -42,7 +43,7 @@ def product_versions(ctx: Ctx, product_key: str, module: str | None = None) -> l
     "/products/{product_key}/modules",
     summary="Modules in use: those devices report and those firmware was added for",
 )
-def product_modules(ctx: Ctx, product_key: str) -> list[str]:
+def product_modules(ctx: Ctx, product_key: ProductKey) -> list[str]:
     found = {DEFAULT_MODULE}
     for device in devices.list_devices(ctx.engine, product_key):
         found.update(device.versions)

@@ -1,17 +1,42 @@
 """Request bodies: our snake_case names, with the platform's cloud API names accepted as aliases.
 
 Only types are checked here; every range and rule is checked by the same service and domain
-functions the CLI calls, so a message reads the same wherever it comes from.
+functions the CLI calls, so a message reads the same wherever it comes from. The schema states
+those rules too (pattern, minimum, enum...), read from the constants the checks use, so a
+generated client can check a value before it calls.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from ota.api.params import matching
+from ota.domain import (
+    DESCRIPTION_MAX,
+    FIRMWARE_EXTENSIONS,
+    FIRMWARE_NAME_RE,
+    MAX_RETRIES_CHOICES,
+    MODULE_RE,
+    PERCENT_MAX,
+    PERCENT_MIN,
+    RATE_MAX,
+    RATE_MIN,
+    RETRY_INTERVALS,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+    VERSION_RE,
+    FirmwareType,
+    SignMethod,
+)
 from ota.errors import InvalidInput
+from ota.services.devices import DEVICE_NAME_RE
+from ota.services.firmware import FILE_NAME_MAX
+from ota.services.products import PRODUCT_KEY_RE, PRODUCT_NAME_MAX
+from ota.services.verify import MAX_DEVICES
 
 # TargetSelection of CreateOTAStaticUpgradeJob -> our Target values.
 TARGET_SELECTION = {"ALL": "all", "SPECIFIC": "selected", "GRAY": "phased"}
@@ -32,6 +57,36 @@ def alias(name: str, cloud: str, description: str, **kw: Any) -> Any:
     )
 
 
+def between(low: int, high: int) -> dict[str, Any]:
+    return {"minimum": low, "maximum": high}
+
+
+def items(regex: re.Pattern[str], **limits: int) -> dict[str, Any]:
+    """A list whose every item matches `regex`; limits: minItems, maxItems."""
+    return {"items": {"type": "string", **matching(regex)}, **limits}
+
+
+def _any_case(text: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+# What the services' isprintable() checks keep out, as far as a portable regex can say it:
+# controls, spaces other than " ", format characters, surrogates and private use.
+NOT_PRINTABLE = (
+    r"\x00-\x1f\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u1680\u180e\u2000-\u200f"
+    r"\u2028-\u202f\u205f-\u206f\u3000\ue000-\uf8ff\ufeff\ufff0-\uffff"
+)
+EXTENSIONS = "|".join(_any_case(ext[1:]) for ext in FIRMWARE_EXTENSIONS)
+# A file name, not a path: the storage key keeps the last part only.
+FILE_NAME_RE = re.compile(rf"^[^{NOT_PRINTABLE}/\\]{{1,{FILE_NAME_MAX - 8}}}\.({EXTENSIONS})$")
+# Kept as given, stripped: so neither blank nor padded.
+PRODUCT_NAME_RE = re.compile(
+    rf"^[^{NOT_PRINTABLE} ]([^{NOT_PRINTABLE}]{{0,{PRODUCT_NAME_MAX - 2}}}[^{NOT_PRINTABLE} ])?$"
+)
+RETRY_CHOICES = [*(m for m in dict.fromkeys(RETRY_INTERVALS.values()) if m is not None), None]
+RETRY_CHOICES += [k for k in RETRY_INTERVALS if k != "0"]
+
+
 def _as_list(cls: type, value: Any) -> Any:
     """One value or a list: `SrcVersion: "1.0"` and `SrcVersion: ["1.0", "1.1"]` both work."""
     if value is None:
@@ -45,14 +100,37 @@ class Body(BaseModel):
 
 
 class ProductCreate(Body):
-    product_key: str = alias("product_key", "ProductKey", "1 to 64 letters, digits, _ and -.")
-    name: str = alias("name", "ProductName", "1 to 64 characters.")
+    product_key: str = alias(
+        "product_key",
+        "ProductKey",
+        "1 to 64 letters, digits, _ and -.",
+        json_schema_extra=matching(PRODUCT_KEY_RE),
+    )
+    name: str = alias(
+        "name",
+        "ProductName",
+        "1 to 64 characters.",
+        json_schema_extra={"minLength": 1, **matching(PRODUCT_NAME_RE)},
+    )
 
 
 class DeviceCreate(Body):
-    name: str = alias("name", "DeviceName", "4 to 32 letters, digits and - _ @ . :")
-    version: str | None = Field(None, description="The version the device runs, if known.")
-    module: str = Field("default", description="The module that version is of.")
+    name: str = alias(
+        "name",
+        "DeviceName",
+        "4 to 32 letters, digits and - _ @ . :",
+        json_schema_extra=matching(DEVICE_NAME_RE),
+    )
+    version: str | None = Field(
+        None,
+        description="The version the device runs, if known.",
+        json_schema_extra=matching(VERSION_RE, or_empty=True),
+    )
+    module: str = Field(
+        "default",
+        description="The module that version is of.",
+        json_schema_extra=matching(MODULE_RE, or_empty=True),
+    )
 
 
 class DeviceEnabled(BaseModel):
@@ -63,13 +141,17 @@ class VerifyCreate(Body):
     """CreateOTAVerifyJob: update a few devices first; the firmware is verified if all update."""
 
     device_names: list[str] = alias(
-        "device_names", "TargetDeviceName", "1 to 100 devices of the firmware's product."
+        "device_names",
+        "TargetDeviceName",
+        "1 to 100 devices of the firmware's product.",
+        json_schema_extra=items(DEVICE_NAME_RE, minItems=1, maxItems=MAX_DEVICES),
     )
     timeout_minutes: int | None = alias(
         "timeout_minutes",
         "TimeoutInMinutes",
         "1 to 1440, counted from the first progress report.",
         default=None,
+        json_schema_extra=between(TIMEOUT_MIN, TIMEOUT_MAX),
     )
 
     _lists = field_validator("device_names", mode="before")(_as_list)
@@ -88,6 +170,7 @@ class BatchCreate(Body):
         "SrcVersion",
         "Versions to be upgraded; required for a full firmware unless target is selected.",
         default_factory=list,
+        json_schema_extra=items(VERSION_RE),
     )
     target: str = alias(
         "target",
@@ -97,10 +180,18 @@ class BatchCreate(Body):
         json_schema_extra={"enum": ["all", "selected", "phased", "ALL", "SPECIFIC", "GRAY"]},
     )
     device_names: list[str] = alias(
-        "device_names", "TargetDeviceName", "Devices, for target selected.", default_factory=list
+        "device_names",
+        "TargetDeviceName",
+        "Devices, for target selected.",
+        default_factory=list,
+        json_schema_extra=items(DEVICE_NAME_RE),
     )
     percent: int | None = alias(
-        "percent", "GrayPercent", "Range (%), 1 to 100, for phased.", default=None
+        "percent",
+        "GrayPercent",
+        "Range (%), 1 to 100, for phased.",
+        default=None,
+        json_schema_extra=between(PERCENT_MIN, PERCENT_MAX),
     )
     scheduled_at: str | None = alias(
         "scheduled_at",
@@ -110,20 +201,32 @@ class BatchCreate(Body):
         default=None,
     )
     rate_per_minute: int | None = alias(
-        "rate_per_minute", "MaximumPerMinute", "Recipients per Minute, 10 to 1000.", default=None
+        "rate_per_minute",
+        "MaximumPerMinute",
+        "Recipients per Minute, 10 to 1000.",
+        default=None,
+        json_schema_extra=between(RATE_MIN, RATE_MAX),
     )
     retry_interval: int | str | None = alias(
         "retry_interval",
         "RetryInterval",
         "Minutes: 0 (immediately), 10, 30, 60 or 1440; null or none: Do Not Retry.",
         default=None,
+        json_schema_extra={"enum": RETRY_CHOICES},
     )
-    max_retries: int = alias("max_retries", "RetryCount", "Maximum Retries: 1, 2 or 5.", default=1)
+    max_retries: int = alias(
+        "max_retries",
+        "RetryCount",
+        "Maximum Retries: 1, 2 or 5.",
+        default=1,
+        json_schema_extra={"enum": list(MAX_RETRIES_CHOICES)},
+    )
     timeout_minutes: int | None = alias(
         "timeout_minutes",
         "TimeoutInMinutes",
         "1 to 1440, from the first progress report.",
         default=None,
+        json_schema_extra=between(TIMEOUT_MIN, TIMEOUT_MAX),
     )
 
     _lists = field_validator("src_versions", "device_names", mode="before")(_as_list)
@@ -143,8 +246,24 @@ class BatchCreate(Body):
         return value or None
 
 
+ONGOING_FLAGS = ("CancelQueuedTask", "CancelNotifiedTask", "CancelInProgressTask")
+
+
 class CancelBody(Body):
     """CancelOTATaskByJob, mapped onto our two scopes (the seed's two Cancel choices)."""
+
+    # all_tasks' rule, stated: the three ongoing-task flags are all set or none is.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {f: {"const": False} for f in ONGOING_FLAGS}},
+                {
+                    "properties": {f: {"const": True} for f in ONGOING_FLAGS},
+                    "required": list(ONGOING_FLAGS),
+                },
+            ]
+        }
+    )
 
     scope: str | None = Field(
         None,
@@ -156,12 +275,14 @@ class CancelBody(Body):
     CancelQueuedTask: bool = Field(False, description="With the next two: scope all.")
     CancelNotifiedTask: bool = False
     CancelInProgressTask: bool = False
-    CancelUnconfirmedTask: bool = Field(False, description="Not supported: no confirmations.")
+    CancelUnconfirmedTask: bool = Field(
+        False, description="Not supported: no confirmations.", json_schema_extra={"const": False}
+    )
 
     def all_tasks(self) -> bool:
         if self.CancelUnconfirmedTask:
             raise InvalidInput("CancelUnconfirmedTask", "is not supported: tasks need no confirm")
-        flags = (self.CancelQueuedTask, self.CancelNotifiedTask, self.CancelInProgressTask)
+        flags = [getattr(self, flag) for flag in ONGOING_FLAGS]
         if any(flags) and not all(flags):
             raise InvalidInput(
                 "CancelQueuedTask",
@@ -176,20 +297,62 @@ class CancelBody(Body):
 class FirmwareFields(Body):
     """Add Firmware's metadata (multipart fields of the upload, or the JSON of a pre-check)."""
 
-    type: str = alias("type", "Type", "full or diff (cloud: 0 or 1).", default="full")
-    name: str = alias("name", "FirmwareName", "4 to 32 letters, digits and _, not starting with _.")
-    product_key: str = alias("product_key", "ProductKey", "The product it belongs to.")
-    module: str | None = alias("module", "ModuleName", "Default: default.", default=None)
-    version: str | None = Field(None, description="Firmware Version (full).")
+    type: str = alias(
+        "type",
+        "Type",
+        "full or diff (cloud: 0 or 1).",
+        default="full",
+        json_schema_extra={"enum": [*FirmwareType, *TYPE_CODES]},
+    )
+    name: str = alias(
+        "name",
+        "FirmwareName",
+        "4 to 32 letters, digits and _, not starting with _.",
+        json_schema_extra=matching(FIRMWARE_NAME_RE),
+    )
+    product_key: str = alias(
+        "product_key",
+        "ProductKey",
+        "The product it belongs to.",
+        json_schema_extra=matching(PRODUCT_KEY_RE),
+    )
+    module: str | None = alias(
+        "module",
+        "ModuleName",
+        "Default: default.",
+        default=None,
+        json_schema_extra=matching(MODULE_RE, or_empty=True),
+    )
+    version: str | None = Field(
+        None, description="Firmware Version (full).", json_schema_extra=matching(VERSION_RE)
+    )
     src_versions: list[str] = alias(
-        "src_versions", "SrcVersion", "Version number to be upgraded (diff).", default_factory=list
+        "src_versions",
+        "SrcVersion",
+        "Version number to be upgraded (diff).",
+        default_factory=list,
+        json_schema_extra=items(VERSION_RE),
     )
     dest_version: str | None = alias(
-        "dest_version", "DestVersion", "Post-upgrade version number (diff).", default=None
+        "dest_version",
+        "DestVersion",
+        "Post-upgrade version number (diff).",
+        default=None,
+        json_schema_extra=matching(VERSION_RE),
     )
-    sign_method: str = alias("sign_method", "SignMethod", "MD5 or SHA256.", default="MD5")
+    sign_method: str = alias(
+        "sign_method",
+        "SignMethod",
+        "MD5 or SHA256.",
+        default="MD5",
+        json_schema_extra={"enum": list(SignMethod)},
+    )
     description: str | None = alias(
-        "description", "FirmwareDesc", "Up to 100 characters.", default=None
+        "description",
+        "FirmwareDesc",
+        "Up to 100 characters.",
+        default=None,
+        json_schema_extra={"maxLength": DESCRIPTION_MAX},
     )
     need_verify: bool = alias(
         "need_verify", "NeedToVerify", "Validate on devices before batches.", default=True
@@ -208,5 +371,10 @@ class FirmwareFields(Body):
 
 
 class FirmwareCheck(FirmwareFields):
-    file_name: str = Field(description="The name of the file to upload.")
-    file_size: int | None = Field(None, description="Its size in bytes, if known.")
+    file_name: str = Field(
+        description="The name of the file to upload.",
+        json_schema_extra={"minLength": 5, **matching(FILE_NAME_RE)},
+    )
+    file_size: int | None = Field(
+        None, description="Its size in bytes, if known.", json_schema_extra={"minimum": 1}
+    )

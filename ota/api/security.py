@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ota.api.common import Ctx, api_router
+from ota.api.params import ProductKey
 from ota.api.problems import Problem
 from ota.services import products
 
@@ -45,7 +46,7 @@ def _toggle() -> Any:
     summary="Activate or deactivate Secure Update (firmware signatures) for a product",
     responses={501: {"description": "Secure Update keys are not implemented yet"}},
 )
-def set_secure_update(ctx: Ctx, product_key: str, body: SecureUpdate) -> dict[str, Any]:
+def set_secure_update(ctx: Ctx, product_key: ProductKey, body: SecureUpdate) -> dict[str, Any]:
     products.get_product(ctx.engine, product_key)  # 404 first: the product must exist
     toggle = _toggle()
     toggle(ctx.engine, ctx.settings, product_key, body.enabled)

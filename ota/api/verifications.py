@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ota.api.common import Ctx, api_router
+from ota.api.common import UNAVAILABLE, Ctx, api_router
+from ota.api.params import FirmwareId
 from ota.api.problems import renamed
 from ota.api.schemas import VerifyCreate
 from ota.api.views import batch_view
@@ -15,8 +16,15 @@ router = api_router("verifications")
 FIELDS = {"timeout": "timeout_minutes", "device": "device_names"}
 
 
-@router.post("/firmware/{firmware_id}/verifications", status_code=201, summary="CreateOTAVerifyJob")
-async def create_verification(ctx: Ctx, firmware_id: int, body: VerifyCreate) -> dict[str, Any]:
+@router.post(
+    "/firmware/{firmware_id:int}/verifications",
+    status_code=201,
+    summary="CreateOTAVerifyJob",
+    responses=UNAVAILABLE,
+)
+async def create_verification(
+    ctx: Ctx, firmware_id: FirmwareId, body: VerifyCreate
+) -> dict[str, Any]:
     """Update the chosen devices; the firmware becomes verified if all of them update."""
     with renamed(FIELDS):
         validate_timeout(body.timeout_minutes)  # as the CLI: the range before anything is read

@@ -13,9 +13,10 @@ Our SDK answers a push of the version it already runs by reporting that version 
 sdk.py), so a finished device is recorded `updated` by the bridge's normal report path; one still
 working ignores it (busy). LinkKit's sample application downloads and flashes again and then
 reports progress and the version, within 100 ms for a small image; pushed while still downloading,
-it starts a second download beside the first (tests/test_linkkit_repush.py). A device that reconnects only after the bridge subscribed reports its
-version on connect, which reaches the bridge anyway. Nothing is written here: no attempt is
-counted and no timeout restarts.
+it starts a second download beside the first (tests/test_linkkit_repush.py). A device that
+reconnects only after the bridge subscribed reports its version on connect, which reaches the
+bridge anyway (and a pushed device still on its old version is pushed again by its workflow).
+Nothing is written here: no attempt is counted and no timeout restarts.
 
 Bounded: paced at `bridge_reconcile_per_second`, in the background so the bridge keeps serving,
 and done once per lost session. A pass cut short (the connection went again) is finished on the

@@ -28,6 +28,8 @@ from ota.contracts import (
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Device, DeviceModule, Firmware, Task
 from ota.domain import (
+    BATCH_ID_RE,
+    ID_MAX,
     REASON_LABELS,
     BatchKind,
     BatchState,
@@ -37,6 +39,7 @@ from ota.domain import (
     Target,
     TaskReason,
     contradiction,
+    id_in_range,
     parse_retry_interval,
     validate_max_retries,
     validate_percent,
@@ -46,6 +49,7 @@ from ota.domain import (
     validate_version,
 )
 from ota.errors import Conflict, InvalidInput, NotFound
+from ota.services.firmware import firmware_by_id
 
 OPEN_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
 
@@ -54,11 +58,16 @@ def new_batch_id() -> str:
     return secrets.token_hex(4)
 
 
+def batch_by_id(session: Session, batch_id: str) -> Batch | None:
+    """The batch, or None; an id no batch can have is not looked up (BATCH_ID_RE)."""
+    return session.get(Batch, batch_id) if BATCH_ID_RE.fullmatch(batch_id) else None
+
+
 def find_firmware(session: Session, ref: int | str) -> Firmware:
     """A firmware by id, or by name when the name is unique."""
     text = str(ref).strip()
     if text.isdigit():
-        firmware = session.get(Firmware, int(text))
+        firmware = firmware_by_id(session, int(text))
     else:
         found = list(session.exec(select(Firmware).where(Firmware.name == text).limit(2)))
         if len(found) > 1:
@@ -80,7 +89,7 @@ def check_usable(firmware: Firmware) -> None:
 
 def resolve_batch(session: Session, inp: BatchInput, now: datetime | None = None) -> Batch:
     """Check a batch request against the seed's rules and fill its defaults; nothing is stored."""
-    firmware = session.get(Firmware, inp.firmware_id)
+    firmware = firmware_by_id(session, inp.firmware_id)
     if firmware is None:
         raise NotFound("firmware", inp.firmware_id)
     check_usable(firmware)
@@ -317,7 +326,7 @@ def batch_public(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
 
 def show_batch(engine: Engine, batch_id: str) -> dict[str, Any]:
     with Session(engine) as session:
-        batch = session.get(Batch, batch_id)
+        batch = batch_by_id(session, batch_id)
         if batch is None:
             raise NotFound("batch", batch_id)
         return batch_public(batch, batch_counts(session, batch_id))
@@ -326,6 +335,8 @@ def show_batch(engine: Engine, batch_id: str) -> dict[str, Any]:
 def list_batches(
     engine: Engine, firmware_id: int | None = None, state: str | None = None
 ) -> list[dict[str, Any]]:
+    if firmware_id is not None and not id_in_range(firmware_id):
+        return []  # no firmware has it; the database must not see it (ID_MAX)
     with Session(engine) as session:
         query = select(Batch).order_by(col(Batch.created_at).desc())
         if firmware_id is not None:
@@ -354,9 +365,12 @@ def list_tasks(
     reason: str | None = None,
 ) -> list[dict[str, Any]]:
     with Session(engine) as session:
-        batch = session.get(Batch, batch_id)
+        batch = batch_by_id(session, batch_id)
         if batch is None:
             raise NotFound("batch", batch_id)
+        if after_id >= ID_MAX:
+            return []  # no task comes after; the database must not see the number (ID_MAX)
+        after_id = max(after_id, 0)
         # The device's version of the task's module as it reports it now, beside the record.
         query = (
             select(Task, DeviceModule.version)
@@ -389,7 +403,7 @@ def list_tasks(
 async def cancel_batch(ctx: Context, batch_id: str, all_tasks: bool = False) -> dict[str, Any]:
     """Signal the batch: `scheduled` (static: scheduled tasks; dynamic: the policy) or `all`."""
     with Session(ctx.engine) as session:
-        batch = session.get(Batch, batch_id)
+        batch = batch_by_id(session, batch_id)
         if batch is None:
             raise NotFound("batch", batch_id)
     scope = CancelScope.ALL if all_tasks else CancelScope.SCHEDULED

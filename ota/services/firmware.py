@@ -23,6 +23,7 @@ from ota.domain import (
     FirmwareType,
     SignMethod,
     firmware_extension,
+    id_in_range,
     validate_description,
     validate_firmware_name,
     validate_module,
@@ -332,9 +333,14 @@ def list_firmware(engine: Engine, product_key: str | None = None) -> list[Firmwa
         return list(session.exec(query))
 
 
+def firmware_by_id(session: Session, id: int) -> Firmware | None:
+    """The firmware, or None; an id no INTEGER column holds names none (and never reaches it)."""
+    return session.get(Firmware, id) if id_in_range(id) else None
+
+
 def get_firmware(engine: Engine, id: int) -> Firmware:
     with Session(engine) as session:
-        fw = session.get(Firmware, id)
+        fw = firmware_by_id(session, id)
     if fw is None:
         raise NotFound("firmware", id)
     return fw
@@ -344,7 +350,7 @@ def delete_firmware(engine: Engine, store: FirmwareStore, id: int) -> None:
     """Remove the record, its finished batches and its file; refused while a batch is active."""
     try:
         with session_scope(engine) as session:
-            fw = session.get(Firmware, id)
+            fw = firmware_by_id(session, id)
             if fw is None:
                 raise NotFound("firmware", id)
             active = session.exec(

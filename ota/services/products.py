@@ -52,15 +52,13 @@ def list_products(engine: Engine) -> list[Product]:
 
 def get_product(engine: Engine, pk: str) -> Product:
     with Session(engine) as session:
-        product = session.get(Product, pk)
-    if product is None:
-        raise NotFound("product", pk)
-    return product
+        return require_product(session, pk)
 
 
 def require_product(session: Session, pk: str) -> Product:
-    """The product, read inside the caller's transaction; NotFound names it."""
-    product = session.get(Product, pk)
+    """The product, read inside the caller's transaction; NotFound names it. A key no product
+    can have is not looked up: PostgreSQL refuses a NUL byte in a text parameter."""
+    product = session.get(Product, pk) if PRODUCT_KEY_RE.fullmatch(pk or "") else None
     if product is None:
         raise NotFound("product", pk)
     return product

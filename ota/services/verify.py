@@ -24,13 +24,14 @@ from ota.domain import (
 )
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.batches import find_firmware, new_batch_id, show_batch, start_registered
+from ota.services.firmware import firmware_by_id
 
 MAX_DEVICES = 100
 
 
 def resolve_verify(session: Session, inp: VerifyInput) -> Batch:
     """Check a verification request; the Batch row to insert (not inserted)."""
-    firmware = session.get(Firmware, inp.firmware_id)
+    firmware = firmware_by_id(session, inp.firmware_id)
     if firmware is None:
         raise NotFound("firmware", inp.firmware_id)
     if firmware.state == FirmwareState.VERIFYING:

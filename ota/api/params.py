@@ -1,0 +1,49 @@
+"""Path and query parameters, with the rules the services enforce written into the schema.
+
+The services keep the checks (the CLI calls them too); the schema reads the same constants, so a
+generated client can check a value before it calls, and the two cannot drift apart. Ids are
+bounded by FastAPI itself: there is no service rule for a number no column can hold.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import Path, Query
+
+from ota.domain import BATCH_ID_RE, ID_MAX, ID_MIN, MODULE_RE
+from ota.services.devices import DEVICE_NAME_RE
+from ota.services.products import PRODUCT_KEY_RE
+
+
+def matching(regex: re.Pattern[str], or_empty: bool = False) -> dict[str, Any]:
+    """The regex as a JSON Schema pattern; ours are anchored and ECMA-compatible. or_empty: the
+    service reads "" as "not given" (module: default; version: unknown)."""
+    if or_empty:
+        return {"pattern": f"^({regex.pattern.removeprefix('^').removesuffix('$')})?$"}
+    return {"pattern": regex.pattern}
+
+
+# Routes say {firmware_id:int}: only digits reach the route, so /firmware/check is not an id and
+# a 405's Allow lists what the path really takes.
+FirmwareId = Annotated[int, Path(ge=ID_MIN, le=ID_MAX, description="The firmware's id.")]
+FirmwareIdQuery = Annotated[
+    int | None, Query(ge=ID_MIN, le=ID_MAX, description="Only this firmware's batches.")
+]
+AfterId = Annotated[
+    int, Query(ge=0, le=ID_MAX, description="The previous page's next_after_id; 0: the first.")
+]
+ProductKey = Annotated[
+    str, Path(description="The product's ProductKey.", json_schema_extra=matching(PRODUCT_KEY_RE))
+]
+DeviceName = Annotated[
+    str, Path(description="The device's DeviceName.", json_schema_extra=matching(DEVICE_NAME_RE))
+]
+BatchId = Annotated[
+    str, Path(description="The batch's id.", json_schema_extra=matching(BATCH_ID_RE))
+]
+ModuleQuery = Annotated[
+    str | None,
+    Query(description="A module name.", json_schema_extra=matching(MODULE_RE, or_empty=True)),
+]
