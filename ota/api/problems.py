@@ -11,13 +11,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from temporalio.service import RPCError
 
 from ota.api.schemas import CLOUD_NAMES
 from ota.errors import Conflict, InvalidInput, NotFound, OtaError, Unavailable
+from ota.temporal import is_transient
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
+TEMPORAL_RETRY_AFTER_SECONDS = 10  # a dev server restarts in about that
 _TYPES = {
     InvalidInput: ("invalid-input", "Invalid input"),
     NotFound: ("not-found", "Not found"),
@@ -141,6 +144,19 @@ def install(app: FastAPI, is_console: Any) -> None:
         title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
         return problem_response(exc.status_code, title, str(exc.detail), headers=exc.headers)
 
+    async def on_temporal_error(request: Request, exc: RPCError) -> Response:
+        """Temporal restarting or overloaded: 503, and the client tries again; the cached
+        client reconnects by itself, so the API needs no restart."""
+        if not is_transient(exc):
+            return await on_crash(request, exc)
+        log.warning("Temporal unavailable for %s %s: %s", request.method, request.url.path, exc)
+        error = Unavailable(f"Temporal is not reachable ({exc.status.name}); try again shortly")
+        if is_console(request):
+            return await app.state.render_error(request, error.status, str(error))
+        response = ota_error_response(error)
+        response.headers["Retry-After"] = str(TEMPORAL_RETRY_AFTER_SECONDS)
+        return response
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette logs the traceback after this answer; the client gets the same shape.
         detail = "an unexpected error; the server log has the details"
@@ -149,5 +165,6 @@ def install(app: FastAPI, is_console: Any) -> None:
     app.add_exception_handler(Problem, on_problem)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, on_crash)
     app.add_exception_handler(OtaError, on_ota_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RPCError, on_temporal_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]

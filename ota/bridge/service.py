@@ -157,9 +157,12 @@ class Bridge:
                     pk,
                     dn,
                 )
-            await self.signaller.send(result.signals)
+            # Replies first: a device asking for its firmware need not wait for Temporal.
             async with inbox.reading():  # the broker's acks of the replies
                 await self._reply(client, result.replies)
+            # Waits while Temporal is away (signals.py): the acks below wait with it, so a
+            # bridge that dies meanwhile gets these messages again.
+            await self.signaller.send(result.signals)
         inbox.ack(batch)
         self.stats["flushes"] += 1
         if parsed:
