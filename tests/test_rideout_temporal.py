@@ -7,21 +7,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
 import pytest
+from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from ota import protocol
 from ota.bridge import Bridge
-from ota.contracts import DeviceReport, device_workflow_id
+from ota.contracts import BatchInput, DeviceReport, device_workflow_id
+from ota.db.models import Batch
+from ota.services.batches import create_batch
 from tests.fixtures.outage import TemporalServer
 from tests.linkkit.seed import seed_fleet, tasks
 from tests.test_bridge import bridge_settings, publisher, running, until
 from tests.test_bridge_signals import WaitForReport
+from tests.test_e2e import (
+    PushCounter,
+    add_test_firmware,
+    reported,
+    start_fleet,
+    task_states,
+    wait_for,
+)
 
 RESULT_SECONDS = 60  # a workflow's result once Temporal is back
 
@@ -169,20 +181,24 @@ async def test_an_updated_report_redelivered_after_a_bridge_crash_is_signalled(
     assert got.outcome == "updated"
 
 
+@pytest.mark.slow
 async def test_the_api_answers_503_while_temporal_is_away_and_recovers_without_restart(
     own_temporal: TemporalServer, ota_processes
 ):
     """A batch cannot start while Temporal is down: 503 with a problem detail, nothing left
-    registered; once Temporal is back the same API process starts it."""
+    registered; once Temporal is back the same API process (and Temporal client) starts it."""
     stack = ota_processes
     stack.env["OTA_TEMPORAL_ADDRESS"] = own_temporal.address
-    fleet = seed_fleet(stack.context().engine, 1)
+    fleet = seed_fleet(stack.context().engine, 1, target="3.0.0", task_state=None)
+    firmware_id = add_test_firmware(stack, fleet.product_key)  # 2.0.0, needs no verification
     stack.start("api")
-    url = f"http://127.0.0.1:{stack.env['OTA_HTTP_PORT']}"
+    url = f"http://127.0.0.1:{stack.env['OTA_HTTP_PORT']}/api/v1"
     body = {"src_versions": ["1.0.0"], "timeout_minutes": 5}
-    create = f"/firmware/{fleet.firmware.id}/batches"
+    create = f"/firmware/{firmware_id}/batches"
     auth = {"Authorization": f"Bearer {stack.env['OTA_API_TOKEN']}"}
     async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60) as http:
+        first = await http.post(create, json=body)  # the API's client is connected now
+        assert first.status_code == 201, first.text
         before = (await http.get("/batches")).json()
         own_temporal.kill()
         down = await http.post(create, json=body)
@@ -194,3 +210,52 @@ async def test_the_api_answers_503_while_temporal_is_away_and_recovers_without_r
         own_temporal.start()
         up = await http.post(create, json=body)
         assert up.status_code == 201, up.text
+
+
+@pytest.mark.slow
+async def test_a_batch_rides_out_a_temporal_restart_with_real_worker_and_bridge(
+    own_temporal: TemporalServer, ota_processes, mqtt_url
+):
+    """SIGKILL the dev server mid-batch (pushes paced, devices reporting), keep it down 15 s,
+    restart it on the same file: the same worker and bridge processes finish the batch, every
+    device updated and pushed once. The timeout is 30 min: a lost `updated` signal would hold
+    its device workflow, and the batch, far beyond this test's wait."""
+    stack = ota_processes
+    stack.env["OTA_TEMPORAL_ADDRESS"] = own_temporal.address
+    pk, devices = f"tmp{uuid.uuid4().hex[:8]}", 40
+    stack.start("worker")
+    stack.start("bridge")
+    await start_fleet(stack, pk, devices, "--install-seconds", "2")
+    firmware_id = add_test_firmware(stack, pk)
+    counter = PushCounter(mqtt_url, pk)
+    listen = asyncio.create_task(counter.run())
+    await counter.started()
+    ctx = stack.context()
+    batch = await create_batch(
+        ctx,
+        BatchInput(
+            batch_id="",
+            firmware_id=firmware_id,
+            src_versions=["1.0.0"],
+            rate_per_minute=60,
+            timeout_minutes=30,
+        ),
+    )
+    await wait_for(lambda: sum(counter.pushes.values()) >= 10, 60, "10 devices pushed")
+    own_temporal.kill()
+    at_kill = task_states(ctx.engine, batch["id"])
+    await asyncio.sleep(15)
+    assert stack.alive("worker") and stack.alive("bridge"), "a process exited with Temporal"
+    own_temporal.start()
+    await wait_for(
+        lambda: Session(ctx.engine).get(Batch, batch["id"]).state == "completed",
+        180,
+        f"batch completed (at kill: {dict(at_kill)})",
+        interval=2,
+    )
+    assert task_states(ctx.engine, batch["id"]) == Counter({"updated": devices})
+    assert reported(ctx.engine, pk, "2.0.0") == devices
+    assert len(counter.pushes) == devices and set(counter.pushes.values()) == {1}
+    assert at_kill["updated"] < devices, f"killed too late to prove anything: {at_kill}"
+    assert stack.alive("worker") and stack.alive("bridge")
+    listen.cancel()
