@@ -223,8 +223,8 @@ async def test_a_batch_rides_out_a_temporal_restart_with_real_worker_and_bridge(
     stack = ota_processes
     stack.env["OTA_TEMPORAL_ADDRESS"] = own_temporal.address
     pk, devices = f"tmp{uuid.uuid4().hex[:8]}", 40
-    stack.start("worker")
-    stack.start("bridge")
+    for name in ("worker", "bridge", "api"):  # the api serves the downloads
+        stack.start(name)
     await start_fleet(stack, pk, devices, "--install-seconds", "2")
     firmware_id = add_test_firmware(stack, pk)
     counter = PushCounter(mqtt_url, pk)
@@ -257,5 +257,8 @@ async def test_a_batch_rides_out_a_temporal_restart_with_real_worker_and_bridge(
     assert reported(ctx.engine, pk, "2.0.0") == devices
     assert len(counter.pushes) == devices and set(counter.pushes.values()) == {1}
     assert at_kill["updated"] < devices, f"killed too late to prove anything: {at_kill}"
-    assert stack.alive("worker") and stack.alive("bridge")
+    assert stack.alive("worker") and stack.alive("bridge") and stack.alive("api")
+    bridge_log = stack.log("bridge")  # one line for the outage, not one per signal or try
+    assert bridge_log.count("Temporal unavailable") == 1, bridge_log[-3000:]
+    assert bridge_log.count("Temporal reachable again") == 1
     listen.cancel()
