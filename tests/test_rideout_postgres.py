@@ -101,15 +101,14 @@ async def test_a_batch_rides_out_postgres_away_for_20_seconds(
     retry (LOCAL_RETRY), and the batch ends with every device updated, pushed once, attempt 1."""
     direct_url, proxied_url = pg_database
     stack = ota_processes
-    stack.env["OTA_DATABASE_URL"] = direct_url
     pk, devices = f"pgo{uuid.uuid4().hex[:8]}", 30
-    stack.start("api")
-    await start_fleet(stack, pk, devices, "--install-seconds", "2")
-    firmware_id = add_test_firmware(stack, pk)
     stack.env["OTA_DATABASE_URL"] = proxied_url
     stack.start("worker")
     stack.start("bridge")
-    stack.env["OTA_DATABASE_URL"] = direct_url  # the test's own reads
+    stack.env["OTA_DATABASE_URL"] = direct_url  # the api's, the simulator's and this test's
+    stack.start("api")
+    await start_fleet(stack, pk, devices, "--install-seconds", "2")
+    firmware_id = add_test_firmware(stack, pk)
     counter = PushCounter(mqtt_url, pk)
     listen = asyncio.create_task(counter.run())
     await counter.started()
