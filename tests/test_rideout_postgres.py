@@ -35,6 +35,9 @@ from tests.test_e2e import (
 
 OUTAGE_SECONDS = 20
 
+# Each test takes a service away and gives it back: 20 to 100 s.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def pg_database(pg_proxy: TcpProxy) -> Iterator[tuple[str, str]]:
@@ -51,7 +54,6 @@ def pg_database(pg_proxy: TcpProxy) -> Iterator[tuple[str, str]]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.mark.slow
 async def test_the_bridge_holds_its_messages_while_postgres_is_away_and_records_each_once(
     pg_proxy: TcpProxy, pg_database, mqtt_url, tmp_path
 ):
@@ -92,7 +94,6 @@ async def test_the_bridge_holds_its_messages_while_postgres_is_away_and_records_
     proxied.dispose()
 
 
-@pytest.mark.slow
 async def test_a_batch_rides_out_postgres_away_for_20_seconds(
     pg_proxy: TcpProxy, pg_database, ota_processes, mqtt_url
 ):

@@ -37,6 +37,9 @@ from tests.test_e2e import (
 
 RESULT_SECONDS = 60  # a workflow's result once Temporal is back
 
+# Each test takes a service away and gives it back: 20 to 100 s.
+pytestmark = pytest.mark.slow
+
 
 @contextlib.asynccontextmanager
 async def report_workflows(
@@ -181,7 +184,6 @@ async def test_an_updated_report_redelivered_after_a_bridge_crash_is_signalled(
     assert got.outcome == "updated"
 
 
-@pytest.mark.slow
 async def test_the_api_answers_503_while_temporal_is_away_and_recovers_without_restart(
     own_temporal: TemporalServer, ota_processes
 ):
@@ -212,7 +214,6 @@ async def test_the_api_answers_503_while_temporal_is_away_and_recovers_without_r
         assert up.status_code == 201, up.text
 
 
-@pytest.mark.slow
 async def test_a_batch_rides_out_a_temporal_restart_with_real_worker_and_bridge(
     own_temporal: TemporalServer, ota_processes, mqtt_url
 ):
@@ -262,3 +263,19 @@ async def test_a_batch_rides_out_a_temporal_restart_with_real_worker_and_bridge(
     assert bridge_log.count("Temporal unavailable") == 1, bridge_log[-3000:]
     assert bridge_log.count("Temporal reachable again") == 1
     listen.cancel()
+
+
+async def test_a_worker_started_before_temporal_waits_for_it(
+    own_temporal: TemporalServer, ota_processes
+):
+    """`ota worker` used to exit when Temporal was not up yet; now it waits and then polls."""
+    stack = ota_processes
+    stack.env["OTA_TEMPORAL_ADDRESS"] = own_temporal.address
+    own_temporal.kill()
+    stack.start("worker")
+    await wait_for(lambda: "cannot connect to Temporal" in stack.log("worker"), 30, "a retry")
+    await asyncio.sleep(3)
+    assert stack.alive("worker"), stack.log("worker")[-2000:]
+    own_temporal.start()
+    await wait_for(lambda: "worker polling task queue" in stack.log("worker"), 90, "polling")
+    assert stack.alive("worker")
