@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -29,6 +32,10 @@ log = logging.getLogger("ota.worker")
 # Sync activities (database work) run on these threads; local ones share them.
 ACTIVITY_THREADS = 32
 MAX_LOCAL_ACTIVITIES = 200  # pushes are async and wait on the broker, not on a thread
+# Waiting for Temporal (at start, or after the worker failed): 1 s, doubling, then every minute.
+RESTART_FIRST_SECONDS, RESTART_MAX_SECONDS = 1.0, 60.0
+
+T = TypeVar("T")
 
 
 class OtaWorker(Worker):
@@ -108,16 +115,68 @@ async def ensure_search_attributes(client: Client) -> list[str]:
 
 
 async def run_worker(context: Context | None = None) -> None:
-    """`ota worker`: run until SIGINT/SIGTERM, then finish what is in hand and stop."""
+    """`ota worker`: run until SIGINT/SIGTERM, then finish what is in hand and stop.
+
+    Temporal may be away when the worker starts, or go away while it runs (a server restart):
+    the worker waits for it rather than exit. Its polls retry by themselves through an outage;
+    a worker that still fails fatally (the namespace missing while the server starts) is
+    replaced by a new one, with a growing pause, on the same client, which reconnects by itself.
+    """
     context = context or Context()
-    client = await context.temporal()
-    await ensure_search_attributes(client)
-    worker = build_worker(client, context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    client = await _until_ready(stop, "connect to Temporal", context.temporal)
+    if (
+        client is None
+        or await _until_ready(
+            stop, "register search attributes", lambda: ensure_search_attributes(client)
+        )
+        is None
+    ):
+        return
+    pause = RESTART_FIRST_SECONDS
+    while not stop.is_set():
+        worker = build_worker(client, context)
+        began = loop.time()
+        running = asyncio.create_task(worker.run())
+        stopping = asyncio.create_task(stop.wait())
         log.info("worker polling task queue %s", context.settings.task_queue)
-        await stop.wait()
-        log.info("stopping")
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        await worker.shutdown()  # graceful on a stop; after a fatal error, closes what it holds
+        if stop.is_set():
+            log.info("stopping")
+            with contextlib.suppress(Exception):  # already logged by temporalio
+                await running
+            return
+        error = running.exception() if not running.cancelled() else None
+        if loop.time() - began > RESTART_MAX_SECONDS:  # it worked for a while: start afresh
+            pause = RESTART_FIRST_SECONDS
+        log.error("worker stopped (%s); starting a new one in %.0f s", error, pause)
+        if await _stopped_within(stop, pause):
+            return
+        pause = min(pause * 2, RESTART_MAX_SECONDS)
+
+
+async def _until_ready(
+    stop: asyncio.Event, what: str, attempt: Callable[[], Awaitable[T]]
+) -> T | None:
+    """`attempt()` until it succeeds, with a growing pause; None if stopped meanwhile."""
+    pause = RESTART_FIRST_SECONDS
+    while not stop.is_set():
+        try:
+            return await attempt()
+        except Exception as exc:
+            log.error("cannot %s: %s; trying again in %.0f s", what, exc, pause)
+        if await _stopped_within(stop, pause):
+            break
+        pause = min(pause * 2, RESTART_MAX_SECONDS)
+    return None
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

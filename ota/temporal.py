@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import TLSConfig
+from temporalio.service import RPCError, RPCStatusCode
 
 from ota.errors import InvalidInput
 from ota.settings import Settings
@@ -46,6 +47,26 @@ def temporal_connect_options(settings: Settings) -> dict[str, Any]:
         # Said outright: an API key over plain gRPC would be sent in the clear.
         options["tls"] = True
     return options
+
+
+TRANSIENT_STATUSES = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,  # connection refused or reset, server starting
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.ABORTED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,  # rate limited
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Temporal unreachable or overloaded (try again later), as opposed to refusing the call."""
+    if not isinstance(exc, RPCError):
+        return False
+    if exc.status in TRANSIENT_STATUSES:
+        return True
+    # A connection reset mid-call comes from the SDK's core as UNKNOWN "transport error".
+    return exc.status == RPCStatusCode.UNKNOWN and "transport error" in str(exc)
 
 
 def _read(path: Path | None, setting: str) -> bytes | None:

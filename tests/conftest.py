@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.stack",
     "tests.fixtures.s3",
     "tests.fixtures.tls",
+    "tests.fixtures.outage",
 ]

@@ -12,14 +12,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from ota.api.schemas import CLOUD_NAMES
 from ota.errors import Conflict, InvalidInput, NotFound, OtaError, Unavailable
+from ota.temporal import is_transient
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
+TEMPORAL_RETRY_AFTER_SECONDS = 10  # a dev server restarts in about that
 _TYPES = {
     InvalidInput: ("invalid-input", "Invalid input"),
     NotFound: ("not-found", "Not found"),
@@ -165,11 +167,18 @@ def install(app: FastAPI, is_console: Any) -> None:
             headers["Allow"] = allowed_methods(app, request.scope)
         return problem_response(exc.status_code, title, str(exc.detail), headers=headers)
 
-    async def on_rpc_error(request: Request, exc: RPCError) -> Response:
-        # Temporal went away after we connected: the same 503 as when it was never there.
-        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-            return await on_ota_error(request, Unavailable(f"Temporal does not answer: {exc}"))
-        raise exc  # a 500, logged with its traceback like any other crash
+    async def on_temporal_error(request: Request, exc: RPCError) -> Response:
+        """Temporal restarting or overloaded: 503, and the client tries again; the cached
+        client reconnects by itself, so the API needs no restart."""
+        if not is_transient(exc):
+            return await on_crash(request, exc)
+        log.warning("Temporal unavailable for %s %s: %s", request.method, request.url.path, exc)
+        error = Unavailable(f"Temporal is not reachable ({exc.status.name}); try again shortly")
+        if is_console(request):
+            return await app.state.render_error(request, error.status, str(error))
+        response = ota_error_response(error)
+        response.headers["Retry-After"] = str(TEMPORAL_RETRY_AFTER_SECONDS)
+        return response
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette logs the traceback after this answer; the client gets the same shape.
@@ -178,7 +187,7 @@ def install(app: FastAPI, is_console: Any) -> None:
 
     app.add_exception_handler(Problem, on_problem)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, on_crash)
-    app.add_exception_handler(RPCError, on_rpc_error)  # type: ignore[arg-type]
     app.add_exception_handler(OtaError, on_ota_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RPCError, on_temporal_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]

@@ -19,6 +19,9 @@ Rules it follows:
   version `judge_version_report` calls failed (the bridge writes no failure: the workflow decides
   between retry and failed); `online` when an offline device with a waiting `to_be_pushed` task
   shows up. Intermediate percentages are never signalled; a missing workflow is logged, not fatal.
+  While Temporal is unreachable a flush waits for its signals (retrying, up to every 30 s) before
+  acking its messages: the inbox fills and stops reading, the broker keeps the rest, and a
+  bridge that dies meanwhile gets them again (`signals.py`, counted in `signal_retries`).
 - Presence: any message from a device means online. Our SDK publishes a retained "online" to
   `protocol.status_topic` on connect and has the broker publish "offline" (its last will) when it
   goes away. Devices on other SDKs are seen online by their reports and never marked offline.

@@ -61,6 +61,7 @@ class Bridge:
         self.endpoint = service_endpoint(settings, ServiceRole.BRIDGE)
         self._v5 = self.endpoint.v5
         self.reconciler = Reconciler(settings, engine, self.signer, self.stats, self.products)
+        self._database_failing = False  # since the last flush that committed
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting with backoff when the broker or database goes."""
@@ -75,7 +76,11 @@ class Bridge:
                     await client.subscribe(self._subscriptions())
                     log.info("bridge connected to %s", self.endpoint.url)
                     self.ready.set()
-                    backoff = BACKOFF_MIN
+                    # A connection proves the broker is back, not the database: while the
+                    # database fails, keep backing off (else: a reconnect and a redelivery of
+                    # every waiting message each 0.5 s for the whole outage).
+                    if not self._database_failing:
+                        backoff = BACKOFF_MIN
                     # No session on the broker: device reports may have been dropped.
                     self.reconciler.connected(client, inbox, session)
                     try:
@@ -87,6 +92,7 @@ class Bridge:
             except (OperationalError, DBAPIError) as exc:
                 # Nothing of the batch was acked: after reconnecting the broker sends it again.
                 log.error("database unavailable: %s; retrying in %.1fs", exc, backoff)
+                self._database_failing = True
             self.ready.clear()
             self.stats["reconnects"] += 1
             await asyncio.sleep(backoff)
@@ -148,6 +154,7 @@ class Bridge:
                 parsed.append(msg)
         if parsed:
             result = await asyncio.to_thread(self._apply, parsed)
+            self._database_failing = False
             if result.unknown:
                 self.stats["unknown_device"] += len(result.unknown)
                 pk, dn = result.unknown[0]
@@ -157,9 +164,12 @@ class Bridge:
                     pk,
                     dn,
                 )
-            await self.signaller.send(result.signals)
+            # Replies first: a device asking for its firmware need not wait for Temporal.
             async with inbox.reading():  # the broker's acks of the replies
                 await self._reply(client, result.replies)
+            # Waits while Temporal is away (signals.py): the acks below wait with it, so a
+            # bridge that dies meanwhile gets these messages again.
+            await self.signaller.send(result.signals)
         inbox.ack(batch)
         self.stats["flushes"] += 1
         if parsed:

@@ -1,0 +1,147 @@
+"""PostgreSQL unreachable under a running batch (a proxy in front of the machine's server cuts
+every connection and refuses new ones): the bridge keeps its messages unacked until the database
+is back and records each once; the worker's local activities retry through the outage."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from ota import protocol
+from ota.bridge import Bridge
+from ota.contracts import BatchInput
+from ota.db.engine import make_engine
+from ota.db.models import Batch, Task
+from ota.services.batches import create_batch
+from tests.fixtures.database import PG_ADMIN_URL
+from tests.fixtures.outage import TcpProxy
+from tests.linkkit.seed import seed_fleet, tasks
+from tests.test_bridge import Recorder, bridge_settings, publisher, running, until
+from tests.test_e2e import (
+    PushCounter,
+    add_test_firmware,
+    reported,
+    start_fleet,
+    task_states,
+    wait_for,
+)
+
+OUTAGE_SECONDS = 20
+
+# Each test takes a service away and gives it back: 20 to 100 s.
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pg_database(pg_proxy: TcpProxy) -> Iterator[tuple[str, str]]:
+    """A fresh database: its URL direct, and its URL through the proxy."""
+    name = f"ota_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    proxied = f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/{name}"
+    try:
+        yield f"{base}/{name}", proxied
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_the_bridge_holds_its_messages_while_postgres_is_away_and_records_each_once(
+    pg_proxy: TcpProxy, pg_database, mqtt_url, tmp_path
+):
+    direct_url, proxied_url = pg_database
+    direct = make_engine(direct_url)
+    fleet = seed_fleet(direct, 3)
+    pk, (done, busy, broken) = fleet.product_key, fleet.names
+    proxied = make_engine(proxied_url, migrate=False)
+    recorder = Recorder()
+    settings = bridge_settings(tmp_path, mqtt_url)
+    bridge = Bridge(settings, proxied, recorder, session_expiry=60, products=[pk])
+    async with running(bridge), publisher(mqtt_url) as device:
+        pg_proxy.cut()
+        inform, progress = protocol.inform_topic, protocol.progress_topic
+        await device.publish(inform(pk, done), protocol.encode_inform("1", "2.0.0"), 1)
+        await device.publish(progress(pk, busy), protocol.encode_progress("2", 40), 1)
+        await device.publish(progress(pk, broken), protocol.encode_progress("3", -3), 1)
+        await until(lambda: bridge.stats["reconnects"] >= 2, 30, "the bridge trying again")
+        await asyncio.sleep(OUTAGE_SECONDS / 2)
+        # Backing off, not reconnecting to the broker every 0.5 s for the whole outage.
+        assert bridge.stats["reconnects"] <= 6, bridge.stats
+        assert {t.state for t in tasks(direct, fleet.batch_id).values()} == {"pushed"}
+        assert recorder.signals == []
+        pg_proxy.restore()
+        await until(lambda: len(recorder.signals) == 2, 60, "the signals after the outage")
+        await until(lambda: bridge.stats["flushes"] >= 1, what="a flush acked")
+        await asyncio.sleep(1)  # a second copy of a signal would show up by now
+    states = {dn: (t.state, t.progress) for dn, t in tasks(direct, fleet.batch_id).items()}
+    assert states == {done: ("updated", None), busy: ("in_upgrade", 40), broken: ("pushed", None)}
+    names = sorted((wid.rsplit("/", 1)[-1], arg.outcome) for wid, _, arg in recorder.signals)
+    assert names == sorted([(broken, "failed"), (done, "updated")])
+    # Acked: the broker has nothing left for this session.
+    again = Bridge(settings, direct, Recorder(), session_expiry=60, products=[pk])
+    async with running(again):
+        await asyncio.sleep(2)
+    assert again.stats["received"] == 0
+    direct.dispose()
+    proxied.dispose()
+
+
+async def test_a_batch_rides_out_postgres_away_for_20_seconds(
+    pg_proxy: TcpProxy, pg_database, ota_processes, mqtt_url
+):
+    """Worker and bridge reach PostgreSQL through the proxy (the api, which serves downloads,
+    does not: this is about their records). Cut mid-batch for 20 s: pushes and records wait and
+    retry (LOCAL_RETRY), and the batch ends with every device updated, pushed once, attempt 1."""
+    direct_url, proxied_url = pg_database
+    stack = ota_processes
+    pk, devices = f"pgo{uuid.uuid4().hex[:8]}", 30
+    stack.env["OTA_DATABASE_URL"] = proxied_url
+    stack.start("worker")
+    stack.start("bridge")
+    stack.env["OTA_DATABASE_URL"] = direct_url  # the api's, the simulator's and this test's
+    stack.start("api")
+    await start_fleet(stack, pk, devices, "--install-seconds", "2")
+    firmware_id = add_test_firmware(stack, pk)
+    counter = PushCounter(mqtt_url, pk)
+    listen = asyncio.create_task(counter.run())
+    await counter.started()
+    ctx = stack.context()
+    batch = await create_batch(
+        ctx,
+        BatchInput(
+            batch_id="",
+            firmware_id=firmware_id,
+            src_versions=["1.0.0"],
+            rate_per_minute=60,
+            timeout_minutes=30,
+        ),
+    )
+    await wait_for(lambda: sum(counter.pushes.values()) >= 8, 60, "8 devices pushed")
+    pg_proxy.cut()
+    pushed_at_cut = sum(counter.pushes.values())
+    await asyncio.sleep(OUTAGE_SECONDS)
+    # No push without its record: the push records before it publishes.
+    assert sum(counter.pushes.values()) <= pushed_at_cut + 1
+    pg_proxy.restore()
+    await wait_for(
+        lambda: Session(ctx.engine).get(Batch, batch["id"]).state == "completed",
+        240,
+        "batch completed",
+        interval=2,
+    )
+    assert task_states(ctx.engine, batch["id"]) == Counter({"updated": devices})
+    assert reported(ctx.engine, pk, "2.0.0") == devices
+    assert len(counter.pushes) == devices and set(counter.pushes.values()) == {1}
+    with Session(ctx.engine) as s:
+        attempts = s.exec(select(func.max(Task.attempts)).where(Task.batch_id == batch["id"])).one()
+    assert attempts == 1, "an attempt counted twice"
+    assert stack.alive("worker") and stack.alive("bridge")
+    listen.cancel()
