@@ -156,6 +156,9 @@ class DeviceReport:
     version: str | None = None
     # When set, a device workflow of another batch ignores the report (a late or stray signal).
     batch_id: str | None = None
+    # The attempt the task was on when the report came: a failure redelivered after the next
+    # push (the bridge lost its connection mid-flush) must not fail the new attempt.
+    attempt: int | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -103,6 +104,10 @@ async def test_500_devices_reporting_at_once_take_a_few_transactions(engine, mqt
         Device(fleet.product_key, n, mqtt_url=mqtt_url, versions="1.0.0", session_expiry=60)
         for n in fleet.names
     ]
+
+    def reports() -> list:  # type: ignore[type-arg]
+        return [s for s in recorder.signals if s[1] == "report"]
+
     async with running(bridge):
         runs = [asyncio.create_task(d.run()) for d in devices]
         try:
@@ -117,7 +122,7 @@ async def test_500_devices_reporting_at_once_take_a_few_transactions(engine, mqt
             for d in devices:
                 d.versions["default"] = "2.0.0"
             await asyncio.gather(*(d.report_version() for d in devices))
-            await until(lambda: len(recorder.signals) >= 500, what="500 updated signals")
+            await until(lambda: len(reports()) >= 500, what="500 updated signals")
             elapsed = time.monotonic() - started
             burst = bridge.stats["transactions"] - before
         finally:
@@ -126,7 +131,9 @@ async def test_500_devices_reporting_at_once_take_a_few_transactions(engine, mqt
             await asyncio.gather(*runs, return_exceptions=True)
     assert versions(engine, fleet.product_key) == dict.fromkeys(fleet.names, "2.0.0")
     assert {t.state for t in tasks(engine, fleet.batch_id).values()} == {"updated"}
-    assert {s[1] for s in recorder.signals} == {"report"} and len(recorder.signals) == 500
+    assert len(reports()) == 500
+    # Their tasks say pushed, and each said 1.0.0 on connect: a lost push, asked again once.
+    assert Counter(s[1] for s in recorder.signals) == {"report": 500, "online": 500}
     print(f"\n500 devices: {burst} transactions in {elapsed:.2f}s; {dict(bridge.stats)}")
     assert burst <= 10, bridge.stats
     assert bridge.stats["unknown_device"] == 0 and bridge.stats["rejected"] == 0

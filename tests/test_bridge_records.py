@@ -7,7 +7,7 @@ from sqlmodel import Session
 
 from ota.bridge.records import apply_reports
 from ota.contracts import SIGNAL_ONLINE, SIGNAL_REPORT, DeviceReport, device_workflow_id
-from ota.db.models import Device, Task
+from ota.db.models import Batch, Device, Task
 from ota.protocol import FirmwareGet, Inform, Progress, Status
 from tests.linkkit.seed import devices, seed_fleet, tasks, versions
 
@@ -86,11 +86,12 @@ def test_failures_are_signalled_not_written(engine):
     )
     reports = {s.workflow_id: s.arg for s in result.signals}
     assert reports == {
+        # The attempt each task was on: a failure redelivered after the next push is ignored.
         device_workflow_id(f.product_key, a): DeviceReport(
-            "failed", "download_failed", None, f.batch_id
+            "failed", "download_failed", None, f.batch_id, attempt=1
         ),
         device_workflow_id(f.product_key, b): DeviceReport(
-            "failed", "version_mismatch", None, f.batch_id
+            "failed", "version_mismatch", None, f.batch_id, attempt=1
         ),
     }
     assert {t.state for t in tasks(engine, f.batch_id).values()} == {"in_upgrade"}
@@ -105,9 +106,37 @@ def test_recovery_within_one_flush_signals_only_the_update(engine):
     assert [s.arg.outcome for s in result.signals] == ["updated"]
 
 
-def test_current_version_while_pushed_is_no_news(engine):
+def test_current_version_while_pushed_means_the_push_was_lost(engine):
+    """Devices say their version on connect: still the old one while pushed, the device never
+    began. Nothing is written; its workflow is told (online) and pushes again."""
     f = seed_fleet(engine, 1)
-    assert apply_reports(engine, [Inform(f.product_key, f.names[0], "1", "1.0.0")]).signals == []
+    (dn,) = f.names
+    before = tasks(engine, f.batch_id)[dn]
+    result = apply_reports(engine, [Inform(f.product_key, dn, "1", "1.0.0")])
+    assert [(s.name, s.arg) for s in result.signals] == [("online", None)]
+    after = tasks(engine, f.batch_id)[dn]
+    assert (after.state, after.attempts, after.updated_at) == (
+        before.state,
+        before.attempts,
+        before.updated_at,
+    )
+
+
+def test_a_report_of_the_target_again_signals_an_updated_task_again(engine):
+    """The bridge died after committing `updated` but before its signal: the redelivered report
+    signals again (nothing written); once the batch is over, it is not news."""
+    f = seed_fleet(engine, 1)
+    (dn,) = f.names
+    report = Inform(f.product_key, dn, "1", "2.0.0")
+    assert [s.arg.outcome for s in apply_reports(engine, [report]).signals] == ["updated"]
+    again = apply_reports(engine, [report]).signals
+    assert [(s.name, s.arg.outcome, s.arg.version) for s in again] == [
+        ("report", "updated", "2.0.0")
+    ]
+    with Session(engine) as s:
+        s.execute(update(Batch).values(state="completed"))
+        s.commit()
+    assert apply_reports(engine, [report]).signals == []
 
 
 def test_guard_keeps_final_states(engine):

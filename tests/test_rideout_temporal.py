@@ -118,7 +118,7 @@ async def test_signals_wait_for_a_restarted_temporal_and_the_acks_wait_with_them
         got = await results(handles)
         assert got == {
             good: DeviceReport("updated", version="2.0.0", batch_id=fleet.batch_id),
-            bad: DeviceReport("failed", reason="verify_failed", batch_id=fleet.batch_id),
+            bad: DeviceReport("failed", reason="verify_failed", batch_id=fleet.batch_id, attempt=1),
         }
         await until(lambda: bridge.stats["flushes"] >= 1, what="the flush acked")
         assert [await signalled(h) for h in handles.values()] == [1, 1]
@@ -150,15 +150,11 @@ async def test_a_bridge_that_dies_while_temporal_is_away_gets_the_messages_again
         async with running(second):
             got = await results(handles)
             assert second.stats["received"] >= 2, "the broker did not redeliver"
-    assert got == {bad: DeviceReport("failed", reason="verify_failed", batch_id=fleet.batch_id)}
+    assert got == {
+        bad: DeviceReport("failed", reason="verify_failed", batch_id=fleet.batch_id, attempt=1)
+    }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="records.py signals only active tasks: a redelivered `updated` inform finds its task "
-    "already updated (committed by the dead bridge) and is not signalled again; the device "
-    "workflow waits for its timeout's re-check (or IDLE_RECHECK, 24 h, without a timeout)",
-)
 async def test_an_updated_report_redelivered_after_a_bridge_crash_is_signalled(
     own_temporal: TemporalServer, sqlite_engine, mqtt_url, tmp_path
 ):

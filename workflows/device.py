@@ -83,12 +83,14 @@ class DeviceUpgradeWorkflow:
         self._online = False
         self._cancel: CancelRequest | None = None
         self._batch_id = ""
+        self._attempt = 1  # the push the reports are about
         self._state = TaskState.TO_BE_PUSHED.value
         self._published: str | None = None  # the OtaState last set on this workflow
 
     @workflow.signal(name=SIGNAL_REPORT)
     def report(self, report: DeviceReport) -> None:
-        if report.batch_id in (None, self._batch_id):
+        # Another batch's, or a failure of an earlier attempt redelivered late: not ours.
+        if report.batch_id in (None, self._batch_id) and report.attempt in (None, self._attempt):
             self._reports.append(report)
 
     @workflow.signal(name=SIGNAL_ONLINE)
@@ -108,6 +110,7 @@ class DeviceUpgradeWorkflow:
     @workflow.run
     async def run(self, inp: DeviceUpgradeInput) -> DeviceUpgradeResult:
         self._batch_id = inp.batch_id
+        self._attempt = inp.retries_used + 1
         self._published = workflow.info().typed_search_attributes.get(STATE)  # kept across runs
         self._state = self._published or self._state
         retries = inp.retries_used
@@ -161,6 +164,7 @@ class DeviceUpgradeWorkflow:
         # it were about an earlier attempt.
         self._online = False
         self._reports.clear()
+        self._attempt = attempt
         result = await workflow.execute_local_activity(
             "push",
             self._push_request(inp, attempt),

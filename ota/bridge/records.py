@@ -29,6 +29,7 @@ from ota.domain import (
     ACTIVE_TASK_STATES,
     DEFAULT_MODULE,
     PROGRESS_FAILURES,
+    BatchState,
     TaskReason,
     TaskState,
     judge_version_report,
@@ -196,6 +197,8 @@ class _Moves:
         self.updated: dict[int, _TaskView] = {}
         self.versions: dict[int, str] = {}
         self.failed: dict[int, tuple[_TaskView, str]] = {}
+        # Already updated (a redelivery, or a report again): signalled, nothing written.
+        self.updated_again: list[tuple[_TaskView, str]] = []
 
     def write(self, conn: Connection, now: datetime) -> None:
         if self.progress:
@@ -235,8 +238,13 @@ class _Moves:
             out.append(device_signal(t, SIGNAL_REPORT, report))
         for tid, (t, reason) in self.failed.items():
             if tid not in self.updated:  # the device recovered within the same flush
-                report = DeviceReport("failed", reason=reason, batch_id=t.batch_id)
+                report = DeviceReport(
+                    "failed", reason=reason, batch_id=t.batch_id, attempt=t.attempts
+                )
                 out.append(device_signal(t, SIGNAL_REPORT, report))
+        for t, version in self.updated_again:
+            report = DeviceReport("updated", version=version, batch_id=t.batch_id)
+            out.append(device_signal(t, SIGNAL_REPORT, report))
         return out
 
 
@@ -244,6 +252,16 @@ def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: F
     """design.md's rules for one message, against the device's active tasks (usually one)."""
     active = [t for t in tasks if t.state in ACTIVE_TASK_STATES]
     if isinstance(m, protocol.Inform):
+        for t in tasks:
+            # Updated in an earlier flush whose signal may never have gone out (the bridge died
+            # after the commit, or Temporal was away): the redelivered report signals again, so
+            # the workflow ends now and not at its timeout. No write.
+            if (
+                t.state == TaskState.UPDATED
+                and t.id not in moves.updated
+                and (t.module, t.target_version) == (m.module, m.version)
+            ):
+                moves.updated_again.append((t, m.version))
         for t in active:
             if t.module != m.module:
                 continue
@@ -335,7 +353,17 @@ def _load_tasks(conn: Connection, device_ids: list[int]) -> dict[int, list[_Task
                 BATCHES.c.rate_per_minute,
             )
             .join(BATCHES, BATCHES.c.id == TASKS.c.batch_id)
-            .where(TASKS.c.device_id.in_(part), TASKS.c.state.in_(ACTIVE_TASK_STATES))
+            .where(
+                TASKS.c.device_id.in_(part),
+                or_(
+                    TASKS.c.state.in_(ACTIVE_TASK_STATES),
+                    # For a redelivered report (_judge): updated tasks of running batches.
+                    and_(
+                        TASKS.c.state == TaskState.UPDATED,
+                        BATCHES.c.state == BatchState.IN_PROGRESS,
+                    ),
+                ),
+            )
             .order_by(TASKS.c.id)
         )
         for device_id, *fields in rows:

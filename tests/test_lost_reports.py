@@ -1,7 +1,7 @@
-"""Issue 17: a push lost with the broker's sessions. The device reconnects still on its old
-version while its task says pushed; the bridge tells its workflow, which pushes again (recorded
-nowhere: same attempt, same timeout). Real dev server, worker and Mosquitto; the bridge's record
-path (apply_reports) decides what to signal."""
+"""Issue 17: messages lost or delivered twice around a crash. A push lost with the broker's
+sessions is sent again when the device reconnects on its old version; a failure report
+redelivered after the next push does not fail the new attempt. Real dev server, worker and
+Mosquitto; the bridge's record path (apply_reports) decides what to signal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import Counter
 from ota import protocol
 from ota.bridge.records import apply_reports
 from ota.bridge.signals import Signaller
-from ota.contracts import SIGNAL_ONLINE, BatchInput
+from ota.contracts import SIGNAL_ONLINE, SIGNAL_REPORT, BatchInput, DeviceReport
 from ota.services.batches import create_batch
 from tests.test_workflow_support import (
     FakeBridge,
@@ -58,3 +58,31 @@ async def test_a_device_back_on_its_old_version_after_a_lost_push_is_pushed_agai
         )  # type: ignore[union-attr]
         await bridge.updated(dn)
         assert (await bridge.handle(dn).result())["state"] == "updated"
+
+
+async def test_a_failure_redelivered_after_the_retry_push_does_not_fail_the_new_attempt(
+    temporal_env, mqtt_url, tmp_path
+):
+    ctx = make_context(tmp_path, mqtt_url, temporal_env.client, batch_poll_seconds=0.5)
+    pk, (dn,) = make_fleet(ctx.engine, 1)
+    fw = make_firmware(ctx.engine, pk)
+    client = await ctx.temporal()
+    bridge = FakeBridge(ctx.engine, client, pk)
+    async with upgrade_listener(mqtt_url, pk) as pushes, running_worker(client, ctx):
+        b = await create_batch(
+            ctx,
+            BatchInput("", fw, src_versions=["1.0.0"], retry_interval_minutes=0, max_retries=1),
+        )
+        await eventually(lambda: len(pushes) == 1)
+        flush = apply_reports(ctx.engine, [protocol.Progress(pk, dn, "1", -2, "no route")])
+        (failure,) = flush.signals
+        assert failure.arg is not None and failure.arg.attempt == 1
+        await Signaller(client, Counter()).send(flush.signals)
+        await eventually(lambda: attempts_of(ctx.engine, b["id"], dn) == 2 and len(pushes) == 2)
+        # The same failure again (the bridge lost its connection before acking it).
+        await Signaller(client, Counter()).send(flush.signals)
+        stale = DeviceReport("failed", reason="download_failed", attempt=1)
+        await bridge.handle(dn).signal(SIGNAL_REPORT, stale)
+        await bridge.updated(dn)
+        result = await bridge.handle(dn).result()
+    assert (result["state"], result["attempts"]) == ("updated", 2)
