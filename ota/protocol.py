@@ -142,12 +142,9 @@ def _parse(topic: str, payload: bytes) -> Message | Rejected:
         if text not in ("online", "offline"):
             return _reject(topic, "status must be online or offline")
         return Status(pk, dn, text == "online")
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return _reject(topic, "payload is not JSON")
-    if not isinstance(body, dict):
-        return _reject(topic, "payload is not a JSON object")
+    body = _json_object(payload)
+    if isinstance(body, str):
+        return _reject(topic, body)
     msg_id = body.get("id", "")
     if isinstance(msg_id, bool) or not isinstance(msg_id, (str, int)):
         return _reject(topic, "id must be a string or a number")
@@ -155,7 +152,11 @@ def _parse(topic: str, payload: bytes) -> Message | Rejected:
     params = body.get("params", {})
     if not isinstance(params, dict):
         return _reject(topic, "params must be an object")
-    module = params.get("module") or DEFAULT_MODULE
+    # Absent, null or "" is the default module. Anything else must be a string: `false` or `0`
+    # taken for the default module would let a malformed report move a task.
+    module = params.get("module")
+    if module is None or module == "":
+        module = DEFAULT_MODULE
     if not isinstance(module, str):
         return _reject(topic, "params.module must be a string")
     # The API's own rules: what a device reports is stored and shown beside what operators
@@ -176,15 +177,34 @@ def _parse(topic: str, payload: bytes) -> Message | Rejected:
     if kind == PROGRESS:
         step = parse_progress_step(params.get("step"))
         if step is None:
-            return _reject(topic, "params.step must be 1..100 or -1..-4")
+            return _reject(topic, "params.step must be 0..100 or -1..-4")
         desc = params.get("desc", "")
         return Progress(pk, dn, msg_id, step, desc if isinstance(desc, str) else "", module)
     return FirmwareGet(pk, dn, msg_id, module)
 
 
+def _json_object(payload: bytes) -> dict[str, Any] | str:
+    """The payload's JSON object, or why it is none. UTF-8 only, as the SDKs write it (RFC 8259):
+    json.loads would also take UTF-16, and lone surrogates encoded as bytes ('surrogatepass')."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return "payload is not JSON: not UTF-8"
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return "payload is not JSON"
+    except RecursionError:  # ~1,000 levels of [ or {: 10,000 fit in a payload
+        return "payload is not JSON: nested too deeply"
+    if not isinstance(body, dict):
+        return "payload is not a JSON object"
+    return body
+
+
 def _reject(topic: str, reason: str) -> Rejected:
     REJECTED[reason] += 1
-    log.warning("rejected message on %s: %s", topic, reason)
+    # %r: a device chooses its topic; a name with a line break must not forge log lines.
+    log.warning("rejected message on %r: %s", topic, reason)
     return Rejected(topic, reason)
 
 
