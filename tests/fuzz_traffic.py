@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from ota import protocol
-from ota.domain import MODULE_RE, VERSION_RE
+from ota.domain import MODULE_RE, PROGRESS_FAILURES, VERSION_RE
 
 EXAMPLES = int(os.environ.get("OTA_FUZZ_EXAMPLES", "100"))
 RANDOM = os.environ.get("OTA_FUZZ_RANDOM", "") not in ("", "0")
@@ -128,9 +129,61 @@ def encode(body: Any, ascii_only: bool = True) -> bytes:
 
 # --- what a broken or hostile device sends ------------------------------------------------------
 
+JSON_KINDS = [protocol.INFORM, protocol.PROGRESS, protocol.FIRMWARE_GET]
+STEP_TEXT = re.compile(r"\s*-?[0-9]{1,8}\s*", re.ASCII)
+not_str_or_int = json_values.filter(lambda v: isinstance(v, bool) or not isinstance(v, str | int))
+not_a_dict = json_values.filter(lambda v: not isinstance(v, dict))
+not_a_str = json_values.filter(lambda v: v is not None and not isinstance(v, str))
+ABSENT = object()
 
-def not_json_object_payloads() -> st.SearchStrategy[bytes]:
+
+def step_is_valid(step: object) -> bool:
+    if isinstance(step, bool):
+        return False
+    if isinstance(step, str) and STEP_TEXT.fullmatch(step):
+        step = int(step)
+    return isinstance(step, int) and (step in PROGRESS_FAILURES or 0 <= step <= 100)
+
+
+WRONG = {
+    "id": not_str_or_int,
+    "params": not_a_dict,
+    "params.module": not_a_str
+    | any_text.filter(lambda m: m != "" and not MODULE_RE.fullmatch(m))
+    | st.sampled_from([False, 0, [], {}, "M" * 65, "../x", "mcu\n"]),
+    "params.version": st.just(ABSENT)
+    | json_values.filter(lambda v: not isinstance(v, str) or not VERSION_RE.fullmatch(v))
+    | st.sampled_from(["", "1.0\u00b2", "1.0 beta", "v" * 65, "\ud800"]),
+    "params.step": st.just(ABSENT)
+    | json_values.filter(lambda v: not step_is_valid(v))
+    | st.sampled_from(["\u0665", "4_5", "+7", "1e2", "4.0", "101", "-5", "1" * 5000, 10**40]),
+}
+FIELDS = {
+    protocol.INFORM: ["id", "params", "params.module", "params.version"],
+    protocol.PROGRESS: ["id", "params", "params.module", "params.step"],
+    protocol.FIRMWARE_GET: ["id", "params", "params.module"],
+}
+
+
+@st.composite
+def one_field_wrong(draw: st.DrawFn, kind: str | None = None) -> tuple[str, str, dict[str, Any]]:
+    """A valid body for `kind` (any JSON kind if None) with one field wrong: (kind, field, body)."""
+    kind = kind or draw(st.sampled_from(JSON_KINDS))
+    body = draw(valid_bodies(kind))
+    field = draw(st.sampled_from(FIELDS[kind]))
+    value = draw(WRONG[field])
+    where, _, name = field.rpartition(".")
+    target = body.setdefault("params", {}) if where else body
+    if value is ABSENT:
+        target.pop(name or field, None)
+    else:
+        target[name or field] = value
+    return kind, field, body
+
+
+def not_json_object_payloads(oversized: bool = True) -> st.SearchStrategy[bytes]:
     """Payloads that are not a UTF-8 JSON object: never a message on a JSON topic."""
+    too_large = [st.just(b"{" + b" " * protocol.MAX_PAYLOAD_BYTES + b"}")] if oversized else []
     return st.one_of(
         st.binary(max_size=200).filter(lambda b: not is_json_object(b)),
         st.just(b""),
@@ -138,7 +191,7 @@ def not_json_object_payloads() -> st.SearchStrategy[bytes]:
         st.sampled_from([b"\xff\xfe{}", b"\xc3\x28", b'{"id":"\xed\xa0\x80"}', b"\x00", b"{\x00}"]),
         st.just(("[" * 10_000 + "]" * 10_000).encode()),
         st.integers(1_000, 30_000).map(lambda d: nested(d).encode()),
-        st.just(b"{" + b" " * protocol.MAX_PAYLOAD_BYTES + b"}"),  # too large
+        *too_large,
     )
 
 
@@ -158,3 +211,48 @@ ODD_NAMES = st.one_of(
     st.sampled_from(["", "+", "#", "/", "a/b", "dev+1", "dev#", "é☃😀", "\u200b", " ", "x" * 5000]),
     st.text(any_char, min_size=1, max_size=20),
 )
+
+
+def malformed(kind: str) -> st.SearchStrategy[bytes]:
+    """A payload the parser must refuse on `kind`'s topic, whatever the device; small enough for
+    the bridge's 64 KB packet limit."""
+    if kind == protocol.BIRTH:
+        return st.binary(max_size=64).filter(
+            lambda b: b.decode("utf-8", "replace").strip().lower() not in ("online", "offline")
+        )
+    return st.one_of(
+        not_json_object_payloads(oversized=False),
+        one_field_wrong(kind).map(lambda case: encode(case[2])),
+        valid_bodies(kind).map(encode).flatmap(truncated),
+    )
+
+
+def near_misses(target: str) -> list[tuple[str, bytes]]:
+    """Reports one detail away from moving a task (to updated, in_upgrade or failed); each was
+    accepted by the parser before the fuzzing found it."""
+    inform = {"id": "1", "params": {"version": target}}
+    return [
+        (protocol.INFORM, encode({"id": "1", "params": {"version": target, "module": False}})),
+        (protocol.INFORM, encode({"id": "1", "params": {"version": target, "module": 0}})),
+        (protocol.INFORM, json.dumps(inform).encode("utf-16")),
+        (protocol.INFORM, encode(inform | {"x": "\ud800"}, ascii_only=False)),
+        (protocol.INFORM, (json.dumps(inform)[:-1] + f',"x":{nested(10_000)}}}').encode()),
+        (protocol.PROGRESS, encode({"params": {"step": "-1", "module": []}})),
+        (protocol.PROGRESS, encode({"params": {"step": "\u0665"}})),
+        (protocol.PROGRESS, encode({"params": {"step": "1_0"}})),
+    ]
+
+
+def broker_accepts(name: str) -> bool:
+    """Mosquitto disconnects a client that publishes a topic with a control character, a
+    noncharacter (U+FFFE...) or a wildcard; '/' would add a level."""
+    for c in name:
+        cp = ord(c)
+        if c in "+#/" or cp < 0x20 or 0x7F <= cp <= 0x9F or 0xD800 <= cp <= 0xDFFF:
+            return False
+        if 0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE:
+            return False
+    return bool(name)
+
+
+broker_safe_names = ODD_NAMES.filter(broker_accepts)

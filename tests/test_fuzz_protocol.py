@@ -16,6 +16,7 @@ from ota import protocol
 from ota.domain import DEFAULT_MODULE, MODULE_RE, PROGRESS_FAILURES, VERSION_RE
 from tests.fuzz_traffic import (
     FUZZ,
+    JSON_KINDS,
     KNOWN_FIELDS,
     KNOWN_PARAMS,
     ODD_NAMES,
@@ -25,16 +26,15 @@ from tests.fuzz_traffic import (
     json_values,
     nested,
     not_json_object_payloads,
+    one_field_wrong,
     truncated,
     valid_bodies,
 )
 
 PK, DN = "a1B2c3", "dev-1"
-JSON_KINDS = [protocol.INFORM, protocol.PROGRESS, protocol.FIRMWARE_GET]
 NOT_JSON = "payload is not JSON"
 # The reasons a well-formed topic's message may be refused for, before its fields are read.
 PAYLOAD_REASONS = (NOT_JSON, "payload is not a JSON object", "payload too large")
-STEP_TEXT = re.compile(r"\s*-?[0-9]{1,8}\s*", re.ASCII)
 
 
 def parse_counted(topic: str, payload: bytes) -> protocol.Message | protocol.Rejected:
@@ -111,54 +111,6 @@ def test_raw_utf8_is_accepted_and_invalid_utf8_rejected(kind_body):
 
 
 # --- one field wrong ----------------------------------------------------------------------------
-
-not_str_or_int = json_values.filter(lambda v: isinstance(v, bool) or not isinstance(v, str | int))
-not_a_dict = json_values.filter(lambda v: not isinstance(v, dict))
-not_a_str = json_values.filter(lambda v: v is not None and not isinstance(v, str))
-ABSENT = object()
-
-
-def step_is_valid(step: object) -> bool:
-    if isinstance(step, bool):
-        return False
-    if isinstance(step, str) and STEP_TEXT.fullmatch(step):
-        step = int(step)
-    return isinstance(step, int) and (step in PROGRESS_FAILURES or 0 <= step <= 100)
-
-
-WRONG = {
-    "id": not_str_or_int,
-    "params": not_a_dict,
-    "params.module": not_a_str
-    | any_text.filter(lambda m: m != "" and not MODULE_RE.fullmatch(m))
-    | st.sampled_from([False, 0, [], {}, "M" * 65, "../x", "mcu\n"]),
-    "params.version": st.just(ABSENT)
-    | json_values.filter(lambda v: not isinstance(v, str) or not VERSION_RE.fullmatch(v))
-    | st.sampled_from(["", "1.0\u00b2", "1.0 beta", "v" * 65, "\ud800"]),
-    "params.step": st.just(ABSENT)
-    | json_values.filter(lambda v: not step_is_valid(v))
-    | st.sampled_from(["\u0665", "4_5", "+7", "1e2", "4.0", "101", "-5", "1" * 5000, 10**40]),
-}
-FIELDS = {
-    protocol.INFORM: ["id", "params", "params.module", "params.version"],
-    protocol.PROGRESS: ["id", "params", "params.module", "params.step"],
-    protocol.FIRMWARE_GET: ["id", "params", "params.module"],
-}
-
-
-@st.composite
-def one_field_wrong(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
-    kind = draw(st.sampled_from(JSON_KINDS))
-    body = draw(valid_bodies(kind))
-    field = draw(st.sampled_from(FIELDS[kind]))
-    value = draw(WRONG[field])
-    where, _, name = field.rpartition(".")
-    target = body.setdefault("params", {}) if where else body
-    if value is ABSENT:
-        target.pop(name or field, None)
-    else:
-        target[name or field] = value
-    return kind, field, body
 
 
 @FUZZ
