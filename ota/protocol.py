@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -287,6 +288,7 @@ class Upgrade:
 
 
 SIGN_LENGTHS = {"Md5": 32, "SHA256": 64}
+HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
 
 def parse_upgrade(payload: bytes) -> Upgrade | Rejected | None:
@@ -301,12 +303,11 @@ def parse_upgrade(payload: bytes) -> Upgrade | Rejected | None:
 def _parse_upgrade(payload: bytes) -> Upgrade | Rejected | None:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return _reject("upgrade", "payload too large")
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return _reject("upgrade", "payload is not JSON")
-    if not isinstance(body, dict) or not isinstance(body.get("data", {}), dict):
-        return _reject("upgrade", "payload and data must be JSON objects")
+    body = _json_object(payload)
+    if isinstance(body, str):
+        return _reject("upgrade", body)
+    if not isinstance(body.get("data", {}), dict):
+        return _reject("upgrade", "data must be a JSON object")
     data = body.get("data") or {}
     if not data:
         return None
@@ -315,10 +316,10 @@ def _parse_upgrade(payload: bytes) -> Upgrade | Rejected | None:
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         return _reject("upgrade", "data.size must be a positive number")
     method = data.get("signMethod")
-    if method not in SIGN_LENGTHS:
+    if not isinstance(method, str) or method not in SIGN_LENGTHS:  # a list is unhashable
         return _reject("upgrade", 'data.signMethod must be "Md5" or "SHA256"')
     sign = data.get("sign")
-    if not isinstance(sign, str) or len(sign) != SIGN_LENGTHS[method]:
+    if not isinstance(sign, str) or not HEX_RE.fullmatch(sign) or len(sign) != SIGN_LENGTHS[method]:
         return _reject("upgrade", f"data.sign must be {SIGN_LENGTHS[method]} hex characters")
     version, url = data.get("version"), data.get("url")
     if not isinstance(version, str) or not version or not isinstance(url, str) or not url:

@@ -21,6 +21,7 @@ from tests.fuzz_traffic import (
     KNOWN_PARAMS,
     ODD_NAMES,
     TOPIC_OF,
+    UNKNOWN_FIELDS,
     any_text,
     encode,
     json_values,
@@ -253,3 +254,43 @@ def test_an_odd_topic_names_its_device_exactly_or_is_rejected(kind_topic):
 )
 def test_anything_on_any_topic_is_a_valid_message_or_a_counted_rejection(topic, payload):
     parse_counted(topic, payload)
+
+
+# --- what a device receives (our SDK parses pushes and firmware/get replies) -------------------
+
+UPGRADE_DATA = {
+    "size": 432945,
+    "version": "2.0.0",
+    "url": "http://h/download/1?sig=x",
+    "sign": "93230c3bde425a9d7984a594ac55ea1e",
+    "signMethod": "Md5",
+}
+
+
+@st.composite
+def upgrade_payloads(draw: st.DrawFn) -> bytes:
+    """A push with fields changed, added or dropped at random, or no push at all."""
+    data: dict[str, Any] = dict(UPGRADE_DATA)
+    for key in draw(st.lists(st.sampled_from([*UPGRADE_DATA, "module", "digestsign", "isDiff"]))):
+        data[key] = draw(json_values | st.sampled_from(["SHA256", "Md5", "zz" * 16, "ab" * 32]))
+    body = {"code": "1000", "id": draw(json_values), "data": data} | draw(UNKNOWN_FIELDS)
+    return draw(st.sampled_from([encode(body), encode(body, ascii_only=False)]))
+
+
+@FUZZ
+@given(upgrade_payloads() | not_json_object_payloads() | json_values.map(encode))
+@example(('{"data":' + nested(10_000) + "}").encode())
+@example(encode({"data": UPGRADE_DATA | {"sign": "z" * 32}}))
+@example(encode({"data": UPGRADE_DATA | {"signMethod": ["Md5"]}}))  # was an internal TypeError
+def test_a_push_is_valid_nothing_or_a_counted_rejection(payload):
+    before = sum(protocol.REJECTED.values())
+    upgrade = protocol.parse_upgrade(payload)
+    counted = sum(protocol.REJECTED.values()) - before
+    assert counted == isinstance(upgrade, protocol.Rejected)
+    if isinstance(upgrade, protocol.Rejected):
+        assert not upgrade.reason.startswith("internal"), upgrade
+    elif upgrade is not None:
+        assert upgrade.size > 0 and upgrade.version and upgrade.url, upgrade
+        assert re.fullmatch(
+            f"[0-9a-f]{{{protocol.SIGN_LENGTHS[upgrade.sign_method]}}}", upgrade.sign
+        )
