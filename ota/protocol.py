@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,9 @@ DEVICE_TOPIC_FILTERS = {
 }
 
 REJECTED: Counter[str] = Counter()  # reason -> count, for metrics and tests
+REJECTED_LOG_SECONDS = 60.0
+_rejected_logged_at: dict[str, float] = {}  # reason -> when last logged
+_rejected_unlogged: Counter[str] = Counter()  # reason -> rejections since, not logged
 
 
 def inform_topic(pk: str, dn: str) -> str:
@@ -204,8 +209,18 @@ def _json_object(payload: bytes) -> dict[str, Any] | str:
 
 def _reject(topic: str, reason: str) -> Rejected:
     REJECTED[reason] += 1
+    # One line per reason per REJECTED_LOG_SECONDS: a device publishing garbage in a loop would
+    # otherwise write a line per message (8,000 for the bridge fuzz's 10,000 messages).
+    now = time.monotonic()
+    if now - _rejected_logged_at.get(reason, -math.inf) < REJECTED_LOG_SECONDS:
+        _rejected_unlogged[reason] += 1
+        return Rejected(topic, reason)
+    _rejected_logged_at[reason] = now
+    more = _rejected_unlogged.pop(reason, 0)
     # %r: a device chooses its topic; a name with a line break must not forge log lines.
-    log.warning("rejected message on %r: %s", topic, reason)
+    log.warning(
+        "rejected message on %r: %s%s", topic, reason, f" (and {more} more since)" if more else ""
+    )
     return Rejected(topic, reason)
 
 

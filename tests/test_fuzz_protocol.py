@@ -6,7 +6,9 @@ raises, and never accepts a field of the wrong type. Profile and local runs: tes
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections import Counter
 from typing import Any
 
 from hypothesis import example, given
@@ -294,3 +296,24 @@ def test_a_push_is_valid_nothing_or_a_counted_rejection(payload):
         assert re.fullmatch(
             f"[0-9a-f]{{{protocol.SIGN_LENGTHS[upgrade.sign_method]}}}", upgrade.sign
         )
+
+
+def test_rejections_are_all_counted_and_logged_once_a_minute_per_reason(caplog, monkeypatch):
+    """The bridge fuzz's 10,000 messages wrote 8,000 warnings: a device looping on garbage
+    would fill the log. Every rejection still counts."""
+    monkeypatch.setattr(protocol, "_rejected_logged_at", {})
+    monkeypatch.setattr(protocol, "_rejected_unlogged", Counter())
+    before = protocol.REJECTED["payload is not JSON"]
+    with caplog.at_level(logging.WARNING, logger="ota.protocol"):
+        for i in range(1000):
+            protocol.parse(protocol.inform_topic(PK, f"dev\n{i}"), b"{garbage")
+        protocol.parse(protocol.inform_topic(PK, DN), b"[]")  # another reason: logged
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == [
+            "rejected message on '/ota/device/inform/a1B2c3/dev\\n0': payload is not JSON",
+            f"rejected message on '{protocol.inform_topic(PK, DN)}': payload is not a JSON object",
+        ]
+        monkeypatch.setattr(protocol, "REJECTED_LOG_SECONDS", 0)  # a minute later
+        protocol.parse(protocol.inform_topic(PK, DN), b"{garbage")
+    assert protocol.REJECTED["payload is not JSON"] == before + 1001
+    assert caplog.records[-1].getMessage().endswith("payload is not JSON (and 999 more since)")
