@@ -116,6 +116,7 @@ FIRMWARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{3,31}$")
 MODULE_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 # The seed allows [a-z0-9_-]; real versions are 1.2.3, so "." is accepted too.
 VERSION_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+PROGRESS_STEP_RE = re.compile(r"\s*-?[0-9]{1,8}\s*", re.ASCII)  # the SDKs send "45"
 DESCRIPTION_MAX = 100
 FIRMWARE_EXTENSIONS = (".tar.gz", ".bin", ".tar", ".gz", ".zip", ".gzip")
 DEFAULT_MODULE = "default"
@@ -259,10 +260,10 @@ def parse_progress_step(step: object) -> int | None:
     if isinstance(step, int):
         value = step
     elif isinstance(step, str):
-        try:
-            value = int(step.strip())
-        except ValueError:
+        # ASCII digits only: int() also takes "\u0665" (Arabic-Indic 5), "4_5" and "+7".
+        if not PROGRESS_STEP_RE.fullmatch(step):
             return None
+        value = int(step)
     else:
         return None
     if value in PROGRESS_FAILURES or 0 <= value <= 100:
