@@ -145,3 +145,33 @@ async def test_a_batch_rides_out_postgres_away_for_20_seconds(
     assert attempts == 1, "an attempt counted twice"
     assert stack.alive("worker") and stack.alive("bridge")
     listen.cancel()
+
+
+async def test_the_api_answers_503_while_postgres_is_away_and_recovers_by_itself(
+    pg_proxy: TcpProxy, pg_database, tmp_path
+):
+    from tests.test_api_support import api_client, api_settings, assert_problem
+
+    _, proxied_url = pg_database
+    settings = api_settings(tmp_path, proxied_url)
+    async with api_client(settings, raise_app_exceptions=False) as client:
+        assert (await client.get("/api/v1/products")).status_code == 200
+        pg_proxy.cut()
+        try:
+            r = await client.get("/api/v1/products")
+            body = assert_problem(r, 503)
+            assert "database" in body["detail"] and r.headers["Retry-After"]
+            assert "postgres@" not in r.text
+        finally:
+            pg_proxy.restore()
+        await wait_for_status(client, "/api/v1/products", 200)  # the pool reconnects
+
+
+async def wait_for_status(client, path: str, status: int, timeout: float = 20):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await client.get(path)
+        if r.status_code == status or asyncio.get_running_loop().time() > deadline:
+            assert r.status_code == status, r.text
+            return r
+        await asyncio.sleep(0.5)

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from temporalio.service import RPCError
@@ -21,7 +22,7 @@ from ota.temporal import is_transient
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
-TEMPORAL_RETRY_AFTER_SECONDS = 10  # a dev server restarts in about that
+RETRY_AFTER_SECONDS = 10  # Temporal's dev server or PostgreSQL restarts in about that
 _TYPES = {
     InvalidInput: ("invalid-input", "Invalid input"),
     NotFound: ("not-found", "Not found"),
@@ -174,10 +175,20 @@ def install(app: FastAPI, is_console: Any) -> None:
             return await on_crash(request, exc)
         log.warning("Temporal unavailable for %s %s: %s", request.method, request.url.path, exc)
         error = Unavailable(f"Temporal is not reachable ({exc.status.name}); try again shortly")
+        return await unavailable(request, error)
+
+    async def on_database_error(request: Request, exc: OperationalError) -> Response:
+        """The database restarting or out of reach: 503; the pool reconnects by itself. The
+        driver's message names host and port only, but the first line is enough here."""
+        first = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+        log.warning("database unavailable for %s %s: %s", request.method, request.url.path, first)
+        return await unavailable(request, Unavailable("the database is not reachable; try again"))
+
+    async def unavailable(request: Request, error: Unavailable) -> Response:
         if is_console(request):
             return await app.state.render_error(request, error.status, str(error))
         response = ota_error_response(error)
-        response.headers["Retry-After"] = str(TEMPORAL_RETRY_AFTER_SECONDS)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
     async def on_crash(request: Request, exc: Exception) -> Response:
@@ -189,5 +200,6 @@ def install(app: FastAPI, is_console: Any) -> None:
     app.add_exception_handler(Exception, on_crash)
     app.add_exception_handler(OtaError, on_ota_error)  # type: ignore[arg-type]
     app.add_exception_handler(RPCError, on_temporal_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, on_database_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]
