@@ -404,7 +404,9 @@ async def test_json_bodies_take_the_types_the_schema_states(client):
     assert_problem(r, 422, "enabled")
     check = {"product_key": pk, "name": "fw_1", "version": "2.0.0", "file_name": "a.gz"}
     assert (await client.post("/api/v1/firmware/check", json=check)).status_code == 200
-    assert (await client.post("/api/v1/firmware/check", json={**check, "Type": 0})).status_code == 200
+    assert (
+        await client.post("/api/v1/firmware/check", json={**check, "Type": 0})
+    ).status_code == 200
     for bad, field in [
         ({"need_verify": 0}, "need_verify"),
         ({"type": 2}, "type"),
@@ -412,7 +414,9 @@ async def test_json_bodies_take_the_types_the_schema_states(client):
         ({"src_versions": None}, "src_versions"),
         ({"file_size": "10"}, "file_size"),
     ]:
-        assert_problem(await client.post("/api/v1/firmware/check", json={**check, **bad}), 422, field)
+        assert_problem(
+            await client.post("/api/v1/firmware/check", json={**check, **bad}), 422, field
+        )
     # JSON Schema's integer includes 30.0; a fraction is refused.
     r = await client.post("/api/v1/firmware/check", json={**check, "file_size": 10.0})
     assert r.status_code == 200, r.text
