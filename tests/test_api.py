@@ -345,6 +345,9 @@ async def test_a_405_allows_every_method_of_the_path(client):
         ("PUT", "/api/v1/firmware/7", "DELETE, GET"),
         ("PUT", "/api/v1/firmware/7/batches", "GET, POST"),
         ("DELETE", "/api/v1/products", "GET, POST"),
+        # Not the device route's DELETE: no device may be called import.
+        ("DELETE", "/api/v1/products/pk/devices/import", "POST"),
+        ("PUT", "/api/v1/products/pk/devices/imports", "DELETE"),
     ]:
         r = await client.request(method, path)
         assert_problem(r, 405)
@@ -362,7 +365,8 @@ async def test_the_schema_states_the_services_rules(client):
         RATE_MAX,
     )
     assert batch["max_retries"]["enum"] == [1, 2, 5]
-    assert batch["src_versions"]["items"]["pattern"] == VERSION_RE.pattern
+    many, one = batch["src_versions"]["anyOf"]  # a list, or one version (the cloud's form)
+    assert many["items"]["pattern"] == one["pattern"] == VERSION_RE.pattern
     assert (
         schemas["ProductCreate"]["properties"]["product_key"]["pattern"] == PRODUCT_KEY_RE.pattern
     )
@@ -373,3 +377,69 @@ async def test_the_schema_states_the_services_rules(client):
         headers={"Content-Type": "application/json"},
     )
     assert_problem(r, 400)
+
+
+async def test_import_is_no_device_name_the_csv_import_owns_that_path(client):
+    pk = await fleet(client, versions=["1.0.0"])
+    r = await client.post(f"/api/v1/products/{pk}/devices", json={"name": "import"})
+    assert "reserved" in assert_problem(r, 422, "name")["detail"]
+    r = await client.post(f"/api/v1/products/{pk}/devices/import", content="import,1.0.0\n")
+    assert "reserved" in assert_problem(r, 422, "file")["detail"]
+    r = await client.post(f"/api/v1/products/{pk}/devices", json={"name": "imports"})
+    assert r.status_code == 201, r.text
+    assert (await client.delete(f"/api/v1/products/{pk}/devices/imports")).status_code == 200
+    schema = (await client.get("/openapi.json")).json()
+    device = schema["components"]["schemas"]["DeviceCreate"]["properties"]["name"]
+    assert "(?!(import)$)" in device["pattern"]
+    assert "/api/v1/products/{product_key}/devices/{device_name}" in schema["paths"]
+
+
+async def test_json_bodies_take_the_types_the_schema_states(client):
+    """Lax parsing took `"enabled": 0` and `"need_verify": 0` as booleans, `"type": 0`
+    (the cloud's number) only by accident, and dropped a blank source version."""
+    pk = await fleet(client, versions=["1.0.0"])
+    r = await client.put(f"/api/v1/products/{pk}/secure-update", json={"enabled": 0})
+    assert_problem(r, 422, "enabled")
+    r = await client.put(f"/api/v1/products/{pk}/devices/dev-0000/enabled", json={"enabled": "no"})
+    assert_problem(r, 422, "enabled")
+    check = {"product_key": pk, "name": "fw_1", "version": "2.0.0", "file_name": "a.gz"}
+    assert (await client.post("/api/v1/firmware/check", json=check)).status_code == 200
+    assert (
+        await client.post("/api/v1/firmware/check", json={**check, "Type": 0})
+    ).status_code == 200
+    for bad, field in [
+        ({"need_verify": 0}, "need_verify"),
+        ({"type": 2}, "type"),
+        ({"src_versions": [""], "type": "diff"}, "src_versions"),
+        ({"src_versions": None}, "src_versions"),
+        ({"file_size": "10"}, "file_size"),
+    ]:
+        assert_problem(
+            await client.post("/api/v1/firmware/check", json={**check, **bad}), 422, field
+        )
+    # JSON Schema's integer includes 30.0; a fraction is refused.
+    r = await client.post("/api/v1/firmware/check", json={**check, "file_size": 10.0})
+    assert r.status_code == 200, r.text
+    assert_problem(
+        await client.post("/api/v1/firmware/check", json={**check, "file_size": 10.5}),
+        422,
+        "file_size",
+    )
+
+
+async def test_the_console_bounds_its_ids_as_the_api_does(tmp_path, database_url):
+    """/firmware/{id} and ?after_id= took any integer (a 404 page, or an unchecked page cursor)
+    where the API's same parameters are bounded: now both say which field is out of range."""
+    async with api_client(api_settings(tmp_path, database_url), auth=False) as browser:
+        await login(browser)
+        for path, field in [
+            (f"/firmware/{2**64}", "firmware_id"),
+            ("/firmware/0", "firmware_id"),
+            (f"/batches/b1?after_id={2**31}", "after_id"),
+            (f"/batches/b1/live?after_id={2**63}", "after_id"),
+            ("/batches/b1?after_id=-1", "after_id"),
+        ]:
+            r = await browser.get(path)
+            assert r.status_code == 422 and "text/html" in r.headers["content-type"], path
+            assert f"{field}: Input should be" in r.text, r.text
+        assert (await browser.get(f"/firmware/{2**31 - 1}")).status_code == 404

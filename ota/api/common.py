@@ -60,8 +60,9 @@ Ctx = Annotated[Context, Depends(get_ctx)]
 
 
 def parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
-    """Validate data read by hand (multipart fields) with FastAPI's own error reporting."""
+    """Validate data read by hand (multipart fields) with FastAPI's own error reporting.
+    Lax: every form field is text, so "false" must read as a boolean here."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=False)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None

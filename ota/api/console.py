@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ota.api.batches import task_page
@@ -14,6 +14,8 @@ from ota.api.console_auth import require_login
 from ota.api.views import BATCH_STATE_LABELS, STATE_LABELS, batch_view, workflow_url
 from ota.context import Context
 from ota.domain import (
+    ID_MAX,
+    ID_MIN,
     MAX_RETRIES_CHOICES,
     PERCENT_MAX,
     PERCENT_MIN,
@@ -51,6 +53,10 @@ LIMITS = {
     "max_retries": MAX_RETRIES_CHOICES,
 }
 PAGE = 50
+# The API's bounds (ota.api.params): a number no id column holds is a 422 page, not a crash of
+# the database driver.
+FirmwareId = Annotated[int, Path(ge=ID_MIN, le=ID_MAX)]
+AfterId = Annotated[int, Query(ge=0, le=ID_MAX)]
 
 
 def _render(request: Request, name: str, **context: Any) -> Response:
@@ -79,7 +85,7 @@ def firmware_list(request: Request) -> Response:
 
 
 @router.get("/firmware/{firmware_id}")
-def firmware_detail(request: Request, firmware_id: int) -> Response:
+def firmware_detail(request: Request, firmware_id: FirmwareId) -> Response:
     ctx = get_ctx(request)
     fw = firmware.firmware_public(firmware.get_firmware(ctx.engine, firmware_id))
     rows = [batch_view(ctx.settings, b) for b in batches.list_batches(ctx.engine, firmware_id)]
@@ -124,7 +130,7 @@ def _filters(state: str, reason: str) -> tuple[str, str]:
 
 @router.get("/batches/{batch_id}")
 def batch_detail(
-    request: Request, batch_id: str, state: str = "", reason: str = "", after_id: int = 0
+    request: Request, batch_id: str, state: str = "", reason: str = "", after_id: AfterId = 0
 ) -> Response:
     state, reason = _filters(state, reason)
     context = _batch_context(request, batch_id, state, reason, after_id)
@@ -134,7 +140,7 @@ def batch_detail(
 
 @router.get("/batches/{batch_id}/live")
 def batch_live(
-    request: Request, batch_id: str, state: str = "", reason: str = "", after_id: int = 0
+    request: Request, batch_id: str, state: str = "", reason: str = "", after_id: AfterId = 0
 ) -> Response:
     """The part of Batch Details that changes while the batch runs; the page polls it."""
     state, reason = _filters(state, reason)

@@ -90,7 +90,7 @@ async def import_devices(ctx: Ctx, product_key: ProductKey, request: Request) ->
 
 
 @router.get(
-    "/products/{product_key}/devices/{device_name}/credentials",
+    "/products/{product_key}/devices/{device_name:device}/credentials",
     summary="The device's MQTT connection parameters and its DeviceSecret",
 )
 def device_credentials(
@@ -101,7 +101,7 @@ def device_credentials(
 
 
 @router.put(
-    "/products/{product_key}/devices/{device_name}/enabled",
+    "/products/{product_key}/devices/{device_name:device}/enabled",
     summary="EnableThing / DisableThing: a disabled device is dropped and refused by the broker",
     responses=UNAVAILABLE,
 )
@@ -115,7 +115,7 @@ def set_enabled(
 
 
 @router.post(
-    "/products/{product_key}/devices/{device_name}/rotate-secret",
+    "/products/{product_key}/devices/{device_name:device}/rotate-secret",
     summary="ResetDeviceSecret: a new secret; the old one stops working at once",
     responses=UNAVAILABLE,
 )
@@ -125,7 +125,7 @@ def rotate_secret(ctx: Ctx, product_key: ProductKey, device_name: DeviceName) ->
 
 
 @router.delete(
-    "/products/{product_key}/devices/{device_name}",
+    "/products/{product_key}/devices/{device_name:device}",
     summary="DeleteDevice: refused while one of its tasks is active",
     responses=UNAVAILABLE,
 )

@@ -11,9 +11,10 @@ import re
 from typing import Annotated, Any
 
 from fastapi import Path, Query
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from ota.domain import BATCH_ID_RE, ID_MAX, ID_MIN, MODULE_RE
-from ota.services.devices import DEVICE_NAME_RE
+from ota.services.devices import DEVICE_NAME_RE, RESERVED_DEVICE_NAMES
 from ota.services.products import PRODUCT_KEY_RE
 
 
@@ -37,6 +38,16 @@ AfterId = Annotated[
 ProductKey = Annotated[
     str, Path(description="The product's ProductKey.", json_schema_extra=matching(PRODUCT_KEY_RE))
 ]
+
+
+class DeviceNameConvertor(StringConvertor):
+    """{device_name:device}: any segment but a reserved name, so POST .../devices/import is
+    the import alone and its 405 does not offer DELETE (the device route's method)."""
+
+    regex = "(?!(" + "|".join(map(re.escape, RESERVED_DEVICE_NAMES)) + ")$)[^/]+"
+
+
+register_url_convertor("device", DeviceNameConvertor())
 DeviceName = Annotated[
     str, Path(description="The device's DeviceName.", json_schema_extra=matching(DEVICE_NAME_RE))
 ]

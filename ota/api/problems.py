@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -157,7 +158,11 @@ def install(app: FastAPI, is_console: Any) -> None:
         return ota_error_response(exc)
 
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        return validation_response(exc)
+        response = validation_response(exc)
+        if is_console(request):  # a page, saying the same as the problem would
+            detail = json.loads(response.body)["detail"]
+            return await app.state.render_error(request, 422, detail)  # type: ignore[no-any-return]
+        return response
 
     async def on_http(request: Request, exc: HTTPException) -> Response:
         if is_console(request) and exc.status_code == 404:

@@ -83,20 +83,53 @@ FILE_NAME_RE = re.compile(rf"^[^{NOT_PRINTABLE}/\\]{{1,{FILE_NAME_MAX - 8}}}\.({
 PRODUCT_NAME_RE = re.compile(
     rf"^[^{NOT_PRINTABLE} ]([^{NOT_PRINTABLE}]{{0,{PRODUCT_NAME_MAX - 2}}}[^{NOT_PRINTABLE} ])?$"
 )
+FILE_NAME_MIN = 1 + min(len(ext) for ext in FIRMWARE_EXTENSIONS)  # a.gz
 RETRY_CHOICES = [*(m for m in dict.fromkeys(RETRY_INTERVALS.values()) if m is not None), None]
 RETRY_CHOICES += [k for k in RETRY_INTERVALS if k != "0"]
 
 
 def _as_list(cls: type, value: Any) -> Any:
     """One value or a list: `SrcVersion: "1.0"` and `SrcVersion: ["1.0", "1.1"]` both work."""
-    if value is None:
-        return []
     return [value] if isinstance(value, str) else value
 
 
+def _versions(cls: type, values: list[str]) -> list[str]:
+    # The services also take "1.0,1.1" and skip blanks (the CLI's repeated options); the API
+    # takes what its schema states, one version an item.
+    for value in values:
+        if not VERSION_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} must be 1 to 64 characters of lowercase letters, digits, '-', '_' "
+                "and '.'"
+            )
+    return values
+
+
+def one_or_more(regex: re.Pattern[str]) -> dict[str, Any]:
+    """A list of strings matching `regex`, or one such string (the cloud API takes both)."""
+    item = {"type": "string", **matching(regex)}
+    return {"anyOf": [{"type": "array", "items": item}, item]}
+
+
+def _replace(schema: dict[str, Any], **wanted: Any) -> None:
+    """Pydantic's schema of the field's Python type, replaced by what the field accepts."""
+    kept = {k: schema[k] for k in ("title", "description", "default") if k in schema}
+    schema.clear()
+    schema.update(kept, **wanted)
+
+
 class Body(BaseModel):
-    # A misspelt field is an error naming it, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # A misspelt field is an error naming it, not a silently ignored setting. Strict: JSON has
+    # types, and `"enabled": 0` or `"percent": "5"` is not what the schema says (multipart
+    # fields are all text: `parse` relaxes it for them).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        # JSON Schema counts 30.0 as an integer (and JSON parsers may write it so); strict
+        # pydantic does not. A fraction stays a float and is refused.
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class ProductCreate(Body):
@@ -133,7 +166,7 @@ class DeviceCreate(Body):
     )
 
 
-class DeviceEnabled(BaseModel):
+class DeviceEnabled(Body):
     enabled: bool = Field(description="false: the broker drops the device and refuses it")
 
 
@@ -170,7 +203,7 @@ class BatchCreate(Body):
         "SrcVersion",
         "Versions to be upgraded; required for a full firmware unless target is selected.",
         default_factory=list,
-        json_schema_extra=items(VERSION_RE),
+        json_schema_extra=lambda schema: _replace(schema, **one_or_more(VERSION_RE)),
     )
     target: str = alias(
         "target",
@@ -230,6 +263,7 @@ class BatchCreate(Body):
     )
 
     _lists = field_validator("src_versions", "device_names", mode="before")(_as_list)
+    _checked = field_validator("src_versions")(_versions)
 
     @field_validator("target", mode="before")
     @classmethod
@@ -300,9 +334,11 @@ class FirmwareFields(Body):
     type: str = alias(
         "type",
         "Type",
-        "full or diff (cloud: 0 or 1).",
+        "full or diff (cloud: 0 or 1, a number or a string).",
         default="full",
-        json_schema_extra={"enum": [*FirmwareType, *TYPE_CODES]},
+        json_schema_extra=lambda schema: _replace(
+            schema, enum=[*FirmwareType, *TYPE_CODES, *map(int, TYPE_CODES)]
+        ),
     )
     name: str = alias(
         "name",
@@ -323,22 +359,25 @@ class FirmwareFields(Body):
         default=None,
         json_schema_extra=matching(MODULE_RE, or_empty=True),
     )
+    # "" is "not given" to the services, as an empty form field is.
     version: str | None = Field(
-        None, description="Firmware Version (full).", json_schema_extra=matching(VERSION_RE)
+        None,
+        description="Firmware Version (full).",
+        json_schema_extra=matching(VERSION_RE, or_empty=True),
     )
     src_versions: list[str] = alias(
         "src_versions",
         "SrcVersion",
         "Version number to be upgraded (diff).",
         default_factory=list,
-        json_schema_extra=items(VERSION_RE),
+        json_schema_extra=lambda schema: _replace(schema, **one_or_more(VERSION_RE)),
     )
     dest_version: str | None = alias(
         "dest_version",
         "DestVersion",
         "Post-upgrade version number (diff).",
         default=None,
-        json_schema_extra=matching(VERSION_RE),
+        json_schema_extra=matching(VERSION_RE, or_empty=True),
     )
     sign_method: str = alias(
         "sign_method",
@@ -359,6 +398,7 @@ class FirmwareFields(Body):
     )
 
     _lists = field_validator("src_versions", mode="before")(_as_list)
+    _checked = field_validator("src_versions")(_versions)
 
     @field_validator("type", mode="before")
     @classmethod
@@ -373,7 +413,7 @@ class FirmwareFields(Body):
 class FirmwareCheck(FirmwareFields):
     file_name: str = Field(
         description="The name of the file to upload.",
-        json_schema_extra={"minLength": 5, **matching(FILE_NAME_RE)},
+        json_schema_extra={"minLength": FILE_NAME_MIN, **matching(FILE_NAME_RE)},
     )
     file_size: int | None = Field(
         None, description="Its size in bytes, if known.", json_schema_extra={"minimum": 1}

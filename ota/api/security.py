@@ -18,7 +18,7 @@ SERVICE, FUNCTION = "ota.services.security", "set_secure_update"
 
 
 class SecureUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `"enabled": 0` is not a boolean
     enabled: bool
 
 

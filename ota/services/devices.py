@@ -25,7 +25,11 @@ from ota.settings import Settings
 log = logging.getLogger(__name__)
 
 # Alibaba's DeviceName rule.
-DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_\-@.:]{4,32}$")
+# /products/{pk}/devices/import is the CSV import: a device of that name could be listed but not
+# addressed at /products/{pk}/devices/{name}. The lookahead puts it in the API's schema too.
+RESERVED_DEVICE_NAMES = ("import",)
+_RESERVED = "|".join(map(re.escape, RESERVED_DEVICE_NAMES))
+DEVICE_NAME_RE = re.compile(rf"^(?!({_RESERVED})$)[A-Za-z0-9_\-@.:]{{4,32}}$")
 CSV_HEADER = ("name", "version", "module")
 
 
@@ -63,6 +67,8 @@ class _NewDevice:
 
 
 def validate_device_name(name: str, field: str = "name") -> str:
+    if name in RESERVED_DEVICE_NAMES:
+        raise InvalidInput(field, f"{name} is reserved (the API's CSV import path): choose another")
     if not DEVICE_NAME_RE.fullmatch(name or ""):
         raise InvalidInput(
             field, "must be 4 to 32 characters of letters, digits, '-', '_', '@', '.' and ':'"
