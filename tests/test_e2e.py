@@ -7,12 +7,16 @@ import asyncio
 import io
 import uuid
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 import pytest
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from ota.context import Context
 from ota.contracts import BatchInput
 from ota.db.models import Batch, DeviceModule, Task
 from ota.services.batches import create_batch
@@ -110,24 +114,47 @@ def add_test_firmware(stack: OtaProcesses, product_key: str) -> int:
     return fw.id
 
 
+@dataclass
+class FleetBatch:
+    """A running batch over a simulated fleet, and the pushes counted on the broker."""
+
+    ctx: Context
+    batch_id: str
+    counter: PushCounter
+    listening: asyncio.Task[None]
+
+
+async def start_fleet_batch(
+    stack: OtaProcesses,
+    mqtt_url: str,
+    product_key: str,
+    devices: int,
+    fleet_args: Sequence[str],
+    **options: Any,
+) -> FleetBatch:
+    """`devices` simulated devices on 1.0.0, firmware 2.0.0, a push counter listening, and a
+    batch from 1.0.0 with `options` (BatchInput's fields)."""
+    await start_fleet(stack, product_key, devices, *fleet_args)
+    firmware_id = add_test_firmware(stack, product_key)
+    counter = PushCounter(mqtt_url, product_key)
+    listening = asyncio.create_task(counter.run())
+    await counter.started()
+    ctx = stack.context()
+    batch = await create_batch(
+        ctx, BatchInput(batch_id="", firmware_id=firmware_id, src_versions=["1.0.0"], **options)
+    )
+    return FleetBatch(ctx, batch["id"], counter, listening)
+
+
 async def test_batch_updates_a_simulated_fleet_end_to_end(ota_processes: OtaProcesses, mqtt_url):
     stack = ota_processes
     pk = f"e2e{uuid.uuid4().hex[:8]}"
     for name in ("worker", "bridge", "api"):
         stack.start(name)
-    await start_fleet(stack, pk, 40, "--install-seconds", "0.5")
-    firmware_id = add_test_firmware(stack, pk)
-    counter = PushCounter(mqtt_url, pk)
-    listen = asyncio.create_task(counter.run())
-    await counter.started()
-    ctx = stack.context()
-    batch = await create_batch(
-        ctx,
-        BatchInput(
-            batch_id="", firmware_id=firmware_id, src_versions=["1.0.0"], timeout_minutes=10
-        ),
+    run = await start_fleet_batch(
+        stack, mqtt_url, pk, 40, ["--install-seconds", "0.5"], timeout_minutes=10
     )
-    batch_id = batch["id"]
+    ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
     states = await wait_for(
         lambda: (c := task_states(ctx.engine, batch_id))["updated"] == 40 and c,
         120,
@@ -139,7 +166,7 @@ async def test_batch_updates_a_simulated_fleet_end_to_end(ota_processes: OtaProc
     await wait_for(
         lambda: Session(ctx.engine).get(Batch, batch_id).state == "completed", 60, "batch completed"
     )
-    listen.cancel()
+    run.listening.cancel()
 
 
 async def test_killing_worker_and_bridge_mid_batch_loses_nothing(
@@ -152,24 +179,17 @@ async def test_killing_worker_and_bridge_mid_batch_loses_nothing(
     devices, max_retries = 300, 1
     for name in ("worker", "bridge", "api"):
         stack.start(name)
-    await start_fleet(stack, pk, devices, "--install-seconds", "2", "--processes", "2")
-    firmware_id = add_test_firmware(stack, pk)
-    counter = PushCounter(mqtt_url, pk)
-    listen = asyncio.create_task(counter.run())
-    await counter.started()
-    ctx = stack.context()
-    batch = await create_batch(
-        ctx,
-        BatchInput(
-            batch_id="",
-            firmware_id=firmware_id,
-            src_versions=["1.0.0"],
-            retry_interval_minutes=0,
-            max_retries=max_retries,
-            timeout_minutes=30,
-        ),
+    run = await start_fleet_batch(
+        stack,
+        mqtt_url,
+        pk,
+        devices,
+        ["--install-seconds", "2", "--processes", "2"],
+        retry_interval_minutes=0,
+        max_retries=max_retries,
+        timeout_minutes=30,
     )
-    batch_id = batch["id"]
+    ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
     # Kill once a good part of the fleet is under way but far from done.
     await wait_for(
         lambda: sum(counter.pushes.values()) >= devices // 3, 120, "a third of the fleet pushed"
@@ -195,7 +215,7 @@ async def test_killing_worker_and_bridge_mid_batch_loses_nothing(
     with Session(ctx.engine) as s:
         attempts = s.exec(select(func.max(Task.attempts)).where(Task.batch_id == batch_id)).one()
     assert attempts <= 1 + max_retries
-    listen.cancel()
+    run.listening.cancel()
 
 
 async def test_a_batch_updates_a_fleet_on_a_broker_that_enforces_identity(

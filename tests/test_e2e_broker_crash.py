@@ -12,11 +12,9 @@ from collections import Counter
 
 import pytest
 
-from ota.contracts import BatchInput
-from ota.services.batches import create_batch
 from tests.fixtures.mqtt import ForgetfulBroker
 from tests.fixtures.stack import OtaProcesses
-from tests.test_e2e import add_test_firmware, reported, start_fleet, task_states, wait_for
+from tests.test_e2e import reported, start_fleet_batch, task_states, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,20 +30,16 @@ async def test_killing_the_broker_as_devices_report_leaves_every_device_updated(
     pk = f"bkc{uuid.uuid4().hex[:8]}"
     for name in ("worker", "bridge", "api"):
         stack.start(name)
-    await start_fleet(stack, pk, DEVICES, "--install-seconds", "2", "--processes", "2")
-    firmware_id = add_test_firmware(stack, pk)
-    ctx = stack.context()
-    batch = await create_batch(
-        ctx,
-        BatchInput(
-            batch_id="",
-            firmware_id=firmware_id,
-            src_versions=["1.0.0"],
-            rate_per_minute=RATE,
-            timeout_minutes=10,
-        ),
+    run = await start_fleet_batch(
+        stack,
+        broker.url,
+        pk,
+        DEVICES,
+        ["--install-seconds", "2", "--processes", "2"],
+        rate_per_minute=RATE,
+        timeout_minutes=10,
     )
-    batch_id = batch["id"]
+    ctx, batch_id = run.ctx, run.batch_id
     # Devices report every few seconds from here on: kill while they do.
     await wait_for(
         lambda: task_states(ctx.engine, batch_id)["updated"] >= DEVICES // 4,
@@ -66,4 +60,5 @@ async def test_killing_the_broker_as_devices_report_leaves_every_device_updated(
     )
     assert states == Counter({"updated": DEVICES})
     assert reported(ctx.engine, pk, "2.0.0") == DEVICES
+    run.listening.cancel()
     assert "pushing" in stack.log("bridge") and "tasks in flight again" in stack.log("bridge")

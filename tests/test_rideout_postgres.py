@@ -16,19 +16,15 @@ from sqlmodel import Session, select
 
 from ota import protocol
 from ota.bridge import Bridge
-from ota.contracts import BatchInput
 from ota.db.engine import make_engine
 from ota.db.models import Batch, Task
-from ota.services.batches import create_batch
 from tests.fixtures.database import PG_ADMIN_URL
 from tests.fixtures.outage import TcpProxy
 from tests.linkkit.seed import seed_fleet, tasks
 from tests.test_bridge import Recorder, bridge_settings, publisher, running, until
 from tests.test_e2e import (
-    PushCounter,
-    add_test_firmware,
     reported,
-    start_fleet,
+    start_fleet_batch,
     task_states,
     wait_for,
 )
@@ -108,22 +104,11 @@ async def test_a_batch_rides_out_postgres_away_for_20_seconds(
     stack.start("bridge")
     stack.env["OTA_DATABASE_URL"] = direct_url  # the api's, the simulator's and this test's
     stack.start("api")
-    await start_fleet(stack, pk, devices, "--install-seconds", "2")
-    firmware_id = add_test_firmware(stack, pk)
-    counter = PushCounter(mqtt_url, pk)
-    listen = asyncio.create_task(counter.run())
-    await counter.started()
-    ctx = stack.context()
-    batch = await create_batch(
-        ctx,
-        BatchInput(
-            batch_id="",
-            firmware_id=firmware_id,
-            src_versions=["1.0.0"],
-            rate_per_minute=60,
-            timeout_minutes=30,
-        ),
-    )
+    run = await start_fleet_batch(
+        stack, mqtt_url, pk, devices, ["--install-seconds", "2"], rate_per_minute=60,
+        timeout_minutes=30,
+    )  # fmt: skip
+    ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
     await wait_for(lambda: sum(counter.pushes.values()) >= 8, 60, "8 devices pushed")
     pg_proxy.cut()
     pushed_at_cut = sum(counter.pushes.values())
@@ -132,19 +117,19 @@ async def test_a_batch_rides_out_postgres_away_for_20_seconds(
     assert sum(counter.pushes.values()) <= pushed_at_cut + 1
     pg_proxy.restore()
     await wait_for(
-        lambda: Session(ctx.engine).get(Batch, batch["id"]).state == "completed",
+        lambda: Session(ctx.engine).get(Batch, batch_id).state == "completed",
         240,
         "batch completed",
         interval=2,
     )
-    assert task_states(ctx.engine, batch["id"]) == Counter({"updated": devices})
+    assert task_states(ctx.engine, batch_id) == Counter({"updated": devices})
     assert reported(ctx.engine, pk, "2.0.0") == devices
     assert len(counter.pushes) == devices and set(counter.pushes.values()) == {1}
     with Session(ctx.engine) as s:
-        attempts = s.exec(select(func.max(Task.attempts)).where(Task.batch_id == batch["id"])).one()
+        attempts = s.exec(select(func.max(Task.attempts)).where(Task.batch_id == batch_id)).one()
     assert attempts == 1, "an attempt counted twice"
     assert stack.alive("worker") and stack.alive("bridge")
-    listen.cancel()
+    run.listening.cancel()
 
 
 async def test_the_api_answers_503_while_postgres_is_away_and_recovers_by_itself(

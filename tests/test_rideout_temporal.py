@@ -19,18 +19,16 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from ota import protocol
 from ota.bridge import Bridge
-from ota.contracts import BatchInput, DeviceReport, device_workflow_id
+from ota.contracts import DeviceReport, device_workflow_id
 from ota.db.models import Batch
-from ota.services.batches import create_batch
 from tests.fixtures.outage import TemporalServer
 from tests.linkkit.seed import seed_fleet, tasks
 from tests.test_bridge import bridge_settings, publisher, running, until
 from tests.test_bridge_signals import WaitForReport
 from tests.test_e2e import (
-    PushCounter,
     add_test_firmware,
     reported,
-    start_fleet,
+    start_fleet_batch,
     task_states,
     wait_for,
 )
@@ -222,35 +220,24 @@ async def test_a_batch_rides_out_a_temporal_restart_with_real_worker_and_bridge(
     pk, devices = f"tmp{uuid.uuid4().hex[:8]}", 40
     for name in ("worker", "bridge", "api"):  # the api serves the downloads
         stack.start(name)
-    await start_fleet(stack, pk, devices, "--install-seconds", "2")
-    firmware_id = add_test_firmware(stack, pk)
-    counter = PushCounter(mqtt_url, pk)
-    listen = asyncio.create_task(counter.run())
-    await counter.started()
-    ctx = stack.context()
-    batch = await create_batch(
-        ctx,
-        BatchInput(
-            batch_id="",
-            firmware_id=firmware_id,
-            src_versions=["1.0.0"],
-            rate_per_minute=60,
-            timeout_minutes=30,
-        ),
-    )
+    run = await start_fleet_batch(
+        stack, mqtt_url, pk, devices, ["--install-seconds", "2"], rate_per_minute=60,
+        timeout_minutes=30,
+    )  # fmt: skip
+    ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
     await wait_for(lambda: sum(counter.pushes.values()) >= 10, 60, "10 devices pushed")
     own_temporal.kill()
-    at_kill = task_states(ctx.engine, batch["id"])
+    at_kill = task_states(ctx.engine, batch_id)
     await asyncio.sleep(15)
     assert stack.alive("worker") and stack.alive("bridge"), "a process exited with Temporal"
     own_temporal.start()
     await wait_for(
-        lambda: Session(ctx.engine).get(Batch, batch["id"]).state == "completed",
+        lambda: Session(ctx.engine).get(Batch, batch_id).state == "completed",
         180,
         f"batch completed (at kill: {dict(at_kill)})",
         interval=2,
     )
-    assert task_states(ctx.engine, batch["id"]) == Counter({"updated": devices})
+    assert task_states(ctx.engine, batch_id) == Counter({"updated": devices})
     assert reported(ctx.engine, pk, "2.0.0") == devices
     assert len(counter.pushes) == devices and set(counter.pushes.values()) == {1}
     assert at_kill["updated"] < devices, f"killed too late to prove anything: {at_kill}"
@@ -258,7 +245,7 @@ async def test_a_batch_rides_out_a_temporal_restart_with_real_worker_and_bridge(
     bridge_log = stack.log("bridge")  # one line for the outage, not one per signal or try
     assert bridge_log.count("Temporal unavailable") == 1, bridge_log[-3000:]
     assert bridge_log.count("Temporal reachable again") == 1
-    listen.cancel()
+    run.listening.cancel()
 
 
 async def test_a_worker_started_before_temporal_waits_for_it(
