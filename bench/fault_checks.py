@@ -1,0 +1,174 @@
+"""What must hold after a fault run, whatever was killed when: the invariants of issue 17.
+
+Each check returns the violations it found, one line each, naming the device or workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import aiomqtt
+from sqlalchemy import Engine, text
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from ota.domain import ACTIVE_TASK_STATES, DEFAULT_MODULE
+
+log = logging.getLogger("bench.faults")
+MAX_HISTORY_EVENTS = 10_000
+RECONCILE_LINE = re.compile(r"pushing (\d+) tasks in flight again")
+
+
+class PushCounter:
+    """Counts the upgrade pushes each device is sent, by listening like the devices do.
+
+    Its session is persistent (QoS 1) so pushes sent while it reconnects after a broker restart
+    still reach it when the broker kept them; a message delivered twice (QoS 1 allows it) is
+    counted once, by its id. Pushes lost with a killed broker are not counted: the count may be
+    low, never high, so it can only prove a device was pushed too often."""
+
+    def __init__(self, host: str, port: int, product_key: str) -> None:
+        self.host, self.port, self.product_key = host, port, product_key
+        self.seen: dict[str, set[str]] = defaultdict(set)
+        self.ready = asyncio.Event()
+        self.client_id = f"faults-pushcount-{uuid.uuid4().hex[:8]}"
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host, self.port, identifier=self.client_id, clean_session=False
+                ) as client:
+                    await client.subscribe(f"/ota/device/upgrade/{self.product_key}/+", qos=1)
+                    self.ready.set()
+                    async for msg in client.messages:
+                        device = str(msg.topic).rsplit("/", 1)[1]
+                        self.seen[device].add(_message_id(msg.payload))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.5)
+
+    def pushes(self) -> Counter[str]:
+        return Counter({device: len(ids) for device, ids in self.seen.items()})
+
+
+def _message_id(payload: object) -> str:
+    raw = payload if isinstance(payload, bytes | str) else b""
+    with contextlib.suppress(ValueError, TypeError):
+        return str(json.loads(raw)["id"])
+    return str(hash(raw))
+
+
+def reconcile_passes(bridge_log: Path) -> int:
+    """Passes the bridge started (over all its restarts): each pushes a task in flight once."""
+    if not bridge_log.exists():
+        return 0
+    return len(RECONCILE_LINE.findall(bridge_log.read_text(errors="replace")))
+
+
+def read_fleet_state(path: Path) -> dict[str, str]:
+    """Device name -> the version the simulated device runs (its own view: the truth)."""
+    files = [path] if path.exists() else sorted(path.parent.glob(path.name + ".*[0-9]"))
+    state: dict[str, str] = {}
+    for f in files:
+        for name, versions in json.loads(f.read_text()).items():
+            state[name] = versions.get(DEFAULT_MODULE, "")
+    return state
+
+
+def task_rows(engine: Engine, batch_id: str) -> dict[str, dict[str, object]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT t.device_name, t.state, t.reason, t.attempts, t.target_version, "
+                "t.from_version, m.version AS recorded FROM tasks t "
+                "LEFT JOIN device_modules m ON m.device_id = t.device_id AND m.module = :module "
+                "WHERE t.batch_id = :batch"
+            ),
+            {"batch": batch_id, "module": DEFAULT_MODULE},
+        ).mappings()
+        return {r["device_name"]: dict(r) for r in rows}
+
+
+def batch_state(engine: Engine, batch_id: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT state FROM batches WHERE id = :b"), {"b": batch_id}
+        ).scalar()
+
+
+def check_tasks(
+    tasks: dict[str, dict[str, object]],
+    truth: dict[str, str],
+    pushes: Counter[str],
+    passes: int,
+    devices: int,
+) -> list[str]:
+    """Every task final and agreeing with what its device runs; the platform's recorded version
+    too; no device pushed more often than its attempts plus one push per reconciliation pass."""
+    out: list[str] = []
+    if len(tasks) != devices:
+        out.append(f"batch has {len(tasks)} tasks for {devices} devices")
+    if not truth:
+        out.append("the fleet wrote no state file: the devices' versions are unknown")
+    for name, t in sorted(tasks.items()):
+        runs = truth.get(name)
+        state, target = t["state"], t["target_version"]
+        where = f"{name}: task {state}" + (f" ({t['reason']})" if t["reason"] else "")
+        if state in ACTIVE_TASK_STATES:
+            out.append(f"{where} is still active")
+        if truth and runs is None:
+            out.append(f"{where}: the fleet does not know this device")
+        elif truth and (state == "updated") != (runs == target):
+            out.append(f"{where} but the device runs {runs} (target {target})")
+        if truth and runs is not None and t["recorded"] != runs:
+            out.append(f"{name}: the platform records {t['recorded']}, the device runs {runs}")
+        attempts = int(t["attempts"] or 0)  # type: ignore[call-overload]
+        if pushes[name] > attempts + passes:
+            out.append(
+                f"{name}: pushed {pushes[name]} times for {attempts} attempts "
+                f"and {passes} reconciliation passes"
+            )
+    return out
+
+
+async def check_histories(client: Client) -> tuple[list[str], dict[str, int]]:
+    """Every run of every workflow on the run's own server: under 10,000 events, closed, and no
+    workflow task failed without a later one completing. Returns violations and the failed
+    workflow tasks seen, by cause (a recovered one is not a violation, but worth a look)."""
+    out: list[str] = []
+    causes: Counter[str] = Counter()
+    runs = [wf async for wf in client.list_workflows("")]
+    for wf in runs:
+        handle = client.get_workflow_handle(wf.id, run_id=wf.run_id)
+        history = await handle.fetch_history()
+        events = history.events
+        where = f"workflow {wf.id} run {wf.run_id[:8]}"
+        if len(events) >= MAX_HISTORY_EVENTS:
+            out.append(f"{where}: {len(events)} events")
+        if wf.status is not None and wf.status.name == "RUNNING":
+            out.append(f"{where} is still running")
+        failed_pending: str | None = None
+        for e in events:
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                failure = e.workflow_task_failed_event_attributes
+                name = _enum_name(failure.cause)
+                causes[name] += 1
+                failed_pending = f"{name}: {failure.failure.message}"
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                failed_pending = None
+        if failed_pending is not None:
+            out.append(f"{where}: its last workflow task failed ({failed_pending[:200]})")
+    return out, dict(causes)
+
+
+def _enum_name(cause: int) -> str:
+    from temporalio.api.enums.v1 import WorkflowTaskFailedCause
+
+    return WorkflowTaskFailedCause.Name(cause).removeprefix("WORKFLOW_TASK_FAILED_CAUSE_")
