@@ -22,9 +22,14 @@ def main() -> None:
     parser.add_argument(
         "--sizes", help="several fleet sizes, e.g. 1000,10000 (overrides --devices)"
     )
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_DEVICES} devices, < 3 min")
     parser.add_argument(
-        "--rate", type=int, help=f"the throttled batch's rate, default {RATE}; 0: skip "
+        "--quick", action="store_true",
+        help=f"{QUICK_DEVICES} devices, < 3 min (--faults: tests/test_faults.py's small run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rate",
+        type=int,
+        help=f"the throttled batch's rate, default {RATE}; 0: skip "
         "(--faults: the batch's rate, default 200)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
@@ -41,9 +46,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, help="--faults: replay this seed (the first one)")
     parser.add_argument("--runs", type=int, default=1, help="--faults: seeds to run")
-    parser.add_argument(
-        "--keep", action="store_true", help="--faults: keep passing runs' logs too"
-    )
+    parser.add_argument("--keep", action="store_true", help="--faults: keep passing runs' logs too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.faults:
@@ -70,11 +73,15 @@ def _rate(rate: int | None) -> int | None:
 def _faults(args: argparse.Namespace) -> int:
     """Run the fault harness over --runs seeds (from --seed on, else random); 1 if any failed."""
     import random
+    from dataclasses import replace
 
-    from bench.faults import FaultConfig, run_seeds
+    from bench.faults import QUICK, FaultConfig, run_seeds
 
     first = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    cfg = FaultConfig(devices=args.devices or 300, rate_per_minute=args.rate or 200)
+    cfg = QUICK if args.quick else FaultConfig()
+    cfg = replace(
+        cfg, devices=args.devices or cfg.devices, rate_per_minute=args.rate or cfg.rate_per_minute
+    )
     results = run_seeds([first + i for i in range(args.runs)], cfg, keep=args.keep)
     return 0 if all(r.passed for r in results) else 1
 

@@ -2,7 +2,7 @@
 Temporal server, Mosquitto, PostgreSQL's connections and S3 are killed, one at a time and then
 all together, at moments drawn from a seed; then the invariants of bench/fault_checks.py.
 
-    python -m bench --faults [--seed N] [--runs K] [--devices 300] [--rate 200]
+    python -m bench --faults [--seed N] [--runs K] [--devices 300] [--rate 200] [--quick]
 
 The seed is printed first: `--seed N` replays the same kills at the same moments (the stack's
 own timing still varies a little, so a replay is likely, not certain, to fail the same way).
@@ -57,6 +57,18 @@ class FaultConfig:
     settle_seconds: float = 30.0  # after the batch, for late reports to land
 
 
+# `--faults --quick` and tests/test_faults.py: a modest fleet, short outages, a 1-minute timeout.
+QUICK = FaultConfig(
+    devices=30,
+    rate_per_minute=120,
+    timeout_minutes=1,
+    install_seconds=1.0,
+    outage=(1.0, 4.0),
+    s3_outage_max=10.0,
+    settle_seconds=20.0,
+)
+
+
 @dataclass(frozen=True)
 class Fault:
     at: float  # seconds after the batch started (a single fault waits for the one before)
@@ -89,6 +101,16 @@ class RunResult:
         notes = " ".join(f"{k}={v}" for k, v in self.notes.items())
         verdict = "PASS" if self.passed else f"FAIL ({len(self.violations)} violations)"
         return f"seed {self.seed}: {verdict} in {self.seconds:.0f}s; {states}; {notes}"
+
+    def report(self, most: int = 40) -> str:
+        """The line, the kills, and a failure's violations and where its logs are."""
+        lines = [self.line(), *(f"    {f}" for f in self.faults)]
+        lines += [f"  ! {v}" for v in self.violations[:most]]
+        if len(self.violations) > most:
+            lines.append(f"  ! ... and {len(self.violations) - most} more")
+        if not self.passed:
+            lines.append(f"  logs: {self.workdir}")
+        return "\n".join(lines)
 
 
 def schedule(rng: random.Random, cfg: FaultConfig) -> list[Fault]:
@@ -304,15 +326,7 @@ def run_seeds(seeds: list[int], cfg: FaultConfig, keep: bool = False) -> list[Ru
     for seed in seeds:
         result = asyncio.run(run_seed(seed, cfg, keep))
         results.append(result)
-        print(result.line(), flush=True)
-        for fault in result.faults:
-            print(f"    {fault}")
-        for v in result.violations[:40]:
-            print(f"  ! {v}")
-        if len(result.violations) > 40:
-            print(f"  ! ... and {len(result.violations) - 40} more")
-        if not result.passed:
-            print(f"  logs: {result.workdir}")
+        print(result.report(), flush=True)
     passed = sum(r.passed for r in results)
     print(f"faults: {passed}/{len(results)} seeds passed", flush=True)
     return results

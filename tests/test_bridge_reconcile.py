@@ -16,7 +16,7 @@ import pytest
 from ota import protocol
 from ota.bridge import Bridge
 from ota.device.sdk import Device
-from ota.devstack import mosquitto_conf
+from ota.devstack import AUTOSAVE_SECONDS, mosquitto_conf
 from tests.fixtures.mqtt import start_mosquitto
 from tests.fixtures.net import free_port
 from tests.linkkit.seed import seed_fleet, tasks
@@ -51,6 +51,23 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     port = free_port()
     conf = mosquitto_conf(home, "127.0.0.1", port)
     conf.write_text(conf.read_text().replace("persistence true", "persistence false"))
+    b = Broker(home, port)
+    b.start()
+    yield b
+    with contextlib.suppress(Exception):
+        b.kill()
+
+
+@pytest.fixture
+def saving_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A Mosquitto that saves its sessions every second, as `ota dev`'s does every few: killed,
+    it comes back with the bridge's session."""
+    home = tmp_path / "saving-broker"
+    home.mkdir()
+    port = free_port()
+    conf = mosquitto_conf(home, "127.0.0.1", port)
+    saved = f"autosave_interval {AUTOSAVE_SECONDS}"
+    conf.write_text(conf.read_text().replace(saved, "autosave_interval 1"))
     b = Broker(home, port)
     b.start()
     yield b
@@ -121,3 +138,43 @@ async def test_a_reconnect_that_kept_its_session_does_not_reconcile(
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5):
                 await anext(aiter(watcher.messages))
+
+
+async def test_a_broker_restart_that_kept_the_session_still_reconciles(
+    sqlite_engine, saving_broker, tmp_path
+):
+    """Found by the fault harness (python -m bench --faults --seed 1 --devices 40 --rate 120):
+    Mosquitto killed and restarted from its saved state says the bridge's session is present,
+    but it restores the session without its shared subscriptions, so a device that reconnects
+    first reports its new version to nobody. The broker's uptime tells the bridge to reconcile."""
+    broker = saving_broker
+    fleet = seed_fleet(sqlite_engine, 1, task_state="in_upgrade")
+    pk, dn = fleet.product_key, fleet.names[0]
+    settings = bridge_settings(tmp_path, broker.url, bridge_reconcile_per_second=50)
+    bridge = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk])
+    device = Device(pk, dn, mqtt_url=broker.url, versions="2.0.0", session_expiry=60)
+    real = bridge.endpoint
+    async with running(bridge):
+        await until(lambda: bridge.stats["reconciles"] == 1, what="the new session's pass")
+        await asyncio.sleep(2.5)  # saved, with the bridge's session and subscriptions
+        broker.kill()
+        bridge.endpoint = dataclasses.replace(real, port=free_port())
+        await until(lambda: bridge.stats["reconnects"] >= 1, what="the bridge noticing")
+        broker.start()
+        run = asyncio.create_task(device.run())
+        try:
+            await asyncio.wait_for(device.connected.wait(), 20)
+            await asyncio.sleep(0.5)
+            assert tasks(sqlite_engine, fleet.batch_id)[dn].state == "in_upgrade"
+            bridge.endpoint = real
+            await until(
+                lambda: tasks(sqlite_engine, fleet.batch_id)[dn].state == "updated",
+                timeout=30,
+                what=f"the task updated; {bridge.stats}",
+            )
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    assert bridge.stats["broker_restarts"] == 1, bridge.stats
+    assert bridge.stats["reconciles"] == 2, bridge.stats
+    assert device.stats["connects"] == 1  # its report on connect was the one dropped

@@ -15,6 +15,14 @@ working ignores it (busy). A device that reconnects only after the bridge subscr
 version on connect, which reaches the bridge anyway. Nothing is written here: no attempt is
 counted and no timeout restarts.
 
+A session the broker kept is not proof that nothing was lost when the broker itself restarted
+(found by the fault harness, bench/faults.py, seed 1): a SIGKILLed Mosquitto comes back from its
+last autosave, so what it acknowledged after that save is gone, and Mosquitto 2.0 restores the
+bridge's session without its shared subscriptions (session present = 1, yet device reports are
+dropped until the bridge subscribes again). So the bridge also reconciles when the broker started
+less than `BROKER_RESTART_WINDOW` ago, by its retained `$SYS/broker/uptime` (Mosquitto, EMQX's
+differs; a broker that does not say, or an account that may not read it, keeps the rule above).
+
 Bounded: paced at `bridge_reconcile_per_second`, in the background so the bridge keeps serving,
 and done once per lost session. A pass cut short (the connection went again) is finished on the
 next connection even if the broker kept the session meanwhile. Counted in the bridge's stats:
@@ -42,12 +50,19 @@ from ota import protocol
 from ota.bridge.inbox import Inbox
 from ota.bridge.records import BATCHES, FIRMWARE, PROGRESSING, TASKS
 from ota.db.models import Firmware
+from ota.mqtt import MqttEndpoint
 from ota.push import upgrade_data
 from ota.services.security import UNSIGNABLE, Signer
 from ota.settings import Settings
 from ota.storage import FirmwareStore
 
 log = logging.getLogger(__name__)
+
+UPTIME_TOPIC = "$SYS/broker/uptime"  # "N seconds", retained, refreshed every sys_interval (10 s)
+# A broker that started this recently may have restarted under the bridge: the bridge reconnects
+# within its backoff (30 s at most) and a supervisor restarts it in seconds, with margin.
+BROKER_RESTART_WINDOW = 120.0
+UPTIME_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,14 +111,21 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._msg_ids = itertools.count(int(time.time() * 1000))
 
-    def connected(self, client: aiomqtt.Client, inbox: Inbox, session: SessionFlag) -> None:
-        """Call once subscribed: the devices' answers to the pushes must reach the bridge."""
+    def connected(
+        self,
+        client: aiomqtt.Client,
+        inbox: Inbox,
+        session: SessionFlag,
+        endpoint: MqttEndpoint | None = None,
+    ) -> None:
+        """Call once subscribed: the devices' answers to the pushes must reach the bridge.
+        `endpoint`: where to ask the broker's uptime (a kept session after a broker restart)."""
         if self.settings.bridge_reconcile_per_second == 0:  # switched off
             return
         if session.present is False:
             self.owed = True
-        if self.owed:
-            self._task = asyncio.create_task(self._run(client, inbox))
+        if self.owed or endpoint is not None:
+            self._task = asyncio.create_task(self._run(client, inbox, endpoint))
 
     async def stop(self) -> None:
         """The connection is going: a pass in progress ends (and stays owed)."""
@@ -113,7 +135,20 @@ class Reconciler:
                 await self._task
             self._task = None
 
-    async def _run(self, client: aiomqtt.Client, inbox: Inbox) -> None:
+    async def _run(
+        self, client: aiomqtt.Client, inbox: Inbox, endpoint: MqttEndpoint | None
+    ) -> None:
+        if not self.owed and endpoint is not None:
+            uptime = await broker_uptime(endpoint, self.settings.bridge_client_id)
+            if uptime is None or uptime >= BROKER_RESTART_WINDOW:
+                return
+            log.warning(
+                "the broker started %.0f s ago: it may have lost reports it had acknowledged, "
+                "and the bridge's subscriptions with them",
+                uptime,
+            )
+            self.stats["broker_restarts"] += 1
+            self.owed = True
         self.stats["reconciles"] += 1
         try:
             tasks = await asyncio.to_thread(in_flight, self.engine, self.products)
@@ -164,6 +199,22 @@ class Reconciler:
                     protocol.upgrade_topic(t.product_key, t.device_name), payload, qos=1
                 )
             self.stats["reconcile_pushes"] += 1
+
+
+async def broker_uptime(endpoint: MqttEndpoint, client_id: str) -> float | None:
+    """Seconds the broker has been up, from its retained $SYS/broker/uptime, on a connection of
+    its own (the bridge's carries device messages only); None if the broker does not say."""
+    try:
+        async with endpoint.client(f"{client_id}-uptime", timeout=UPTIME_WAIT_SECONDS) as c:
+            await c.subscribe(UPTIME_TOPIC, qos=0)
+            async with asyncio.timeout(UPTIME_WAIT_SECONDS):
+                async for message in c.messages:
+                    payload = message.payload
+                    text = payload.decode() if isinstance(payload, bytes) else str(payload)
+                    return float(text.split()[0])
+    except (aiomqtt.MqttError, TimeoutError, ValueError, IndexError, UnicodeDecodeError) as exc:
+        log.debug("the broker's uptime is unknown: %r", exc)
+    return None
 
 
 def in_flight(engine: Engine, products: Sequence[str] = ()) -> list[InFlight]:

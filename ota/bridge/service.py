@@ -77,7 +77,7 @@ class Bridge:
                     self.ready.set()
                     backoff = BACKOFF_MIN
                     # No session on the broker: device reports may have been dropped.
-                    self.reconciler.connected(client, inbox, session)
+                    self.reconciler.connected(client, inbox, session, self.endpoint)
                     try:
                         await self._serve(client, inbox)
                     finally:
