@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -130,3 +131,25 @@ def test_simulate_refuses_an_unknown_mqtt_protocol():
     )  # fmt: skip
     assert out.returncode == 2
     assert "mqtt_protocol" in out.stderr and "5 or 3.1.1" in out.stderr
+
+
+async def test_a_stopping_fleet_writes_what_each_device_runs(mqtt_url: str, tmp_path: Path):
+    """The fault harness holds the platform's records against this file: the devices' own view.
+    A slice of a fleet split over processes writes its own file, its first index appended."""
+    state = tmp_path / "fleet.json"
+    cfg = FleetConfig(
+        new_pk(), 5, "1.0.0", mqtt_url=mqtt_url, first=2, count=3, state_file=str(state)
+    )
+    fleet = Fleet(cfg)
+    run = asyncio.create_task(fleet.run())
+    await until(lambda: len(fleet.devices) == 3, 10)
+    fleet.devices[1].versions["default"] = "2.0.0"  # as an installed update leaves it
+    fleet.stop.set()
+    await run
+    written = json.loads((tmp_path / "fleet.json.2").read_text())
+    assert written == {
+        "sim-00002": {"default": "1.0.0"},
+        "sim-00003": {"default": "2.0.0"},
+        "sim-00004": {"default": "1.0.0"},
+    }
+    assert not state.exists()
