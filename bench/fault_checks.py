@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiomqtt
 from sqlalchemy import Engine, text
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client
 
 from ota.domain import ACTIVE_TASK_STATES, DEFAULT_MODULE
@@ -168,7 +168,5 @@ async def check_histories(client: Client) -> tuple[list[str], dict[str, int]]:
     return out, dict(causes)
 
 
-def _enum_name(cause: int) -> str:
-    from temporalio.api.enums.v1 import WorkflowTaskFailedCause
-
+def _enum_name(cause: WorkflowTaskFailedCause.ValueType) -> str:
     return WorkflowTaskFailedCause.Name(cause).removeprefix("WORKFLOW_TASK_FAILED_CAUSE_")

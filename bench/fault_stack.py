@@ -185,7 +185,8 @@ class FaultStack:
         return self.add(name, [sys.executable, "-m", "starter", *(args or (name,))], ready)
 
     def settings(self) -> Settings:
-        return Settings(**{k[4:].lower(): v for k, v in self.env.items() if k.startswith("OTA_")})
+        values = {k[4:].lower(): v for k, v in self.env.items() if k.startswith("OTA_")}
+        return Settings.model_validate(values)
 
     # -- teardown -------------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ def _free_port_block() -> int:
 
 def _s3_ready(endpoint: str) -> bool:
     """The bucket takes a moment after the port opens: ready when a write goes through."""
-    import s3fs
+    import s3fs  # type: ignore[import-untyped]
 
     try:
         fs = s3fs.S3FileSystem(

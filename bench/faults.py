@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+
 from bench.fault_checks import (
     PushCounter,
     batch_state,
@@ -274,8 +276,6 @@ async def _outage(stack: FaultStack, component: str, seconds: float) -> None:
 
 
 def _reported(ctx: Context, pk: str) -> int:
-    from sqlalchemy import text
-
     with ctx.engine.connect() as conn:
         return int(
             conn.execute(
@@ -291,8 +291,6 @@ def _reported(ctx: Context, pk: str) -> int:
 
 def _settled(ctx: Context, batch_id: str) -> bool:
     """Every task final and every updated device's version recorded."""
-    from sqlalchemy import text
-
     with ctx.engine.connect() as conn:
         pending = conn.execute(
             text(
