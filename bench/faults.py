@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,9 @@ async def _run(
         )  # fmt: skip
         batch_id = batch["id"]
         log.info("batch %s: %d devices at %d/min", batch_id, cfg.devices, cfg.rate_per_minute)
-        await _inject(stack, faults)
+        active = await _inject(stack, faults, lambda: _active(ctx, batch_id))
+        # Tasks not yet final as each kill began: a kill that found none tested little.
+        result.notes["active_at_kills"] = "/".join(map(str, active))
         patience = cfg.devices / cfg.rate_per_minute * 60 + cfg.timeout_minutes * 60 * (
             cfg.max_retries + 1
         )
@@ -252,16 +255,20 @@ def _add_firmware(ctx: Context, pk: str) -> int:
     return fw.id
 
 
-async def _inject(stack: FaultStack, faults: list[Fault]) -> None:
-    """Run the schedule: each fault at its moment, or when the one before is over."""
+async def _inject(stack: FaultStack, faults: list[Fault], active: Callable[[], int]) -> list[int]:
+    """Run the schedule: each fault at its moment, or when the one before is over. Returns how
+    many tasks were active as each began."""
     t0 = time.monotonic()
+    counts = []
     for fault in faults:
         if (delay := t0 + fault.at - time.monotonic()) > 0:
             await asyncio.sleep(delay)
-        log.info("%s (at t+%.0fs)", fault, time.monotonic() - t0)
+        counts.append(await asyncio.to_thread(active))
+        log.info("%s (at t+%.0fs, %d tasks active)", fault, time.monotonic() - t0, counts[-1])
         await asyncio.gather(
             *(_outage(stack, c, o) for c, o in zip(fault.components, fault.outages, strict=True))
         )
+    return counts
 
 
 async def _outage(stack: FaultStack, component: str, seconds: float) -> None:
@@ -284,6 +291,20 @@ def _reported(ctx: Context, pk: str) -> int:
                     "WHERE d.product_key = :pk AND m.version = :v"
                 ),
                 {"pk": pk, "v": SOURCE},
+            ).scalar()
+            or 0
+        )
+
+
+def _active(ctx: Context, batch_id: str) -> int:
+    with ctx.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM tasks WHERE batch_id = :b "
+                    "AND state IN ('to_be_pushed', 'pushed', 'in_upgrade')"
+                ),
+                {"b": batch_id},
             ).scalar()
             or 0
         )
