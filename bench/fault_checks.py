@@ -138,10 +138,13 @@ def check_tasks(
     return out
 
 
-async def check_histories(client: Client) -> tuple[list[str], dict[str, int]]:
+async def check_histories(
+    client: Client, task_states: dict[str, str]
+) -> tuple[list[str], dict[str, int]]:
     """Every run of every workflow on the run's own server: under 10,000 events, closed, and no
     workflow task failed without a later one completing. Returns violations and the failed
-    workflow tasks seen, by cause (a recovered one is not a violation, but worth a look)."""
+    workflow tasks seen, by cause (a recovered one is not a violation, but worth a look).
+    `task_states`: device workflow id -> its task's state, to say why one still runs."""
     out: list[str] = []
     causes: Counter[str] = Counter()
     runs = [wf async for wf in client.list_workflows("")]
@@ -153,7 +156,9 @@ async def check_histories(client: Client) -> tuple[list[str], dict[str, int]]:
         if len(events) >= MAX_HISTORY_EVENTS:
             out.append(f"{where}: {len(events)} events")
         if wf.status is not None and wf.status.name == "RUNNING":
-            out.append(f"{where} is still running")
+            state = task_states.get(wf.id)
+            why = f" although its task is {state}: a lost signal" if state else ""
+            out.append(f"{where} is still running{why}")
         failed_pending: str | None = None
         for e in events:
             if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:

@@ -36,9 +36,10 @@ from bench.fault_checks import (
 )
 from bench.fault_stack import FaultStack
 from ota.context import Context
-from ota.contracts import BatchInput
+from ota.contracts import BatchInput, device_workflow_id
 from ota.device.simulator import device_name, synth_image
 from ota.devstack import free_port
+from ota.domain import FINAL_TASK_STATES
 from ota.services.batches import create_batch
 from ota.services.devices import register_fleet
 from ota.services.firmware import add_firmware
@@ -212,7 +213,12 @@ async def _run(
     truth = read_fleet_state(state_file)
     result.violations += check_tasks(tasks, truth, pushes, passes, cfg.devices)
     client = await ctx.temporal()
-    history_violations, wft_failed = await check_histories(client)
+    final = {
+        device_workflow_id(pk, name): str(t["state"])
+        for name, t in tasks.items()
+        if t["state"] in FINAL_TASK_STATES
+    }
+    history_violations, wft_failed = await check_histories(client, final)
     result.violations += history_violations
     states: dict[str, int] = {}
     for t in tasks.values():

@@ -108,6 +108,10 @@ class Reconciler:
         self.stats = stats
         self.products = list(products)
         self.owed = False  # a lost session not yet reconciled
+        # When the last finished pass began (wall clock): a broker that started before it lost
+        # nothing since, however often the bridge reconnects (a database outage drops the
+        # connection every second).
+        self._covered_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._msg_ids = itertools.count(int(time.time() * 1000))
 
@@ -123,6 +127,7 @@ class Reconciler:
         if self.settings.bridge_reconcile_per_second == 0:  # switched off
             return
         if session.present is False:
+            log.warning("the broker had no session for the bridge: reports may have been lost")
             self.owed = True
         if self.owed or endpoint is not None:
             self._task = asyncio.create_task(self._run(client, inbox, endpoint))
@@ -142,6 +147,8 @@ class Reconciler:
             uptime = await broker_uptime(endpoint, self.settings.bridge_client_id)
             if uptime is None or uptime >= BROKER_RESTART_WINDOW:
                 return
+            if self._covered_at is not None and self._covered_at > time.time() - uptime:
+                return  # a pass since this broker started has asked every device already
             log.warning(
                 "the broker started %.0f s ago: it may have lost reports it had acknowledged, "
                 "and the bridge's subscriptions with them",
@@ -149,14 +156,11 @@ class Reconciler:
             )
             self.stats["broker_restarts"] += 1
             self.owed = True
+        began = time.time()
         self.stats["reconciles"] += 1
         try:
             tasks = await asyncio.to_thread(in_flight, self.engine, self.products)
-            log.warning(
-                "the broker had no session for the bridge: reports may have been lost; "
-                "pushing %d tasks in flight again",
-                len(tasks),
-            )
+            log.warning("pushing %d tasks in flight again", len(tasks))
             await self._push_all(client, inbox, tasks)
         except aiomqtt.MqttError as exc:  # the connection went: the next one finishes the pass
             log.warning("reconciliation interrupted: %s", exc)
@@ -165,6 +169,7 @@ class Reconciler:
             log.exception("reconciliation failed; it is tried again on the next connection")
             return
         self.owed = False
+        self._covered_at = began
         log.info("reconciliation done: %d pushes", self.stats["reconcile_pushes"])
 
     async def _push_all(self, client: aiomqtt.Client, inbox: Inbox, tasks: list[InFlight]) -> None:
