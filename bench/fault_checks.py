@@ -10,8 +10,10 @@ import contextlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 
 import aiomqtt
@@ -23,6 +25,7 @@ from ota.domain import ACTIVE_TASK_STATES, DEFAULT_MODULE
 
 log = logging.getLogger("bench.faults")
 MAX_HISTORY_EVENTS = 10_000
+SLACK_SECONDS = 3.0
 RECONCILE_LINE = re.compile(r"pushing (\d+) tasks in flight again")
 
 
@@ -37,6 +40,7 @@ class PushCounter:
     def __init__(self, host: str, port: int, product_key: str) -> None:
         self.host, self.port, self.product_key = host, port, product_key
         self.seen: dict[str, set[str]] = defaultdict(set)
+        self.first_at: dict[str, float] = {}  # when each device's first push was seen
         self.ready = asyncio.Event()
         self.client_id = f"faults-pushcount-{uuid.uuid4().hex[:8]}"
 
@@ -51,6 +55,7 @@ class PushCounter:
                     async for msg in client.messages:
                         device = str(msg.topic).rsplit("/", 1)[1]
                         self.seen[device].add(_message_id(msg.payload))
+                        self.first_at.setdefault(device, time.time())
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.5)
 
@@ -65,11 +70,29 @@ def _message_id(payload: object) -> str:
     return str(hash(raw))
 
 
-def reconcile_passes(bridge_log: Path) -> int:
-    """Passes the bridge started (over all its restarts): each pushes a task in flight once."""
+def reconcile_passes(bridge_log: Path) -> list[float]:
+    """When each pass the bridge started (over all its restarts) read the tasks in flight, as
+    Unix times: a pass pushes each of them once."""
     if not bridge_log.exists():
+        return []
+    times = []
+    for line in bridge_log.read_text(errors="replace").splitlines():
+        if RECONCILE_LINE.search(line):
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # the log's local time
+            times.append(stamp.timestamp())
+    return times
+
+
+def passes_in_flight(
+    passes: list[float], first_push: float | None, final_at: datetime | None
+) -> int:
+    """The passes that could have pushed a device: those while its task was in flight, from a
+    little before its first push was seen (the push is recorded before it is published) to
+    its final state (a few seconds' slack either side)."""
+    if first_push is None:
         return 0
-    return len(RECONCILE_LINE.findall(bridge_log.read_text(errors="replace")))
+    end = final_at.timestamp() if final_at is not None else float("inf")
+    return sum(1 for p in passes if first_push - SLACK_SECONDS <= p <= end + SLACK_SECONDS)
 
 
 def read_fleet_state(path: Path) -> dict[str, str]:
@@ -87,6 +110,7 @@ def task_rows(engine: Engine, batch_id: str) -> dict[str, dict[str, object]]:
         rows = conn.execute(
             text(
                 "SELECT t.device_name, t.state, t.reason, t.attempts, t.target_version, "
+                "t.updated_at, "
                 "t.from_version, m.version AS recorded FROM tasks t "
                 "LEFT JOIN device_modules m ON m.device_id = t.device_id AND m.module = :module "
                 "WHERE t.batch_id = :batch"
@@ -107,11 +131,13 @@ def check_tasks(
     tasks: dict[str, dict[str, object]],
     truth: dict[str, str],
     pushes: Counter[str],
-    passes: int,
+    first_push: dict[str, float],
+    passes: list[float],
     devices: int,
 ) -> list[str]:
     """Every task final and agreeing with what its device runs; the platform's recorded version
-    too; no device pushed more often than its attempts plus one push per reconciliation pass."""
+    too; no device pushed more often than its attempts plus one push per reconciliation pass
+    while its task was in flight."""
     out: list[str] = []
     if len(tasks) != devices:
         out.append(f"batch has {len(tasks)} tasks for {devices} devices")
@@ -130,10 +156,12 @@ def check_tasks(
         if truth and runs is not None and t["recorded"] != runs:
             out.append(f"{name}: the platform records {t['recorded']}, the device runs {runs}")
         attempts = int(t["attempts"] or 0)  # type: ignore[call-overload]
-        if pushes[name] > attempts + passes:
+        final_at = t["updated_at"] if state not in ACTIVE_TASK_STATES else None
+        allowed = passes_in_flight(passes, first_push.get(name), final_at)  # type: ignore[arg-type]
+        if pushes[name] > attempts + allowed:
             out.append(
                 f"{name}: pushed {pushes[name]} times for {attempts} attempts "
-                f"and {passes} reconciliation passes"
+                f"and {allowed} reconciliation passes while in flight"
             )
     return out
 

@@ -211,7 +211,7 @@ async def _run(
     passes = reconcile_passes(stack.components["bridge"].log)
     pushes = counter.pushes()
     truth = read_fleet_state(state_file)
-    result.violations += check_tasks(tasks, truth, pushes, passes, cfg.devices)
+    result.violations += check_tasks(tasks, truth, pushes, counter.first_at, passes, cfg.devices)
     client = await ctx.temporal()
     final = {
         device_workflow_id(pk, name): str(t["state"])
@@ -227,7 +227,7 @@ async def _run(
     result.notes = {
         "pushes": sum(pushes.values()),
         "attempts": sum(int(t["attempts"] or 0) for t in tasks.values()),  # type: ignore[call-overload]
-        "reconcile_passes": passes,
+        "reconcile_passes": len(passes),
         "wft_failed": wft_failed or 0,
         "on_target": sum(1 for v in truth.values() if v == TARGET),
     }
