@@ -224,7 +224,7 @@ async def _run(
     for t in tasks.values():
         states[str(t["state"])] = states.get(str(t["state"]), 0) + 1
     result.states = states
-    result.notes = {
+    result.notes |= {
         "pushes": sum(pushes.values()),
         "attempts": sum(int(t["attempts"] or 0) for t in tasks.values()),  # type: ignore[call-overload]
         "reconcile_passes": len(passes),
