@@ -13,18 +13,29 @@ import re
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import aiomqtt
 from sqlalchemy import Engine, text
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from ota.domain import ACTIVE_TASK_STATES, DEFAULT_MODULE
 
 log = logging.getLogger("bench.faults")
 MAX_HISTORY_EVENTS = 10_000
+RUNNING_GRACE_SECONDS = 10.0
+CLOSING_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+}
 SLACK_SECONDS = 3.0
 RECONCILE_LINE = re.compile(r"pushing (\d+) tasks in flight again")
 
@@ -172,33 +183,53 @@ async def check_histories(
     """Every run of every workflow on the run's own server: under 10,000 events, closed, and no
     workflow task failed without a later one completing. Returns violations and the failed
     workflow tasks seen, by cause (a recovered one is not a violation, but worth a look).
-    `task_states`: device workflow id -> its task's state, to say why one still runs."""
+    `task_states`: device workflow id -> its task's state, to say why one still runs.
+
+    A run seen running is looked at again after `RUNNING_GRACE_SECONDS`: the listing lags, and
+    a workflow that just recorded its last state may be a workflow task from closing (seen: a
+    batch whose completion raced a child's, UnhandledCommand, then closed a second later)."""
     out: list[str] = []
     causes: Counter[str] = Counter()
-    runs = [wf async for wf in client.list_workflows("")]
-    for wf in runs:
+    running = []
+    async for wf in client.list_workflows(""):
         handle = client.get_workflow_handle(wf.id, run_id=wf.run_id)
-        history = await handle.fetch_history()
-        events = history.events
-        where = f"workflow {wf.id} run {wf.run_id[:8]}"
+        events = (await handle.fetch_history()).events
         if len(events) >= MAX_HISTORY_EVENTS:
-            out.append(f"{where}: {len(events)} events")
-        if wf.status is not None and wf.status.name == "RUNNING":
-            state = task_states.get(wf.id)
-            why = f" although its task is {state}: a lost signal" if state else ""
-            out.append(f"{where} is still running{why}")
-        failed_pending: str | None = None
+            out.append(f"workflow {wf.id} run {wf.run_id[:8]}: {len(events)} events")
         for e in events:
             if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-                failure = e.workflow_task_failed_event_attributes
-                name = _enum_name(failure.cause)
-                causes[name] += 1
-                failed_pending = f"{name}: {failure.failure.message}"
-            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
-                failed_pending = None
-        if failed_pending is not None:
-            out.append(f"{where}: its last workflow task failed ({failed_pending[:200]})")
+                causes[_enum_name(e.workflow_task_failed_event_attributes.cause)] += 1
+        if not _closed(events):
+            running.append(handle)
+    if running:
+        await asyncio.sleep(RUNNING_GRACE_SECONDS)
+    for handle in running:
+        events = (await handle.fetch_history()).events
+        if _closed(events):
+            continue
+        where = f"workflow {handle.id} run {(handle.run_id or '')[:8]}"
+        if failed := _last_task_failed(events):
+            out.append(f"{where}: its last workflow task failed ({failed[:200]})")
+        state = task_states.get(handle.id)
+        why = f" although its task is {state}: a lost signal" if state else ""
+        out.append(f"{where} is still running{why}")
     return out, dict(causes)
+
+
+def _closed(events: Sequence[HistoryEvent]) -> bool:
+    return bool(events) and events[-1].event_type in CLOSING_EVENTS
+
+
+def _last_task_failed(events: Sequence[HistoryEvent]) -> str | None:
+    """A failed workflow task with none completed after it: the workflow cannot move on."""
+    failed = None
+    for e in events:
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            attrs = e.workflow_task_failed_event_attributes
+            failed = f"{_enum_name(attrs.cause)}: {attrs.failure.message}"
+        elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            failed = None
+    return failed
 
 
 def _enum_name(cause: WorkflowTaskFailedCause.ValueType) -> str:
