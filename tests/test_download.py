@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import logging
 import os
 import threading
@@ -23,6 +24,8 @@ from ota.api.download import Unsatisfiable, parse_range
 from ota.context import Context
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Firmware, Task
+from ota.device.download import download
+from ota.protocol import Upgrade
 from ota.push import upgrade_data
 from ota.settings import Settings
 from ota.urls import download_url
@@ -300,3 +303,53 @@ def test_the_access_log_keeps_no_signature_or_token(tmp_path, monkeypatch):
 )
 def test_redact(path, logged):
     assert redact(path) == logged
+
+
+def test_a_store_that_cannot_be_reached_is_503_with_retry_after(s3_server: S3Server, tmp_path):
+    """S3 restarting (the fault harness kills it): the route says "try again" (503, Retry-After),
+    which the SDK waits out, not 500 with a traceback per request."""
+    settings = api_settings(s3_settings(s3_server, tmp_path))
+    ctx = Context(settings)
+    fleet = seed_fleet(ctx.engine, 1, content=CONTENT[:1000], store=ctx.store, task_state=None)
+    dead = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    with serve_api(dead):
+        assert fleet.firmware.id is not None
+        url = download_url(dead, fleet.firmware.id, fleet.product_key, fleet.names[0])
+        r = httpx.get(url, timeout=60)
+    body = assert_refused(r, 503)
+    assert r.headers["retry-after"] == "5" and "try again" in body["detail"]
+    ctx.engine.dispose()
+
+
+async def test_the_sdk_waits_out_a_server_that_says_503(tmp_path):
+    """More 503s than the SDK's retries (5): it waits each Retry-After and finishes, where it
+    used to give up after about 30 s and report -2 while S3 restarted."""
+    content = CONTENT[:5000]
+    answers = iter([503] * 7)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+            status = next(answers, 200)
+            self.send_response(status)
+            self.send_header("Retry-After", "1")
+            body = content if status == 200 else b"{}"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        md5 = hashlib.md5(content).hexdigest()
+        url = f"http://127.0.0.1:{server.server_port}/f"
+        upgrade = Upgrade("1", "2.0.0", url, len(content), md5, "Md5")
+        async with httpx.AsyncClient() as client:
+            started = time.monotonic()
+            path = await download(client, upgrade, tmp_path / "fw.bin", retry_delay=0.1)
+        assert path is not None and path.read_bytes() == content
+        assert time.monotonic() - started >= 7  # each Retry-After waited
+    finally:
+        server.shutdown()

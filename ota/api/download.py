@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import quote
 
+from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine
@@ -28,6 +29,10 @@ from ota.urls import check_token
 log = logging.getLogger(__name__)
 
 router = APIRouter()
+# What a store that cannot be reached raises: S3's connection errors come through botocore
+# (EndpointConnectionError) or as OSError from fsspec; a folder store raises OSError.
+STORE_DOWN = (OSError, BotoCoreError)
+RETRY_AFTER_SECONDS = 5
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # Unix seconds (10 digits until 2286), ASCII only: str.isdigit() takes '\u00b2', which int()
@@ -152,6 +157,18 @@ def _refused(status: int, detail: str) -> Response:
     return problem_response(status, title, detail)
 
 
+def _unavailable(firmware_id: int, exc: Exception) -> Response:
+    """The store cannot be reached (S3 restarting): 503 and Retry-After, which our SDK waits
+    out without giving up the update; a 500 with a traceback per request said it was our bug."""
+    log.warning("firmware %s: the store is unavailable: %s", firmware_id, exc)
+    return problem_response(
+        503,
+        "Service Unavailable",
+        "the firmware store cannot be reached; try again",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def _forbidden() -> Response:
     return _refused(403, "invalid or expired download URL")
 
@@ -213,11 +230,17 @@ def download(
     except FileNotFoundError:
         log.error("firmware %s: file %s is missing", firmware_id, firmware.storage_key)
         return _refused(404, "firmware file missing")
+    except STORE_DOWN as exc:
+        return _unavailable(firmware_id, exc)
     length = end - start + 1
     if length <= CHUNK:
         # One read, one send: streaming would hop to a thread per chunk (bench: the HTTP
         # server's CPU per device).
         with f:
-            f.seek(start)
-            return Response(f.read(length), status, headers)
+            try:
+                f.seek(start)
+                body = f.read(length)
+            except STORE_DOWN as exc:
+                return _unavailable(firmware_id, exc)
+            return Response(body, status, headers)
     return StreamingResponse(_stream(f, start, length), status, headers)

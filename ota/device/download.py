@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 RETRIES = 5
 RETRY_DELAY = 1.0  # seconds, doubled after each failed try
+# A 503 says the server is up but cannot serve the file now (its S3 store restarting): waited out
+# at its Retry-After without spending the retries, for this long in all. Without it a minute of
+# S3 outage failed every download in progress (-2), a failed attempt for the platform.
+UNAVAILABLE_PATIENCE = 600.0
+RETRY_AFTER_DEFAULT, RETRY_AFTER_MAX = 5.0, 60.0
 CHUNK = 64 * 1024
 
 Progress = Callable[[int, int], Awaitable[None]]  # (bytes received, total)
@@ -133,16 +138,23 @@ async def _download(
 ) -> _Sink:
     sink = _Sink(part, upgrade.sign_method, keep)
     delay = retry_delay
+    failures = 0
+    waited = 0.0  # on 503s
     try:
-        for attempt in range(retries + 1):
-            if sink.size >= upgrade.size:
-                break
+        while sink.size < upgrade.size:
             try:
                 await _fetch_once(http, upgrade, sink, on_progress)
+            except _Unavailable as exc:
+                if waited + exc.retry_after <= UNAVAILABLE_PATIENCE:
+                    waited += exc.retry_after
+                    await asyncio.sleep(exc.retry_after)
+                    continue
+                log.info("download of %s: server unavailable for %.0f s", upgrade.url, waited)
             except httpx.TransportError as exc:
                 log.info("download of %s interrupted at %d bytes: %s", upgrade.url, sink.size, exc)
-            if sink.size >= upgrade.size or attempt == retries:
+            if sink.size >= upgrade.size or failures == retries:
                 break
+            failures += 1
             await asyncio.sleep(delay)
             delay *= 2
     finally:
@@ -165,6 +177,8 @@ async def _fetch_once(
     async with http.stream("GET", upgrade.url, headers=headers) as resp:
         if resp.status_code == 200 and sink.size:
             sink.restart()
+        elif resp.status_code == 503:
+            raise _Unavailable(_retry_after(resp.headers.get("retry-after")))
         elif resp.status_code >= 500:
             raise httpx.TransportError(f"HTTP {resp.status_code}")  # worth another try
         elif resp.status_code not in (200, 206):
@@ -175,6 +189,23 @@ async def _fetch_once(
                 return  # more than announced: verification fails, no use reading on
             if on_progress is not None:
                 await on_progress(sink.size, upgrade.size)
+
+
+class _Unavailable(httpx.TransportError):
+    """HTTP 503: try again after `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("HTTP 503")
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float:
+    """Retry-After in seconds (an HTTP date is not worth parsing here), held to 1..60."""
+    try:
+        seconds = float(value) if value else RETRY_AFTER_DEFAULT
+    except ValueError:
+        seconds = RETRY_AFTER_DEFAULT
+    return min(max(seconds, 1.0), RETRY_AFTER_MAX)
 
 
 def apply_diff(source: bytes, patch: bytes, ext_data: dict[str, Any] | None) -> bytes:
