@@ -1,4 +1,5 @@
-"""python -m bench [--devices N] [--sizes 1000,10000] [--quick] [--out FILE]"""
+"""python -m bench [--devices N] [--sizes 1000,10000] [--quick] [--out FILE]
+python -m bench --faults [--seed N] [--runs K] [--devices N] [--rate R]  (bench/faults.py)"""
 
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ RATE = 1000  # the seed's top push rate
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--devices", type=int, help="default 2000 (--faults: 300)")
     parser.add_argument(
         "--sizes", help="several fleet sizes, e.g. 1000,10000 (overrides --devices)"
     )
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_DEVICES} devices, < 3 min")
     parser.add_argument(
-        "--rate", type=int, default=RATE, help="the throttled batch's rate; 0: skip"
+        "--quick", action="store_true",
+        help=f"{QUICK_DEVICES} devices, < 3 min (--faults: tests/test_faults.py's small run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rate",
+        type=int,
+        help=f"the throttled batch's rate, default {RATE}; 0: skip "
+        "(--faults: the batch's rate, default 200)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     parser.add_argument(
@@ -33,20 +40,50 @@ def main() -> None:
         "--profile", action="store_true",
         help="py-spy the worker, bridge, api and simulator during the unthrottled batch",
     )  # fmt: skip
+    parser.add_argument(
+        "--faults", action="store_true",
+        help="the fault harness: kill every component during a batch, then check invariants",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, help="--faults: replay this seed (the first one)")
+    parser.add_argument("--runs", type=int, default=1, help="--faults: seeds to run")
+    parser.add_argument("--keep", action="store_true", help="--faults: keep passing runs' logs too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.faults:
+        raise SystemExit(_faults(args))
 
-    sizes = [QUICK_DEVICES] if args.quick else [args.devices]
+    sizes = [QUICK_DEVICES] if args.quick else [args.devices or 2000]
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
     runs = [
-        asyncio.run(run_size(n, args.mqtt_url, args.rate or None, new_workdir(), args.profile))
+        asyncio.run(run_size(n, args.mqtt_url, _rate(args.rate), new_workdir(), args.profile))
         for n in sizes
     ]
     report = summarize(runs)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print_table(report)
     print(f"\nwritten to {args.out}")
+
+
+def _rate(rate: int | None) -> int | None:
+    """--rate: unset means the seed's top rate, 0 means no throttled batch."""
+    return RATE if rate is None else rate or None
+
+
+def _faults(args: argparse.Namespace) -> int:
+    """Run the fault harness over --runs seeds (from --seed on, else random); 1 if any failed."""
+    import random
+    from dataclasses import replace
+
+    from bench.faults import QUICK, FaultConfig, run_seeds
+
+    first = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    cfg = QUICK if args.quick else FaultConfig()
+    cfg = replace(
+        cfg, devices=args.devices or cfg.devices, rate_per_minute=args.rate or cfg.rate_per_minute
+    )
+    results = run_seeds([first + i for i in range(args.runs)], cfg, keep=args.keep)
+    return 0 if all(r.passed for r in results) else 1
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

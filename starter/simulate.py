@@ -68,6 +68,13 @@ def simulate(
         "--mqtt-protocol",
         help="5 or 3.1.1 (what Alibaba's device SDKs speak); default: OTA_MQTT_PROTOCOL.",
     ),
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-file",
+            help="On stopping, write the versions each device runs (JSON) to this file.",
+        ),
+    ] = None,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run simulated devices that take updates like real ones; prints a summary at the end."""
@@ -119,6 +126,7 @@ def simulate(
         seed=seed,
         public_key=pem,
         image_size=image_size,
+        state_file=_path(state_file),
     )
     summary = run_fleet_processes(cfg, min(processes, devices))
     failed = sum(v for k, v in summary.items() if k.startswith("failed_"))

@@ -111,3 +111,43 @@ async def test_a_bridge_away_longer_than_its_session_expiry_reconciles(
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_a_broker_restart_that_kept_the_session_still_reconciles(
+    sqlite_engine, saving_broker, tmp_path
+):
+    """Found by the fault harness (python -m bench --faults --seed 1 --devices 40 --rate 120):
+    Mosquitto killed and restarted from its saved state says the bridge's session is present,
+    but it restores the session without its shared subscriptions, so a device that reconnects
+    first reports its new version to nobody. The broker's uptime tells the bridge to reconcile."""
+    broker = saving_broker
+    fleet = seed_fleet(sqlite_engine, 1, task_state="in_upgrade")
+    pk, dn = fleet.product_key, fleet.names[0]
+    settings = bridge_settings(tmp_path, broker.url, bridge_reconcile_per_second=50)
+    bridge = Bridge(settings, sqlite_engine, None, session_expiry=60, products=[pk])
+    device = Device(pk, dn, mqtt_url=broker.url, versions="2.0.0", session_expiry=60)
+    real = bridge.endpoint
+    async with running(bridge):
+        await until(lambda: bridge.stats["reconciles"] == 1, what="the new session's pass")
+        await asyncio.sleep(2.5)  # saved, with the bridge's session and subscriptions
+        broker.kill()
+        bridge.endpoint = dataclasses.replace(real, port=free_port())
+        await until(lambda: bridge.stats["reconnects"] >= 1, what="the bridge noticing")
+        broker.start()
+        run = asyncio.create_task(device.run())
+        try:
+            await asyncio.wait_for(device.connected.wait(), 20)
+            await asyncio.sleep(0.5)
+            assert tasks(sqlite_engine, fleet.batch_id)[dn].state == "in_upgrade"
+            bridge.endpoint = real
+            await until(
+                lambda: tasks(sqlite_engine, fleet.batch_id)[dn].state == "updated",
+                timeout=30,
+                what=f"the task updated; {bridge.stats}",
+            )
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    assert bridge.stats["broker_restarts"] == 1, bridge.stats
+    assert bridge.stats["reconciles"] == 2, bridge.stats
+    assert device.stats["connects"] == 1  # its report on connect was the one dropped

@@ -300,3 +300,19 @@ def test_the_access_log_keeps_no_signature_or_token(tmp_path, monkeypatch):
 )
 def test_redact(path, logged):
     assert redact(path) == logged
+
+
+def test_a_store_that_cannot_be_reached_is_503_with_retry_after(s3_server: S3Server, tmp_path):
+    """S3 restarting (the fault harness kills it): the route says "try again" (503, Retry-After),
+    which the SDK waits out, not 500 with a traceback per request."""
+    settings = api_settings(s3_settings(s3_server, tmp_path))
+    ctx = Context(settings)
+    fleet = seed_fleet(ctx.engine, 1, content=CONTENT[:1000], store=ctx.store, task_state=None)
+    dead = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    with serve_api(dead):
+        assert fleet.firmware.id is not None
+        url = download_url(dead, fleet.firmware.id, fleet.product_key, fleet.names[0])
+        r = httpx.get(url, timeout=60)
+    body = assert_refused(r, 503)
+    assert r.headers["retry-after"] == "5" and "try again" in body["detail"]
+    ctx.engine.dispose()

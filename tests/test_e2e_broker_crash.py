@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from tests.fixtures.mqtt import ForgetfulBroker
+from tests.fixtures.mqtt import KillableBroker
 from tests.fixtures.stack import OtaProcesses
 from tests.test_e2e import reported, start_fleet_batch, task_states, wait_for
 
@@ -22,7 +22,7 @@ DEVICES, RATE = 300, 200
 
 
 async def test_killing_the_broker_as_devices_report_leaves_every_device_updated(
-    ota_processes: OtaProcesses, forgetful_broker: ForgetfulBroker
+    ota_processes: OtaProcesses, forgetful_broker: KillableBroker
 ):
     stack, broker = ota_processes, forgetful_broker
     stack.env["OTA_MQTT_URL"] = broker.url

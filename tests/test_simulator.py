@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,10 @@ async def test_a_fleet_updates_and_fails_as_configured(
         session_expiry=60, seed=7, mqtt_protocol=mqtt_protocol,
     )  # fmt: skip
     fleet, recorder = Fleet(cfg), Recorder()
+
+    def reports() -> list:  # type: ignore[type-arg]
+        return [s for s in recorder.signals if s[1] == "report"]
+
     bridge = Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[f.product_key])
     with serve_api(settings):
         async with running(bridge):
@@ -53,7 +58,8 @@ async def test_a_fleet_updates_and_fails_as_configured(
                     topic = protocol.upgrade_topic(f.product_key, dn)
                     await client.publish(topic, protocol.encode_upgrade(data, 1), qos=1)
             await until(lambda: sum(fleet.results.values()) == n, 60, what="every device's result")
-            await until(lambda: len(recorder.signals) == n, 20, what="a signal per device")
+            # Each task says pushed, so each device's 1.0.0 on connect was an `online` too.
+            await until(lambda: len(reports()) == n, 20, what="a report per device")
             fleet.stop.set()
             summary = await run
 
@@ -64,7 +70,7 @@ async def test_a_fleet_updates_and_fails_as_configured(
     assert summary["devices"] == summary["connected_once"] == n
     failed = {k: v for k, v in summary.items() if k.startswith("failed_")}
     assert set(failed) == {"failed_update", "failed_download", "failed_verify", "failed_install"}
-    reasons = Counter(s[2].reason or s[2].outcome for s in recorder.signals)
+    reasons = Counter(s[2].reason or s[2].outcome for s in reports())
     assert reasons == {
         "updated": summary["updated"],
         "update_failed": failed["failed_update"],
@@ -92,6 +98,10 @@ async def test_offline_devices_connect_later_and_wake_their_workflows(mqtt_url: 
         session_expiry=60,
     )  # fmt: skip
     fleet, recorder = Fleet(cfg), Recorder()
+
+    def reports() -> list:  # type: ignore[type-arg]
+        return [s for s in recorder.signals if s[1] == "report"]
+
     async with running(
         Bridge(settings, engine, recorder, session_expiry=60, products=[f.product_key])
     ):
@@ -130,3 +140,25 @@ def test_simulate_refuses_an_unknown_mqtt_protocol():
     )  # fmt: skip
     assert out.returncode == 2
     assert "mqtt_protocol" in out.stderr and "5 or 3.1.1" in out.stderr
+
+
+async def test_a_stopping_fleet_writes_what_each_device_runs(mqtt_url: str, tmp_path: Path):
+    """The fault harness holds the platform's records against this file: the devices' own view.
+    A slice of a fleet split over processes writes its own file, its first index appended."""
+    state = tmp_path / "fleet.json"
+    cfg = FleetConfig(
+        new_pk(), 5, "1.0.0", mqtt_url=mqtt_url, first=2, count=3, state_file=str(state)
+    )
+    fleet = Fleet(cfg)
+    run = asyncio.create_task(fleet.run())
+    await until(lambda: len(fleet.devices) == 3, 10)
+    fleet.devices[1].versions["default"] = "2.0.0"  # as an installed update leaves it
+    fleet.stop.set()
+    await run
+    written = json.loads((tmp_path / "fleet.json.2").read_text())
+    assert written == {
+        "sim-00002": {"default": "1.0.0"},
+        "sim-00003": {"default": "2.0.0"},
+        "sim-00004": {"default": "1.0.0"},
+    }
+    assert not state.exists()

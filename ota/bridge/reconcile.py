@@ -18,6 +18,14 @@ reconnects only after the bridge subscribed reports its version on connect, whic
 bridge anyway (and a pushed device still on its old version is pushed again by its workflow).
 Nothing is written here: no attempt is counted and no timeout restarts.
 
+A session the broker kept is not proof that nothing was lost when the broker itself restarted
+(found by the fault harness, bench/faults.py, seed 1): a SIGKILLed Mosquitto comes back from its
+last autosave, so what it acknowledged after that save is gone, and Mosquitto 2.0 restores the
+bridge's session without its shared subscriptions (session present = 1, yet device reports are
+dropped until the bridge subscribes again). So the bridge also reconciles when the broker started
+less than `BROKER_RESTART_WINDOW` ago, by its retained `$SYS/broker/uptime` (Mosquitto, EMQX's
+differs; a broker that does not say, or an account that may not read it, keeps the rule above).
+
 Bounded: paced at `bridge_reconcile_per_second`, in the background so the bridge keeps serving,
 and done once per lost session. A pass cut short (the connection went again) is finished on the
 next connection even if the broker kept the session meanwhile. Counted in the bridge's stats:
@@ -45,12 +53,19 @@ from ota import protocol
 from ota.bridge.inbox import Inbox
 from ota.bridge.records import BATCHES, FIRMWARE, PROGRESSING, TASKS
 from ota.db.models import Firmware
+from ota.mqtt import MqttEndpoint
 from ota.push import upgrade_data
 from ota.services.security import UNSIGNABLE, Signer
 from ota.settings import Settings
 from ota.storage import FirmwareStore
 
 log = logging.getLogger(__name__)
+
+UPTIME_TOPIC = "$SYS/broker/uptime"  # "N seconds", retained, refreshed every sys_interval (10 s)
+# A broker that started this recently may have restarted under the bridge: the bridge reconnects
+# within its backoff (30 s at most) and a supervisor restarts it in seconds, with margin.
+BROKER_RESTART_WINDOW = 120.0
+UPTIME_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,17 +111,29 @@ class Reconciler:
         self.stats = stats
         self.products = list(products)
         self.owed = False  # a lost session not yet reconciled
+        # When the last finished pass began (wall clock): a broker that started before it lost
+        # nothing since, however often the bridge reconnects (a database outage drops the
+        # connection every second).
+        self._covered_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._msg_ids = itertools.count(int(time.time() * 1000))
 
-    def connected(self, client: aiomqtt.Client, inbox: Inbox, session: SessionFlag) -> None:
-        """Call once subscribed: the devices' answers to the pushes must reach the bridge."""
+    def connected(
+        self,
+        client: aiomqtt.Client,
+        inbox: Inbox,
+        session: SessionFlag,
+        endpoint: MqttEndpoint | None = None,
+    ) -> None:
+        """Call once subscribed: the devices' answers to the pushes must reach the bridge.
+        `endpoint`: where to ask the broker's uptime (a kept session after a broker restart)."""
         if self.settings.bridge_reconcile_per_second == 0:  # switched off
             return
         if session.present is False:
+            log.warning("the broker had no session for the bridge: reports may have been lost")
             self.owed = True
-        if self.owed:
-            self._task = asyncio.create_task(self._run(client, inbox))
+        if self.owed or endpoint is not None:
+            self._task = asyncio.create_task(self._run(client, inbox, endpoint))
 
     async def stop(self) -> None:
         """The connection is going: a pass in progress ends (and stays owed)."""
@@ -116,15 +143,27 @@ class Reconciler:
                 await self._task
             self._task = None
 
-    async def _run(self, client: aiomqtt.Client, inbox: Inbox) -> None:
+    async def _run(
+        self, client: aiomqtt.Client, inbox: Inbox, endpoint: MqttEndpoint | None
+    ) -> None:
+        if not self.owed and endpoint is not None:
+            uptime = await broker_uptime(endpoint, self.settings.bridge_client_id)
+            if uptime is None or uptime >= BROKER_RESTART_WINDOW:
+                return
+            if self._covered_at is not None and self._covered_at > time.time() - uptime:
+                return  # a pass since this broker started has asked every device already
+            log.warning(
+                "the broker started %.0f s ago: it may have lost reports it had acknowledged, "
+                "and the bridge's subscriptions with them",
+                uptime,
+            )
+            self.stats["broker_restarts"] += 1
+            self.owed = True
+        began = time.time()
         self.stats["reconciles"] += 1
         try:
             tasks = await asyncio.to_thread(in_flight, self.engine, self.products)
-            log.warning(
-                "the broker had no session for the bridge: reports may have been lost; "
-                "pushing %d tasks in flight again",
-                len(tasks),
-            )
+            log.warning("pushing %d tasks in flight again", len(tasks))
             await self._push_all(client, inbox, tasks)
         except aiomqtt.MqttError as exc:  # the connection went: the next one finishes the pass
             log.warning("reconciliation interrupted: %s", exc)
@@ -133,6 +172,7 @@ class Reconciler:
             log.exception("reconciliation failed; it is tried again on the next connection")
             return
         self.owed = False
+        self._covered_at = began
         log.info("reconciliation done: %d pushes", self.stats["reconcile_pushes"])
 
     async def _push_all(self, client: aiomqtt.Client, inbox: Inbox, tasks: list[InFlight]) -> None:
@@ -167,6 +207,22 @@ class Reconciler:
                     protocol.upgrade_topic(t.product_key, t.device_name), payload, qos=1
                 )
             self.stats["reconcile_pushes"] += 1
+
+
+async def broker_uptime(endpoint: MqttEndpoint, client_id: str) -> float | None:
+    """Seconds the broker has been up, from its retained $SYS/broker/uptime, on a connection of
+    its own (the bridge's carries device messages only); None if the broker does not say."""
+    try:
+        async with endpoint.client(f"{client_id}-uptime", timeout=UPTIME_WAIT_SECONDS) as c:
+            await c.subscribe(UPTIME_TOPIC, qos=0)
+            async with asyncio.timeout(UPTIME_WAIT_SECONDS):
+                async for message in c.messages:
+                    payload = message.payload
+                    text = payload.decode() if isinstance(payload, bytes) else str(payload)
+                    return float(text.split()[0])
+    except (aiomqtt.MqttError, TimeoutError, ValueError, IndexError, UnicodeDecodeError) as exc:
+        log.debug("the broker's uptime is unknown: %r", exc)
+    return None
 
 
 def in_flight(engine: Engine, products: Sequence[str] = ()) -> list[InFlight]:

@@ -82,7 +82,7 @@ class Bridge:
                     if not self._database_failing:
                         backoff = BACKOFF_MIN
                     # No session on the broker: device reports may have been dropped.
-                    self.reconciler.connected(client, inbox, session)
+                    self.reconciler.connected(client, inbox, session, self.endpoint)
                     try:
                         await self._serve(client, inbox)
                     finally:

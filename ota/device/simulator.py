@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import random
 import signal
@@ -66,6 +67,10 @@ class FleetConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    # Where the fleet writes, when it stops, the versions each device runs ({name: {module:
+    # version}}): what the devices believe, to hold the platform's records against (bench/faults).
+    # A fleet split over processes writes one file per slice, the slice's first index appended.
+    state_file: str | None = None
 
     def names(self) -> list[str]:
         count = self.devices - self.first if self.count is None else self.count
@@ -189,10 +194,22 @@ class Fleet:
             await asyncio.gather(*tasks, return_exceptions=True)
             if own_http and self.http is not None:
                 await self.http.aclose()
+            self.write_state()
         summary = Counter(self.results)
         summary["devices"] = len(self.devices)
         summary["connected_once"] = sum(1 for d in self.devices if d.stats["connects"])
         return summary
+
+    def write_state(self) -> None:
+        if self.cfg.state_file is None:
+            return
+        path = Path(self.cfg.state_file)
+        if self.cfg.count is not None:  # one slice of a fleet split over processes
+            path = path.with_name(f"{path.name}.{self.cfg.first}")
+        state = {d.device_name: d.versions for d in self.devices}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)  # a reader never sees half a file
 
     async def _run_device(self, device: SimulatedDevice, late: bool) -> None:
         if late:  # until offline_delay passes or someone says now (SIGUSR1)

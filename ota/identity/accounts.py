@@ -59,7 +59,10 @@ def service_acls(role: ServiceRole) -> list[Acl]:
         # The plugin checks a shared subscription with its `$share/{group}/` prefix.
         reports = [Acl(SUBSCRIBE, f) for f in filters]
         reports += [Acl(SUBSCRIBE, f"$share/+/{f}") for f in filters]
-        return [*reports, Acl(SEND, protocol.firmware_get_reply_topic("+", "+"))]
+        # The broker's uptime: a kept session after a broker restart may still have lost
+        # reports (ota/bridge/reconcile.py).
+        uptime = Acl(SUBSCRIBE, "$SYS/broker/uptime")
+        return [*reports, uptime, Acl(SEND, protocol.firmware_get_reply_topic("+", "+"))]
     if role is ServiceRole.WORKER:
         return [Acl(SEND, protocol.upgrade_topic("+", "+"))]
     return [Acl(SEND, CONTROL_TOPIC), Acl(RECEIVE, CONTROL_TOPIC), Acl(SUBSCRIBE, CONTROL_TOPIC)]
