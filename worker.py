@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from sqlalchemy import Engine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -127,6 +128,9 @@ async def run_worker(context: Context | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # The database first: opening it migrates it, and PostgreSQL may be restarting too.
+    if await _until_ready(stop, "open the database", lambda: _open(context)) is None:
+        return  # stopped while waiting
     client = await _until_ready(stop, "connect to Temporal", context.temporal)
     if (
         client is None
@@ -160,6 +164,11 @@ async def run_worker(context: Context | None = None) -> None:
         pause = min(pause * 2, RESTART_MAX_SECONDS)
 
 
+async def _open(context: Context) -> Engine:
+    """The engine, made (and the database migrated) once the database answers."""
+    return await asyncio.to_thread(lambda: context.engine)
+
+
 async def _until_ready(
     stop: asyncio.Event, what: str, attempt: Callable[[], Awaitable[T]]
 ) -> T | None:
@@ -168,8 +177,9 @@ async def _until_ready(
     while not stop.is_set():
         try:
             return await attempt()
-        except Exception as exc:
-            log.error("cannot %s: %s; trying again in %.0f s", what, exc, pause)
+        except Exception as exc:  # the first line: the driver's reason, no URL or secret
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.error("cannot %s: %s; trying again in %.0f s", what, reason, pause)
         if await _stopped_within(stop, pause):
             break
         pause = min(pause * 2, RESTART_MAX_SECONDS)

@@ -160,3 +160,23 @@ async def wait_for_status(client, path: str, status: int, timeout: float = 20): 
             assert r.status_code == status, r.text
             return r
         await asyncio.sleep(0.5)
+
+
+async def test_a_worker_started_while_postgres_is_away_waits_for_it(
+    pg_proxy: TcpProxy, pg_database, ota_processes
+):
+    """Found by the fault harness (seed 342169): the worker, restarted while PostgreSQL refused
+    connections, exited on its first migration, and the batch never completed."""
+    stack = ota_processes
+    _, proxied_url = pg_database
+    stack.env["OTA_DATABASE_URL"] = proxied_url
+    pg_proxy.cut()
+    try:
+        stack.start("worker")
+        await wait_for(lambda: "cannot open the database" in stack.log("worker"), 60, "a retry")
+        assert stack.alive("worker")
+        assert "postgres@" not in stack.log("worker")
+    finally:
+        pg_proxy.restore()
+    await wait_for(lambda: "worker polling" in stack.log("worker"), 90, "the worker polling")
+    assert stack.alive("worker")
