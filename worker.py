@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
-from sqlalchemy import Engine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -23,7 +20,8 @@ from activities.batches import BatchActivities
 from activities.push import MqttPublisher, PushActivities
 from activities.tasks import TaskActivities
 from activities.verify import VerifyActivities
-from ota.context import Context
+from ota.aio import RESTART_FIRST_SECONDS, RESTART_MAX_SECONDS, stopped_within, until_ready
+from ota.context import Context, open_database
 from ota.contracts import SEARCH_ATTRIBUTES
 from ota.identity.accounts import ServiceRole, service_endpoint
 from workflows import WORKFLOWS
@@ -34,9 +32,6 @@ log = logging.getLogger("ota.worker")
 ACTIVITY_THREADS = 32
 MAX_LOCAL_ACTIVITIES = 200  # pushes are async and wait on the broker, not on a thread
 # Waiting for Temporal (at start, or after the worker failed): 1 s, doubling, then every minute.
-RESTART_FIRST_SECONDS, RESTART_MAX_SECONDS = 1.0, 60.0
-
-T = TypeVar("T")
 
 
 class OtaWorker(Worker):
@@ -129,13 +124,13 @@ async def run_worker(context: Context | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # The database first: opening it migrates it, and PostgreSQL may be restarting too.
-    if await _until_ready(stop, "open the database", lambda: _open(context)) is None:
+    if await open_database(context, stop) is None:
         return  # stopped while waiting
-    client = await _until_ready(stop, "connect to Temporal", context.temporal)
+    client = await until_ready("connect to Temporal", context.temporal, stop)
     if (
         client is None
-        or await _until_ready(
-            stop, "register search attributes", lambda: ensure_search_attributes(client)
+        or await until_ready(
+            "register search attributes", lambda: ensure_search_attributes(client), stop
         )
         is None
     ):
@@ -159,34 +154,6 @@ async def run_worker(context: Context | None = None) -> None:
         if loop.time() - began > RESTART_MAX_SECONDS:  # it worked for a while: start afresh
             pause = RESTART_FIRST_SECONDS
         log.error("worker stopped (%s); starting a new one in %.0f s", error, pause)
-        if await _stopped_within(stop, pause):
+        if await stopped_within(stop, pause):
             return
         pause = min(pause * 2, RESTART_MAX_SECONDS)
-
-
-async def _open(context: Context) -> Engine:
-    """The engine, made (and the database migrated) once the database answers."""
-    return await asyncio.to_thread(lambda: context.engine)
-
-
-async def _until_ready(
-    stop: asyncio.Event, what: str, attempt: Callable[[], Awaitable[T]]
-) -> T | None:
-    """`attempt()` until it succeeds, with a growing pause; None if stopped meanwhile."""
-    pause = RESTART_FIRST_SECONDS
-    while not stop.is_set():
-        try:
-            return await attempt()
-        except Exception as exc:  # the first line: the driver's reason, no URL or secret
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.error("cannot %s: %s; trying again in %.0f s", what, reason, pause)
-        if await _stopped_within(stop, pause):
-            break
-        pause = min(pause * 2, RESTART_MAX_SECONDS)
-    return None
-
-
-async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import cached_property
 
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from ota.aio import until_ready
 from ota.db.engine import make_engine
 from ota.errors import Unavailable
 from ota.settings import Settings, get_settings
@@ -40,3 +42,13 @@ class Context:
                     "start it, e.g. with `ota dev`, or check the OTA_TEMPORAL_* TLS settings"
                 ) from exc
         return self._temporal
+
+
+async def open_database(context: Context, stop: asyncio.Event | None = None) -> Engine | None:
+    """The engine, made (and the database migrated) once the database answers; None if
+    stopped meanwhile. The worker and the bridge start so: PostgreSQL may be restarting too."""
+
+    async def attempt() -> Engine:
+        return await asyncio.to_thread(lambda: context.engine)
+
+    return await until_ready("open the database", attempt, stop)

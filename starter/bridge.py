@@ -8,6 +8,7 @@ import typer
 
 from ota import aio
 from ota.bridge import Bridge
+from ota.context import open_database
 from ota.shutdown import stop_on_signals
 from starter.common import context, setup_logging
 
@@ -16,9 +17,11 @@ log = logging.getLogger("ota.bridge")
 
 async def _run() -> None:
     ctx = context()
+    engine = await open_database(ctx)  # PostgreSQL may be restarting too
+    assert engine is not None  # no stop event: waits until the database answers
     # Temporal is connected to when the first signal is due, so reports are recorded even
     # while it is still starting.
-    await Bridge(ctx.settings, ctx.engine, ctx.temporal).run()
+    await Bridge(ctx.settings, engine, ctx.temporal).run()
 
 
 def bridge(

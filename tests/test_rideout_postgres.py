@@ -180,3 +180,20 @@ async def test_a_worker_started_while_postgres_is_away_waits_for_it(
         pg_proxy.restore()
     await wait_for(lambda: "worker polling" in stack.log("worker"), 90, "the worker polling")
     assert stack.alive("worker")
+
+
+async def test_a_bridge_started_while_postgres_is_away_waits_for_it(
+    pg_proxy: TcpProxy, pg_database, ota_processes
+):
+    stack = ota_processes
+    _, proxied_url = pg_database
+    stack.env["OTA_DATABASE_URL"] = proxied_url
+    pg_proxy.cut()
+    try:
+        stack.start("bridge")
+        await wait_for(lambda: "cannot open the database" in stack.log("bridge"), 60, "a retry")
+        assert stack.alive("bridge")
+    finally:
+        pg_proxy.restore()
+    await wait_for(lambda: "bridge connected" in stack.log("bridge"), 90, "the bridge serving")
+    assert stack.alive("bridge")
