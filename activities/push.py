@@ -29,6 +29,7 @@ from ota.storage import FirmwareStore
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
+ASKED_AGAIN = "pushed again, recorded nowhere"
 
 
 class MqttPublisher:
@@ -103,6 +104,9 @@ class PushActivities:
         result, firmware_id, from_version = await asyncio.to_thread(self._recheck_target, req)
         if firmware_id is not None:
             await self._publish(req, firmware_id, from_version)
+            # Rare (a reconnect on the old version, a timeout): worth a line, and the fault
+            # harness counts these as the pushes that reconcile (bench/fault_checks.py).
+            log.info("%s: %s/%s asked again", ASKED_AGAIN, req.product_key, req.device_name)
         return result
 
     async def _publish(self, req: PushRequest, firmware_id: int, from_version: str | None) -> None:

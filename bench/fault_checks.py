@@ -23,6 +23,7 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
+from activities.push import ASKED_AGAIN
 from ota.domain import ACTIVE_TASK_STATES, DEFAULT_MODULE
 
 log = logging.getLogger("bench.faults")
@@ -38,6 +39,7 @@ CLOSING_EVENTS = {
 }
 SLACK_SECONDS = 3.0
 RECONCILE_LINE = re.compile(r"pushing (\d+) tasks in flight again")
+ASKED_AGAIN_LINE = re.compile(re.escape(ASKED_AGAIN) + r": [^/\s]+/(\S+) asked again")
 
 
 class PushCounter:
@@ -94,6 +96,17 @@ def reconcile_passes(bridge_log: Path) -> list[float]:
     return times
 
 
+def asked_again(worker_log: Path) -> Counter[str]:
+    """Device name -> the pushes its workflow sent again, recorded nowhere (a reconnect on the
+    old version, the last look before a timeout): reconciliation of one device."""
+    found: Counter[str] = Counter()
+    if worker_log.exists():
+        for line in worker_log.read_text(errors="replace").splitlines():
+            if m := ASKED_AGAIN_LINE.search(line):
+                found[m.group(1)] += 1
+    return found
+
+
 def passes_in_flight(
     passes: list[float], first_push: float | None, final_at: datetime | None
 ) -> int:
@@ -145,6 +158,7 @@ def check_tasks(
     first_push: dict[str, float],
     passes: list[float],
     devices: int,
+    again: Counter[str] | None = None,
 ) -> list[str]:
     """Every task final and agreeing with what its device runs; the platform's recorded version
     too; no device pushed more often than its attempts plus one push per reconciliation pass
@@ -169,10 +183,11 @@ def check_tasks(
         attempts = int(t["attempts"] or 0)  # type: ignore[call-overload]
         final_at = t["updated_at"] if state not in ACTIVE_TASK_STATES else None
         allowed = passes_in_flight(passes, first_push.get(name), final_at)  # type: ignore[arg-type]
-        if pushes[name] > attempts + allowed:
+        asked = (again or Counter())[name]
+        if pushes[name] > attempts + allowed + asked:
             out.append(
-                f"{name}: pushed {pushes[name]} times for {attempts} attempts "
-                f"and {allowed} reconciliation passes while in flight"
+                f"{name}: pushed {pushes[name]} times for {attempts} attempts, "
+                f"{allowed} reconciliation passes while in flight and {asked} asked again"
             )
     return out
 

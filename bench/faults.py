@@ -27,6 +27,7 @@ from sqlalchemy import text
 
 from bench.fault_checks import (
     PushCounter,
+    asked_again,
     batch_state,
     check_histories,
     check_tasks,
@@ -211,7 +212,10 @@ async def _run(
     passes = reconcile_passes(stack.components["bridge"].log)
     pushes = counter.pushes()
     truth = read_fleet_state(state_file)
-    result.violations += check_tasks(tasks, truth, pushes, counter.first_at, passes, cfg.devices)
+    again = asked_again(stack.components["worker"].log)
+    result.violations += check_tasks(
+        tasks, truth, pushes, counter.first_at, passes, cfg.devices, again
+    )
     client = await ctx.temporal()
     final = {
         device_workflow_id(pk, name): str(t["state"])
@@ -228,6 +232,7 @@ async def _run(
         "pushes": sum(pushes.values()),
         "attempts": sum(int(t["attempts"] or 0) for t in tasks.values()),  # type: ignore[call-overload]
         "reconcile_passes": len(passes),
+        "asked_again": sum(again.values()),
         "wft_failed": wft_failed or 0,
         "on_target": sum(1 for v in truth.values() if v == TARGET),
     }
