@@ -80,7 +80,7 @@ async def test_reports_reach_the_device_workflows(
         await until(lambda: bridge.stats["signals_not_found"] == 1, what="the missing workflow")
     assert results == [
         DeviceReport(outcome="updated", version="2.0.0", batch_id=fleet.batch_id),
-        DeviceReport(outcome="failed", reason="verify_failed", batch_id=fleet.batch_id),
+        DeviceReport(outcome="failed", reason="verify_failed", batch_id=fleet.batch_id, attempt=1),
     ]
     # Each workflow got exactly one signal, whatever the number of progress reports.
     for h in handles.values():
