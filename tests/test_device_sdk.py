@@ -119,7 +119,7 @@ async def test_a_push_is_downloaded_verified_installed_and_reported(stack: Stack
     async with watching(stack.settings.mqtt_url, topic) as progress, online(device):
         await stack.push(0)
         assert await result(device) == 100
-        await until(lambda: stack.recorder.signals, what="the updated signal")
+        await until(lambda: stack.recorder.reports, what="the updated signal")
     (path, upgrade, data) = installed[0]
     assert data == CONTENT and upgrade.version == "2.0.0"
     assert not list((tmp_path / "dl").glob("*.part"))
@@ -128,8 +128,8 @@ async def test_a_push_is_downloaded_verified_installed_and_reported(stack: Stack
     assert device.versions == {"default": "2.0.0"}
     assert versions(stack.engine, pk)[dn] == "2.0.0"
     assert tasks(stack.engine, stack.fleet.batch_id)[dn].state == "updated"
-    assert stack.recorder.signals[0][1:] == ("report", stack.recorder.signals[0][2])
-    assert stack.recorder.signals[0][2].outcome == "updated"
+    assert stack.recorder.reports[0][1:] == ("report", stack.recorder.reports[0][2])
+    assert stack.recorder.reports[0][2].outcome == "updated"
 
 
 async def test_request_firmware_fetches_the_pending_update(stack: Stack):
@@ -158,9 +158,9 @@ async def test_each_failure_reports_its_code(stack: Stack):
         await stack.push(1, url=f"{stack.settings.public_url}/download/1?sig=forged")
         await stack.push(2)
         codes = await asyncio.gather(result(bad_sign), result(bad_url), result(bad_flash))
-        await until(lambda: len(stack.recorder.signals) == 3, what="three failure reports")
+        await until(lambda: len(stack.recorder.reports) == 3, what="three failure reports")
     assert codes == [-3, -2, -4]
-    reasons = {wid.rsplit("-", 1)[-1]: arg.reason for wid, _name, arg in stack.recorder.signals}
+    reasons = {wid.rsplit("-", 1)[-1]: arg.reason for wid, _name, arg in stack.recorder.reports}
     assert reasons == {
         "00000": "verify_failed",
         "00001": "download_failed",
@@ -178,7 +178,7 @@ async def test_pushing_the_current_version_just_reports_it_again(stack: Stack):
     device = stack.device(3, versions="2.0.0")
     async with online(device):
         await stack.push(3)
-        await until(lambda: stack.recorder.signals, what="the updated signal")
+        await until(lambda: stack.recorder.reports, what="the updated signal")
     assert device.stats["result_100"] == 0  # nothing downloaded
     assert tasks(stack.engine, stack.fleet.batch_id)[stack.fleet.names[3]].state == "updated"
 

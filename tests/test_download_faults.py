@@ -278,7 +278,7 @@ async def test_a_device_rides_out_an_s3_outage_and_the_task_never_fails(
     assert 1024 * 1024 < resumed_at < len(LONG_CONTENT)  # from the bytes on disk, not from 0
     assert device.stats["download_retries"] == len(statuses) - 1
     assert min(steps(progress, pk, dn)) > 0  # never a failure step while retrying
-    assert [s[2].outcome for s in p.recorder.signals] == ["updated"]
+    assert [s[2].outcome for s in p.recorder.reports] == ["updated"]
     assert len(log.at(logging.ERROR)) == 1 and len(log.at(logging.WARNING)) == 1
 
 
@@ -308,7 +308,7 @@ async def test_a_cut_connection_resumes_with_range(mqtt_url: str, tmp_path: Path
     assert int(third.range.removeprefix("bytes=").rstrip("-")) > resumed_at
     assert device.stats["download_retries"] == 2
     assert min(steps(progress, pk, dn)) > 0
-    assert [s[2].outcome for s in p.recorder.signals] == ["updated"]
+    assert [s[2].outcome for s in p.recorder.reports] == ["updated"]
 
 
 async def test_permanent_answers_fail_at_once(mqtt_url: str, tmp_path: Path):

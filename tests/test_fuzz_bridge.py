@@ -255,10 +255,10 @@ async def test_malformed_traffic_is_counted_and_changes_nothing_while_an_update_
     # The update went through for the good devices, and nothing else was signalled.
     after = tasks(engine, fleet.batch_id)
     assert {dn: after[dn].state for dn in good} == dict.fromkeys(good, "updated")
-    assert sorted(s[0] for s in recorder.signals) == sorted(
+    assert sorted(s[0] for s in recorder.reports) == sorted(
         device_workflow_id(pk, dn) for dn in good
-    ), recorder.signals
-    assert all(s[2].outcome == "updated" for s in recorder.signals), recorder.signals
+    ), recorder.reports
+    assert all(s[2].outcome == "updated" for s in recorder.reports), recorder.reports
     # firmware/get answered for the good devices only, with their pending update.
     assert replies == Counter(dict.fromkeys(good, 1)) and reply_versions == {TARGET}, replies
 

@@ -95,7 +95,7 @@ async def test_linkkit_devices_update_by_push_and_by_query(
                 payload = protocol.encode_upgrade(data, 1626969597470)
                 await client.publish(protocol.upgrade_topic(pushed.product_key, dn), payload, 1)
             codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 90)
-            await until(lambda: len(recorder.signals) == 2, what="both updated signals")
+            await until(lambda: len(recorder.reports) == 2, what="both updated signals")
     for mode, fleet in (("push", pushed), ("query", queried)):
         events = {e["event"]: e for e in read_events(logs[mode])}
         assert events["connected"]["rc"] == 0
@@ -110,7 +110,7 @@ async def test_linkkit_devices_update_by_push_and_by_query(
         assert (task.state, task.progress) == ("updated", 100)
         assert task.first_progress_at is not None
     assert codes == [0, 0]
-    assert {s[2].outcome for s in recorder.signals} == {"updated"}
+    assert {s[2].outcome for s in recorder.reports} == {"updated"}
 
 
 async def _run_linkkit(
@@ -149,7 +149,7 @@ async def _pushed_update(
                 payload = protocol.encode_upgrade(data, 1626969597470)
                 await client.publish(protocol.upgrade_topic(pk, dn), payload, 1)
             code, events = await device
-            await until(lambda: len(recorder.signals) == 1, what="the updated signal")
+            await until(lambda: len(recorder.reports) == 1, what="the updated signal")
     return code, events
 
 

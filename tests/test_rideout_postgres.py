@@ -72,14 +72,14 @@ async def test_the_bridge_holds_its_messages_while_postgres_is_away_and_records_
         # Backing off, not reconnecting to the broker every 0.5 s for the whole outage.
         assert bridge.stats["reconnects"] <= 6, bridge.stats
         assert {t.state for t in tasks(direct, fleet.batch_id).values()} == {"pushed"}
-        assert recorder.signals == []
+        assert recorder.reports == []
         pg_proxy.restore()
-        await until(lambda: len(recorder.signals) == 2, 60, "the signals after the outage")
+        await until(lambda: len(recorder.reports) == 2, 60, "the signals after the outage")
         await until(lambda: bridge.stats["flushes"] >= 1, what="a flush acked")
         await asyncio.sleep(1)  # a second copy of a signal would show up by now
     states = {dn: (t.state, t.progress) for dn, t in tasks(direct, fleet.batch_id).items()}
     assert states == {done: ("updated", None), busy: ("in_upgrade", 40), broken: ("pushed", None)}
-    names = sorted((wid.rsplit("/", 1)[-1], arg.outcome) for wid, _, arg in recorder.signals)
+    names = sorted((wid.rsplit("/", 1)[-1], arg.outcome) for wid, _, arg in recorder.reports)
     assert names == sorted([(broken, "failed"), (done, "updated")])
     # Acked: the broker has nothing left for this session.
     again = Bridge(settings, direct, Recorder(), session_expiry=60, products=[pk])

@@ -44,9 +44,6 @@ async def test_a_fleet_updates_and_fails_as_configured(
     )  # fmt: skip
     fleet, recorder = Fleet(cfg), Recorder()
 
-    def reports() -> list:  # type: ignore[type-arg]
-        return [s for s in recorder.signals if s[1] == "report"]
-
     bridge = Bridge(settings, ctx.engine, recorder, session_expiry=60, products=[f.product_key])
     with serve_api(settings):
         async with running(bridge):
@@ -59,7 +56,7 @@ async def test_a_fleet_updates_and_fails_as_configured(
                     await client.publish(topic, protocol.encode_upgrade(data, 1), qos=1)
             await until(lambda: sum(fleet.results.values()) == n, 60, what="every device's result")
             # Each task says pushed, so each device's 1.0.0 on connect was an `online` too.
-            await until(lambda: len(reports()) == n, 20, what="a report per device")
+            await until(lambda: len(recorder.reports) == n, 20, what="a report per device")
             fleet.stop.set()
             summary = await run
 
@@ -70,7 +67,7 @@ async def test_a_fleet_updates_and_fails_as_configured(
     assert summary["devices"] == summary["connected_once"] == n
     failed = {k: v for k, v in summary.items() if k.startswith("failed_")}
     assert set(failed) == {"failed_update", "failed_download", "failed_verify", "failed_install"}
-    reasons = Counter(s[2].reason or s[2].outcome for s in reports())
+    reasons = Counter(s[2].reason or s[2].outcome for s in recorder.reports)
     assert reasons == {
         "updated": summary["updated"],
         "update_failed": failed["failed_update"],
@@ -98,9 +95,6 @@ async def test_offline_devices_connect_later_and_wake_their_workflows(mqtt_url: 
         session_expiry=60,
     )  # fmt: skip
     fleet, recorder = Fleet(cfg), Recorder()
-
-    def reports() -> list:  # type: ignore[type-arg]
-        return [s for s in recorder.signals if s[1] == "report"]
 
     async with running(
         Bridge(settings, engine, recorder, session_expiry=60, products=[f.product_key])
