@@ -12,7 +12,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.legacy_ids import Suspect, running_under_legacy_id, signal_device, suspects
+from activities.legacy_ids import Suspect, running_under_legacy_id, signal_devices, suspects
 from activities.targets import (
     drop_superseded,
     finish_tasks,
@@ -47,7 +47,6 @@ from ota.errors import OtaError
 from ota.services.batches import batch_counts, check_one_dynamic, resolve_batch
 
 CANCEL_PAGE = 200
-CANCEL_CONCURRENCY = 50  # signals in flight; the server's frontend takes hundreds per second
 
 
 def permanent(exc: OtaError) -> ApplicationError:
@@ -209,12 +208,18 @@ class BatchActivities:
         result.canceled = await asyncio.to_thread(self._cancel_unstarted, req)
         if req.scope != CancelScope.ALL:
             return result
-        gate = asyncio.Semaphore(CANCEL_CONCURRENCY)
         while True:
             page = await asyncio.to_thread(self._started_page, req.batch_id, cursor)
             if not page:
                 return result
-            sent = await asyncio.gather(*(self._signal(gate, req.batch_id, t) for t in page))
+            # False: the device's workflow is over (under its id or its legacy id): the task
+            # is canceled here.
+            sent = await signal_devices(
+                self.client,
+                [(t.product_key, t.device_name) for t in page],
+                SIGNAL_CANCEL,
+                CancelRequest(CancelScope.ALL, req.batch_id),
+            )
             gone = [t.id for t, ok in zip(page, sent, strict=True) if not ok and t.id is not None]
             result.signaled += sum(sent)
             result.canceled += await asyncio.to_thread(self._finish, gone)
@@ -255,18 +260,6 @@ class BatchActivities:
                     .order_by(col(Task.id))
                     .limit(CANCEL_PAGE)
                 )
-            )
-
-    async def _signal(self, gate: asyncio.Semaphore, batch_id: str, task: Task) -> bool:
-        """False if the device's workflow is over (under its id or its legacy id): the caller
-        cancels the task here."""
-        async with gate:
-            return await signal_device(
-                self.client,
-                task.product_key,
-                task.device_name,
-                SIGNAL_CANCEL,
-                CancelRequest(CancelScope.ALL, batch_id),
             )
 
     def _finish(self, ids: list[int]) -> int:

@@ -85,3 +85,20 @@ async def signal_device(
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
     return False
+
+
+SIGNAL_CONCURRENCY = 50  # signals in flight; the server's frontend takes hundreds per second
+
+
+async def signal_devices(
+    client: Client, devices: Sequence[tuple[str, str]], signal: str, *args: object
+) -> list[bool]:
+    """`signal_device` for each (product key, device name), a bounded number at a time; for
+    each, False if its workflow is over."""
+    gate = asyncio.Semaphore(SIGNAL_CONCURRENCY)
+
+    async def one(product_key: str, device_name: str) -> bool:
+        async with gate:
+            return await signal_device(client, product_key, device_name, signal, *args)
+
+    return await asyncio.gather(*(one(pk, dn) for pk, dn in devices))

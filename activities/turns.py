@@ -22,13 +22,11 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 from temporalio.client import Client
 
-from activities.legacy_ids import signal_device
+from activities.legacy_ids import signal_devices
 from ota.contracts import SIGNAL_ONLINE
 from ota.db.engine import session_scope
 from ota.db.models import Task, utcnow
 from ota.domain import TaskReason, TaskState
-
-CONCURRENCY = 50  # signals in flight, as the paged cancel sends them
 
 
 class Waiting(NamedTuple):
@@ -71,13 +69,7 @@ async def give_turns(engine: Engine, client: Client, batch_id: str, limit: int) 
     """Let up to `limit` waiting devices push; (how many were let go, whether more wait)."""
     waiting = await asyncio.to_thread(waiting_for_turn, engine, batch_id, limit)
     turn, more = waiting[:limit], len(waiting) > limit
-    gate = asyncio.Semaphore(CONCURRENCY)
-
-    async def let_go(w: Waiting) -> None:
-        async with gate:
-            # False: the workflow is over (its task is final or soon will be): nothing to wake.
-            await signal_device(client, w.product_key, w.device_name, SIGNAL_ONLINE)
-
-    await asyncio.gather(*(let_go(w) for w in turn))
+    # A workflow already over (its task final or soon to be) has nothing to wake: no matter.
+    await signal_devices(client, [(w.product_key, w.device_name) for w in turn], SIGNAL_ONLINE)
     await asyncio.to_thread(clear_marks, engine, [w.task_id for w in turn])
     return len(turn), more
