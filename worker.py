@@ -76,7 +76,6 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
             tasks.finish_task,
             batches.prepare_batch,
             batches.claim_tasks,
-            batches.batch_counts,
             batches.set_batch_state,
             batches.cancel_tasks,
             verify.prepare_verify,

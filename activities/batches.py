@@ -170,11 +170,6 @@ class BatchActivities:
         return added
 
     @activity.defn
-    def batch_counts(self, batch_id: str) -> dict[str, int]:
-        with Session(self.engine) as session:
-            return batch_counts(session, batch_id)
-
-    @activity.defn
     def set_batch_state(self, req: FinishBatchRequest) -> None:
         """in_progress: the schedule is reached (waiting tasks leave `scheduled`);
         completed or canceled: the batch is over (a dynamic one: its policy is)."""

@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from ota.contracts import PushRequest, PushResult
 from ota.db.models import Batch, Device, Firmware, Task, utcnow
-from ota.domain import ACTIVE_TASK_STATES, FINAL_TASK_STATES, TaskReason, TaskState
+from ota.domain import ACTIVE_TASK_STATES, FINAL_TASK_STATES, PushOutcome, TaskReason, TaskState
 from ota.mqtt import MqttEndpoint
 from ota.protocol import encode_upgrade, upgrade_topic
 from ota.push import upgrade_data
@@ -174,7 +174,8 @@ class PushActivities:
             ).first()
             if pushed is not None:
                 firmware_id = self._firmware_id(conn, req, pushed.batch_id)
-                return PushResult("pushed", pushed.state, None), firmware_id, pushed.from_version
+                result = PushResult(PushOutcome.PUSHED, TaskState(pushed.state))
+                return result, firmware_id, pushed.from_version
             return self._not_pushed(conn, req, now), None, None
 
     def _recheck_target(self, req: PushRequest) -> tuple[PushResult, int | None, str | None]:
@@ -188,11 +189,13 @@ class PushActivities:
             if row is None:
                 raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
             if row.state in FINAL_TASK_STATES:
-                return PushResult("final", row.state, row.reason), None, None
+                return PushResult(PushOutcome.FINAL, TaskState(row.state), row.reason), None, None
             if not row.online:
-                return PushResult("offline", row.state, TaskReason.OFFLINE), None, None
+                result = PushResult(PushOutcome.OFFLINE, TaskState(row.state), TaskReason.OFFLINE)
+                return result, None, None
             firmware_id = self._firmware_id(conn, req, row.batch_id)
-            return PushResult("pushed", row.state, None), firmware_id, row.from_version
+            result = PushResult(PushOutcome.PUSHED, TaskState(row.state))
+            return result, firmware_id, row.from_version
 
     @staticmethod
     def _not_pushed(conn: Connection, req: PushRequest, now: datetime) -> PushResult:
@@ -206,13 +209,13 @@ class PushActivities:
         if task is None:
             raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
         if task.state in FINAL_TASK_STATES:
-            return PushResult("final", task.state, task.reason)
+            return PushResult(PushOutcome.FINAL, TaskState(task.state), task.reason)
         conn.execute(
             update(Task)
             .where(col(Task.id) == req.task_id)
             .values(reason=TaskReason.OFFLINE, started=True, updated_at=now)
         )
-        return PushResult("offline", task.state, TaskReason.OFFLINE)
+        return PushResult(PushOutcome.OFFLINE, TaskState(task.state), TaskReason.OFFLINE)
 
     @staticmethod
     def _firmware_id(conn: Connection, req: PushRequest, batch_id: str) -> int:

@@ -27,16 +27,18 @@ class TaskActivities:
             if task is None:
                 raise ApplicationError(f"task {task_id} not found", non_retryable=True)
             first = task.first_progress_at
-            return TaskCheck(task.state, task.reason, first.isoformat() if first else None)
+            return TaskCheck(
+                TaskState(task.state), task.reason, first.isoformat() if first else None
+            )
 
     @activity.defn
     def finish_task(self, req: FinishTaskRequest) -> TaskCheck:
         """Record a final state unless the task already has one (the bridge's `updated` wins
         over a late timeout); returns what the task ends with."""
         with session_scope(self.engine) as session:
-            finish_tasks(session, [req.task_id], TaskState(req.state), req.reason)
+            finish_tasks(session, [req.task_id], req.state, req.reason)
             task = session.get(Task, req.task_id)
             if task is None:
                 raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
             session.refresh(task)
-            return TaskCheck(task.state, task.reason)
+            return TaskCheck(TaskState(task.state), task.reason)

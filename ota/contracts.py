@@ -2,14 +2,19 @@
 
 Workflow names, ids, signal names and input dataclasses are public: users start and signal
 these workflows with the Temporal CLI, so change them only in backward-compatible ways.
-Only the standard library and temporalio may be imported here (workflows import this module).
+Only the standard library, temporalio and ota.domain (its states, which the fields below are
+typed with so that Temporal decodes them as such) may be imported here: workflows import this
+module (tests/test_workflow_imports.py checks both).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from temporalio import activity
 from temporalio.common import SearchAttributeKey
+
+from ota.domain import BatchState, CancelScope, PushOutcome, ReportOutcome, TaskState
 
 TASK_QUEUE = "ota"
 
@@ -97,6 +102,8 @@ class PacerCarry:
     # Starts (and turns) in the last minute, for the sliding-window rate limit across runs.
     recent: list[StartMark] = field(default_factory=list)
     turns: int = 0  # reconnected devices let push by the pacer, over all runs
+    # A `devices_online` no claim has answered yet, carried across continue-as-new.
+    turns_pending: bool = False
 
 
 @dataclass
@@ -135,7 +142,7 @@ class DeviceUpgradeInput:
 
 @dataclass
 class DeviceUpgradeResult:
-    state: str  # a final TaskState
+    state: TaskState  # a final one
     reason: str | None = None
     attempts: int = 0
 
@@ -151,7 +158,7 @@ class CancelRequest:
 class DeviceReport:
     """What the bridge tells a device workflow: `updated`, or `failed` with the reason."""
 
-    outcome: str  # updated | failed
+    outcome: ReportOutcome
     reason: str | None = None
     version: str | None = None
     # When set, a device workflow of another batch ignores the report (a late or stray signal).
@@ -220,13 +227,13 @@ class ClaimResult:
 @dataclass
 class FinishBatchRequest:
     batch_id: str
-    state: str  # completed | canceled | in_progress (begin pacing)
+    state: BatchState  # completed | canceled | in_progress (begin pacing)
 
 
 @dataclass
 class CancelTasksRequest:
     batch_id: str
-    scope: str  # scheduled | all
+    scope: CancelScope
 
 
 @dataclass
@@ -247,14 +254,14 @@ class PushRequest:
 
 @dataclass
 class PushResult:
-    outcome: str  # pushed | offline | final (the task was already finished, e.g. canceled)
-    state: str
+    outcome: PushOutcome
+    state: TaskState
     reason: str | None = None
 
 
 @dataclass
 class TaskCheck:
-    state: str
+    state: TaskState
     reason: str | None = None
     first_progress_at: str | None = None  # ISO 8601
 
@@ -262,7 +269,7 @@ class TaskCheck:
 @dataclass
 class FinishTaskRequest:
     task_id: int
-    state: str
+    state: TaskState
     reason: str | None = None
 
 
@@ -278,3 +285,87 @@ class VerifyFinishRequest:
     batch_id: str
     firmware_id: int
     verified: bool
+
+
+# --- the activities the workflows call, by the names their histories record -----------------
+# Workflows import no database or MQTT code, so they call these typed stubs; the worker registers
+# the methods in activities/ under the same names, with the same signatures
+# (tests/test_activity_contract.py). A stub never runs.
+
+
+def _stub(name: str) -> NotImplementedError:
+    return NotImplementedError(f"{name}: a contract; the worker runs the activity in activities/")
+
+
+@activity.defn(name="prepare_batch")
+async def prepare_batch(inp: BatchInput) -> PrepareResult:
+    """Register the batch, select its targets and insert their tasks, once."""
+    raise _stub("prepare_batch")
+
+
+@activity.defn(name="claim_tasks")
+async def claim_tasks(req: ClaimRequest) -> ClaimResult:
+    """The next page of tasks to start, and the turns of reconnected devices (local)."""
+    raise _stub("claim_tasks")
+
+
+@activity.defn(name="set_batch_state")
+async def set_batch_state(req: FinishBatchRequest) -> None:
+    """Pacing begins, or the batch (a dynamic one's policy) is over (local)."""
+    raise _stub("set_batch_state")
+
+
+@activity.defn(name="cancel_tasks")
+async def cancel_tasks(req: CancelTasksRequest) -> CancelTasksResult:
+    """Cancel the batch's tasks, signalling their device workflows page by page (heartbeats)."""
+    raise _stub("cancel_tasks")
+
+
+@activity.defn(name="prepare_verify")
+async def prepare_verify(inp: VerifyInput) -> VerifyPrepared:
+    """Register the verification and its tasks, once; the firmware becomes `verifying`."""
+    raise _stub("prepare_verify")
+
+
+@activity.defn(name="finish_verify")
+async def finish_verify(req: VerifyFinishRequest) -> None:
+    """The firmware is verified or verify_failed; the verification is completed (local)."""
+    raise _stub("finish_verify")
+
+
+@activity.defn(name="push")
+async def push(req: PushRequest) -> PushResult:
+    """Record the push and publish it, or record the device offline (local)."""
+    raise _stub("push")
+
+
+@activity.defn(name="recheck")
+async def recheck(req: PushRequest) -> PushResult:
+    """The same push once more, recorded nowhere (local)."""
+    raise _stub("recheck")
+
+
+@activity.defn(name="check_task")
+async def check_task(task_id: int) -> TaskCheck:
+    """What the bridge has recorded of the task (local)."""
+    raise _stub("check_task")
+
+
+@activity.defn(name="finish_task")
+async def finish_task(req: FinishTaskRequest) -> TaskCheck:
+    """Record a final state unless the task has one; what it ends with (local)."""
+    raise _stub("finish_task")
+
+
+ACTIVITIES = (
+    prepare_batch,
+    claim_tasks,
+    set_batch_state,
+    cancel_tasks,
+    prepare_verify,
+    finish_verify,
+    push,
+    recheck,
+    check_task,
+    finish_task,
+)

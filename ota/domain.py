@@ -26,6 +26,22 @@ ACTIVE_TASK_STATES = (TaskState.TO_BE_PUSHED, TaskState.PUSHED, TaskState.IN_UPG
 FINAL_TASK_STATES = (TaskState.UPDATED, TaskState.FAILED, TaskState.CANCELED)
 
 
+class PushOutcome(StrEnum):
+    """What a push (or its re-check) found: the device was pushed, it is offline, or the task
+    was already final (canceled, or recorded by the bridge meanwhile)."""
+
+    PUSHED = "pushed"
+    OFFLINE = "offline"
+    FINAL = "final"
+
+
+class ReportOutcome(StrEnum):
+    """What a device's report means to its workflow: the bridge's `report` signal."""
+
+    UPDATED = "updated"
+    FAILED = "failed"
+
+
 class TaskReason(StrEnum):
     """Why a task is where it is: the detail the seed shows beside To Be Pushed and Failed."""
 
@@ -287,16 +303,17 @@ def contradiction(state: str, target_version: str, device_version: str | None) -
 
 def judge_version_report(
     state: TaskState, from_version: str | None, target_version: str, reported: str
-) -> str | None:
-    """What a version report means to an ongoing task: "updated", "failed" (retry or fail), or None.
+) -> ReportOutcome | None:
+    """What a version report means to an ongoing task: updated, failed (retry or fail), or None.
 
     The seed: a device in To Be Pushed or Pushed that reports a version that is neither its current
     nor the target version has failed, and so has one In Upgrade reporting any non-target version.
     """
     if reported == target_version:
-        return "updated" if state in (TaskState.PUSHED, TaskState.IN_UPGRADE) else None
+        progressing = state in (TaskState.PUSHED, TaskState.IN_UPGRADE)
+        return ReportOutcome.UPDATED if progressing else None
     if state == TaskState.IN_UPGRADE:
-        return "failed"
+        return ReportOutcome.FAILED
     if state in (TaskState.TO_BE_PUSHED, TaskState.PUSHED) and reported != from_version:
-        return "failed"
+        return ReportOutcome.FAILED
     return None

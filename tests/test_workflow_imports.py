@@ -1,7 +1,9 @@
 """Workflow modules import only the standard library, temporalio and the shared contract.
 
 The worker runs them unsandboxed (worker.py), so nothing checks this at run time but this test:
-a database or MQTT import in a workflow would make replays depend on the outside world.
+a database or MQTT import in a workflow would make replays depend on the outside world. What
+they import must keep to the same rule: ota.contracts (which types its fields with ota.domain's
+states) and ota.domain.
 """
 
 from __future__ import annotations
@@ -26,10 +28,30 @@ def imported(path: Path) -> set[str]:
     return names
 
 
+OTA = WORKFLOWS.parent / "ota"
+# What the modules workflows import may themselves import, besides the standard library.
+SHARED = {
+    OTA / "contracts.py": {"temporalio", "ota.domain"},
+    OTA / "domain.py": {"ota.errors"},
+    OTA / "errors.py": set(),
+}
+
+
+def outside(path: Path, allowed: set[str]) -> list[str]:
+    def ok(name: str) -> bool:
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names or top == "__future__":
+            return True
+        return any(name == a or name.startswith(a + ".") for a in allowed)
+
+    return sorted(name for name in imported(path) if not ok(name))
+
+
 @pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.py")), ids=lambda p: p.name)
 def test_workflow_imports(path):
-    for name in imported(path):
-        top = name.split(".")[0]
-        ok = top in sys.stdlib_module_names or top == "__future__"
-        ok = ok or any(name == a or name.startswith(a + ".") for a in ALLOWED)
-        assert ok, f"{path.name} imports {name}"
+    assert not outside(path, ALLOWED), f"{path.name} imports {outside(path, ALLOWED)}"
+
+
+@pytest.mark.parametrize("path", sorted(SHARED), ids=lambda p: p.name)
+def test_what_workflows_import_keeps_to_the_rule(path):
+    assert not outside(path, SHARED[path]), f"{path.name} imports {outside(path, SHARED[path])}"

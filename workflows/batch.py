@@ -9,7 +9,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
@@ -29,24 +28,31 @@ with workflow.unsafe.imports_passed_through():
         DeviceUpgradeInput,
         FinishBatchRequest,
         PacerCarry,
-        PrepareResult,
         StartMark,
         TaskRef,
+        cancel_tasks,
+        claim_tasks,
+        prepare_batch,
+        set_batch_state,
     )
     from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope
     from workflows.children import start_device
+    from workflows.continuing import continue_unless_pending
     from workflows.pacing import burst_size, next_start, recent_marks
+    from workflows.policies import (
+        BATCH_CANCEL_TIMEOUT,
+        BATCH_PREPARE_TIMEOUT,
+        CANCEL_HEARTBEAT,
+        local,
+    )
 
-PREPARE_TIMEOUT = timedelta(minutes=10)  # 100,000 task rows in one transaction
-CANCEL_TIMEOUT = timedelta(hours=1)  # signals 100,000 device workflows, page by page
-CANCEL_HEARTBEAT = timedelta(minutes=1)
-LOCAL_TIMEOUT = timedelta(seconds=60)
-LOCAL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
-)
 # Children of the current run count against the server's 2,000 pending children (ENGINE.md).
 MAX_STARTS_PER_RUN = 1500
 MAX_POLL = timedelta(minutes=2)  # a batch waiting on slow devices re-counts less and less often
+# A pacer whose continue-as-new waited for a cancel continues once the cancel is handled. Runs
+# recorded before claimed on with nothing left of the run's starts (an empty claim: they only
+# watched the counts until the server suggested continuing), and replay without this marker.
+CONTINUE_AFTER_CANCEL_PATCH = "pacer-continue-after-cancel"
 
 
 @workflow.defn(name="BatchWorkflow")
@@ -95,6 +101,8 @@ class BatchWorkflow:
     async def run(self, inp: BatchInput) -> BatchProgress:
         self._inp = inp
         self._carry = carry = inp.carry or PacerCarry(prepared=False)
+        # The signal may have come with this workflow task, before the run began.
+        self._turns_pending = self._turns_pending or carry.turns_pending
         self._state = workflow.info().typed_search_attributes.get(STATE) or self._state
         if not carry.prepared:
             await self._prepare(inp)
@@ -103,18 +111,15 @@ class BatchWorkflow:
                 return await self._cancel_batch(inp, CancelScope.SCHEDULED)
             carry.paced_since = workflow.now().isoformat()
             if inp.scheduled_at:
-                await self._local(
-                    "set_batch_state", FinishBatchRequest(inp.batch_id, "in_progress")
+                await local(
+                    set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.IN_PROGRESS)
                 )
             self._set_state(BatchState.IN_PROGRESS)
         return await self._pace(inp)
 
     async def _prepare(self, inp: BatchInput) -> None:
         prep = await workflow.execute_activity(
-            "prepare_batch",
-            inp,
-            result_type=PrepareResult,
-            start_to_close_timeout=PREPARE_TIMEOUT,
+            prepare_batch, inp, start_to_close_timeout=BATCH_PREPARE_TIMEOUT
         )
         c = self._carry
         c.prepared, c.product_key, c.target_version = True, prep.product_key, prep.target_version
@@ -146,9 +151,12 @@ class BatchWorkflow:
         per_run = min(inp.continue_as_new_every, MAX_STARTS_PER_RUN)
         size = burst_size(inp.rate_per_minute, inp.start_burst)
         started_here, counted_at, synced_at = 0, 0.0, 0.0
+        waited = False  # a continue that was due waits for a cancel
         while True:
             if (done := await self._handle_cancels(inp)) is not None:
                 return done
+            if waited and workflow.patched(CONTINUE_AFTER_CANCEL_PATCH):
+                self._continue_as_new(inp, due=True)
             now = workflow.now().timestamp()
             due = self._next_push(inp, size)
             if due > now and await self._nap(timedelta(seconds=due - now)):
@@ -171,8 +179,9 @@ class BatchWorkflow:
                 await self._nap(timedelta(seconds=inp.dynamic_poll_seconds))
             else:
                 return await self._watch(inp)
-            if started_here >= per_run or workflow.info().is_continue_as_new_suggested():
-                self._continue_as_new(inp)
+            waited = self._continue_as_new(
+                inp, due=started_here >= per_run or workflow.info().is_continue_as_new_suggested()
+            )
 
     async def _claim(
         self,
@@ -185,8 +194,8 @@ class BatchWorkflow:
     ) -> ClaimResult:
         if turns:
             self._turns_pending = False  # the claim tells whether more wait
-        claim: ClaimResult = await self._local(
-            "claim_tasks",
+        claim = await local(
+            claim_tasks,
             ClaimRequest(
                 batch_id=inp.batch_id,
                 after_task_id=self._carry.after_task_id,
@@ -196,7 +205,6 @@ class BatchWorkflow:
                 busy_task_ids=list(busy),
                 turns=turns,
             ),
-            ClaimResult,
         )
         c = self._carry
         c.total += claim.added
@@ -288,7 +296,7 @@ class BatchWorkflow:
             before = dict(self._counts)
             await self._claim(inp, limit=0, counts=True, turns=self._turns(inp, size, True))
             if not any(self._counts.get(s, 0) for s in ACTIVE_TASK_STATES):
-                await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "completed"))
+                await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.COMPLETED))
                 # A dynamic batch whose policy was canceled stays canceled once drained.
                 final = BatchState.CANCELED if self._carry.policy_canceled else BatchState.COMPLETED
                 self._set_state(final)
@@ -301,8 +309,9 @@ class BatchWorkflow:
                     min(interval * 2, MAX_POLL) if same else timedelta(seconds=inp.poll_seconds)
                 )
                 await self._nap(interval, wake_on_turns=True)
-            if workflow.info().is_continue_as_new_suggested():
-                self._continue_as_new(inp)
+            # A cancel that makes this wait is handled at the loop's top, and the next round
+            # continues.
+            self._continue_as_new(inp, due=workflow.info().is_continue_as_new_suggested())
 
     async def _handle_cancels(self, inp: BatchInput) -> BatchProgress | None:
         """`all`: cancel every task and end. `scheduled`: a dynamic batch stops its policy;
@@ -313,22 +322,22 @@ class BatchWorkflow:
                 return await self._cancel_batch(inp, CancelScope.ALL)
             if inp.policy == BatchKind.DYNAMIC and not self._carry.policy_canceled:
                 self._carry.policy_canceled = True
-                await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "canceled"))
+                await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.CANCELED))
                 self._set_state(BatchState.CANCELED)
                 self._details("policy canceled: finishing the devices already in the batch")
             else:
                 workflow.logger.info("batch %s: no scheduled task to cancel", inp.batch_id)
         return None
 
-    async def _cancel_batch(self, inp: BatchInput, scope: str) -> BatchProgress:
+    async def _cancel_batch(self, inp: BatchInput, scope: CancelScope) -> BatchProgress:
         self._details(f"canceling ({scope})")
         await workflow.execute_activity(
-            "cancel_tasks",
+            cancel_tasks,
             CancelTasksRequest(inp.batch_id, scope),
-            start_to_close_timeout=CANCEL_TIMEOUT,
+            start_to_close_timeout=BATCH_CANCEL_TIMEOUT,
             heartbeat_timeout=CANCEL_HEARTBEAT,
         )
-        await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "canceled"))
+        await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.CANCELED))
         self._set_state(BatchState.CANCELED)
         await self._claim(inp, limit=0, counts=True)
         return self.progress()
@@ -345,20 +354,18 @@ class BatchWorkflow:
                 await workflow.wait_condition(woken, timeout=duration)
         return bool(self._cancels)
 
-    def _continue_as_new(self, inp: BatchInput) -> None:
-        # Signals are handled right before: a cancel must not be lost with this run.
-        if not self._cancels:
-            carry = replace(self._carry, runs=self._carry.runs + 1)
-            workflow.continue_as_new(replace(inp, carry=carry))
+    def _continue_as_new(self, inp: BatchInput, due: bool) -> bool:
+        """Continue as new when due; True if a cancel makes it wait (the caller handles the
+        cancel first: it ends the batch, or must not die with this run). Devices waiting for
+        their turn are carried."""
 
-    async def _local(self, activity: str, arg: object, result_type: type | None = None):  # type: ignore[no-untyped-def]
-        return await workflow.execute_local_activity(
-            activity,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=LOCAL_TIMEOUT,
-            retry_policy=LOCAL_RETRY,
-        )
+        def next_input() -> BatchInput:
+            carry = replace(
+                self._carry, runs=self._carry.runs + 1, turns_pending=self._turns_pending
+            )
+            return replace(inp, carry=carry)
+
+        return continue_unless_pending(due, lambda: bool(self._cancels), next_input)
 
     def _set_state(self, state: str) -> None:
         if state != self._state:

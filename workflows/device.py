@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 from dataclasses import replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import NamedTuple
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from ota.contracts import (
@@ -25,17 +25,15 @@ with workflow.unsafe.imports_passed_through():
         FinishTaskRequest,
         PushRequest,
         PushResult,
-        TaskCheck,
+        check_task,
+        finish_task,
+        push,
+        recheck,
     )
-    from ota.domain import FINAL_TASK_STATES, TaskReason, TaskState
+    from ota.domain import FINAL_TASK_STATES, PushOutcome, ReportOutcome, TaskReason, TaskState
+    from workflows.continuing import continue_unless_pending
+    from workflows.policies import PUSH_TIMEOUT, RECORD_TIMEOUT, local
 
-# Local activities: a push is one publish and two short transactions.
-PUSH_TIMEOUT = timedelta(seconds=30)
-RECORD_TIMEOUT = timedelta(seconds=30)
-# Keep trying through a broker or database outage: the device waits, its state is honest.
-LOCAL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
-)
 # An offline device is pushed on the bridge's `online` signal; this re-check only covers a lost
 # signal, so it is rare: 100,000 offline devices re-checking hourly would be 28 workflow tasks/s.
 OFFLINE_RECHECK = timedelta(hours=6)
@@ -48,6 +46,9 @@ NO_PROGRESS_RECHECK_MAX = timedelta(hours=6)
 # A run no longer continues as new with a cancel pending (see _continue_if_suggested); a run
 # recorded before did, and replays without this marker.
 KEEP_CANCEL_PATCH = "device-continue-keeps-cancel"
+# Nor, waiting for the report, with an `online` pending (the device reconnected on its old
+# version: push again first); runs recorded before continued and dropped it.
+KEEP_ONLINE_PATCH = "device-continue-keeps-online"
 # Before a timeout fails an online device, it is asked once more and given this long to answer:
 # our SDK reports its version at once; LinkKit's sample downloads the image again first
 # (tests/test_linkkit_repush.py), so this leaves room for a few megabytes.
@@ -58,12 +59,21 @@ RECHECK_PATCH = "device-recheck-before-timeout"
 REPUSH_PATCH = "device-repush-on-reconnect"
 
 
-class Outcome(NamedTuple):
-    """How a wait for the device ended: updated | failed | timeout | cancel | recorded."""
+class Ending(StrEnum):
+    """How a wait for the device ended: its report said so (updated, failed), the timeout, a
+    cancel, or a final state the bridge recorded whose signal was lost."""
 
-    kind: str
+    UPDATED = ReportOutcome.UPDATED.value
+    FAILED = ReportOutcome.FAILED.value
+    TIMEOUT = "timeout"
+    CANCEL = "cancel"
+    RECORDED = "recorded"
+
+
+class Outcome(NamedTuple):
+    kind: Ending
     reason: str | None = None
-    state: str | None = None  # recorded: the final state found in the database
+    state: TaskState | None = None  # recorded: the final state found in the database
 
 
 @workflow.defn(name="DeviceUpgradeWorkflow")
@@ -118,24 +128,24 @@ class DeviceUpgradeWorkflow:
         while True:
             if not pushed:
                 result = await self._push(inp, attempt=retries + 1)
-                if result.outcome == "final":
+                if result.outcome == PushOutcome.FINAL:
                     return self._done(result.state, result.reason, retries)
-                if result.outcome == "offline":
+                if result.outcome == PushOutcome.OFFLINE:
                     if await self._wait_online(inp, retries):
                         return await self._cancel_task(inp, retries)
                     continue
                 pushed = True
             outcome = await self._wait_report(inp, retries)
-            if outcome.kind == "timeout":
+            if outcome.kind == Ending.TIMEOUT:
                 outcome = await self._last_look(inp, retries)
-            if outcome.kind == "updated":
+            if outcome.kind == Ending.UPDATED:
                 return self._done(TaskState.UPDATED, None, retries)
-            if outcome.kind == "recorded":
+            if outcome.kind == Ending.RECORDED:
                 return self._done(outcome.state or TaskState.FAILED, outcome.reason, retries)
-            if outcome.kind == "cancel":
+            if outcome.kind == Ending.CANCEL:
                 return await self._cancel_task(inp, retries)
             reason = outcome.reason or TaskReason.UPDATE_FAILED
-            if outcome.kind == "failed" and self._may_retry(inp, retries):
+            if outcome.kind == Ending.FAILED and self._may_retry(inp, retries):
                 retries += 1
                 self._details(f"attempt {retries} failed ({reason}); retrying", inp)
                 if await self._sleep(timedelta(minutes=inp.retry_interval_minutes or 0)):
@@ -165,18 +175,12 @@ class DeviceUpgradeWorkflow:
         self._online = False
         self._reports.clear()
         self._attempt = attempt
-        result = await workflow.execute_local_activity(
-            "push",
-            self._push_request(inp, attempt),
-            result_type=PushResult,
-            start_to_close_timeout=PUSH_TIMEOUT,
-            retry_policy=LOCAL_RETRY,
-        )
-        shown = TaskState.TO_BE_PUSHED if result.outcome == "offline" else result.state
-        self._set_state(shown)
+        result = await local(push, self._push_request(inp, attempt), PUSH_TIMEOUT)
+        offline = result.outcome == PushOutcome.OFFLINE
+        self._set_state(TaskState.TO_BE_PUSHED if offline else result.state)
         self._details(
             "waiting for the device to come online"
-            if result.outcome == "offline"
+            if offline
             else f"pushed (attempt {attempt}); waiting for the device's report",
             inp,
         )
@@ -212,22 +216,22 @@ class DeviceUpgradeWorkflow:
                     return recorded
                 await workflow.wait_condition(lambda: woken() or self._online)
             if self._cancel is not None:
-                return Outcome("cancel")
+                return Outcome(Ending.CANCEL)
             if self._reports:
                 report = self._reports.pop(0)
-                if report.outcome != "updated":
+                if report.outcome != ReportOutcome.UPDATED:
                     timer.cancel()
-                return Outcome(report.outcome, report.reason)
-            check = await self._check(inp)
+                return Outcome(Ending(report.outcome), report.reason)
+            check = await local(check_task, inp.task_id, RECORD_TIMEOUT)
             if check.state in FINAL_TASK_STATES:  # recorded by the bridge; its signal was lost
-                return Outcome("recorded", check.reason, check.state)
+                return Outcome(Ending.RECORDED, check.reason, check.state)
             if inp.timeout_minutes and check.first_progress_at:
                 deadline = datetime.fromisoformat(check.first_progress_at) + timedelta(
                     minutes=inp.timeout_minutes
                 )
                 wait = deadline - workflow.now()
                 if wait <= timedelta(0):
-                    return Outcome("timeout", TaskReason.TIMEOUT)
+                    return Outcome(Ending.TIMEOUT, TaskReason.TIMEOUT)
             elif inp.timeout_minutes:
                 # Devices report progress seconds after a push, so the first re-checks keep the
                 # timeout's own period (precise); a device silent for long is re-checked less
@@ -248,32 +252,26 @@ class DeviceUpgradeWorkflow:
         if not workflow.patched(REPUSH_PATCH):  # only on this path: the happy one has no marker
             return None
         found = await self._recheck(inp, retries)
-        if found.outcome == "final":
-            return Outcome("recorded", found.reason, found.state)
+        if found.outcome == PushOutcome.FINAL:
+            return Outcome(Ending.RECORDED, found.reason, found.state)
         self._details(f"pushed again (attempt {retries + 1}): the device reconnected", inp)
         return None
 
     async def _recheck(self, inp: DeviceUpgradeInput, retries: int) -> PushResult:
-        return await workflow.execute_local_activity(
-            "recheck",
-            self._push_request(inp, attempt=retries + 1),
-            result_type=PushResult,
-            start_to_close_timeout=PUSH_TIMEOUT,
-            retry_policy=LOCAL_RETRY,
-        )
+        return await local(recheck, self._push_request(inp, attempt=retries + 1), PUSH_TIMEOUT)
 
     async def _last_look(self, inp: DeviceUpgradeInput, retries: int) -> Outcome:
         """The timeout is reached: ask an online device once more (the push again, recorded
         nowhere) and wait RECHECK_GRACE for its report. A device that finished while the broker
         restarted, or whose report was dropped, is then recorded updated instead of failed; a
         final state must not contradict what the device says a minute later."""
-        timeout = Outcome("timeout", TaskReason.TIMEOUT)
+        timeout = Outcome(Ending.TIMEOUT, TaskReason.TIMEOUT)
         if not workflow.patched(RECHECK_PATCH):  # only here: the happy path has no marker
             return timeout
         found = await self._recheck(inp, retries)
-        if found.outcome == "final":  # recorded by the bridge meanwhile
-            return Outcome("recorded", found.reason, found.state)
-        if found.outcome != "pushed":  # offline: nobody to ask
+        if found.outcome == PushOutcome.FINAL:  # recorded by the bridge meanwhile
+            return Outcome(Ending.RECORDED, found.reason, found.state)
+        if found.outcome != PushOutcome.PUSHED:  # offline: nobody to ask
             return timeout
         self._details("timed out; asking the device once more before failing it", inp)
         with contextlib.suppress(TimeoutError):
@@ -281,19 +279,10 @@ class DeviceUpgradeWorkflow:
                 lambda: bool(self._reports) or self._cancel is not None, timeout=RECHECK_GRACE
             )
         if self._cancel is not None:
-            return Outcome("cancel")
-        if self._reports and self._reports[0].outcome == "updated":
-            return Outcome("updated")
+            return Outcome(Ending.CANCEL)
+        if self._reports and self._reports[0].outcome == ReportOutcome.UPDATED:
+            return Outcome(Ending.UPDATED)
         return timeout  # silent, or a failure: the attempt has timed out all the same (seed)
-
-    async def _check(self, inp: DeviceUpgradeInput) -> TaskCheck:
-        return await workflow.execute_local_activity(
-            "check_task",
-            inp.task_id,
-            result_type=TaskCheck,
-            start_to_close_timeout=RECORD_TIMEOUT,
-            retry_policy=LOCAL_RETRY,
-        )
 
     async def _sleep(self, interval: timedelta) -> bool:
         """Sleep the retry interval; True if a cancel came meanwhile. Reports are dropped: the
@@ -310,16 +299,12 @@ class DeviceUpgradeWorkflow:
     async def _finish(
         self, inp: DeviceUpgradeInput, state: TaskState, reason: str | None, retries: int
     ) -> DeviceUpgradeResult:
-        final = await workflow.execute_local_activity(
-            "finish_task",
-            FinishTaskRequest(inp.task_id, state, reason),
-            result_type=TaskCheck,
-            start_to_close_timeout=RECORD_TIMEOUT,
-            retry_policy=LOCAL_RETRY,
+        final = await local(
+            finish_task, FinishTaskRequest(inp.task_id, state, reason), RECORD_TIMEOUT
         )
         return self._done(final.state, final.reason, retries)
 
-    def _done(self, state: str, reason: str | None, retries: int) -> DeviceUpgradeResult:
+    def _done(self, state: TaskState, reason: str | None, retries: int) -> DeviceUpgradeResult:
         self._set_state(state)
         workflow.set_current_details(f"{state}" + (f" ({reason})" if reason else ""))
         return DeviceUpgradeResult(state=state, reason=reason, attempts=retries + 1)
@@ -349,13 +334,20 @@ class DeviceUpgradeWorkflow:
         """A pending report or cancel keeps this run: the caller's next step handles it at once
         (a cancel ends the workflow, so the history stops growing anyway), where carrying it in
         the input would cost a field per signal and a second way in. A cancel that came while
-        `check_task` ran would otherwise die with this run. An `online` needs neither: the next
-        run starts with a push, which reads whether the device is online."""
-        if not workflow.info().is_continue_as_new_suggested() or self._reports:
-            return
-        # patched() only here, on the rare path: the happy path's history gains no marker.
-        if self._cancel is not None and workflow.patched(KEEP_CANCEL_PATCH):
-            return
-        workflow.continue_as_new(
-            replace(inp, retries_used=retries, awaiting_report=awaiting_report)
+        `check_task` ran would otherwise die with this run. So does an `online` while the report
+        is awaited (the next run would wait without pushing again); one before the push needs
+        neither: the next run starts with a push, which reads whether the device is online."""
+
+        def pending() -> bool:
+            # patched() only here, on the rare path: the happy path's history gains no marker.
+            return (
+                bool(self._reports)
+                or (self._cancel is not None and workflow.patched(KEEP_CANCEL_PATCH))
+                or (awaiting_report and self._online and workflow.patched(KEEP_ONLINE_PATCH))
+            )
+
+        continue_unless_pending(
+            workflow.info().is_continue_as_new_suggested(),
+            pending,
+            lambda: replace(inp, retries_used=retries, awaiting_report=awaiting_report),
         )

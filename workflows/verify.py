@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
@@ -26,17 +24,20 @@ with workflow.unsafe.imports_passed_through():
         VerifyFinishRequest,
         VerifyInput,
         VerifyPrepared,
+        cancel_tasks,
+        claim_tasks,
+        finish_verify,
+        prepare_verify,
     )
     from ota.domain import BatchState, CancelScope, FirmwareState, TaskState
     from workflows.children import start_device
+    from workflows.policies import (
+        CANCEL_HEARTBEAT,
+        VERIFY_CANCEL_TIMEOUT,
+        VERIFY_PREPARE_TIMEOUT,
+        local,
+    )
 
-PREPARE_TIMEOUT = timedelta(minutes=1)
-CANCEL_TIMEOUT = timedelta(minutes=10)
-CANCEL_HEARTBEAT = timedelta(minutes=1)
-LOCAL_TIMEOUT = timedelta(seconds=60)
-LOCAL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
-)
 START_BURST = 20  # a verification has at most 100 devices; bursts stay under the pending limit
 
 
@@ -71,11 +72,8 @@ class VerifyWorkflow:
     @workflow.run
     async def run(self, inp: VerifyInput) -> BatchProgress:
         self._batch_id = inp.batch_id
-        prep: VerifyPrepared = await workflow.execute_activity(
-            "prepare_verify",
-            inp,
-            result_type=VerifyPrepared,
-            start_to_close_timeout=PREPARE_TIMEOUT,
+        prep = await workflow.execute_activity(
+            prepare_verify, inp, start_to_close_timeout=VERIFY_PREPARE_TIMEOUT
         )
         self._total = len(prep.tasks)
         if workflow.info().typed_search_attributes.get(BATCH_ID) is None:  # Temporal CLI start
@@ -95,9 +93,9 @@ class VerifyWorkflow:
             await workflow.wait_condition(lambda: self._cancel or all(w.done() for w in waiting))
         if self._cancel:
             await workflow.execute_activity(
-                "cancel_tasks",
+                cancel_tasks,
                 CancelTasksRequest(inp.batch_id, CancelScope.ALL),
-                start_to_close_timeout=CANCEL_TIMEOUT,
+                start_to_close_timeout=VERIFY_CANCEL_TIMEOUT,
                 heartbeat_timeout=CANCEL_HEARTBEAT,
             )
             await asyncio.gather(*waiting)
@@ -106,12 +104,7 @@ class VerifyWorkflow:
             and len(self._results) == len(prep.tasks) > 0
             and all(s == TaskState.UPDATED for s in self._results.values())
         )
-        await workflow.execute_local_activity(
-            "finish_verify",
-            VerifyFinishRequest(inp.batch_id, inp.firmware_id, verified),
-            start_to_close_timeout=LOCAL_TIMEOUT,
-            retry_policy=LOCAL_RETRY,
-        )
+        await local(finish_verify, VerifyFinishRequest(inp.batch_id, inp.firmware_id, verified))
         self._state = BatchState.COMPLETED
         outcome = FirmwareState.VERIFIED if verified else FirmwareState.VERIFY_FAILED
         workflow.upsert_search_attributes([STATE.value_set(self._state)])
@@ -146,11 +139,9 @@ class VerifyWorkflow:
             else:
                 handles.append((task.device_name, result))
         if busy:
-            await workflow.execute_local_activity(
-                "claim_tasks",
+            await local(
+                claim_tasks,
                 ClaimRequest(inp.batch_id, after_task_id=0, limit=0, busy_task_ids=busy),
-                start_to_close_timeout=LOCAL_TIMEOUT,
-                retry_policy=LOCAL_RETRY,
             )
         return handles
 

@@ -30,6 +30,7 @@ from ota.domain import (
     DEFAULT_MODULE,
     PROGRESS_FAILURES,
     BatchState,
+    ReportOutcome,
     TaskReason,
     TaskState,
     judge_version_report,
@@ -234,16 +235,18 @@ class _Moves:
         # batch not started yet, or a legacy id that another device's old workflow holds).
         out = []
         for tid, t in self.updated.items():
-            report = DeviceReport("updated", version=self.versions[tid], batch_id=t.batch_id)
+            report = DeviceReport(
+                ReportOutcome.UPDATED, version=self.versions[tid], batch_id=t.batch_id
+            )
             out.append(device_signal(t, SIGNAL_REPORT, report))
         for tid, (t, reason) in self.failed.items():
             if tid not in self.updated:  # the device recovered within the same flush
                 report = DeviceReport(
-                    "failed", reason=reason, batch_id=t.batch_id, attempt=t.attempts
+                    ReportOutcome.FAILED, reason=reason, batch_id=t.batch_id, attempt=t.attempts
                 )
                 out.append(device_signal(t, SIGNAL_REPORT, report))
         for t, version in self.updated_again:
-            report = DeviceReport("updated", version=version, batch_id=t.batch_id)
+            report = DeviceReport(ReportOutcome.UPDATED, version=version, batch_id=t.batch_id)
             out.append(device_signal(t, SIGNAL_REPORT, report))
         return out
 
@@ -268,11 +271,11 @@ def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: F
             verdict = judge_version_report(
                 TaskState(t.state), t.from_version, t.target_version, m.version
             )
-            if verdict == "updated":
+            if verdict == ReportOutcome.UPDATED:
                 moves.updated[t.id] = t
                 moves.versions[t.id] = m.version
                 t.state = TaskState.UPDATED
-            elif verdict == "failed":
+            elif verdict == ReportOutcome.FAILED:
                 moves.failed.setdefault(t.id, (t, TaskReason.VERSION_MISMATCH.value))
             elif t.state == TaskState.PUSHED and m.version == t.from_version:
                 # Pushed, yet it says (as devices do on connect) it runs the old version and
