@@ -1,4 +1,4 @@
-"""A device workflow continues as new without dropping a cancel that came meanwhile.
+"""A device workflow continues as new without dropping a cancel or an `online` that came meanwhile.
 
 The server suggests continue-as-new only once a history is long (weeks offline or silent), so
 the test makes it suggest always for the device workflow, and sends the cancel while the
@@ -21,6 +21,7 @@ from activities.tasks import TaskActivities
 from ota.contracts import (
     DEVICE_WORKFLOW,
     SIGNAL_CANCEL,
+    SIGNAL_ONLINE,
     CancelRequest,
     DeviceUpgradeInput,
     TaskCheck,
@@ -28,12 +29,14 @@ from ota.contracts import (
 )
 from ota.db.models import Task
 from tests.test_workflow_support import (
+    FakeBridge,
     eventually,
     make_context,
     make_fleet,
     make_task,
     running_worker,
     tasks_of,
+    upgrade_listener,
 )
 
 TASK_TIMEOUT = timedelta(seconds=2)  # the worker heartbeats a workflow task at 80% of it
@@ -55,6 +58,24 @@ def always_suggested(monkeypatch):
     monkeypatch.setattr(workflow.Info, "is_continue_as_new_suggested", patched)
 
 
+def signal_during_first_check(monkeypatch, handle, loop, *args) -> list[float]:
+    """check_task, replaced: the first call signals `args` to the device workflow and then
+    takes longer than a workflow task, so the signal reaches the run before the check returns."""
+    sent: list[float] = []
+    check_task = TaskActivities.check_task
+
+    @activity.defn(name="check_task")
+    def slow_check(self: TaskActivities, task_id: int) -> TaskCheck:
+        if not sent:
+            asyncio.run_coroutine_threadsafe(handle.signal(*args), loop).result()
+            sent.append(time.monotonic())
+            time.sleep(TASK_TIMEOUT.total_seconds() * 1.5)
+        return check_task(self, task_id)
+
+    monkeypatch.setattr(TaskActivities, "check_task", slow_check)
+    return sent
+
+
 async def test_a_cancel_while_check_task_runs_is_not_lost(time_skipping_env, ctx, monkeypatch):
     env = time_skipping_env
     loop = asyncio.get_running_loop()
@@ -63,19 +84,9 @@ async def test_a_cancel_while_check_task_runs_is_not_lost(time_skipping_env, ctx
     with Session(ctx.engine) as session:
         task_id = session.exec(select(Task.id).where(Task.batch_id == batch_id)).one()
     handle = env.client.get_workflow_handle(device_workflow_id(pk, dn))
-    cancels: list[float] = []
-    check_task = TaskActivities.check_task
-
-    @activity.defn(name="check_task")
-    def slow_check(self: TaskActivities, task_id: int) -> TaskCheck:
-        if not cancels:  # the first check only: the cancel comes once
-            cancel = handle.signal(SIGNAL_CANCEL, CancelRequest(scope="all", batch_id=batch_id))
-            asyncio.run_coroutine_threadsafe(cancel, loop).result()
-            cancels.append(time.monotonic())
-            time.sleep(TASK_TIMEOUT.total_seconds() * 1.5)
-        return check_task(self, task_id)
-
-    monkeypatch.setattr(TaskActivities, "check_task", slow_check)
+    cancels = signal_during_first_check(
+        monkeypatch, handle, loop, SIGNAL_CANCEL, CancelRequest(scope="all", batch_id=batch_id)
+    )
     async with running_worker(env.client, ctx):
         with env.with_time_skipping_disabled():
             await env.client.start_workflow(
@@ -91,3 +102,36 @@ async def test_a_cancel_while_check_task_runs_is_not_lost(time_skipping_env, ctx
         await eventually(lambda: tasks_of(ctx.engine, batch_id)[dn].state == "canceled", 15)
         result = await handle.result()
     assert (result["state"], result["reason"]) == ("canceled", "canceled")
+
+
+async def test_an_online_while_check_task_runs_pushes_again_first(
+    time_skipping_env, ctx, mqtt_url, monkeypatch
+):
+    """The bridge says `online` while the run waits for the report: the device reconnected on
+    its old version, its push lost. A run that continued as new then would wait without pushing
+    again; this one pushes again first (KEEP_ONLINE_PATCH)."""
+    env = time_skipping_env
+    loop = asyncio.get_running_loop()
+    pk, (dn,) = make_fleet(ctx.engine, 1)
+    batch_id = make_task(ctx.engine, pk, dn, state="to_be_pushed")
+    with Session(ctx.engine) as session:
+        task_id = session.exec(select(Task.id).where(Task.batch_id == batch_id)).one()
+    handle = env.client.get_workflow_handle(device_workflow_id(pk, dn))
+    onlines = signal_during_first_check(monkeypatch, handle, loop, SIGNAL_ONLINE)
+    async with upgrade_listener(mqtt_url, pk) as pushes, running_worker(env.client, ctx):
+        with env.with_time_skipping_disabled():
+            await env.client.start_workflow(
+                DEVICE_WORKFLOW,
+                DeviceUpgradeInput(batch_id, task_id, pk, dn, timeout_minutes=1),
+                id=handle.id,
+                task_queue=ctx.settings.task_queue,
+                task_timeout=TASK_TIMEOUT,
+            )
+        await eventually(lambda: len(pushes) == 1)
+        await env.fast_forward(handle, timedelta(minutes=2))  # the timer fires: check_task
+        await eventually(lambda: onlines)
+        await eventually(lambda: len(pushes) == 2, 15)  # the push again, not a new attempt
+        await FakeBridge(ctx.engine, env.client, pk).updated(dn)
+        result = await handle.result()
+    assert (result["state"], result["attempts"]) == ("updated", 1)
+    assert tasks_of(ctx.engine, batch_id)[dn].attempts == 1
