@@ -6,10 +6,10 @@ from typing import Any
 
 from ota.api.common import UNAVAILABLE, Ctx, api_router
 from ota.api.params import FirmwareId
-from ota.api.problems import renamed
 from ota.api.schemas import VerifyCreate
 from ota.api.views import batch_view
 from ota.domain import validate_timeout
+from ota.errors import renamed
 from ota.services import verify as service
 
 router = api_router("verifications")
