@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 WORKFLOWS = Path(__file__).parent.parent / "workflows"
-ALLOWED = {"temporalio", "ota.contracts", "ota.domain", "workflows"}
+# The shared modules workflows may import, themselves pure (test_shared_modules_are_pure).
+SHARED = ("ota.contracts", "ota.domain", "ota.batch_options", "ota.errors")
+ALLOWED = {"temporalio", "workflows", *SHARED}
 
 
 def imported(path: Path) -> set[str]:
@@ -33,3 +35,13 @@ def test_workflow_imports(path):
         ok = top in sys.stdlib_module_names or top == "__future__"
         ok = ok or any(name == a or name.startswith(a + ".") for a in ALLOWED)
         assert ok, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("module", SHARED)
+def test_shared_modules_are_pure(module):
+    """What workflows import imports nothing from the outside world either."""
+    path = WORKFLOWS.parent / (module.replace(".", "/") + ".py")
+    for name in imported(path):
+        top = name.split(".")[0]
+        ok = top in sys.stdlib_module_names or top in ("__future__", "temporalio")
+        assert ok or name in SHARED, f"{module} imports {name}"
