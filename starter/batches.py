@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ota.batch_options import DEFAULTS, OPTIONS
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.engine import session_scope
 from ota.errors import InvalidInput
@@ -153,6 +154,17 @@ def _print_batch(b: dict[str, Any]) -> None:
     console.print(
         f"  {b['total']} tasks ({_counts(b['counts']) or 'none yet'}), {b['skipped']} skipped"
     )
+    chosen = [
+        f"{o.flag} {_shown(b[o.name])}"
+        for o in OPTIONS
+        if o.name in b and b[o.name] not in (None, [], DEFAULTS[o.name])
+    ]
+    if chosen:
+        console.print("  " + " ".join(chosen), markup=False, highlight=False)
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -181,3 +181,28 @@ def test_options_without_a_column_are_kept_and_shown():
     assert shown["later_option"] == 5
     assert "options" not in shown
     assert option_facts(shown) == []  # not a declared option: nothing to word it by
+
+
+def test_batch_show_says_the_options_chosen_as_flags(capsys):
+    from starter.batches import _print_batch
+
+    shown = {
+        **{k: v for k, v in DEFAULTS.items() if k not in ("policy", "device_names")},
+        "id": "b1",
+        "kind": "static",
+        "state": "in_progress",
+        "firmware_id": 1,
+        "target_version": "2.0.0",
+        "product_key": "pk",
+        "module": "default",
+        "total": 2,
+        "skipped": 0,
+        "counts": {},
+        "src_versions": ["1.0.0", "1.1.0"],
+        "rate_per_minute": 60,
+        "retry_interval_minutes": 10,
+    }
+    _print_batch(shown)
+    out = capsys.readouterr().out
+    assert "--src-version 1.0.0,1.1.0 --rate 60 --retry-interval 10" in out
+    assert "--max-retries" not in out  # the default
