@@ -2,9 +2,9 @@
 
 Workflow names, ids, signal names and input dataclasses are public: users start and signal
 these workflows with the Temporal CLI, so change them only in backward-compatible ways.
-Only the standard library, temporalio and ota.domain (its states, which the fields below are
-typed with so that Temporal decodes them as such) may be imported here: workflows import this
-module (tests/test_workflow_imports.py checks both).
+Only the standard library, temporalio, ota.domain (the states the fields below are typed with,
+so that Temporal decodes them as such) and ota.batch_options (itself pure) may be imported here:
+workflows import this module (tests/test_workflow_imports.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from temporalio import activity
 from temporalio.common import SearchAttributeKey
 
+from ota.batch_options import BatchOptions
 from ota.domain import BatchState, CancelScope, PushOutcome, ReportOutcome, TaskState
 
 TASK_QUEUE = "ota"
@@ -59,21 +60,12 @@ def legacy_device_workflow_id(product_key: str, device_name: str) -> str:
 
 
 @dataclass
-class BatchInput:
-    """A static or dynamic batch; `temporal workflow start --type BatchWorkflow` takes this JSON."""
+class BatchInput(BatchOptions):
+    """A static or dynamic batch; `temporal workflow start --type BatchWorkflow` takes this JSON:
+    the batch's id and firmware, its options (ota/batch_options.py), and the pacer's knobs."""
 
     batch_id: str
     firmware_id: int
-    policy: str = "static"  # static | dynamic
-    src_versions: list[str] = field(default_factory=list)
-    target: str = "all"  # all | selected | phased
-    device_names: list[str] = field(default_factory=list)
-    percent: int | None = None
-    scheduled_at: str | None = None  # ISO 8601 with a time zone; static only
-    rate_per_minute: int | None = None
-    retry_interval_minutes: int | None = None  # None: do not retry; 0: retry immediately
-    max_retries: int = 1
-    timeout_minutes: int | None = None
     # Pacing knobs; `ota batch create` copies them from Settings, tests lower them.
     start_burst: int = 50  # device workflows started per workflow task (ENGINE.md: cap bursts)
     continue_as_new_every: int = 200  # starts per run before continuing as new

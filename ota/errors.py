@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
 
 class OtaError(Exception):
     """Base of every error the platform raises on purpose."""
@@ -49,3 +52,16 @@ class Unavailable(OtaError):
 
     status = 503
     exit_code = 1
+
+
+@contextmanager
+def renamed(renames: Mapping[str, str]) -> Iterator[None]:
+    """A field named as the client sent it: the services name a batch option as the API does
+    ("rate_per_minute"), the CLI by its flag ("rate"); other services name fields as the CLI
+    does ("device"), the API as its body does ("device_names")."""
+    try:
+        yield
+    except (InvalidInput, Conflict) as exc:
+        if exc.field is not None and exc.field in renames:
+            exc.field = renames[exc.field]
+        raise

@@ -7,17 +7,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ota.batch_options import DEFAULTS, OPTIONS
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.engine import session_scope
-from ota.domain import (
-    parse_retry_interval,
-    validate_max_retries,
-    validate_percent,
-    validate_rate,
-    validate_timeout,
-)
 from ota.errors import InvalidInput
 from ota.services import batches
+from starter.batch_flags import cli_names, with_batch_options
 from starter.common import console, context, handle_errors, print_json
 
 batch_app = typer.Typer(help="Update batches: create, list, show, tasks, cancel.")
@@ -27,64 +22,25 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 
 @batch_app.command("create")
 @handle_errors
+@with_batch_options
 async def create(
     firmware: Annotated[str, typer.Argument(help="Firmware id (or unique name).")],
-    policy: Annotated[str, typer.Option(help="static or dynamic.")] = "static",
-    src_version: Annotated[
-        list[str] | None,
-        typer.Option("--src-version", help="Version to update from; repeatable (full firmware)."),
-    ] = None,
-    target: Annotated[str, typer.Option(help="all, selected or phased.")] = "all",
-    device: Annotated[
-        list[str] | None, typer.Option("--device", help="Device name (--target selected).")
-    ] = None,
-    percent: Annotated[int | None, typer.Option(help="1-100 (--target phased).")] = None,
-    at: Annotated[
-        str | None, typer.Option(help="Start at this ISO 8601 time, 5 min to 7 days ahead.")
-    ] = None,
-    rate: Annotated[int | None, typer.Option(help="Devices pushed per minute, 10-1000.")] = None,
-    retry_interval: Annotated[
-        str, typer.Option(help="none, 0 (immediately), 10m, 30m, 1h or 24h.")
-    ] = "none",
-    max_retries: Annotated[int, typer.Option(help="1, 2 or 5.")] = 1,
-    timeout: Annotated[
-        int | None, typer.Option(help="Minutes from the first progress report, 1-1440.")
-    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the batch to finish.")] = False,
     json: JsonOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Push a verified firmware to a fleet: static (devices matching now) or dynamic (later too)."""
-    # The ranges are checked before anything is read, so a typo fails fast and says why.
-    validate_rate(rate)
-    validate_timeout(timeout)
-    validate_max_retries(max_retries)
-    validate_percent(percent)
-    retry = parse_retry_interval(retry_interval)
-    if at:
-        batches.parse_schedule(at)
-    if wait and policy == "dynamic":
+    if wait and options["policy"] == "dynamic":
         raise InvalidInput("wait", "a dynamic batch runs until canceled: do not --wait for it")
     ctx = context()
     with session_scope(ctx.engine) as session:
         fw = batches.find_firmware(session, firmware)
     assert fw.id is not None
-    shown = await batches.create_batch(
-        ctx,
-        BatchInput(
-            batch_id="",
-            firmware_id=fw.id,
-            policy=policy,
-            src_versions=list(src_version or []),
-            target=target,
-            device_names=list(device or []),
-            percent=percent,
-            scheduled_at=at,
-            rate_per_minute=rate,
-            retry_interval_minutes=retry,
-            max_retries=max_retries,
-            timeout_minutes=timeout,
-        ),
-    )
+    with cli_names():
+        shown = await batches.create_batch(
+            ctx, BatchInput(batch_id="", firmware_id=fw.id, **options)
+        )
     if wait:
         handle = (await ctx.temporal()).get_workflow_handle(batch_workflow_id(shown["id"]))
         await handle.result()
@@ -198,6 +154,17 @@ def _print_batch(b: dict[str, Any]) -> None:
     console.print(
         f"  {b['total']} tasks ({_counts(b['counts']) or 'none yet'}), {b['skipped']} skipped"
     )
+    chosen = [
+        f"{o.flag} {_shown(b[o.name])}"
+        for o in OPTIONS
+        if o.name in b and b[o.name] not in (None, [], DEFAULTS[o.name])
+    ]
+    if chosen:
+        console.print("  " + " ".join(chosen), markup=False, highlight=False)
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ota.domain import validate_timeout
 from ota.services import verify as verify_service
 from starter.common import console, context, handle_errors, print_json
 
@@ -22,7 +21,6 @@ async def verify(
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Update the chosen devices: the firmware becomes verified if all of them update."""
-    validate_timeout(timeout)
     ctx = context()
     shown = await verify_service.start_verify(ctx, firmware, list(device), timeout)
     if wait:

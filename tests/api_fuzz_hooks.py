@@ -59,7 +59,26 @@ CROSS_FIELD = [
     ("src_versions", r"a diff firmware needs one or more source versions"),
     ("src_versions", r"must not include the target version .+"),
 ]
+BATCHES = "POST /api/v1/firmware/{firmware_id}/batches"
+# ota.batch_options checks the options before anything is read, so these come before a 404 of
+# the firmware: the seed's rules between options (if/then again), and the schedule's window,
+# which depends on the time of the request.
+BATCH_RULES = [
+    ("percent", r"only a phased batch takes a percentage"),
+    ("percent", r"is required for a phased batch \(1 to 100\)"),
+    ("device_names", r"a batch of selected devices needs one or more --device"),
+    ("device_names", r"devices are given only with --target selected"),
+    ("target", r"a dynamic batch targets all matching devices"),
+    ("scheduled_at", r"only a static batch can be scheduled"),
+    ("scheduled_at", r"must be an ISO 8601 time, e.g. .+"),
+    ("scheduled_at", r"must include a time zone, e.g. .+"),
+    ("scheduled_at", r"must be between 5 minutes and 7 days from now"),
+]
 ACCEPTED = [
+    *(
+        Accepted(BATCHES, "RejectedPositiveData", 422, field, detail, "batch option rules")
+        for field, detail in BATCH_RULES
+    ),
     *(
         Accepted(op, "RejectedPositiveData", 422, field, detail, "full/diff rules between fields")
         for op in FIRMWARE

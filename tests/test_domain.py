@@ -1,6 +1,5 @@
 """The seed's limits as pure rules."""
 
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -27,29 +26,6 @@ def test_phased_count_rounds_down_with_at_least_one():
     assert domain.phased_count(10, 5) == 1
     assert domain.phased_count(1000, 33) == 330
     assert domain.phased_count(0, 50) == 0
-
-
-def test_schedule_window():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    assert domain.validate_schedule(now + timedelta(minutes=5), now)
-    assert domain.validate_schedule(now + timedelta(days=7), now)
-    for bad in (now + timedelta(minutes=4), now + timedelta(days=7, seconds=1)):
-        with pytest.raises(InvalidInput, match="5 minutes and 7 days"):
-            domain.validate_schedule(bad, now)
-
-
-@pytest.mark.parametrize(
-    "value,minutes",
-    [("none", None), ("0", 0), ("10m", 10), ("30m", 30), ("1h", 60), ("24h", 1440), (60, 60)],
-)
-def test_retry_interval_choices(value, minutes):
-    assert domain.parse_retry_interval(value) == minutes
-
-
-def test_retry_interval_rejects_others():
-    with pytest.raises(InvalidInput) as err:
-        domain.parse_retry_interval("5m")
-    assert err.value.field == "retry_interval"
 
 
 @pytest.mark.parametrize(

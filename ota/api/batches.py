@@ -6,35 +6,18 @@ from typing import Annotated, Any
 
 from fastapi import Body, Query
 
+from ota.api.batch_body import BatchCreate, body_options
 from ota.api.common import UNAVAILABLE, Ctx, api_router
 from ota.api.params import AfterId, BatchId, FirmwareId, FirmwareIdQuery
-from ota.api.problems import renamed
-from ota.api.schemas import BatchCreate, CancelBody
+from ota.api.schemas import CancelBody
 from ota.api.views import batch_view, task_view
 from ota.context import Context
 from ota.contracts import BatchInput
-from ota.domain import (
-    BatchState,
-    TaskReason,
-    TaskState,
-    parse_retry_interval,
-    validate_max_retries,
-    validate_percent,
-    validate_rate,
-    validate_timeout,
-)
+from ota.domain import BatchState, TaskReason, TaskState
 from ota.services import batches as service
 from ota.services.firmware import get_firmware
 
 router = api_router("batches")
-# The services name fields as the CLI's options; the API as CreateOTAStaticUpgradeJob's body.
-FIELDS = {
-    "rate": "rate_per_minute",
-    "timeout": "timeout_minutes",
-    "at": "scheduled_at",
-    "src_version": "src_versions",
-    "device": "device_names",
-}
 PAGE_MAX = 1000
 
 
@@ -45,31 +28,8 @@ PAGE_MAX = 1000
     responses=UNAVAILABLE,
 )
 async def create_batch(ctx: Ctx, firmware_id: FirmwareId, body: BatchCreate) -> dict[str, Any]:
-    with renamed(FIELDS):
-        # The CLI's order: the ranges first, so a typo fails before anything is read.
-        validate_rate(body.rate_per_minute)
-        validate_timeout(body.timeout_minutes)
-        validate_max_retries(body.max_retries)
-        validate_percent(body.percent)
-        retry = parse_retry_interval(body.retry_interval)
-        shown = await service.create_batch(
-            ctx,
-            BatchInput(
-                batch_id="",
-                firmware_id=firmware_id,
-                policy=body.policy,
-                src_versions=body.src_versions,
-                target=body.target,
-                device_names=body.device_names,
-                percent=body.percent,
-                scheduled_at=body.scheduled_at,
-                rate_per_minute=body.rate_per_minute,
-                retry_interval_minutes=retry,
-                max_retries=body.max_retries,
-                timeout_minutes=body.timeout_minutes,
-            ),
-        )
-    return batch_view(ctx.settings, shown)
+    inp = BatchInput(batch_id="", firmware_id=firmware_id, **body_options(body))
+    return batch_view(ctx.settings, await service.create_batch(ctx, inp))
 
 
 @router.get("/firmware/{firmware_id:int}/batches", summary="ListOTAJobByFirmware")

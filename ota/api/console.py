@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from ota.api.batch_form import batch_form, option_facts
 from ota.api.batches import task_page
 from ota.api.common import get_ctx
 from ota.api.console_auth import require_login
@@ -16,14 +17,7 @@ from ota.context import Context
 from ota.domain import (
     ID_MAX,
     ID_MIN,
-    MAX_RETRIES_CHOICES,
-    PERCENT_MAX,
-    PERCENT_MIN,
-    RATE_MAX,
-    RATE_MIN,
     REASON_LABELS,
-    TIMEOUT_MAX,
-    TIMEOUT_MIN,
     TaskReason,
     TaskState,
 )
@@ -36,21 +30,6 @@ FIRMWARE_STATES = {
     "verifying": "Verifying",
     "verified": "Verified",
     "verify_failed": "Verification failed",
-}
-# The seed's Retry Interval choices: the value is what the API takes (minutes; "" = none).
-RETRY_CHOICES = [
-    ("", "Do Not Retry"),
-    ("0", "Retry Immediately"),
-    ("10", "Retry in 10 Minutes"),
-    ("30", "Retry in 30 Minutes"),
-    ("60", "Retry in 1 hour"),
-    ("1440", "Retry in 24 hours"),
-]
-LIMITS = {
-    "rate": (RATE_MIN, RATE_MAX),
-    "timeout": (TIMEOUT_MIN, TIMEOUT_MAX),
-    "percent": (PERCENT_MIN, PERCENT_MAX),
-    "max_retries": MAX_RETRIES_CHOICES,
 }
 PAGE = 50
 # The API's bounds (ota.api.params): a number no id column holds is a 422 page, not a crash of
@@ -79,8 +58,7 @@ def firmware_list(request: Request) -> Response:
         firmware=[firmware.firmware_public(fw) for fw in firmware.list_firmware(ctx.engine)],
         products=[products.product_public(p) for p in products.list_products(ctx.engine)],
         firmware_states=FIRMWARE_STATES,
-        retry_choices=RETRY_CHOICES,
-        limits=LIMITS,
+        **batch_form(),
     )
 
 
@@ -95,8 +73,7 @@ def firmware_detail(request: Request, firmware_id: FirmwareId) -> Response:
         fw=fw,
         batches=rows,
         firmware_states=FIRMWARE_STATES,
-        retry_choices=RETRY_CHOICES,
-        limits=LIMITS,
+        **batch_form(),
     )
 
 
@@ -117,6 +94,7 @@ def _batch_context(
         "state_labels": STATE_LABELS,
         "batch_states": BATCH_STATE_LABELS,
         "live": batch["state"] in ("scheduled", "in_progress"),
+        "option_facts": option_facts(batch),
         "now": datetime.now(UTC),
     }
 

@@ -9,9 +9,8 @@ from fastapi import Query, Request
 
 from ota.api.common import UNAVAILABLE, Ctx, api_router
 from ota.api.params import DeviceName, ProductKey
-from ota.api.problems import renamed
 from ota.api.schemas import DeviceCreate, DeviceEnabled
-from ota.errors import InvalidInput
+from ota.errors import InvalidInput, renamed
 from ota.services import device_identity as identity
 from ota.services import devices as service
 

@@ -10,10 +10,9 @@ from fastapi import Request, Response
 
 from ota.api.common import Ctx, api_router, parse
 from ota.api.params import FirmwareId
-from ota.api.problems import renamed
 from ota.api.schemas import FirmwareCheck, FirmwareFields
 from ota.api.upload import MultipartStream, ThreadReader
-from ota.errors import InvalidInput
+from ota.errors import InvalidInput, renamed
 from ota.services import firmware as service
 from ota.services.products import get_product
 from ota.storage import format_size

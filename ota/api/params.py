@@ -13,8 +13,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from ota.domain import BATCH_ID_RE, ID_MAX, ID_MIN, MODULE_RE
-from ota.services.devices import DEVICE_NAME_RE, RESERVED_DEVICE_NAMES
+from ota.domain import BATCH_ID_RE, DEVICE_NAME_RE, ID_MAX, ID_MIN, MODULE_RE, RESERVED_DEVICE_NAMES
 from ota.services.products import PRODUCT_KEY_RE
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -56,18 +55,6 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.type = status, title, detail, type_
         self.headers = dict(headers or {})
         self.extra = extra
-
-
-@contextmanager
-def renamed(renames: Mapping[str, str]) -> Iterator[None]:
-    """The services name a field as the CLI does ("rate"), the API as its body does
-    ("rate_per_minute"): the problem must name what the client sent."""
-    try:
-        yield
-    except (InvalidInput, Conflict) as exc:
-        if exc.field is not None and exc.field in renames:
-            exc.field = renames[exc.field]
-        raise
 
 
 def problem_response(

@@ -9,23 +9,17 @@ generated client can check a value before it calls.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ota.api.params import matching
+from ota.batch_options import OPTIONS
 from ota.domain import (
     DESCRIPTION_MAX,
     FIRMWARE_EXTENSIONS,
     FIRMWARE_NAME_RE,
-    MAX_RETRIES_CHOICES,
     MODULE_RE,
-    PERCENT_MAX,
-    PERCENT_MIN,
-    RATE_MAX,
-    RATE_MIN,
-    RETRY_INTERVALS,
     TIMEOUT_MAX,
     TIMEOUT_MIN,
     VERSION_RE,
@@ -38,13 +32,12 @@ from ota.services.firmware import FILE_NAME_MAX
 from ota.services.products import PRODUCT_KEY_RE, PRODUCT_NAME_MAX
 from ota.services.verify import MAX_DEVICES
 
-# TargetSelection of CreateOTAStaticUpgradeJob -> our Target values.
-TARGET_SELECTION = {"ALL": "all", "SPECIFIC": "selected", "GRAY": "phased"}
 TYPE_CODES = {"0": "full", "1": "diff"}  # CreateOTAFirmware's Type
 
 
-# snake_case name -> the cloud API's name, for problem details ("field" and its "alias").
-CLOUD_NAMES: dict[str, str] = {}
+# snake_case name -> the cloud API's name, for problem details ("field" and its "alias"). The
+# batch options' are their model's (ota/api/batch_body.py); the other bodies' are added by alias().
+CLOUD_NAMES: dict[str, str] = {o.api: o.cloud for o in OPTIONS if o.cloud}
 
 
 def alias(name: str, cloud: str, description: str, **kw: Any) -> Any:
@@ -84,8 +77,6 @@ PRODUCT_NAME_RE = re.compile(
     rf"^[^{NOT_PRINTABLE} ]([^{NOT_PRINTABLE}]{{0,{PRODUCT_NAME_MAX - 2}}}[^{NOT_PRINTABLE} ])?$"
 )
 FILE_NAME_MIN = 1 + min(len(ext) for ext in FIRMWARE_EXTENSIONS)  # a.gz
-RETRY_CHOICES = [*(m for m in dict.fromkeys(RETRY_INTERVALS.values()) if m is not None), None]
-RETRY_CHOICES += [k for k in RETRY_INTERVALS if k != "0"]
 
 
 def _as_list(cls: type, value: Any) -> Any:
@@ -188,96 +179,6 @@ class VerifyCreate(Body):
     )
 
     _lists = field_validator("device_names", mode="before")(_as_list)
-
-
-class BatchCreate(Body):
-    """CreateOTAStaticUpgradeJob / CreateOTADynamicUpgradeJob."""
-
-    policy: str = Field(
-        "static",
-        description="Update Policy: static (devices matching now) or dynamic (also later ones).",
-        json_schema_extra={"enum": ["static", "dynamic"]},
-    )
-    src_versions: list[str] = alias(
-        "src_versions",
-        "SrcVersion",
-        "Versions to be upgraded; required for a full firmware unless target is selected.",
-        default_factory=list,
-        json_schema_extra=lambda schema: _replace(schema, **one_or_more(VERSION_RE)),
-    )
-    target: str = alias(
-        "target",
-        "TargetSelection",
-        "Apply Update to: all, selected or phased (cloud: ALL, SPECIFIC, GRAY).",
-        default="all",
-        json_schema_extra={"enum": ["all", "selected", "phased", "ALL", "SPECIFIC", "GRAY"]},
-    )
-    device_names: list[str] = alias(
-        "device_names",
-        "TargetDeviceName",
-        "Devices, for target selected.",
-        default_factory=list,
-        json_schema_extra=items(DEVICE_NAME_RE),
-    )
-    percent: int | None = alias(
-        "percent",
-        "GrayPercent",
-        "Range (%), 1 to 100, for phased.",
-        default=None,
-        json_schema_extra=between(PERCENT_MIN, PERCENT_MAX),
-    )
-    scheduled_at: str | None = alias(
-        "scheduled_at",
-        "ScheduleTime",
-        "Scheduled Update, static only: ISO 8601 with a time zone, or epoch milliseconds; "
-        "5 minutes to 7 days ahead.",
-        default=None,
-    )
-    rate_per_minute: int | None = alias(
-        "rate_per_minute",
-        "MaximumPerMinute",
-        "Recipients per Minute, 10 to 1000.",
-        default=None,
-        json_schema_extra=between(RATE_MIN, RATE_MAX),
-    )
-    retry_interval: int | str | None = alias(
-        "retry_interval",
-        "RetryInterval",
-        "Minutes: 0 (immediately), 10, 30, 60 or 1440; null or none: Do Not Retry.",
-        default=None,
-        json_schema_extra={"enum": RETRY_CHOICES},
-    )
-    max_retries: int = alias(
-        "max_retries",
-        "RetryCount",
-        "Maximum Retries: 1, 2 or 5.",
-        default=1,
-        json_schema_extra={"enum": list(MAX_RETRIES_CHOICES)},
-    )
-    timeout_minutes: int | None = alias(
-        "timeout_minutes",
-        "TimeoutInMinutes",
-        "1 to 1440, from the first progress report.",
-        default=None,
-        json_schema_extra=between(TIMEOUT_MIN, TIMEOUT_MAX),
-    )
-
-    _lists = field_validator("src_versions", "device_names", mode="before")(_as_list)
-    _checked = field_validator("src_versions")(_versions)
-
-    @field_validator("target", mode="before")
-    @classmethod
-    def _target(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.upper() == "GROUP":
-            raise ValueError("device groups are not supported: use all, selected or phased")
-        return TARGET_SELECTION.get(value, value) if isinstance(value, str) else value
-
-    @field_validator("scheduled_at", mode="before")
-    @classmethod
-    def _schedule(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):  # the cloud's epoch ms
-            return datetime.fromtimestamp(value / 1000, UTC).isoformat()
-        return value or None
 
 
 ONGOING_FLAGS = ("CancelQueuedTask", "CancelNotifiedTask", "CancelInProgressTask")

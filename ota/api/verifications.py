@@ -6,10 +6,9 @@ from typing import Any
 
 from ota.api.common import UNAVAILABLE, Ctx, api_router
 from ota.api.params import FirmwareId
-from ota.api.problems import renamed
 from ota.api.schemas import VerifyCreate
 from ota.api.views import batch_view
-from ota.domain import validate_timeout
+from ota.errors import renamed
 from ota.services import verify as service
 
 router = api_router("verifications")
@@ -27,7 +26,6 @@ async def create_verification(
 ) -> dict[str, Any]:
     """Update the chosen devices; the firmware becomes verified if all of them update."""
     with renamed(FIELDS):
-        validate_timeout(body.timeout_minutes)  # as the CLI: the range before anything is read
         shown = await service.start_verify(
             ctx, firmware_id, body.device_names, body.timeout_minutes
         )

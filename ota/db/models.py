@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlalchemy import true as sa_true
@@ -107,6 +108,11 @@ class BatchBase(SQLModel):
     retry_interval_minutes: int | None = None  # None: do not retry; 0: retry immediately
     max_retries: int = 1
     timeout_minutes: int | None = None
+    # Every other option it was given (ota.batch_options), by name: adding an option needs no
+    # column and no migration.
+    options: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
 
 
 class Batch(BatchBase, table=True):

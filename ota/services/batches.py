@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
+from ota.batch_options import check_options, options_of
 from ota.context import Context
 from ota.contracts import (
     BATCH_ID,
@@ -26,7 +27,7 @@ from ota.contracts import (
     verify_workflow_id,
 )
 from ota.db.engine import session_scope
-from ota.db.models import Batch, Device, DeviceModule, Firmware, Task
+from ota.db.models import Batch, BatchBase, Device, DeviceModule, Firmware, Task
 from ota.domain import (
     BATCH_ID_RE,
     ID_MAX,
@@ -40,18 +41,14 @@ from ota.domain import (
     TaskReason,
     contradiction,
     id_in_range,
-    parse_retry_interval,
-    validate_max_retries,
-    validate_percent,
-    validate_rate,
-    validate_schedule,
-    validate_timeout,
-    validate_version,
 )
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.firmware import firmware_by_id
 
 OPEN_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
+# Options a batch row does not keep as such: the policy is its kind, the devices are its tasks.
+# The seed's options have columns; the others are kept in Batch.options.
+NOT_STORED = ("policy", "device_names")
 
 
 def new_batch_id() -> str:
@@ -87,55 +84,30 @@ def check_usable(firmware: Firmware) -> None:
         )
 
 
-def resolve_batch(session: Session, inp: BatchInput, now: datetime | None = None) -> Batch:
-    """Check a batch request against the seed's rules and fill its defaults; nothing is stored."""
+def resolve_batch(session: Session, inp: BatchInput) -> Batch:
+    """Check a batch request against the seed's rules and fill its defaults; nothing is stored.
+    The options first (ota.batch_options: ranges and the rules between them), so a typo fails
+    before anything is read; then what needs the firmware and the devices."""
+    check_options(inp)
     firmware = firmware_by_id(session, inp.firmware_id)
     if firmware is None:
         raise NotFound("firmware", inp.firmware_id)
     check_usable(firmware)
-    try:
-        kind = BatchKind(inp.policy)
-    except ValueError:
-        raise InvalidInput("policy", "must be static or dynamic") from None
-    if kind is BatchKind.VERIFY:
-        raise InvalidInput("policy", "must be static or dynamic")
-    try:
-        target = Target(inp.target)
-    except ValueError:
-        raise InvalidInput("target", "must be all, selected or phased") from None
-    if kind is BatchKind.DYNAMIC and target is not Target.ALL:
-        raise InvalidInput("target", "a dynamic batch targets all matching devices")
-    validate_rate(inp.rate_per_minute)
-    validate_timeout(inp.timeout_minutes)
-    validate_max_retries(inp.max_retries)
-    retry = parse_retry_interval(inp.retry_interval_minutes)
-    if target is Target.PHASED:
-        if inp.percent is None:
-            raise InvalidInput("percent", "is required for a phased batch (1 to 100)")
-        validate_percent(inp.percent)
-    elif inp.percent is not None:
-        raise InvalidInput("percent", "only a phased batch takes a percentage")
-    if target is Target.SELECTED and not inp.device_names:
-        raise InvalidInput("device", "a batch of selected devices needs one or more --device")
-    if target is not Target.SELECTED and inp.device_names:
-        raise InvalidInput("device", "devices are given only with --target selected")
-    at = _schedule(inp.scheduled_at, kind, now)
+    kind, target = BatchKind(inp.policy), Target(inp.target)
     sources = _sources(firmware, inp, target)
     if target is Target.SELECTED:
         _check_devices(session, firmware, inp.device_names)
     assert firmware.id is not None
+    at = datetime.fromisoformat(inp.scheduled_at) if inp.scheduled_at else None
+    stored = {k: v for k, v in options_of(inp).items() if k not in NOT_STORED}
+    stored.update(src_versions=sources, scheduled_at=at)
+    columns = set(BatchBase.model_fields)
     return Batch(
+        **{k: v for k, v in stored.items() if k in columns},
+        options={k: v for k, v in stored.items() if k not in columns},
         id=inp.batch_id,
         firmware_id=firmware.id,
         kind=kind,
-        target=target,
-        src_versions=sources,
-        percent=inp.percent,
-        scheduled_at=at,
-        rate_per_minute=inp.rate_per_minute,
-        retry_interval_minutes=retry,
-        max_retries=inp.max_retries,
-        timeout_minutes=inp.timeout_minutes,
         product_key=firmware.product_key,
         module=firmware.module,
         target_version=firmware.version,
@@ -143,39 +115,21 @@ def resolve_batch(session: Session, inp: BatchInput, now: datetime | None = None
     )
 
 
-def _schedule(value: str | None, kind: BatchKind, now: datetime | None) -> datetime | None:
-    if not value:
-        return None
-    if kind is not BatchKind.STATIC:
-        raise InvalidInput("at", "only a static batch can be scheduled")
-    return parse_schedule(value, now)
-
-
-def parse_schedule(value: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time with a zone, 5 minutes to 7 days from now (seed)."""
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        example = "2026-12-01T10:00:00+00:00"
-        raise InvalidInput("at", f"must be an ISO 8601 time, e.g. {example}") from None
-    checked = validate_schedule(at, now)
-    assert checked is not None
-    return checked
-
-
 def _sources(firmware: Firmware, inp: BatchInput, target: Target) -> list[str]:
-    sources = [validate_version(v, "src_version") for v in dict.fromkeys(inp.src_versions)]
+    sources = list(dict.fromkeys(inp.src_versions))
     if firmware.type == FirmwareType.DIFF:
         # A diff package applies to its source versions only: never push it to anything else.
         allowed = list(firmware.src_versions)
         extra = [v for v in sources if v not in allowed]
         if extra:
-            raise InvalidInput("src_version", f"must be among the firmware's {', '.join(allowed)}")
+            raise InvalidInput("src_versions", f"must be among the firmware's {', '.join(allowed)}")
         sources = sources or allowed
     elif not sources and target is not Target.SELECTED:
-        raise InvalidInput("src_version", "is required for a full firmware (one or more)")
+        raise InvalidInput("src_versions", "is required for a full firmware (one or more)")
     if firmware.version in sources:
-        raise InvalidInput("src_version", f"must not include the target version {firmware.version}")
+        raise InvalidInput(
+            "src_versions", f"must not include the target version {firmware.version}"
+        )
     return sources
 
 
@@ -189,7 +143,9 @@ def _check_devices(session: Session, firmware: Firmware, names: list[str]) -> No
     )
     missing = [n for n in names if n not in found]
     if missing:
-        raise InvalidInput("device", f"not in product {firmware.product_key}: {', '.join(missing)}")
+        raise InvalidInput(
+            "device_names", f"not in product {firmware.product_key}: {', '.join(missing)}"
+        )
 
 
 def check_one_dynamic(session: Session, batch: Batch) -> None:
@@ -319,7 +275,10 @@ def batch_counts(session: Session, batch_id: str) -> dict[str, int]:
 
 
 def batch_public(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
+    """The batch with every option it was given: the seed's from their columns, the others
+    from Batch.options."""
     data = batch.model_dump(mode="json")
+    data.update(data.pop("options") or {})
     data["counts"] = counts
     return data
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TextIO
@@ -16,7 +15,14 @@ from sqlmodel import Session, col, select
 
 from ota.db.engine import session_scope
 from ota.db.models import Device, DeviceModule, Product
-from ota.domain import DEFAULT_MODULE, validate_module, validate_version, version_sort_key
+from ota.domain import (
+    DEFAULT_MODULE,
+    DEVICE_NAME_RE,
+    RESERVED_DEVICE_NAMES,
+    validate_module,
+    validate_version,
+    version_sort_key,
+)
 from ota.errors import Conflict, InvalidInput
 from ota.identity.registry import Registered, register_secrets
 from ota.services.products import require_product, validate_product_key
@@ -24,12 +30,6 @@ from ota.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Alibaba's DeviceName rule.
-# /products/{pk}/devices/import is the CSV import: a device of that name could be listed but not
-# addressed at /products/{pk}/devices/{name}. The lookahead puts it in the API's schema too.
-RESERVED_DEVICE_NAMES = ("import",)
-_RESERVED = "|".join(map(re.escape, RESERVED_DEVICE_NAMES))
-DEVICE_NAME_RE = re.compile(rf"^(?!({_RESERVED})$)[A-Za-z0-9_\-@.:]{{4,32}}$")
 CSV_HEADER = ("name", "version", "module")
 
 

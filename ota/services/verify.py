@@ -30,7 +30,9 @@ MAX_DEVICES = 100
 
 
 def resolve_verify(session: Session, inp: VerifyInput) -> Batch:
-    """Check a verification request; the Batch row to insert (not inserted)."""
+    """Check a verification request; the Batch row to insert (not inserted). The timeout's
+    range first: a typo fails before anything is read (the CLI and the API check nothing)."""
+    validate_timeout(inp.timeout_minutes)
     firmware = firmware_by_id(session, inp.firmware_id)
     if firmware is None:
         raise NotFound("firmware", inp.firmware_id)
@@ -41,7 +43,6 @@ def resolve_verify(session: Session, inp: VerifyInput) -> Batch:
     names = list(dict.fromkeys(inp.device_names))
     if not 1 <= len(names) <= MAX_DEVICES:
         raise InvalidInput("device", f"give 1 to {MAX_DEVICES} devices to verify on")
-    validate_timeout(inp.timeout_minutes)
     on_module = (col(DeviceModule.device_id) == col(Device.id)) & (
         col(DeviceModule.module) == firmware.module
     )

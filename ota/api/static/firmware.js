@@ -214,11 +214,11 @@ fwui.batchBody = function (form) {
     policy: form.policy.value,
     src_versions: ota.checked(form, "src_versions"),
     target,
-    rate_per_minute: ota.int(form.rate_per_minute.value),
-    retry_interval: form.retry_interval.value === "" ? null : Number(form.retry_interval.value),
-    max_retries: Number(form.max_retries.value),
-    timeout_minutes: ota.int(form.timeout_minutes.value),
   };
+  // The options the form renders from the model (ota/api/batch_form.py), under their API names.
+  form.querySelectorAll("[data-option]").forEach((el) => {
+    body[el.name] = el.dataset.option === "json" ? JSON.parse(el.value) : ota.int(el.value);
+  });
   if (target === "phased") body.percent = ota.int(form.percent.value);
   if (target === "selected") body.device_names = ota.checked(form, "device_names");
   const when = form.querySelector('input[name="when"]:checked').value;

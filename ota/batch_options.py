@@ -1,0 +1,374 @@
+"""Every option of an update batch, declared once: its type, default, range or choices, help,
+cloud API name and rule. The CLI's options (starter/batch_flags.py), the API's request body and
+its OpenAPI schema (ota/api/batch_body.py), the console's form (ota/api/console.py and
+_dialog_batch.html) and the workflow's input (ota.contracts.BatchInput, a subclass) are made from
+the `BatchOptions` dataclass below, and every value is checked here, once, by `check_options`.
+
+Adding an option: a field of BatchOptions (`option(...)`) and the workflow code that uses it.
+Options the seed's `batches` columns do not hold are stored in `Batch.options` (JSON).
+
+Only the standard library and ota.domain may be imported here: workflows import this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from ota.domain import (
+    DEVICE_NAME_RE,
+    MAX_RETRIES_CHOICES,
+    PERCENT_MAX,
+    PERCENT_MIN,
+    RATE_MAX,
+    RATE_MIN,
+    RETRY_INTERVALS,
+    SCHEDULE_MAX,
+    SCHEDULE_MIN,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+    VERSION_RE,
+    BatchKind,
+    Target,
+)
+from ota.errors import InvalidInput
+
+
+class Group(StrEnum):
+    """How the options are grouped in help and forms (as hawkBit groups a rollout's)."""
+
+    TARGETING = "targeting"
+    PACING = "pacing"
+    RETRY = "retry"
+    TIMEOUT = "timeout"
+    SAFETY = "safety"
+
+
+class Widget(StrEnum):
+    """How the console's batch form shows an option."""
+
+    NUMBER = "number"  # <input type=number>
+    SELECT = "select"  # <select> of `choices`, labelled by `labels`
+    OWN = "own"  # the form has its own markup for it (checklists, radios, the schedule)
+
+
+@dataclass(frozen=True)
+class Option:
+    """What one option is; `name` is BatchOptions' field (and the workflow input's)."""
+
+    group: Group
+    label: str  # the seed's name for it, as the console shows it
+    help: str  # the CLI's --help, the API's description
+    api: str = ""  # the API body's name (problems name it); default: `name`
+    flag: str = ""  # the CLI's option; default: --api-name
+    cloud: str | None = None  # Alibaba's cloud API name, accepted by the API as an alias
+    low: int | None = None  # an int option's range, inclusive
+    high: int | None = None
+    unit: str = ""  # said after the range: "must be between 1 and 1440 minutes"
+    choices: tuple[Any, ...] = ()  # the values it may take (stored spelling)
+    labels: tuple[str, ...] = ()  # the console's label of each choice
+    # Other spellings the CLI and the API accept for a value: "10m" -> 10, the cloud's "GRAY".
+    spellings: Mapping[str, Any] = field(default_factory=dict)
+    # Spellings refused with their own message, e.g. the cloud's "GROUP" target.
+    refused: Mapping[str, str] = field(default_factory=dict)
+    allowed: str = ""  # how a refusal says what is allowed, when not its range or choices
+    pattern: re.Pattern[str] | None = None  # a text option's, or each item's of a list option
+    many: bool = False  # a list: a repeatable CLI option, one value or a list in the API
+    rule: Callable[[Any], str | None] | None = None  # more to check: what is wrong, or None
+    cloud_type: type | None = None  # another type the cloud API sends for it (epoch ms)
+    from_cloud: Callable[[Any], Any] | None = None  # reads that into ours
+    widget: Widget = Widget.OWN
+    suggested: Any = None  # what the console's form starts with, where not the default
+    name: str = ""
+
+    @property
+    def cli_name(self) -> str:
+        """How the CLI's messages name it: the flag without its dashes ("rate")."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+def option(default: Any = None, **spec: Any) -> Any:
+    """A field of BatchOptions: its default, and what the Option says of it."""
+    meta = {"option": Option(**spec)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _choices_text(values: tuple[Any, ...]) -> str:
+    shown = [str(v) for v in values]
+    return ", ".join(shown[:-1]) + f" or {shown[-1]}" if len(shown) > 1 else shown[0]
+
+
+def schedule_problem(value: str, now: datetime | None = None) -> str | None:
+    """The seed: a time 5 minutes to 7 days from now, with its zone (ISO 8601)."""
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return "must be an ISO 8601 time, e.g. 2026-12-01T10:00:00+00:00"
+    if at.tzinfo is None:
+        return "must include a time zone, e.g. 2026-12-01T10:00:00+00:00"
+    now = now or datetime.now(UTC)
+    if not now + SCHEDULE_MIN <= at <= now + SCHEDULE_MAX:
+        return "must be between 5 minutes and 7 days from now"
+    return None
+
+
+def _epoch_ms(value: Any) -> Any:
+    """The cloud's ScheduleTime is epoch milliseconds; ours is ISO 8601."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, UTC).isoformat()
+    return value or None
+
+
+RETRY_SPELLINGS = {"none": None, **{k: v for k, v in RETRY_INTERVALS.items() if k != "none"}}
+RETRY_SPELLINGS.update({str(v): v for v in RETRY_INTERVALS.values() if v})  # "10" minutes
+RETRY_CHOICE_LABELS = (
+    "Do Not Retry",
+    "Retry Immediately",
+    "Retry in 10 Minutes",
+    "Retry in 30 Minutes",
+    "Retry in 1 hour",
+    "Retry in 24 hours",
+)
+
+
+@dataclass(kw_only=True)
+class BatchOptions:
+    """What an operator chooses for a batch. `temporal workflow start --type BatchWorkflow` takes
+    these names in its JSON input (ota.contracts.BatchInput)."""
+
+    # --- targeting ---
+    policy: str = option(
+        BatchKind.STATIC.value,
+        group=Group.TARGETING,
+        label="Update Policy",
+        help="static (devices matching now) or dynamic (also devices that match later).",
+        choices=(BatchKind.STATIC.value, BatchKind.DYNAMIC.value),
+        labels=("Static Update", "Dynamic Update"),
+    )
+    src_versions: list[str] = option(
+        [],
+        group=Group.TARGETING,
+        label="Version number to be upgraded",
+        help="A version to update from; repeatable. Required for a full firmware unless "
+        "target is selected.",
+        flag="--src-version",
+        cloud="SrcVersion",
+        pattern=VERSION_RE,
+        allowed="1 to 64 characters of lowercase letters, digits, '-', '_' and '.'",
+        many=True,
+    )
+    target: str = option(
+        Target.ALL.value,
+        group=Group.TARGETING,
+        label="Apply Update to",
+        help="all, selected or phased (cloud: ALL, SPECIFIC, GRAY).",
+        cloud="TargetSelection",
+        choices=tuple(t.value for t in Target),
+        labels=("All Devices", "Selected Devices", "Phased Update"),
+        spellings={"ALL": "all", "SPECIFIC": "selected", "GRAY": "phased"},
+        refused={"GROUP": "device groups are not supported: use all, selected or phased"},
+    )
+    device_names: list[str] = option(
+        [],
+        group=Group.TARGETING,
+        label="Devices",
+        help="A device of the firmware's product; repeatable (target selected).",
+        flag="--device",
+        cloud="TargetDeviceName",
+        pattern=DEVICE_NAME_RE,
+        allowed="4 to 32 letters, digits and - _ @ . :",
+        many=True,
+    )
+    percent: int | None = option(
+        group=Group.TARGETING,
+        label="Range (%)",
+        help="1 to 100 (target phased): the share of the matching devices, rounded down, and "
+        "at least one.",
+        cloud="GrayPercent",
+        low=PERCENT_MIN,
+        high=PERCENT_MAX,
+    )
+    # --- pacing ---
+    scheduled_at: str | None = option(
+        group=Group.PACING,
+        label="Scheduled Update",
+        help="Start at this ISO 8601 time with a zone, 5 minutes to 7 days ahead (static "
+        "only; the API also takes the cloud's epoch milliseconds).",
+        flag="--at",
+        cloud="ScheduleTime",
+        rule=schedule_problem,
+        cloud_type=int,
+        from_cloud=_epoch_ms,
+    )
+    rate_per_minute: int | None = option(
+        group=Group.PACING,
+        label="Recipients per Minute",
+        help="Devices pushed per minute, 10 to 1000; none: as fast as they can be started.",
+        flag="--rate",
+        cloud="MaximumPerMinute",
+        low=RATE_MIN,
+        high=RATE_MAX,
+        unit="devices per minute",
+        widget=Widget.NUMBER,
+        suggested=100,
+    )
+    # --- retry ---
+    retry_interval_minutes: int | None = option(
+        group=Group.RETRY,
+        label="Retry Interval",
+        help="After a failed attempt: none (do not retry), 0 (immediately), 10m, 30m, 1h or "
+        "24h (the API also takes minutes: 0, 10, 30, 60, 1440).",
+        api="retry_interval",
+        cloud="RetryInterval",
+        choices=tuple(dict.fromkeys(RETRY_INTERVALS.values())),
+        labels=RETRY_CHOICE_LABELS,
+        spellings=RETRY_SPELLINGS,
+        allowed="one of none, 0, 10m, 30m, 1h, 24h",
+        widget=Widget.SELECT,
+    )
+    max_retries: int = option(
+        1,
+        group=Group.RETRY,
+        label="Maximum Retries",
+        help="Attempts after the first: 1, 2 or 5.",
+        cloud="RetryCount",
+        choices=MAX_RETRIES_CHOICES,
+        labels=tuple(map(str, MAX_RETRIES_CHOICES)),
+        widget=Widget.SELECT,
+    )
+    # --- timeout ---
+    timeout_minutes: int | None = option(
+        group=Group.TIMEOUT,
+        label="Timeout (Minutes)",
+        help="Minutes from the device's first progress report, 1 to 1440.",
+        flag="--timeout",
+        cloud="TimeoutInMinutes",
+        low=TIMEOUT_MIN,
+        high=TIMEOUT_MAX,
+        unit="minutes",
+        widget=Widget.NUMBER,
+    )
+
+
+def _named(f: dataclasses.Field[Any]) -> Option:
+    spec: Option = f.metadata["option"]
+    api = spec.api or f.name
+    return dataclasses.replace(
+        spec, name=f.name, api=api, flag=spec.flag or "--" + api.replace("_", "-")
+    )
+
+
+OPTIONS: tuple[Option, ...] = tuple(_named(f) for f in dataclasses.fields(BatchOptions))
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for f in dataclasses.fields(BatchOptions)
+}
+
+
+def grouped() -> Iterator[tuple[Group, list[Option]]]:
+    for group in Group:
+        yield group, [o for o in OPTIONS if o.group is group]
+
+
+# --- reading what a client sent ---
+
+
+def _spelled(opt: Option, value: Any) -> Any:
+    if isinstance(value, str):
+        key = value.strip()
+        if key in opt.refused:
+            raise InvalidInput(opt.api, opt.refused[key])
+        for spelling in (key, key.lower()):
+            if spelling in opt.spellings:
+                return opt.spellings[spelling]
+    return value
+
+
+def read_option(opt: Option, value: Any) -> Any:
+    """A value as the CLI or the API gave it, in the stored spelling ("10m" -> 10); None and
+    unset are the default. Only spellings are read here: `check_options` judges the value."""
+    if value is None:
+        return DEFAULTS[opt.name]
+    if opt.from_cloud is not None:
+        value = opt.from_cloud(value)
+    if opt.many:
+        items = [value] if isinstance(value, str) else list(value)
+        # The CLI's repeated options may carry "1.0,1.1"; blanks are dropped.
+        return [s.strip() for v in items for s in str(v).split(",") if s.strip()]
+    return _spelled(opt, value)
+
+
+def read_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """BatchOptions' fields from what a client sent, keyed by option name (missing: default)."""
+    return {o.name: read_option(o, values.get(o.name)) for o in OPTIONS}
+
+
+# --- checking ---
+
+
+def _problem(opt: Option, value: Any) -> str | None:
+    """What is wrong with one option's value, or None."""
+    if value is None:
+        return None
+    if opt.many:
+        bad = [v for v in value if not isinstance(v, str) or not opt.pattern.fullmatch(v)]  # type: ignore[union-attr]
+        return f"{bad[0]!r} must be {opt.allowed}" if bad else None
+    if opt.choices:
+        # By type too: True == 1 in Python, but true is no retry count.
+        if any(c == value and type(c) is type(value) for c in opt.choices):
+            return None
+        return f"must be {opt.allowed or _choices_text(opt.choices)}"
+    if opt.low is not None:
+        unit = f" {opt.unit}" if opt.unit else ""
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be a whole number between {opt.low} and {opt.high}{unit}"
+        if not opt.low <= value <= opt.high:  # type: ignore[operator]
+            return f"must be between {opt.low} and {opt.high}{unit}"
+    if opt.pattern is not None and not opt.pattern.fullmatch(str(value)):
+        return f"must be {opt.allowed}"
+    return opt.rule(value) if opt.rule else None
+
+
+def _together(o: BatchOptions) -> None:
+    """The rules that tie options to each other (the seed's)."""
+    dynamic = o.policy == BatchKind.DYNAMIC
+    if dynamic and o.target != Target.ALL:
+        raise InvalidInput("target", "a dynamic batch targets all matching devices")
+    if o.target == Target.PHASED and o.percent is None:
+        raise InvalidInput("percent", "is required for a phased batch (1 to 100)")
+    if o.target != Target.PHASED and o.percent is not None:
+        raise InvalidInput("percent", "only a phased batch takes a percentage")
+    if o.target == Target.SELECTED and not o.device_names:
+        raise InvalidInput("device_names", "a batch of selected devices needs one or more --device")
+    if o.target != Target.SELECTED and o.device_names:
+        raise InvalidInput("device_names", "devices are given only with --target selected")
+    if dynamic and o.scheduled_at:
+        raise InvalidInput("scheduled_at", "only a static batch can be scheduled")
+
+
+def check_options(options: BatchOptions) -> None:
+    """Every option's range and rule, then the rules between them; InvalidInput names the
+    first wrong one by its API name. Nothing is read or stored: a typo fails fast."""
+    for opt in OPTIONS:
+        problem = _problem(opt, getattr(options, opt.name))
+        if problem:
+            raise InvalidInput(opt.api, problem)
+    _together(options)
+
+
+def options_of(options: BatchOptions) -> dict[str, Any]:
+    """The options as a dict keyed by name (a BatchInput's, or a BatchOptions')."""
+    return {o.name: getattr(options, o.name) for o in OPTIONS}
+
+
+# --- naming ---
+
+API_TO_CLI: dict[str, str] = {o.api: o.cli_name for o in OPTIONS if o.api != o.cli_name}
