@@ -12,7 +12,8 @@ import asyncio
 import json
 
 from temporalio import activity
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from activities.batches import BatchActivities
 from ota.contracts import (
@@ -32,10 +33,13 @@ from tests.test_workflow_support import (
     make_context,
     make_firmware,
     make_fleet,
+    patch_ids,
     running_worker,
     states_of,
     upgrade_listener,
 )
+from workflows import WORKFLOWS
+from workflows.batch import CONTINUE_AFTER_CANCEL_PATCH
 
 
 def signal_with_first_page(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
@@ -60,9 +64,9 @@ def signal_with_first_page(monkeypatch) -> list[str]:  # type: ignore[no-untyped
     return sent
 
 
-async def continued_with(handle: WorkflowHandle) -> dict:  # type: ignore[type-arg]
+def continued_with(history: WorkflowHistory) -> dict:  # type: ignore[type-arg]
     """The input a run continued as new with."""
-    async for event in handle.fetch_history_events():
+    for event in history.events:
         if event.HasField("workflow_execution_continued_as_new_event_attributes"):
             attrs = event.workflow_execution_continued_as_new_event_attributes
             return json.loads(attrs.input.payloads[0].data)
@@ -90,7 +94,12 @@ async def test_a_continue_waits_for_the_cancel_then_carries_the_turns(
         handle = client.get_workflow_handle(batch_workflow_id(batch["id"]))
         result = await asyncio.wait_for(handle.result(), 30)
         first_run = (await handle.describe()).raw_description.workflow_execution_info.first_run_id
-        carried = await continued_with(client.get_workflow_handle(handle.id, run_id=first_run))
+        history = await client.get_workflow_handle(handle.id, run_id=first_run).fetch_history()
     assert result["counts"] == {"updated": 4}
     assert sorted(n for n, _ in pushes) == names
+    carried = continued_with(history)
     assert carried["carry"]["started"] == 2 and carried["carry"]["turns_pending"] is True
+    assert CONTINUE_AFTER_CANCEL_PATCH in patch_ids(history)
+    # The new path is deterministic: the run replays with its marker.
+    replayer = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner())
+    await replayer.replay_workflow(history)

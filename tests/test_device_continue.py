@@ -16,6 +16,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 from temporalio import activity, workflow
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from activities.tasks import TaskActivities
 from ota.contracts import (
@@ -34,10 +35,13 @@ from tests.test_workflow_support import (
     make_context,
     make_fleet,
     make_task,
+    patch_ids,
     running_worker,
     tasks_of,
     upgrade_listener,
 )
+from workflows import WORKFLOWS
+from workflows.device import KEEP_ONLINE_PATCH, REPUSH_PATCH
 
 TASK_TIMEOUT = timedelta(seconds=2)  # the worker heartbeats a workflow task at 80% of it
 
@@ -133,5 +137,10 @@ async def test_an_online_while_check_task_runs_pushes_again_first(
         await eventually(lambda: len(pushes) == 2, 15)  # the push again, not a new attempt
         await FakeBridge(ctx.engine, env.client, pk).updated(dn)
         result = await handle.result()
+        first_run = (await handle.describe()).raw_description.workflow_execution_info.first_run_id
+        history = await env.client.get_workflow_handle(handle.id, run_id=first_run).fetch_history()
     assert (result["state"], result["attempts"]) == ("updated", 1)
     assert tasks_of(ctx.engine, batch_id)[dn].attempts == 1
+    assert patch_ids(history) == [KEEP_ONLINE_PATCH, REPUSH_PATCH]
+    replayer = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner())
+    await replayer.replay_workflow(history)  # the new path is deterministic

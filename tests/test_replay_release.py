@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
@@ -32,23 +32,23 @@ from ota.contracts import (
     BatchInput,
     BatchProgress,
     CancelTasksRequest,
-    DeviceUpgradeInput,
     FinishBatchRequest,
     TaskCheck,
+    cancel_tasks,
+    set_batch_state,
 )
-from ota.domain import BatchState
+from ota.domain import BatchState, CancelScope
 from tests.histories.record_release import SCENARIOS, expected_in
 from workflows import WORKFLOWS
-from workflows.batch import CANCEL_HEARTBEAT, CANCEL_TIMEOUT, BatchWorkflow
+from workflows.batch import BatchWorkflow
 from workflows.children import DEVICE_ID_PATCH
 from workflows.device import (
     OFFLINE_RECHECK,
     RECHECK_GRACE,
     RECHECK_PATCH,
-    RECORD_TIMEOUT,
     REPUSH_PATCH,
-    DeviceUpgradeWorkflow,
 )
+from workflows.policies import BATCH_CANCEL_TIMEOUT, CANCEL_HEARTBEAT, local
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 RELEASES = sorted(p for p in HISTORIES.glob("release-*") if p.is_dir())
@@ -380,29 +380,26 @@ async def test_replay_fails_when_a_patch_id_is_spelled_anew(monkeypatch, scenari
 
 
 async def test_replay_fails_when_a_local_activity_is_called_by_another_name(monkeypatch):
-    """A typed activity call naming another activity than the one the history ran."""
+    """A typed activity call naming another activity than the one the history ran: a contract
+    stub renamed."""
 
-    async def check(self: DeviceUpgradeWorkflow, inp: DeviceUpgradeInput) -> TaskCheck:
-        return await workflow.execute_local_activity(
-            "check_task_v2",
-            inp.task_id,
-            result_type=TaskCheck,
-            start_to_close_timeout=RECORD_TIMEOUT,
-        )
+    @activity.defn(name="check_task_v2")
+    async def check_task(task_id: int) -> TaskCheck:
+        raise NotImplementedError
 
-    monkeypatch.setattr(DeviceUpgradeWorkflow, "_check", check)
+    monkeypatch.setattr("workflows.device.check_task", check_task)
     await fails_to_replay("device-timeout")
 
 
 async def test_replay_fails_when_activities_run_in_another_order(monkeypatch):
     """The batch's cancel records its state before it cancels the tasks, not after."""
 
-    async def cancel(self: BatchWorkflow, inp: BatchInput, scope: str) -> BatchProgress:
-        await self._local("set_batch_state", FinishBatchRequest(inp.batch_id, "canceled"))
+    async def cancel(self: BatchWorkflow, inp: BatchInput, scope: CancelScope) -> BatchProgress:
+        await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.CANCELED))
         await workflow.execute_activity(
-            "cancel_tasks",
+            cancel_tasks,
             CancelTasksRequest(inp.batch_id, scope),
-            start_to_close_timeout=CANCEL_TIMEOUT,
+            start_to_close_timeout=BATCH_CANCEL_TIMEOUT,
             heartbeat_timeout=CANCEL_HEARTBEAT,
         )
         self._set_state(BatchState.CANCELED)

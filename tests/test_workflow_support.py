@@ -19,7 +19,7 @@ from typing import Any
 import aiomqtt
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.service import RPCError
 
 from ota.context import Context
@@ -31,7 +31,7 @@ from ota.contracts import (
 )
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Device, DeviceModule, Firmware, Product, Task, utcnow
-from ota.domain import ACTIVE_TASK_STATES, TaskState
+from ota.domain import ACTIVE_TASK_STATES, ReportOutcome, TaskState
 from ota.settings import Settings
 from worker import build_worker
 
@@ -223,10 +223,12 @@ class FakeBridge:
                 .where(col(DeviceModule.device_id) == device_id)
                 .values(version=version)
             )
-        await self.handle(name).signal(SIGNAL_REPORT, DeviceReport("updated", version=version))
+        report = DeviceReport(ReportOutcome.UPDATED, version=version)
+        await self.handle(name).signal(SIGNAL_REPORT, report)
 
     async def failed(self, name: str, reason: str = "download_failed") -> None:
-        await self.handle(name).signal(SIGNAL_REPORT, DeviceReport("failed", reason=reason))
+        report = DeviceReport(ReportOutcome.FAILED, reason=reason)
+        await self.handle(name).signal(SIGNAL_REPORT, report)
 
     async def online(self, name: str) -> None:
         with session_scope(self.engine) as session:
@@ -266,6 +268,16 @@ async def history_counts(handle: WorkflowHandle[Any, Any]) -> tuple[int, int, in
         tasks += name == "workflow_task_completed_event_attributes"
         signals += name == "workflow_execution_signaled_event_attributes"
     return events, tasks, signals
+
+
+def patch_ids(history: WorkflowHistory) -> list[str]:
+    """The `workflow.patched` markers a run recorded, in order."""
+    return [
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
 
 
 async def describe_or_none(handle: WorkflowHandle[Any, Any]) -> Any:
