@@ -44,7 +44,12 @@ from ota.domain import (
     TaskState,
 )
 from ota.errors import OtaError
-from ota.services.batches import batch_counts, check_one_dynamic, resolve_batch
+from ota.services.batches import (
+    batch_counts,
+    batch_failures,
+    check_one_dynamic,
+    resolve_batch,
+)
 
 CANCEL_PAGE = 200
 
@@ -149,6 +154,7 @@ class BatchActivities:
                 tasks=[TaskRef(cast(int, task_id), name) for task_id, name in rows],
                 counts=counts,
                 added=added,
+                failures=batch_failures(session, req.batch_id) if req.want_failures else None,
             )
             return claim, suspects(session, req.batch_id, [cast(int, i) for i in ids])
 
@@ -171,27 +177,36 @@ class BatchActivities:
 
     @activity.defn
     def set_batch_state(self, req: FinishBatchRequest) -> None:
-        """in_progress: the schedule is reached (waiting tasks leave `scheduled`);
-        completed or canceled: the batch is over (a dynamic one: its policy is)."""
+        """in_progress: the schedule is reached or the batch resumes (waiting tasks leave
+        `scheduled` or `paused`); paused: unpushed tasks wait, reason `paused`; completed or
+        canceled: the batch is over (a dynamic one: its policy is). The note says why."""
         with session_scope(self.engine) as session:
             batch = session.get(Batch, req.batch_id)
             if batch is None:
                 return
-            if req.state == BatchState.IN_PROGRESS:
+            waiting = (
+                update(Task)
+                .where(col(Task.batch_id) == batch.id, col(Task.state) == TaskState.TO_BE_PUSHED)
+                .values(updated_at=utcnow())
+            )
+            if req.state == BatchState.IN_PROGRESS:  # pacing begins, or resumes
                 reason = TaskReason.RATE_LIMITED if batch.rate_per_minute else None
-                session.exec(  # type: ignore[call-overload]
-                    update(Task)
-                    .where(
-                        col(Task.batch_id) == batch.id,
-                        col(Task.state) == TaskState.TO_BE_PUSHED,
-                        col(Task.reason) == TaskReason.SCHEDULED,
-                    )
-                    .values(reason=reason, updated_at=utcnow())
+                waiting = waiting.where(
+                    col(Task.reason).in_((TaskReason.SCHEDULED, TaskReason.PAUSED))
+                ).values(reason=reason)
+                session.exec(waiting)  # type: ignore[call-overload]
+            elif req.state == BatchState.PAUSED:
+                # Unstarted only: a started one waiting is a reconnected device (its turn).
+                waiting = waiting.where(col(Task.started).is_(False)).values(
+                    reason=TaskReason.PAUSED
                 )
+                session.exec(waiting)  # type: ignore[call-overload]
             elif batch.finished_at is None:
                 batch.finished_at = utcnow()
             if batch.state != BatchState.CANCELED:  # a canceled policy stays canceled
                 batch.state = req.state
+            if req.note is not None or req.state == BatchState.IN_PROGRESS:
+                batch.state_note = req.note
 
     @activity.defn
     async def cancel_tasks(self, req: CancelTasksRequest) -> CancelTasksResult:

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from ota.db.models import Batch, Device, DeviceModule, Task, utcnow
 from ota.domain import (
     ACTIVE_TASK_STATES,
+    OPEN_BATCH_STATES,
     BatchKind,
     BatchState,
     Target,
@@ -74,7 +75,7 @@ def newer_dynamic_sources(session: Session, batch: Batch) -> set[str]:
             Batch.kind == BatchKind.DYNAMIC,
             Batch.product_key == batch.product_key,
             Batch.module == batch.module,
-            col(Batch.state).in_((BatchState.SCHEDULED, BatchState.IN_PROGRESS)),
+            col(Batch.state).in_(OPEN_BATCH_STATES),
             Batch.id != batch.id,
             col(Batch.created_at) >= batch.created_at,
         )

@@ -30,10 +30,14 @@ from ota.domain import (
     RETRY_INTERVALS,
     SCHEDULE_MAX,
     SCHEDULE_MIN,
+    STOP_MIN_MAX,
+    STOP_MIN_MIN,
     TIMEOUT_MAX,
     TIMEOUT_MIN,
     VERSION_RE,
     BatchKind,
+    StopAction,
+    StopOn,
     Target,
 )
 from ota.errors import InvalidInput
@@ -255,6 +259,45 @@ class BatchOptions:
         unit="minutes",
         widget=Widget.NUMBER,
     )
+    # --- safety: the failure-rate auto-stop (AWS IoT Jobs' abortConfig) ---
+    stop_at: int | None = option(
+        group=Group.SAFETY,
+        label="Stop at Failure Rate (%)",
+        help="Stop pushing once this share (1 to 100) of the executed devices (updated or "
+        "failed) has failed; none: never stop.",
+        low=PERCENT_MIN,
+        high=PERCENT_MAX,
+        unit="percent",
+        widget=Widget.NUMBER,
+    )
+    stop_min: int = option(
+        10,
+        group=Group.SAFETY,
+        label="Stop Only After (Devices)",
+        help="Executed devices (updated or failed) before the stop rule may trip.",
+        low=STOP_MIN_MIN,
+        high=STOP_MIN_MAX,
+        unit="devices",
+        widget=Widget.NUMBER,
+    )
+    stop_on: str = option(
+        StopOn.ALL.value,
+        group=Group.SAFETY,
+        label="Failures Counted",
+        help="Which failures count: failed (the device reported a failure), timeout, or all.",
+        choices=tuple(s.value for s in StopOn),
+        labels=("All failures", "Reported failures", "Timeouts"),
+        widget=Widget.SELECT,
+    )
+    stop_action: str = option(
+        StopAction.PAUSE.value,
+        group=Group.SAFETY,
+        label="When Stopped",
+        help="pause (resume with `ota batch resume`) or cancel (as `ota batch cancel --all`).",
+        choices=tuple(a.value for a in StopAction),
+        labels=("Pause the batch", "Cancel the batch"),
+        widget=Widget.SELECT,
+    )
 
 
 def _named(f: dataclasses.Field[Any]) -> Option:
@@ -352,6 +395,12 @@ def _together(o: BatchOptions) -> None:
         raise InvalidInput("device_names", "devices are given only with --target selected")
     if dynamic and o.scheduled_at:
         raise InvalidInput("scheduled_at", "only a static batch can be scheduled")
+    if o.stop_at is None and (
+        o.stop_min != DEFAULTS["stop_min"]
+        or o.stop_on != DEFAULTS["stop_on"]
+        or o.stop_action != DEFAULTS["stop_action"]
+    ):
+        raise InvalidInput("stop_at", "is required with stop_min, stop_on or stop_action")
 
 
 def check_options(options: BatchOptions) -> None:

@@ -29,6 +29,9 @@ SIGNAL_REPORT = "report"  # bridge -> device workflow: the device finished, or f
 SIGNAL_ONLINE = "online"  # bridge or pacer -> device workflow: the device it waits for is online
 # bridge -> batch workflow: devices of this paced batch came online and wait for their turn
 SIGNAL_DEVICES_ONLINE = "devices_online"
+# operator -> batch workflow: push nothing new until `resume` (pushed devices finish)
+SIGNAL_PAUSE = "pause"
+SIGNAL_RESUME = "resume"
 QUERY_PROGRESS = "progress"
 
 BATCH_ID = SearchAttributeKey.for_keyword("OtaBatchId")
@@ -96,6 +99,11 @@ class PacerCarry:
     turns: int = 0  # reconnected devices let push by the pacer, over all runs
     # A `devices_online` no claim has answered yet, carried across continue-as-new.
     turns_pending: bool = False
+    # Paused (by the operator or the stop rule), and why; the stop rule trips once per batch:
+    # a resumed batch goes on whatever its failure rate.
+    paused: bool = False
+    pause_note: str | None = None
+    stop_tripped: bool = False
 
 
 @dataclass
@@ -170,6 +178,7 @@ class BatchProgress:
     started: int = 0
     total: int = 0
     skipped: int = 0
+    note: str | None = None  # why it is paused or was stopped
 
 
 # --- between the workflows and their activities (internal, but workflows may only import this) ---
@@ -204,6 +213,8 @@ class ClaimRequest:
     # Paced batches: first let up to this many reconnected devices push (their `online` signal
     # comes from the claim), then start new tasks with what is left of `limit`.
     turns: int = 0
+    # Batches with a stop rule: also the failed tasks by reason (timeouts apart).
+    want_failures: bool = False
 
 
 @dataclass
@@ -214,12 +225,14 @@ class ClaimResult:
     busy: int = 0  # tasks failed busy by the claim itself (a device under its legacy id)
     turns_given: int = 0  # reconnected devices signalled to push now
     turns_waiting: bool = False  # more reconnected devices wait for their turn
+    failures: dict[str, int] | None = None  # failed tasks by reason (want_failures)
 
 
 @dataclass
 class FinishBatchRequest:
     batch_id: str
-    state: BatchState  # completed | canceled | in_progress (begin pacing)
+    state: BatchState  # completed | canceled | in_progress (begin pacing, resume) | paused
+    note: str | None = None  # why (paused, stopped); in_progress clears it
 
 
 @dataclass

@@ -56,6 +56,7 @@ class TaskReason(StrEnum):
     DOWNLOAD_FAILED = "download_failed"  # progress -2
     VERIFY_FAILED = "verify_failed"  # progress -3: checksum or signature
     FLASH_FAILED = "flash_failed"  # progress -4
+    PAUSED = "paused"  # the batch is paused (by the operator or its stop rule): not pushed yet
 
 
 PROGRESS_FAILURES = {
@@ -77,6 +78,7 @@ REASON_LABELS = {
     TaskReason.DOWNLOAD_FAILED: "Download failed (-2)",
     TaskReason.VERIFY_FAILED: "Verification failed (-3)",
     TaskReason.FLASH_FAILED: "Flashing failed (-4)",
+    TaskReason.PAUSED: "Batch paused",
 }
 
 
@@ -89,8 +91,26 @@ class BatchKind(StrEnum):
 class BatchState(StrEnum):
     SCHEDULED = "scheduled"
     IN_PROGRESS = "in_progress"
+    PAUSED = "paused"  # pushes nothing new until resumed; pushed devices finish
     COMPLETED = "completed"
     CANCELED = "canceled"
+
+
+class StopOn(StrEnum):
+    """Which failed devices a batch's stop rule counts (AWS IoT Jobs' failureType)."""
+
+    ALL = "all"
+    FAILED = "failed"  # the device reported a failure (or a wrong version)
+    TIMEOUT = "timeout"
+
+
+class StopAction(StrEnum):
+    PAUSE = "pause"
+    CANCEL = "cancel"
+
+
+# A batch in one of these states is not over: it may still push (a paused one, once resumed).
+OPEN_BATCH_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS, BatchState.PAUSED)
 
 
 class Target(StrEnum):
@@ -157,6 +177,7 @@ RETRY_INTERVALS: dict[str, int | None] = {
     "24h": 1440,
 }
 PERCENT_MIN, PERCENT_MAX = 1, 100
+STOP_MIN_MIN, STOP_MIN_MAX = 1, 100_000  # executed devices before a stop rule may trip
 # Batch ids: new_batch_id's hex, and what a Temporal workflow id and the 64-character column hold.
 BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Firmware and task ids are INTEGER columns: 4 bytes on PostgreSQL. A larger id names nothing,

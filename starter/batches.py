@@ -1,4 +1,5 @@
-"""`ota batch`: create update batches, list, show and cancel them, and list their tasks."""
+"""`ota batch`: create update batches, list, show, cancel, pause and resume them, and list their
+tasks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ota.services import batches
 from starter.batch_flags import cli_names, with_batch_options
 from starter.common import console, context, handle_errors, print_json
 
-batch_app = typer.Typer(help="Update batches: create, list, show, tasks, cancel.")
+batch_app = typer.Typer(help="Update batches: create, list, show, tasks, cancel, pause, resume.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -56,7 +57,7 @@ async def create(
 def list_(
     firmware: Annotated[int | None, typer.Option(help="Only this firmware's batches.")] = None,
     state: Annotated[
-        str | None, typer.Option(help="scheduled, in_progress, completed or canceled.")
+        str | None, typer.Option(help="scheduled, in_progress, paused, completed or canceled.")
     ] = None,
     json: JsonOpt = False,
 ) -> None:
@@ -142,6 +143,32 @@ async def cancel(
         console.print(f"cancel ({result['scope']}) sent to batch {batch}")
 
 
+@batch_app.command("pause")
+@handle_errors
+async def pause(
+    batch: Annotated[str, typer.Argument(help="Batch id.")], json: JsonOpt = False
+) -> None:
+    """Push nothing new until `ota batch resume`; devices already pushed finish."""
+    result = await batches.pause_batch(context(), batch)
+    if json:
+        print_json(result)
+    else:
+        console.print(f"pause sent to batch {batch}")
+
+
+@batch_app.command("resume")
+@handle_errors
+async def resume(
+    batch: Annotated[str, typer.Argument(help="Batch id.")], json: JsonOpt = False
+) -> None:
+    """Go on pushing a paused batch at its rate (also one its stop rule paused)."""
+    result = await batches.resume_batch(context(), batch)
+    if json:
+        print_json(result)
+    else:
+        console.print(f"resume sent to batch {batch}")
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
@@ -151,6 +178,8 @@ def _print_batch(b: dict[str, Any]) -> None:
         f"batch [bold]{b['id']}[/bold]: {b['kind']} {b['state']}, firmware {b['firmware_id']} "
         f"-> {b['target_version']} on {b['product_key']}/{b['module']}"
     )
+    if b.get("state_note"):
+        console.print(f"  [yellow]{b['state_note']}[/yellow]", highlight=False)
     console.print(
         f"  {b['total']} tasks ({_counts(b['counts']) or 'none yet'}), {b['skipped']} skipped"
     )

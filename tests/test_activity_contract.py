@@ -91,7 +91,11 @@ CONVERTER = DataConverter.default.payload_converter
         ),
         (
             FinishBatchRequest("b1", BatchState.IN_PROGRESS),
-            {"batch_id": "b1", "state": "in_progress"},
+            {"batch_id": "b1", "state": "in_progress", "note": None},
+        ),
+        (
+            FinishBatchRequest("b1", BatchState.PAUSED, "paused by the operator"),
+            {"batch_id": "b1", "state": "paused", "note": "paused by the operator"},
         ),
         (
             TaskCheck(TaskState.UPDATED),

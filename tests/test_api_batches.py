@@ -58,6 +58,11 @@ BATCH_CASES = [
     ({"SrcVersion": "2.0.0"}, "src_versions", "target version"),
     ({"src_versions": ["Bad"]}, "src_versions", "lowercase"),
     ({"rate_per_minute": "fast"}, "rate_per_minute", "integer"),
+    ({"stop_at": 0}, "stop_at", "between 1 and 100 percent"),
+    ({"stop_at": 20, "stop_min": 0}, "stop_min", "between 1 and 100000 devices"),
+    ({"stop_at": 20, "stop_on": "rejected"}, "stop_on", "all, failed or timeout"),
+    ({"stop_at": 20, "stop_action": "halt"}, "stop_action", "pause or cancel"),
+    ({"stop_min": 5}, "stop_at", "is required with"),
     ({"GrayPercentage": 5}, "GrayPercentage", "Extra inputs"),
 ]
 
@@ -271,3 +276,34 @@ async def test_without_temporal_nothing_is_registered(tmp_path, database_url):
         )
         assert_problem(r, 503)
         assert (await client.get("/api/v1/batches")).json() == []
+
+
+async def test_pause_and_resume_signal_the_batch(client, temporal_env):
+    pk = await fleet(client, versions=["1.0.0"] * 2)
+    fw = await firmware(client, pk)
+    body = {"src_versions": ["1.0.0"], "rate_per_minute": 10, "stop_at": 20, "stop_min": 20}
+    r = await client.post(f"/api/v1/firmware/{fw['id']}/batches", json=body)
+    assert r.status_code == 201, r.text
+    batch = r.json()
+    assert (batch["stop_at"], batch["stop_min"], batch["stop_on"], batch["stop_action"]) == (
+        20,
+        20,
+        "all",
+        "pause",
+    )
+    assert batch["state_note"] is None
+    for action in ("pause", "resume"):
+        r = await client.post(f"/api/v1/batches/{batch['id']}/{action}")
+        assert r.status_code == 200, r.text
+        assert r.json()["signal"] == action
+    assert_problem(await client.post("/api/v1/batches/nope/pause"), 404)
+    handle = temporal_env.client.get_workflow_handle(batch["workflow_id"])
+    signals = [
+        e.workflow_execution_signaled_event_attributes.signal_name
+        async for e in handle.fetch_history_events()
+        if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert signals == ["pause", "resume"]
+    await handle.terminate("test done")
+    r = await client.post(f"/api/v1/batches/{batch['id']}/pause")
+    assert "already" in assert_problem(r, 409)["detail"]

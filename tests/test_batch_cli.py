@@ -50,6 +50,12 @@ def cli(tmp_path, monkeypatch):
         (["--policy", "dynamic", "--target", "phased", "--percent", "5"], "target", "dynamic"),
         (["--policy", "dynamic", "--at", (NOW + timedelta(hours=1)).isoformat()], "at", "static"),
         (["--src-version", "2.0.0"], "src_version", "target version"),
+        (["--stop-at", "0"], "stop_at", "between 1 and 100 percent"),
+        (["--stop-at", "101"], "stop_at", "between 1 and 100 percent"),
+        (["--stop-at", "20", "--stop-min", "0"], "stop_min", "between 1 and 100000 devices"),
+        (["--stop-at", "20", "--stop-on", "rejected"], "stop_on", "all, failed or timeout"),
+        (["--stop-at", "20", "--stop-action", "halt"], "stop_action", "pause or cancel"),
+        (["--stop-action", "cancel"], "stop_at", "is required with"),
     ],
 )
 def test_invalid_values_exit_2_naming_field_and_range(cli, args, field, allowed):

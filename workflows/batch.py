@@ -18,6 +18,8 @@ with workflow.unsafe.imports_passed_through():
         QUERY_PROGRESS,
         SIGNAL_CANCEL,
         SIGNAL_DEVICES_ONLINE,
+        SIGNAL_PAUSE,
+        SIGNAL_RESUME,
         STATE,
         BatchInput,
         BatchProgress,
@@ -35,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
         prepare_batch,
         set_batch_state,
     )
-    from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope
+    from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope, StopAction
     from workflows.children import start_device
     from workflows.continuing import continue_unless_pending
     from workflows.pacing import burst_size, next_start, recent_marks
@@ -45,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         CANCEL_HEARTBEAT,
         local,
     )
+    from workflows.stopping import stop_note
 
 # Children of the current run count against the server's 2,000 pending children (ENGINE.md).
 MAX_STARTS_PER_RUN = 1500
@@ -53,6 +56,11 @@ MAX_POLL = timedelta(minutes=2)  # a batch waiting on slow devices re-counts les
 # recorded before claimed on with nothing left of the run's starts (an empty claim: they only
 # watched the counts until the server suggested continuing), and replay without this marker.
 CONTINUE_AFTER_CANCEL_PATCH = "pacer-continue-after-cancel"
+# Runs recorded before knew no `pause` / `resume` signal and no stop rule: a replay of one that
+# got such a signal anyway (dropped then) must drop it again.
+PAUSE_PATCH = "pacer-pause"
+STOP_PATCH = "pacer-stop-rule"
+OPERATOR_PAUSE = "paused by the operator"
 
 
 @workflow.defn(name="BatchWorkflow")
@@ -67,6 +75,9 @@ class BatchWorkflow:
     Paced batches: a device that was offline at its push and came back waits for its turn, which
     the claim gives out of the same budget as new starts (activities/turns.py); the bridge's
     `devices_online` signal says some wait.
+    Pause (signal or stop rule): nothing new is pushed (no start, no turn) until `resume`;
+    a batch with a stop rule (`stop_at`) also counts its failures with every count, and trips
+    at most once: it pauses or cancels the batch, saying why.
     Per-device outcomes live in the device workflows and the database; this keeps counters."""
 
     def __init__(self) -> None:
@@ -76,6 +87,17 @@ class BatchWorkflow:
         self._carry = PacerCarry()
         self._state = BatchState.IN_PROGRESS.value
         self._counts: dict[str, int] = {}
+        self._failures: dict[str, int] = {}
+        self._want_paused: bool | None = None  # what the last pause/resume signal asked
+        self._note: str | None = None
+
+    @workflow.signal(name=SIGNAL_PAUSE)
+    def pause(self) -> None:
+        self._want_paused = True
+
+    @workflow.signal(name=SIGNAL_RESUME)
+    def resume(self) -> None:
+        self._want_paused = False
 
     @workflow.signal(name=SIGNAL_CANCEL)
     def cancel(self, req: CancelRequest) -> None:
@@ -95,6 +117,7 @@ class BatchWorkflow:
             started=c.started,
             total=c.total,
             skipped=c.skipped,
+            note=c.pause_note if c.paused else self._note,
         )
 
     @workflow.run
@@ -103,6 +126,8 @@ class BatchWorkflow:
         self._carry = carry = inp.carry or PacerCarry(prepared=False)
         # The signal may have come with this workflow task, before the run began.
         self._turns_pending = self._turns_pending or carry.turns_pending
+        if self._want_paused is None:  # no signal came with the first workflow task
+            self._want_paused = carry.paused
         self._state = workflow.info().typed_search_attributes.get(STATE) or self._state
         if not carry.prepared:
             await self._prepare(inp)
@@ -155,20 +180,36 @@ class BatchWorkflow:
         while True:
             if (done := await self._handle_cancels(inp)) is not None:
                 return done
+            await self._follow_pause(inp)
             if waited and workflow.patched(CONTINUE_AFTER_CANCEL_PATCH):
                 self._continue_as_new(inp, due=True)
+            if c.paused:  # pushed devices go on; nothing new until a resume (or a cancel)
+                # A pause may last days: it waits in a fresh run, so the completions of this
+                # run's children do not pile up in its history (a signal first: handled above).
+                if started_here and self._continue_as_new(inp, due=True):
+                    continue
+                await workflow.wait_condition(self._signalled)
+                continue
             now = workflow.now().timestamp()
             due = self._next_push(inp, size)
             if due > now and await self._nap(timedelta(seconds=due - now)):
-                continue  # a cancel came: handle it before claiming anything
+                continue  # a cancel (or pause) came: handle it before claiming anything
             now = workflow.now().timestamp()
             sync = dynamic and not c.policy_canceled and now - synced_at >= inp.dynamic_poll_seconds
             counts = now - counted_at >= inp.poll_seconds
+            stop_check = counts and self._stop_armed(inp)
+            if stop_check:  # counted before the claim: a tripped rule pushes nothing more
+                counted_at = now
+                await self._claim(inp, limit=0, counts=True, failures=True)
+                if (done := await self._stop_if_tripped(inp)) is not None:
+                    return done
+                if c.paused:
+                    continue
             claim = await self._claim(
                 inp,
                 limit=min(size, per_run - started_here),
                 sync=sync,
-                counts=counts,
+                counts=counts and not stop_check,
                 turns=self._turns(inp, size, counts),
             )
             synced_at = now if sync else synced_at
@@ -191,6 +232,7 @@ class BatchWorkflow:
         counts: bool = False,
         busy: Sequence[int] = (),
         turns: int = 0,
+        failures: bool = False,
     ) -> ClaimResult:
         if turns:
             self._turns_pending = False  # the claim tells whether more wait
@@ -204,6 +246,7 @@ class BatchWorkflow:
                 want_counts=counts,
                 busy_task_ids=list(busy),
                 turns=turns,
+                want_failures=failures,
             ),
         )
         c = self._carry
@@ -211,6 +254,8 @@ class BatchWorkflow:
         c.busy += claim.busy
         if claim.counts is not None:
             self._counts = claim.counts
+        if claim.failures is not None:
+            self._failures = claim.failures
         if claim.turns_given:
             issued = workflow.now().timestamp()
             c.recent = [*recent_marks(c.recent, issued), StartMark(issued, claim.turns_given)]
@@ -222,6 +267,8 @@ class BatchWorkflow:
         """How many reconnected devices this claim may let push: a paced batch asks when the
         bridge said some wait, and with every count (a nudge lost with a bridge crash)."""
         if not inp.rate_per_minute or not (self._turns_pending or counting):
+            return 0
+        if self._carry.paused:
             return 0
         return size
 
@@ -288,13 +335,19 @@ class BatchWorkflow:
         while True:
             if (done := await self._handle_cancels(inp)) is not None:
                 return done
-            if self._turns_pending and inp.rate_per_minute:
+            await self._follow_pause(inp)
+            if self._turns_waiting(inp):
                 due = self._next_push(inp, size) - workflow.now().timestamp()
                 if due > 0:
                     await self._nap(timedelta(seconds=due))
                     continue  # cancels first, then the turns
             before = dict(self._counts)
-            await self._claim(inp, limit=0, counts=True, turns=self._turns(inp, size, True))
+            armed = self._stop_armed(inp)
+            await self._claim(
+                inp, limit=0, counts=True, turns=self._turns(inp, size, True), failures=armed
+            )
+            if armed and (done := await self._stop_if_tripped(inp)) is not None:
+                return done
             if not any(self._counts.get(s, 0) for s in ACTIVE_TASK_STATES):
                 await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.COMPLETED))
                 # A dynamic batch whose policy was canceled stays canceled once drained.
@@ -303,7 +356,7 @@ class BatchWorkflow:
                 return self.progress()
             self._details("waiting for the devices to finish")
             # More reconnected devices wait: no nap here, the loop's top waits for their burst.
-            if not (self._turns_pending and inp.rate_per_minute):
+            if not self._turns_waiting(inp):
                 same = self._counts == before
                 interval = (
                     min(interval * 2, MAX_POLL) if same else timedelta(seconds=inp.poll_seconds)
@@ -329,30 +382,84 @@ class BatchWorkflow:
                 workflow.logger.info("batch %s: no scheduled task to cancel", inp.batch_id)
         return None
 
-    async def _cancel_batch(self, inp: BatchInput, scope: CancelScope) -> BatchProgress:
-        self._details(f"canceling ({scope})")
+    async def _cancel_batch(
+        self, inp: BatchInput, scope: CancelScope, note: str | None = None
+    ) -> BatchProgress:
+        self._details(note or f"canceling ({scope})")
         await workflow.execute_activity(
             cancel_tasks,
             CancelTasksRequest(inp.batch_id, scope),
             start_to_close_timeout=BATCH_CANCEL_TIMEOUT,
             heartbeat_timeout=CANCEL_HEARTBEAT,
         )
-        await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.CANCELED))
+        await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.CANCELED, note))
         self._set_state(BatchState.CANCELED)
+        self._note = note
         await self._claim(inp, limit=0, counts=True)
         return self.progress()
 
+    # --- pause, resume and the stop rule ---
+
+    def _signalled(self) -> bool:
+        """A cancel, or a pause or resume not followed yet."""
+        return bool(self._cancels) or self._want_paused != self._carry.paused
+
+    def _turns_waiting(self, inp: BatchInput) -> bool:
+        """Reconnected devices wait for a turn this batch may give now."""
+        return self._turns_pending and bool(inp.rate_per_minute) and not self._carry.paused
+
+    async def _follow_pause(self, inp: BatchInput) -> None:
+        """Pause or resume as the last signal asked (runs recorded before ignore it)."""
+        want = bool(self._want_paused)
+        if want == self._carry.paused or not workflow.patched(PAUSE_PATCH):
+            return
+        await self._set_paused(inp, want, OPERATOR_PAUSE if want else None)
+
+    async def _set_paused(self, inp: BatchInput, paused: bool, note: str | None) -> None:
+        """Record it: the batch's state and note, and its unpushed tasks' reason (`paused`, or
+        back to `rate_limited` on resume), then the search attribute."""
+        c = self._carry
+        c.paused, c.pause_note = paused, note
+        state = BatchState.PAUSED if paused else BatchState.IN_PROGRESS
+        await local(set_batch_state, FinishBatchRequest(inp.batch_id, state, note))
+        self._set_state(state)
+        self._details(note or "resumed")
+
+    def _stop_armed(self, inp: BatchInput) -> bool:
+        """The batch has a stop rule that has not tripped yet (asked only when it has one, so
+        a batch without pays nothing)."""
+        if inp.stop_at is None or self._carry.stop_tripped:
+            return False
+        return workflow.patched(STOP_PATCH)
+
+    async def _stop_if_tripped(self, inp: BatchInput) -> BatchProgress | None:
+        """Judge the last counts. Tripped, the batch pauses, or is canceled like `ota batch
+        cancel --all` (then its final progress)."""
+        assert inp.stop_at is not None
+        note = stop_note(
+            self._counts, self._failures, inp.stop_at, inp.stop_min, inp.stop_on, inp.stop_action
+        )
+        if note is None:
+            return None
+        workflow.logger.info("batch %s: %s", inp.batch_id, note)
+        self._carry.stop_tripped = True
+        if inp.stop_action == StopAction.CANCEL:
+            return await self._cancel_batch(inp, CancelScope.ALL, note)
+        self._want_paused = True
+        await self._set_paused(inp, True, note)
+        return None
+
     async def _nap(self, duration: timedelta, wake_on_turns: bool = False) -> bool:
-        """Sleep, waking early for a cancel (or devices waiting for their turn); True if a
-        cancel came."""
+        """Sleep, waking early for a cancel or a pause or resume (or devices waiting for their
+        turn); True if a cancel, pause or resume came."""
 
         def woken() -> bool:
-            return bool(self._cancels) or (wake_on_turns and self._turns_pending)
+            return self._signalled() or (wake_on_turns and self._turns_pending)
 
         if duration > timedelta(0):
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(woken, timeout=duration)
-        return bool(self._cancels)
+        return self._signalled()
 
     def _continue_as_new(self, inp: BatchInput, due: bool) -> bool:
         """Continue as new when due; True if a cancel makes it wait (the caller handles the
@@ -365,7 +472,7 @@ class BatchWorkflow:
             )
             return replace(inp, carry=carry)
 
-        return continue_unless_pending(due, lambda: bool(self._cancels), next_input)
+        return continue_unless_pending(due, self._signalled, next_input)
 
     def _set_state(self, state: str) -> None:
         if state != self._state:
@@ -378,4 +485,5 @@ class BatchWorkflow:
         workflow.set_current_details(
             f"{text}\n\n{c.started} of {c.total} devices started ({c.busy} busy),"
             f" {c.skipped} skipped; run {c.runs}\n{counts}"
+            + (f"\n{c.pause_note}" if c.paused and c.pause_note else "")
         )

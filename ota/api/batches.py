@@ -1,4 +1,5 @@
-"""/api/v1 batches: create static and dynamic batches, list, show, their tasks, cancel."""
+"""/api/v1 batches: create static and dynamic batches, list, show, their tasks, cancel, pause,
+resume."""
 
 from __future__ import annotations
 
@@ -92,4 +93,24 @@ async def cancel_batch(
     task too."""
     all_tasks = (body or CancelBody.model_validate({})).all_tasks()
     result = await service.cancel_batch(ctx, batch_id, all_tasks)
+    return {**result, "signaled_at": result["signaled_at"].isoformat()}
+
+
+@router.post(
+    "/batches/{batch_id}/pause",
+    summary="Pause: push nothing new until resumed (pushed devices finish)",
+    responses=UNAVAILABLE,
+)
+async def pause_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
+    result = await service.pause_batch(ctx, batch_id)
+    return {**result, "signaled_at": result["signaled_at"].isoformat()}
+
+
+@router.post(
+    "/batches/{batch_id}/resume",
+    summary="Resume a paused batch at its rate",
+    responses=UNAVAILABLE,
+)
+async def resume_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
+    result = await service.resume_batch(ctx, batch_id)
     return {**result, "signaled_at": result["signaled_at"].isoformat()}

@@ -17,6 +17,7 @@ from ota.context import Context
 from ota.domain import (
     ID_MAX,
     ID_MIN,
+    OPEN_BATCH_STATES,
     REASON_LABELS,
     TaskReason,
     TaskState,
@@ -93,7 +94,7 @@ def _batch_context(
         "reason": reason,
         "state_labels": STATE_LABELS,
         "batch_states": BATCH_STATE_LABELS,
-        "live": batch["state"] in ("scheduled", "in_progress"),
+        "live": batch["state"] in OPEN_BATCH_STATES,
         "option_facts": option_facts(batch),
         "now": datetime.now(UTC),
     }

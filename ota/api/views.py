@@ -22,6 +22,7 @@ STATE_LABELS = {
 BATCH_STATE_LABELS = {
     "scheduled": "Scheduled",
     "in_progress": "In Progress",
+    "paused": "Paused",
     "completed": "Completed",
     "canceled": "Canceled",
 }

@@ -363,7 +363,7 @@ def _load_tasks(conn: Connection, device_ids: list[int]) -> dict[int, list[_Task
                     # For a redelivered report (_judge): updated tasks of running batches.
                     and_(
                         TASKS.c.state == TaskState.UPDATED,
-                        BATCHES.c.state == BatchState.IN_PROGRESS,
+                        BATCHES.c.state.in_((BatchState.IN_PROGRESS, BatchState.PAUSED)),
                     ),
                 ),
             )

@@ -123,6 +123,9 @@ class Batch(BatchBase, table=True):
     module: str = Field(max_length=64)
     target_version: str = Field(max_length=64)
     state: str = "in_progress"
+    # Why the batch is in its state, when the state alone does not say: "paused by the
+    # operator", "paused: 23% failed after 40 devices, threshold 20%".
+    state_note: str | None = Field(default=None, max_length=200)
     skipped: int = 0  # targeted devices already on the target version
     total: int = 0  # tasks in the batch (a dynamic batch adds more as devices match)
     prepared_at: datetime | None = None  # targets selected and tasks inserted (idempotency)

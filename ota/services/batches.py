@@ -1,4 +1,5 @@
-"""Batches: create (checked against every rule of the seed), list, show, tasks, cancel."""
+"""Batches: create (checked against every rule of the seed), list, show, tasks, cancel, pause
+and resume."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from ota.contracts import (
     BATCH_WORKFLOW,
     PRODUCT_KEY,
     SIGNAL_CANCEL,
+    SIGNAL_PAUSE,
+    SIGNAL_RESUME,
     STATE,
     BatchInput,
     CancelRequest,
@@ -31,6 +34,7 @@ from ota.db.models import Batch, BatchBase, Device, DeviceModule, Firmware, Task
 from ota.domain import (
     BATCH_ID_RE,
     ID_MAX,
+    OPEN_BATCH_STATES,
     REASON_LABELS,
     BatchKind,
     BatchState,
@@ -39,13 +43,14 @@ from ota.domain import (
     FirmwareType,
     Target,
     TaskReason,
+    TaskState,
     contradiction,
     id_in_range,
 )
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.firmware import firmware_by_id
 
-OPEN_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
+OPEN_STATES = OPEN_BATCH_STATES
 # Options a batch row does not keep as such: the policy is its kind, the devices are its tasks.
 # The seed's options have columns; the others are kept in Batch.options.
 NOT_STORED = ("policy", "device_names")
@@ -274,6 +279,16 @@ def batch_counts(session: Session, batch_id: str) -> dict[str, int]:
     return {state: n for state, n in rows}
 
 
+def batch_failures(session: Session, batch_id: str) -> dict[str, int]:
+    """Failed tasks by reason: what a stop rule judges (workflows/stopping.py)."""
+    rows = session.exec(
+        select(Task.reason, func.count())
+        .where(Task.batch_id == batch_id, Task.state == TaskState.FAILED)
+        .group_by(Task.reason)
+    )
+    return {reason or "": n for reason, n in rows}
+
+
 def batch_public(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
     """The batch with every option it was given: the seed's from their columns, the others
     from Batch.options."""
@@ -361,23 +376,61 @@ def list_tasks(
 
 async def cancel_batch(ctx: Context, batch_id: str, all_tasks: bool = False) -> dict[str, Any]:
     """Signal the batch: `scheduled` (static: scheduled tasks; dynamic: the policy) or `all`."""
-    with Session(ctx.engine) as session:
-        batch = batch_by_id(session, batch_id)
-        if batch is None:
-            raise NotFound("batch", batch_id)
+    batch = _open_batch(ctx, batch_id)
     scope = CancelScope.ALL if all_tasks else CancelScope.SCHEDULED
     if batch.kind == BatchKind.VERIFY:
         workflow_id, scope = verify_workflow_id(batch_id), CancelScope.ALL
     else:
         workflow_id = batch_workflow_id(batch_id)
+    await _signal(ctx, batch, workflow_id, SIGNAL_CANCEL, CancelRequest(scope, batch_id))
+    return {"batch_id": batch_id, "scope": str(scope), "signaled_at": datetime.now(UTC)}
+
+
+# --- pause and resume ---------------------------------------------------------------------------
+
+
+async def pause_batch(ctx: Context, batch_id: str) -> dict[str, Any]:
+    """Push nothing new until resumed; devices already pushed finish. The batch's state becomes
+    `paused` once its workflow has the signal."""
+    return await _pause_or_resume(ctx, batch_id, SIGNAL_PAUSE)
+
+
+async def resume_batch(ctx: Context, batch_id: str) -> dict[str, Any]:
+    """Go on pushing at the batch's rate (also after its stop rule paused it: the rule trips
+    once)."""
+    return await _pause_or_resume(ctx, batch_id, SIGNAL_RESUME)
+
+
+async def _pause_or_resume(ctx: Context, batch_id: str, signal: str) -> dict[str, Any]:
+    batch = _open_batch(ctx, batch_id)
+    if batch.kind == BatchKind.VERIFY:
+        raise Conflict(f"batch {batch_id} is a verification: it cannot be paused", field="batch")
+    await _signal(ctx, batch, batch_workflow_id(batch_id), signal)
+    return {"batch_id": batch_id, "signal": signal, "signaled_at": datetime.now(UTC)}
+
+
+def _open_batch(ctx: Context, batch_id: str) -> Batch:
+    with Session(ctx.engine) as session:
+        batch = batch_by_id(session, batch_id)
+    if batch is None:
+        raise NotFound("batch", batch_id)
+    return batch
+
+
+async def _signal(
+    ctx: Context, batch: Batch, workflow_id: str, signal: str, arg: object = None
+) -> None:
+    """Signal the batch's running workflow; a batch that is over is a conflict."""
     handle = (await ctx.temporal()).get_workflow_handle(workflow_id)
     try:
         desc = await handle.describe()
         if desc.status != WorkflowExecutionStatus.RUNNING:
-            raise Conflict(f"batch {batch_id} is already {batch.state}")
-        await handle.signal(SIGNAL_CANCEL, CancelRequest(scope=scope, batch_id=batch_id))
+            raise Conflict(f"batch {batch.id} is already {batch.state}")
+        if arg is None:
+            await handle.signal(signal)
+        else:
+            await handle.signal(signal, arg)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise NotFound("workflow", workflow_id) from None
         raise
-    return {"batch_id": batch_id, "scope": str(scope), "signaled_at": datetime.now(UTC)}

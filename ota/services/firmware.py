@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Firmware, Task
 from ota.domain import (
-    BatchState,
+    OPEN_BATCH_STATES,
     FirmwareState,
     FirmwareType,
     SignMethod,
@@ -37,7 +37,7 @@ from ota.storage import FirmwareStore, StoredFile
 
 log = logging.getLogger(__name__)
 
-ACTIVE_BATCH_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
+ACTIVE_BATCH_STATES = OPEN_BATCH_STATES
 FILE_NAME_MAX = 128
 # extData travels in every push and firmware/get reply: keep it far below a message's size.
 EXT_DATA_MAX_BYTES = 4096

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 from ota import signing
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Firmware, Product, utcnow
-from ota.domain import BatchState
+from ota.domain import OPEN_BATCH_STATES
 from ota.errors import Conflict, InvalidInput
 from ota.services.products import get_product, product_public, require_product
 from ota.settings import Settings
@@ -33,7 +33,7 @@ SIGN_WITH_CHOICES = (CURRENT, PREVIOUS)
 # How long a worker or bridge trusts what it read of a product's keys: switching secure update
 # takes effect within this, and a 100,000-device batch reads the product once per period.
 PRODUCT_TTL_SECONDS = 5.0
-ACTIVE_BATCH_STATES = (BatchState.SCHEDULED, BatchState.IN_PROGRESS)
+ACTIVE_BATCH_STATES = OPEN_BATCH_STATES
 
 
 def set_secure_update(

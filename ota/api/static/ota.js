@@ -113,7 +113,22 @@ document.addEventListener("click", (event) => {
   if (copy) ota.copy(copy);
   const cancel = event.target.closest(".js-cancel");
   if (cancel) ota.openCancel(cancel);
+  const signal = event.target.closest(".js-batch-signal");
+  if (signal) ota.signalBatch(signal);
 });
+
+// --- Pause / resume a batch: one click, the state follows once the workflow has it ----------
+
+ota.signalBatch = async function (button) {
+  const action = button.dataset.signal; // pause | resume
+  try {
+    await ota.api("POST", `/api/v1/batches/${encodeURIComponent(button.dataset.batchId)}/${action}`);
+    ota.toast(action === "pause" ? "Pause sent" : "Resume sent");
+    setTimeout(() => location.reload(), 1000);
+  } catch (problem) {
+    ota.toast(problem.detail);
+  }
+};
 
 // --- Secure Update: the switch and the public key -------------------------------------------
 
