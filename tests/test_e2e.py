@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from sqlmodel import Session, select
 from ota.context import Context
 from ota.contracts import BatchInput
 from ota.db.models import Batch, DeviceModule, Task
-from ota.services.batches import create_batch
+from ota.services.batches import cancel_batch, create_batch, resume_batch
 from ota.services.firmware import add_firmware
 from ota.services.products import add_product
 from tests.fixtures.stack import OtaProcesses
@@ -242,3 +243,49 @@ async def test_a_batch_updates_a_fleet_on_a_broker_that_enforces_identity(
         attempts = s.exec(select(Task.attempts).where(Task.batch_id == batch["id"])).all()
     assert set(attempts) == {1}
     assert "not synced" not in stack.log("sim")
+
+
+async def test_a_failing_firmware_stops_itself_then_resumes(ota_processes: OtaProcesses, mqtt_url):
+    """Issue 16: half the fleet fails the update; a rule of 20% after 20 devices pauses the batch
+    with far fewer than all devices pushed, says why, and a resume goes on."""
+    stack = ota_processes
+    stack.env["OTA_BATCH_POLL_SECONDS"] = "1"  # the pacer counts (and judges) every second
+    pk = f"stp{uuid.uuid4().hex[:8]}"
+    devices = 100
+    for name in ("worker", "bridge", "api"):
+        stack.start(name)
+    run = await start_fleet_batch(
+        stack,
+        mqtt_url,
+        pk,
+        devices,
+        ["--install-seconds", "0.5", "--fail-rate", "0.5"],
+        rate_per_minute=60,  # 5 every 5 s: all 100 would take 100 s
+        stop_at=20,
+        stop_min=20,
+    )
+    ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
+
+    def batch() -> Batch:
+        with Session(ctx.engine) as s:
+            row = s.get(Batch, batch_id)
+            assert row is not None
+            return row
+
+    await wait_for(lambda: batch().state == "paused", 120, "the stop rule paused the batch")
+    note = batch().state_note or ""
+    assert re.fullmatch(r"paused: \d+% failed after \d+ devices, threshold 20%", note), note
+    pushed = sum(counter.pushes.values())
+    assert pushed <= devices // 2, f"{pushed} of {devices} pushed before the stop"
+    await asyncio.sleep(7)  # a burst is due every 5 s
+    assert sum(counter.pushes.values()) == pushed, "pushed while paused"
+    assert task_states(ctx.engine, batch_id)["to_be_pushed"] >= devices - pushed
+
+    await resume_batch(ctx, batch_id)
+    await wait_for(
+        lambda: sum(counter.pushes.values()) >= pushed + 5, 30, "pushes go on after resume"
+    )
+    assert batch().state == "in_progress"
+    await cancel_batch(ctx, batch_id, all_tasks=True)
+    await wait_for(lambda: batch().state == "canceled", 60, "batch canceled")
+    run.listening.cancel()
