@@ -205,7 +205,8 @@ class BatchActivities:
                 batch.finished_at = utcnow()
             if batch.state != BatchState.CANCELED:  # a canceled policy stays canceled
                 batch.state = req.state
-            if req.note is not None or req.state == BatchState.IN_PROGRESS:
+            # Resumed or done, "paused ..." no longer holds; a stop's cancel keeps its note.
+            if req.note is not None or req.state != BatchState.CANCELED:
                 batch.state_note = req.note
 
     @activity.defn

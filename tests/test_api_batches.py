@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session
 
-from ota.db.models import Task
+from ota.db.engine import session_scope
+from ota.db.models import Batch, Task
+from tests.test_api import login
 from tests.test_api_support import api_client, api_settings, assert_problem, firmware, fleet
 
 
@@ -304,6 +306,18 @@ async def test_pause_and_resume_signal_the_batch(client, temporal_env):
         if e.HasField("workflow_execution_signaled_event_attributes")
     ]
     assert signals == ["pause", "resume"]
+
+    # What a paused batch shows (no worker here: the row as the workflow writes it).
+    note = "paused: 23% failed after 40 devices, threshold 20%"
+    with session_scope(client.app.state.ctx.engine) as session:
+        row = session.get(Batch, batch["id"])
+        row.state, row.state_note = "paused", note
+    shown = (await client.get(f"/api/v1/batches/{batch['id']}")).json()
+    assert (shown["state"], shown["state_label"], shown["state_note"]) == ("paused", "Paused", note)
+    await login(client)
+    page = (await client.get(f"/batches/{batch['id']}")).text
+    assert note in page and 'data-signal="resume"' in page and 'data-signal="pause"' not in page
+    assert ">Batch paused</option>" in page  # the reason filter
     await handle.terminate("test done")
     r = await client.post(f"/api/v1/batches/{batch['id']}/pause")
     assert "already" in assert_problem(r, 409)["detail"]

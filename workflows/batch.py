@@ -422,7 +422,8 @@ class BatchWorkflow:
         c.paused, c.pause_note = paused, note
         state = BatchState.PAUSED if paused else BatchState.IN_PROGRESS
         await local(set_batch_state, FinishBatchRequest(inp.batch_id, state, note))
-        self._set_state(state)
+        if not c.policy_canceled:  # a dynamic batch whose policy was canceled stays canceled
+            self._set_state(state)
         self._details(note or "resumed")
 
     def _stop_armed(self, inp: BatchInput) -> bool:
