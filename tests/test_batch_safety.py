@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
+from temporalio.workflow import NondeterminismError
 
 from ota.contracts import STATE, BatchInput, BatchProgress, batch_workflow_id
 from ota.services.batches import cancel_batch, create_batch, pause_batch, resume_batch
@@ -22,15 +25,32 @@ from tests.test_workflow_support import (
     tasks_of,
     upgrade_listener,
 )
+from workflows import WORKFLOWS
 from workflows.batch import PAUSE_PATCH, STOP_PATCH, BatchWorkflow
 
 RATE = 60  # bursts of 5 every 5 s (workflows/pacing.py)
+REPLAYER = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner())
 BURST_GAP = 5.0
 
 
 @pytest.fixture
 def ctx(temporal_env, mqtt_url, tmp_path):
     return make_context(tmp_path, mqtt_url, temporal_env.client, batch_poll_seconds=0.5)
+
+
+async def run_histories(client, workflow_id: str, run_id: str) -> list[WorkflowHistory]:
+    """Every run of a workflow from `run_id` on, following its continue-as-new chain."""
+    runs = []
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        runs.append(history)
+        last = history.events[-1]
+        run_id = (
+            last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+            if last.HasField("workflow_execution_continued_as_new_event_attributes")
+            else ""
+        )
+    return runs
 
 
 def waiting_reasons(engine, batch_id):
@@ -89,6 +109,21 @@ async def test_a_paused_batch_pushes_nothing_until_resumed_across_runs_and_worke
     assert result.state == "completed"
     assert len(pushes) == 10  # every device pushed once
 
+    # Every run replays on today's code, and the replay has teeth: a pacer deaf to the pause
+    # (as the code before) does not replay the paused runs.
+    runs = await run_histories(client, handle.id, first_run)
+    assert len(runs) >= 2 and PAUSE_PATCH in patch_ids(runs[0])
+    for history in runs:
+        await REPLAYER.replay_workflow(history)
+
+    async def deaf(self, inp):  # type: ignore[no-untyped-def]
+        self._want_paused = self._carry.paused  # the signal is dropped, as before
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BatchWorkflow, "_follow_pause", deaf)
+        with pytest.raises(NondeterminismError):
+            await REPLAYER.replay_workflow(runs[0])
+
 
 async def stop_batch(ctx, pk, action):  # type: ignore[no-untyped-def]
     """40 devices at 60 a minute, a rule of 50% after 4 devices; the first burst of 5 has 3
@@ -123,6 +158,7 @@ async def test_the_stop_rule_pauses_the_batch_and_says_why(ctx, mqtt_url):
     pk, _ = make_fleet(ctx.engine, 40)
     async with running_worker(client, ctx), upgrade_listener(mqtt_url, pk) as pushes:
         b, bridge, handle = await stop_batch(ctx, pk, "pause")
+        first_run = (await handle.describe()).run_id
         await fail_first_burst(bridge, pushes)
         await eventually(lambda: batch_row(ctx.engine, b["id"]).state == "paused")
         note = "paused: 75% failed after 4 devices, threshold 50%"
@@ -140,6 +176,10 @@ async def test_the_stop_rule_pauses_the_batch_and_says_why(ctx, mqtt_url):
         assert batch_row(ctx.engine, b["id"]).state == "in_progress"
         await cancel_batch(ctx, b["id"], all_tasks=True)
         assert (await handle.result()).state == "canceled"
+    runs = await run_histories(client, handle.id, first_run)
+    assert STOP_PATCH in patch_ids(runs[0])
+    for history in runs:
+        await REPLAYER.replay_workflow(history)
 
 
 async def test_the_stop_rule_cancels_the_batch_and_says_why(ctx, mqtt_url):
