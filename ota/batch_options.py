@@ -255,6 +255,19 @@ class BatchOptions:
         unit="minutes",
         widget=Widget.NUMBER,
     )
+    pickup_timeout_minutes: int | None = option(
+        group=Group.TIMEOUT,
+        label="Pickup Timeout (Minutes)",
+        help="Minutes from a push for the device to report any progress, 1 to 1440; a silent "
+        "device is pushed again as a retry (after the retry interval, up to the maximum "
+        "retries; never with no retry interval), then fails no_response. None: it stays "
+        "pushed while silent.",
+        flag="--pickup-timeout",
+        low=TIMEOUT_MIN,
+        high=TIMEOUT_MAX,
+        unit="minutes",
+        widget=Widget.NUMBER,
+    )
 
 
 def _named(f: dataclasses.Field[Any]) -> Option:
