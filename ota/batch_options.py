@@ -122,7 +122,12 @@ def schedule_problem(value: str, now: datetime | None = None) -> str | None:
 def _epoch_ms(value: Any) -> Any:
     """The cloud's ScheduleTime is epoch milliseconds; ours is ISO 8601."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, UTC).isoformat()
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC).isoformat()
+        except (OverflowError, OSError, ValueError):  # beyond any calendar: a 422, not a 500
+            raise InvalidInput(
+                "scheduled_at", "must be between 5 minutes and 7 days from now"
+            ) from None
     return value or None
 
 

@@ -51,6 +51,7 @@ BATCH_CASES = [
         "scheduled_at",
         "5 minutes and 7 days",
     ),
+    ({"ScheduleTime": -(2**101)}, "scheduled_at", "5 minutes and 7 days"),  # a 500 once (fuzz)
     ({"scheduled_at": "2030-01-01T10:00:00"}, "scheduled_at", "time zone"),
     ({"scheduled_at": "tomorrow"}, "scheduled_at", "ISO 8601"),
     ({"policy": "dynamic", "scheduled_at": _in(hours=1)}, "scheduled_at", "only a static"),
