@@ -129,3 +129,9 @@ def test_dry_run_refuses_what_create_refuses(cli, args, message):
     result = cli("batch", "create", cli.firmware, *args, "--dry-run")
     assert result.exit_code == 2, result.output
     assert message in result.stderr
+
+
+def test_create_help_describes_its_own_options_too(cli):
+    out = cli("batch", "create", "--help").stdout
+    assert "Create nothing: check the options" in out and "Wait for the batch to finish" in out
+    assert "--no-wait" not in out and "--no-dry-run" not in out

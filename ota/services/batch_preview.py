@@ -35,7 +35,9 @@ class BatchPreview:
     by_source_version: dict[str, int] = field(default_factory=dict)
     skipped: int = 0  # already on the target version
     offline: int = 0  # of the targets: pushed once they come online
-    busy: int = 0  # of the targets: in another ongoing batch, so they would fail busy
+    # Of the targets: in another ongoing batch, so they would fail busy (a dynamic batch leaves
+    # such devices for a later sync instead: they are not among its targets).
+    busy: int = 0
     rate_per_minute: int | None = None
     starts_at: str = ""  # ISO: the schedule, or now
     # How long the pushes take at the rate, and when the last is due; None: unthrottled.
