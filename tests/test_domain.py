@@ -1,6 +1,5 @@
 """The seed's limits as pure rules."""
 
-
 import pytest
 
 from ota import domain
