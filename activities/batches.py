@@ -18,7 +18,6 @@ from activities.targets import (
     finish_tasks,
     insert_tasks,
     new_dynamic_targets,
-    select_targets,
 )
 from activities.turns import give_turns
 from ota.contracts import (
@@ -50,6 +49,7 @@ from ota.services.batches import (
     check_one_dynamic,
     resolve_batch,
 )
+from ota.services.targets import select_targets
 
 CANCEL_PAGE = 200
 

@@ -1,116 +1,26 @@
-"""Which devices a batch updates: the seed's target rules as queries, and the bulk task insert."""
+"""A batch's tasks: the bulk insert, a dynamic batch's new and superseded devices, final states.
+Which devices a batch targets is ota.services.targets' (a dry run counts them the same way)."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import NamedTuple
 
-from sqlalchemy import delete, func, insert, update
+from sqlalchemy import delete, insert, update
 from sqlmodel import Session, col, select
 
 from ota.db.models import Batch, Device, DeviceModule, Task, utcnow
-from ota.domain import (
-    ACTIVE_TASK_STATES,
-    OPEN_BATCH_STATES,
-    BatchKind,
-    BatchState,
-    Target,
-    TaskReason,
-    TaskState,
-    phased_count,
-)
+from ota.domain import ACTIVE_TASK_STATES, BatchState, TaskReason, TaskState
+from ota.services.targets import Candidate, device_query, dynamic_filter, newer_dynamic_sources
 
 INSERT_CHUNK = 2000
-
-
-class Candidate(NamedTuple):
-    device_id: int
-    name: str
-    version: str
-
-
-def _devices(session: Session, batch: Batch, names: Sequence[str] = ()):  # type: ignore[no-untyped-def]
-    query = (
-        select(Device.id, Device.name, DeviceModule.version)
-        .join(DeviceModule, col(DeviceModule.device_id) == col(Device.id))
-        .where(Device.product_key == batch.product_key, DeviceModule.module == batch.module)
-    )
-    if names:
-        query = query.where(col(Device.name).in_(names))
-    return query
-
-
-def select_targets(
-    session: Session, batch: Batch, names: Sequence[str] = ()
-) -> tuple[list[Candidate], int]:
-    """(devices to update, devices skipped because they already run the target version)."""
-    skipped = session.exec(
-        select(func.count()).select_from(
-            _devices(session, batch, names)
-            .where(DeviceModule.version == batch.target_version)
-            .subquery()
-        )
-    ).one()
-    query = _devices(session, batch, names)
-    if batch.src_versions:
-        query = query.where(col(DeviceModule.version).in_(batch.src_versions))
-    else:  # selected devices of a full firmware: whatever they run
-        query = query.where(DeviceModule.version != batch.target_version)
-    found = [Candidate(*row) for row in session.exec(query.order_by(col(Device.id)))]
-    if batch.kind == BatchKind.DYNAMIC:
-        found = dynamic_filter(session, batch, found)
-    if batch.target == Target.PHASED and found:
-        # A sample spread over the fleet, the same one on a retry of prepare (seeded by batch).
-        count = phased_count(len(found), batch.percent or 100)
-        found = sorted(random.Random(batch.id).sample(found, count))
-    return found, skipped
-
-
-def newer_dynamic_sources(session: Session, batch: Batch) -> set[str]:
-    """Source versions claimed by a later dynamic batch of the same product and module."""
-    newer = session.exec(
-        select(Batch).where(
-            Batch.kind == BatchKind.DYNAMIC,
-            Batch.product_key == batch.product_key,
-            Batch.module == batch.module,
-            col(Batch.state).in_(OPEN_BATCH_STATES),
-            Batch.id != batch.id,
-            col(Batch.created_at) >= batch.created_at,
-        )
-    )
-    sources: set[str] = set()
-    for other in newer:
-        if (other.created_at, other.id) > (batch.created_at, batch.id):
-            sources.update(other.src_versions)
-    return sources
-
-
-def dynamic_filter(session: Session, batch: Batch, found: list[Candidate]) -> list[Candidate]:
-    """The seed: only the latest dynamic policy applies to a device. Devices already updating
-    elsewhere are left for a later sync rather than failed as busy: the policy keeps watching."""
-    taken = newer_dynamic_sources(session, batch)
-    found = [c for c in found if c.version not in taken]
-    if not found:
-        return found
-    busy = set(
-        session.exec(
-            select(Task.device_id).where(
-                col(Task.device_id).in_([c.device_id for c in found]),
-                col(Task.state).in_(ACTIVE_TASK_STATES),
-                Task.batch_id != batch.id,
-            )
-        )
-    )
-    return [c for c in found if c.device_id not in busy]
 
 
 def new_dynamic_targets(session: Session, batch: Batch) -> list[Candidate]:
     """Devices matching a dynamic batch now that have no task in it yet."""
     has_task = select(Task.id).where(Task.batch_id == batch.id, Task.device_id == Device.id)
     query = (
-        _devices(session, batch)
+        device_query(batch)
         .where(col(DeviceModule.version).in_(batch.src_versions))
         .where(~has_task.exists())
         .order_by(col(Device.id))

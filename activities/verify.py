@@ -12,12 +12,13 @@ from temporalio.client import Client
 
 from activities.batches import permanent
 from activities.legacy_ids import Suspect, running_under_legacy_id, suspects
-from activities.targets import finish_tasks, insert_tasks, select_targets
+from activities.targets import finish_tasks, insert_tasks
 from ota.contracts import TaskRef, VerifyFinishRequest, VerifyInput, VerifyPrepared
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Firmware, Task, utcnow
 from ota.domain import BatchState, FirmwareState, TaskReason, TaskState
 from ota.errors import OtaError
+from ota.services.targets import select_targets
 from ota.services.verify import resolve_verify
 
 

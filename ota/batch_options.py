@@ -126,7 +126,12 @@ def schedule_problem(value: str, now: datetime | None = None) -> str | None:
 def _epoch_ms(value: Any) -> Any:
     """The cloud's ScheduleTime is epoch milliseconds; ours is ISO 8601."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, UTC).isoformat()
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC).isoformat()
+        except (OverflowError, OSError, ValueError):  # beyond any calendar: a 422, not a 500
+            raise InvalidInput(
+                "scheduled_at", "must be between 5 minutes and 7 days from now"
+            ) from None
     return value or None
 
 
@@ -259,6 +264,19 @@ class BatchOptions:
         unit="minutes",
         widget=Widget.NUMBER,
     )
+    pickup_timeout_minutes: int | None = option(
+        group=Group.TIMEOUT,
+        label="Pickup Timeout (Minutes)",
+        help="Minutes from a push for the device to report any progress, 1 to 1440; a silent "
+        "device is pushed again as a retry (after the retry interval, up to the maximum "
+        "retries; never with no retry interval), then fails no_response. None: it stays "
+        "pushed while silent.",
+        flag="--pickup-timeout",
+        low=TIMEOUT_MIN,
+        high=TIMEOUT_MAX,
+        unit="minutes",
+        widget=Widget.NUMBER,
+    )
     # --- safety: the failure-rate auto-stop (AWS IoT Jobs' abortConfig) ---
     stop_at: int | None = option(
         group=Group.SAFETY,
@@ -284,7 +302,8 @@ class BatchOptions:
         StopOn.ALL.value,
         group=Group.SAFETY,
         label="Failures Counted",
-        help="Which failures count: failed (the device reported a failure), timeout, or all.",
+        help="Which failures count: failed (the device reported a failure), timeout (timed "
+        "out, or no response to the push), or all.",
         choices=tuple(s.value for s in StopOn),
         labels=("All failures", "Reported failures", "Timeouts"),
         widget=Widget.SELECT,

@@ -135,9 +135,13 @@ class DeviceUpgradeInput:
     max_retries: int = 1
     timeout_minutes: int | None = None
     firmware_id: int | None = None  # saves the push a read of the batch
+    # Minutes a pushed device has to report any progress before it is pushed again (a retry)
+    # or fails no_response; None: it may stay pushed as long as it is silent (seed).
+    pickup_timeout_minutes: int | None = None
     # Carried across continue-as-new of a long wait (offline for weeks, no progress report).
     retries_used: int = 0
     awaiting_report: bool = False
+    pushed_at: str | None = None  # ISO workflow time of the push awaited (pickup timeout only)
 
 
 @dataclass

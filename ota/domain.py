@@ -50,6 +50,7 @@ class TaskReason(StrEnum):
     RATE_LIMITED = "rate_limited"
     BUSY = "busy"
     TIMEOUT = "timeout"
+    NO_RESPONSE = "no_response"  # pushed, but no progress within the batch's pickup timeout
     CANCELED = "canceled"
     VERSION_MISMATCH = "version_mismatch"
     UPDATE_FAILED = "update_failed"  # progress -1
@@ -72,6 +73,7 @@ REASON_LABELS = {
     TaskReason.RATE_LIMITED: "Rate Limited",
     TaskReason.BUSY: "Device has another ongoing update batch",
     TaskReason.TIMEOUT: "Timed out",
+    TaskReason.NO_RESPONSE: "No response to the push",
     TaskReason.CANCELED: "Canceled",
     TaskReason.VERSION_MISMATCH: "Reported a version that is neither current nor target",
     TaskReason.UPDATE_FAILED: "Update failed (-1)",

@@ -60,9 +60,12 @@ def with_batch_options(command: Callable[..., Any]) -> Callable[..., Any]:
             options = read_options(sent)
         return command(*args, options=options, **kwargs)
 
+    hints = get_type_hints(command, include_extras=True)
+    # The command's own options resolved too: under `from __future__ import annotations` the
+    # signature holds strings, and typer took `--wait` for a bare bool (no help, a --no-wait).
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own]
     params = [*own, *added]
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    hints = get_type_hints(command, include_extras=True)
     wrapper.__annotations__ = {
         **{p.name: hints[p.name] for p in own if p.name in hints},
         **{p.name: p.annotation for p in added},

@@ -12,7 +12,8 @@ from ota.batch_options import DEFAULTS, OPTIONS
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.engine import session_scope
 from ota.errors import InvalidInput
-from ota.services import batches
+from ota.services import batch_preview, batches
+from ota.services.batch_preview import BatchPreview
 from starter.batch_flags import cli_names, with_batch_options
 from starter.common import console, context, handle_errors, print_json
 
@@ -27,6 +28,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 async def create(
     firmware: Annotated[str, typer.Argument(help="Firmware id (or unique name).")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the batch to finish.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Create nothing: check the options and count the devices it would target "
+            "(per source version, offline, busy in another batch) and how long the pushes take.",
+        ),
+    ] = False,
     json: JsonOpt = False,
     *,
     options: dict[str, Any],
@@ -38,6 +47,16 @@ async def create(
     with session_scope(ctx.engine) as session:
         fw = batches.find_firmware(session, firmware)
     assert fw.id is not None
+    if dry_run:
+        with cli_names():
+            preview = batch_preview.preview_batch(
+                ctx.engine, BatchInput(batch_id="", firmware_id=fw.id, **options)
+            )
+        if json:
+            print_json(preview.to_dict())
+        else:
+            _print_preview(preview)
+        return
     with cli_names():
         shown = await batches.create_batch(
             ctx, BatchInput(batch_id="", firmware_id=fw.id, **options)
@@ -190,6 +209,28 @@ def _print_batch(b: dict[str, Any]) -> None:
     ]
     if chosen:
         console.print("  " + " ".join(chosen), markup=False, highlight=False)
+
+
+def _print_preview(p: BatchPreview) -> None:
+    console.print(
+        f"dry run, nothing created: a {p.kind} batch of firmware {p.firmware_id} "
+        f"-> {p.target_version} on {p.product_key}/{p.module}"
+    )
+    versions = ", ".join(f"from {v}: {n}" for v, n in p.by_source_version.items())
+    phased = f", {p.percent}% of {p.matching} matching" if p.percent else ""
+    console.print(f"  {p.targets} devices targeted{phased}" + (f"; {versions}" if versions else ""))
+    console.print(
+        f"  {p.skipped} skipped (already on {p.target_version}), {p.offline} offline (pushed "
+        f"when they come online), {p.busy} busy in another batch (they would fail busy)"
+    )
+    if p.push_minutes is None:
+        console.print(f"  no rate: pushed as fast as they can be started, from {p.starts_at}")
+    else:
+        console.print(
+            f"  at {p.rate_per_minute} devices per minute: pushes from {p.starts_at} for "
+            f"{'under a minute' if p.push_minutes < 1 else f'about {p.push_minutes} min'}, "
+            f"the last by {p.last_push_at}"
+        )
 
 
 def _shown(value: Any) -> str:

@@ -53,6 +53,7 @@ BATCH_CASES = [
         "scheduled_at",
         "5 minutes and 7 days",
     ),
+    ({"ScheduleTime": -(2**101)}, "scheduled_at", "5 minutes and 7 days"),  # a 500 once (fuzz)
     ({"scheduled_at": "2030-01-01T10:00:00"}, "scheduled_at", "time zone"),
     ({"scheduled_at": "tomorrow"}, "scheduled_at", "ISO 8601"),
     ({"policy": "dynamic", "scheduled_at": _in(hours=1)}, "scheduled_at", "only a static"),
@@ -94,6 +95,42 @@ async def test_every_batch_rule_is_a_problem_naming_the_field(client):
     )
     assert "verify it first" in assert_problem(r, 409, "firmware")["detail"]
     assert (await client.get("/api/v1/batches")).json() == []  # nothing was created
+
+
+async def test_a_dry_run_answers_the_numbers_and_creates_nothing(client, temporal_env):
+    pk = await fleet(client, versions=["1.0.0"] * 4 + ["1.1.0", "2.0.0"])
+    fw = await firmware(client, pk)
+    url = f"/api/v1/firmware/{fw['id']}/batches?dry_run=true"
+    body = {
+        "SrcVersion": ["1.0.0", "1.1.0"],
+        "TargetSelection": "GRAY",
+        "GrayPercent": 50,
+        "MaximumPerMinute": 60,
+        "pickup_timeout_minutes": 20,
+    }
+    r = await client.post(url, json=body)
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert (p["dry_run"], p["matching"], p["percent"], p["targets"]) == (True, 5, 50, 2)
+    assert sum(p["by_source_version"].values()) == 2
+    assert (p["skipped"], p["offline"], p["rate_per_minute"], p["push_minutes"]) == (
+        1,
+        2,  # both targets: registered, never connected
+        60,
+        round(1 / 60, 1),
+    )
+    assert (await client.get("/api/v1/batches")).json() == []
+    assert [w async for w in temporal_env.client.list_workflows(f'OtaProductKey = "{pk}"')] == []
+    # What create refuses, the dry run refuses the same way, naming the same field.
+    for change, field, detail in BATCH_CASES:
+        change = {"src_versions": ["1.0.0"], **change}
+        if "SrcVersion" in change:
+            del change["src_versions"]
+        problem = assert_problem(await client.post(url, json=change), 422, field)
+        assert detail in problem["detail"], (change, problem)
+    assert_problem(await client.post(url, json={"pickup_timeout_minutes": 0}), 422)
+    assert_problem(await client.post("/api/v1/firmware/999/batches?dry_run=1", json={}), 404)
+    assert (await client.get("/api/v1/batches")).json() == []
 
 
 async def test_a_phased_batch_by_its_cloud_names_then_cancel(client, temporal_env):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func
+from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from ota.db.engine import make_engine
+from ota.db.models import Batch, Task
 from starter.cli import app
 from tests.test_workflow_support import make_firmware, make_fleet
 
@@ -27,6 +31,7 @@ def cli(tmp_path, monkeypatch):
         return CliRunner().invoke(app, [str(a) for a in args])
 
     run.firmware = str(fw)  # type: ignore[attr-defined]
+    run.db = tmp_path / "ota.db"  # type: ignore[attr-defined]
     return run
 
 
@@ -91,3 +96,51 @@ def test_batch_list_and_show_without_batches(cli):
     for command in ("pause", "resume"):
         result = cli("batch", command, "nope")
         assert result.exit_code == 2 and "batch nope not found" in result.stderr
+
+
+def test_dry_run_prints_the_numbers_and_creates_nothing(cli):
+    """No Temporal runs here: a create that started a workflow could not succeed."""
+    args = ("batch", "create", cli.firmware, "--src-version", "1.0.0", "--rate", "10")
+    result = cli(*args, "--pickup-timeout", "15", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["dry_run"], shown["targets"], shown["by_source_version"]) == (
+        True,
+        1,
+        {"1.0.0": 1},
+    )
+    assert (shown["skipped"], shown["offline"], shown["busy"], shown["push_minutes"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    text = cli(*args, "--dry-run").stdout
+    assert "dry run, nothing created" in text
+    assert "1 devices targeted; from 1.0.0: 1" in text
+    assert "at 10 devices per minute" in text
+    engine = make_engine(f"sqlite:///{cli.db}")
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(Batch)).one() == 0
+        assert session.exec(select(func.count()).select_from(Task)).one() == 0
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--src-version", "1.0.0", "--rate", "5"], "error: rate: must be between 10 and 1000"),
+        (["--src-version", "1.0.0", "--pickup-timeout", "0"], "error: pickup_timeout: "),
+        ([], "src_version: is required for a full firmware"),
+    ],
+)
+def test_dry_run_refuses_what_create_refuses(cli, args, message):
+    result = cli("batch", "create", cli.firmware, *args, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_create_help_describes_its_own_options_too(cli):
+    out = cli("batch", "create", "--help").stdout
+    assert "Create nothing: check the options" in out and "Wait for the batch to finish" in out
+    assert "--no-wait" not in out and "--no-dry-run" not in out

@@ -144,3 +144,31 @@ async def test_an_online_while_check_task_runs_pushes_again_first(
     assert patch_ids(history) == [KEEP_ONLINE_PATCH, REPUSH_PATCH]
     replayer = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner())
     await replayer.replay_workflow(history)  # the new path is deterministic
+
+
+async def test_a_continued_wait_keeps_the_pickup_deadline_of_its_push(time_skipping_env, ctx):
+    """A silent device's run continues as new at each re-check (every 4 minutes, the timeout's
+    period); the pickup deadline still counts from the push, carried in `pushed_at`, rather than
+    from each new run's start, which would put it off for ever."""
+    env = time_skipping_env
+    pk, (dn,) = make_fleet(ctx.engine, 1)
+    batch_id = make_task(ctx.engine, pk, dn, state="to_be_pushed")
+    with Session(ctx.engine) as session:
+        task_id = session.exec(select(Task.id).where(Task.batch_id == batch_id)).one()
+    handle = env.client.get_workflow_handle(device_workflow_id(pk, dn))
+    inp = DeviceUpgradeInput(
+        batch_id, task_id, pk, dn, timeout_minutes=4, pickup_timeout_minutes=10
+    )
+    async with running_worker(env.client, ctx):
+        with env.with_time_skipping_disabled():
+            await env.client.start_workflow(
+                DEVICE_WORKFLOW, inp, id=handle.id, task_queue=ctx.settings.task_queue
+            )
+        await eventually(lambda: tasks_of(ctx.engine, batch_id)[dn].state == "pushed")
+        assert await env.fast_forward(handle, timedelta(minutes=9))
+        assert tasks_of(ctx.engine, batch_id)[dn].state == "pushed"
+        assert await env.fast_forward(handle, timedelta(minutes=2)) is False  # it ended
+        result = await handle.result()
+        description = (await handle.describe()).raw_description.workflow_execution_info
+    assert (result["state"], result["reason"], result["attempts"]) == ("failed", "no_response", 1)
+    assert description.execution.run_id != description.first_run_id  # it did continue

@@ -18,7 +18,7 @@ def test_it_trips_at_the_threshold_once_enough_devices_executed():
 
 def test_which_failures_count():
     counts = {"updated": 5, "failed": 5}
-    failures = {"timeout": 3, "flash_failed": 2}
+    failures = {"timeout": 2, "no_response": 1, "flash_failed": 2}
     assert failure_share(counts, failures, "all") == (5, 10)
     assert failure_share(counts, failures, "timeout") == (3, 10)
     assert failure_share(counts, failures, "failed") == (2, 10)

@@ -322,6 +322,7 @@ class BatchWorkflow:
                 max_retries=inp.max_retries,
                 timeout_minutes=inp.timeout_minutes,
                 firmware_id=inp.firmware_id,
+                pickup_timeout_minutes=inp.pickup_timeout_minutes,
             ),
             c.target_version,
             f"batch {inp.batch_id}",

@@ -43,6 +43,8 @@ IDLE_RECHECK = timedelta(hours=24)
 # times, then with a growing interval.
 NO_PROGRESS_STEADY_CHECKS = 4
 NO_PROGRESS_RECHECK_MAX = timedelta(hours=6)
+# A timer is never set for less (a continued run whose pickup deadline has just passed).
+MIN_WAIT = timedelta(seconds=1)
 # A run no longer continues as new with a cancel pending (see _continue_if_suggested); a run
 # recorded before did, and replays without this marker.
 KEEP_CANCEL_PATCH = "device-continue-keeps-cancel"
@@ -57,6 +59,10 @@ RECHECK_GRACE = timedelta(minutes=2)
 RECHECK_PATCH = "device-recheck-before-timeout"
 # Runs recorded before ignored an `online` while waiting for the report (no push again).
 REPUSH_PATCH = "device-repush-on-reconnect"
+# The pickup timeout (a pushed device silent for `pickup_timeout_minutes`): marked only where a
+# timer found no progress with the option set, so neither the happy path nor a device that
+# reports in time gains a marker, and runs recorded before it replay unchanged.
+PICKUP_PATCH = "device-pickup-timeout"
 
 
 class Ending(StrEnum):
@@ -66,6 +72,7 @@ class Ending(StrEnum):
     UPDATED = ReportOutcome.UPDATED.value
     FAILED = ReportOutcome.FAILED.value
     TIMEOUT = "timeout"
+    NO_RESPONSE = "no_response"  # no progress within the pickup timeout of the push
     CANCEL = "cancel"
     RECORDED = "recorded"
 
@@ -83,7 +90,9 @@ class DeviceUpgradeWorkflow:
        offline, mark it to_be_pushed/offline and wait for the `online` signal;
     2. wait for the bridge's `report` signal; a timer enforces the timeout, counted from the
        first progress report the bridge recorded;
-    3. a failure report is retried after the interval, up to the maximum (state unchanged);
+    3. a failure report is retried after the interval, up to the maximum (state unchanged); so
+       is a push the device never picked up (no progress within the pickup timeout, if set),
+       which fails `no_response` once the retries are spent;
     4. record the final state (updated is recorded by the bridge) and end.
     A timeout or a cancel is final: neither is retried (seed). Before a timeout fails an online
     device, the device is asked once more: its report may have been lost."""
@@ -96,6 +105,7 @@ class DeviceUpgradeWorkflow:
         self._attempt = 1  # the push the reports are about
         self._state = TaskState.TO_BE_PUSHED.value
         self._published: str | None = None  # the OtaState last set on this workflow
+        self._pushed_at: datetime | None = None  # workflow time of the last push that reached it
 
     @workflow.signal(name=SIGNAL_REPORT)
     def report(self, report: DeviceReport) -> None:
@@ -123,6 +133,8 @@ class DeviceUpgradeWorkflow:
         self._attempt = inp.retries_used + 1
         self._published = workflow.info().typed_search_attributes.get(STATE)  # kept across runs
         self._state = self._published or self._state
+        if inp.pushed_at:
+            self._pushed_at = datetime.fromisoformat(inp.pushed_at)
         retries = inp.retries_used
         pushed = inp.awaiting_report
         while True:
@@ -145,7 +157,14 @@ class DeviceUpgradeWorkflow:
             if outcome.kind == Ending.CANCEL:
                 return await self._cancel_task(inp, retries)
             reason = outcome.reason or TaskReason.UPDATE_FAILED
-            if outcome.kind == Ending.FAILED and self._may_retry(inp, retries):
+            # A push never picked up is a failed attempt like a failure report: retried after the
+            # operator's interval (the interval is what spaces attempts at one device, whatever
+            # failed), and "Do Not Retry" fails it at once. No last look before failing it: each
+            # retry is already a push again, and a device that answers the last look would be
+            # failed mid-upgrade; a final state the bridge recorded meanwhile still wins (the
+            # check before, the guarded finish).
+            retryable = outcome.kind in (Ending.FAILED, Ending.NO_RESPONSE)
+            if retryable and self._may_retry(inp, retries):
                 retries += 1
                 self._details(f"attempt {retries} failed ({reason}); retrying", inp)
                 if await self._sleep(timedelta(minutes=inp.retry_interval_minutes or 0)):
@@ -165,6 +184,14 @@ class DeviceUpgradeWorkflow:
             firmware_id=inp.firmware_id,
         )
 
+    def _pickup_left(self, inp: DeviceUpgradeInput) -> timedelta | None:
+        """How long the pushed device has left to report any progress; None without the option
+        (or before a push)."""
+        if not inp.pickup_timeout_minutes or self._pushed_at is None:
+            return None
+        deadline = self._pushed_at + timedelta(minutes=inp.pickup_timeout_minutes)
+        return deadline - workflow.now()
+
     @staticmethod
     def _may_retry(inp: DeviceUpgradeInput, retries: int) -> bool:
         return inp.retry_interval_minutes is not None and retries < inp.max_retries
@@ -177,6 +204,8 @@ class DeviceUpgradeWorkflow:
         self._attempt = attempt
         result = await local(push, self._push_request(inp, attempt), PUSH_TIMEOUT)
         offline = result.outcome == PushOutcome.OFFLINE
+        if result.outcome == PushOutcome.PUSHED:
+            self._pushed_at = workflow.now()
         self._set_state(TaskState.TO_BE_PUSHED if offline else result.state)
         self._details(
             "waiting for the device to come online"
@@ -200,6 +229,10 @@ class DeviceUpgradeWorkflow:
     async def _wait_report(self, inp: DeviceUpgradeInput, retries: int) -> Outcome:
         """The device's report, a cancel, a timeout, or a final state found in the database."""
         wait = timedelta(minutes=inp.timeout_minutes) if inp.timeout_minutes else IDLE_RECHECK
+        if (left := self._pickup_left(inp)) is not None:
+            # The same timer, set no later than the pickup deadline: a device that reports
+            # before it costs nothing more. One that is still upgrading then costs a check.
+            wait = min(wait, max(left, MIN_WAIT))
         checks = 0
         while True:
             # A timer of our own rather than wait_condition(timeout=): on the happy path the
@@ -225,7 +258,15 @@ class DeviceUpgradeWorkflow:
             check = await local(check_task, inp.task_id, RECORD_TIMEOUT)
             if check.state in FINAL_TASK_STATES:  # recorded by the bridge; its signal was lost
                 return Outcome(Ending.RECORDED, check.reason, check.state)
-            if inp.timeout_minutes and check.first_progress_at:
+            progressed = check.first_progress_at or check.state == TaskState.IN_UPGRADE
+            if not progressed and (left := self._pickup_left(inp)) is not None:
+                # patched() only here: a timer found a silent device with the option set.
+                if workflow.patched(PICKUP_PATCH):
+                    if left <= timedelta(0):
+                        return Outcome(Ending.NO_RESPONSE, TaskReason.NO_RESPONSE)
+                    # Shorter than the timeout: re-check at the timeout's period until then.
+                    wait = min(left, wait)
+            elif inp.timeout_minutes and check.first_progress_at:
                 deadline = datetime.fromisoformat(check.first_progress_at) + timedelta(
                     minutes=inp.timeout_minutes
                 )
@@ -239,6 +280,8 @@ class DeviceUpgradeWorkflow:
                 checks += 1
                 if checks >= NO_PROGRESS_STEADY_CHECKS:
                     wait = min(wait * 2, NO_PROGRESS_RECHECK_MAX)
+            else:  # no timeout: only a lost signal to look for (the pickup's timer was shorter)
+                wait = IDLE_RECHECK
             self._continue_if_suggested(inp, retries, awaiting_report=True)
 
     async def _ask_again(self, inp: DeviceUpgradeInput, retries: int) -> Outcome | None:
@@ -324,8 +367,9 @@ class DeviceUpgradeWorkflow:
 
     def _details(self, text: str, inp: DeviceUpgradeInput) -> None:
         timeout = f"{inp.timeout_minutes} min" if inp.timeout_minutes else "none"
+        pickup = f", pickup {inp.pickup_timeout_minutes} min" if inp.pickup_timeout_minutes else ""
         workflow.set_current_details(
-            f"{text}\n\nbatch {inp.batch_id}, task {inp.task_id}, timeout {timeout}"
+            f"{text}\n\nbatch {inp.batch_id}, task {inp.task_id}, timeout {timeout}{pickup}"
         )
 
     def _continue_if_suggested(
@@ -349,5 +393,13 @@ class DeviceUpgradeWorkflow:
         continue_unless_pending(
             workflow.info().is_continue_as_new_suggested(),
             pending,
-            lambda: replace(inp, retries_used=retries, awaiting_report=awaiting_report),
+            lambda: replace(
+                inp,
+                retries_used=retries,
+                awaiting_report=awaiting_report,
+                # The pickup deadline counts from the push, not from the next run's start.
+                pushed_at=self._pushed_at.isoformat()
+                if awaiting_report and self._pushed_at and inp.pickup_timeout_minutes
+                else None,
+            ),
         )

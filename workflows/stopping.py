@@ -9,7 +9,8 @@ with workflow.unsafe.imports_passed_through():
 
 # A device that never ran the update (busy in another batch) says nothing of the firmware.
 NOT_EXECUTED = (TaskReason.BUSY.value,)
-TIMEOUT_REASONS = (TaskReason.TIMEOUT.value,)
+# Timed out upgrading, or never answered the push (the pickup timeout).
+TIMEOUT_REASONS = (TaskReason.TIMEOUT.value, TaskReason.NO_RESPONSE.value)
 COUNTED = {StopOn.ALL: "failed", StopOn.FAILED: "failed", StopOn.TIMEOUT: "timed out"}
 
 

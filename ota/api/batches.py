@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Body, Query
+from fastapi import Body, Query, Response
 
 from ota.api.batch_body import BatchCreate, body_options
 from ota.api.common import UNAVAILABLE, Ctx, api_router
@@ -16,20 +16,40 @@ from ota.context import Context
 from ota.contracts import BatchInput
 from ota.domain import BatchState, TaskReason, TaskState
 from ota.services import batches as service
+from ota.services.batch_preview import preview_batch
 from ota.services.firmware import get_firmware
 
 router = api_router("batches")
 PAGE_MAX = 1000
 
 
+DryRun = Annotated[
+    bool,
+    Query(
+        description="Create nothing: answer 200 with what the batch would target (per source "
+        "version, skipped, offline, busy in another batch) and how long its pushes take; a "
+        "request create would refuse is refused the same way."
+    ),
+]
+
+
 @router.post(
     "/firmware/{firmware_id:int}/batches",
     status_code=201,
     summary="CreateOTAStaticUpgradeJob / CreateOTADynamicUpgradeJob (Batch Update)",
-    responses=UNAVAILABLE,
+    responses={**UNAVAILABLE, 200: {"description": "dry_run: the preview; nothing created"}},
 )
-async def create_batch(ctx: Ctx, firmware_id: FirmwareId, body: BatchCreate) -> dict[str, Any]:
+async def create_batch(
+    ctx: Ctx,
+    firmware_id: FirmwareId,
+    body: BatchCreate,
+    response: Response,
+    dry_run: DryRun = False,
+) -> dict[str, Any]:
     inp = BatchInput(batch_id="", firmware_id=firmware_id, **body_options(body))
+    if dry_run:
+        response.status_code = 200
+        return preview_batch(ctx.engine, inp).to_dict()
     return batch_view(ctx.settings, await service.create_batch(ctx, inp))
 
 

@@ -187,6 +187,7 @@ fwui.submitValidate = async function (event) {
 fwui.openBatch = async function (button) {
   const form = fwui.context("batch-dialog", button);
   form.reset();
+  form.querySelector(".js-preview").hidden = true;
   fwui.batchLayout();
   await fwui.loadVersions(form, true);
 };
@@ -230,6 +231,38 @@ fwui.batchBody = function (form) {
   return body;
 };
 
+// Preview: the same request with ?dry_run=true. The API checks it as it would the batch and
+// answers the counts; nothing is created until OK.
+fwui.previewBatch = async function (form) {
+  const out = form.querySelector(".js-preview");
+  out.hidden = true;
+  try {
+    const p = await ota.api("POST",
+      `/api/v1/firmware/${form.dataset.firmwareId}/batches?dry_run=true`, fwui.batchBody(form));
+    ota.clearErrors(form);
+    const versions = Object.entries(p.by_source_version).map(([v, n]) => `${v}: ${n}`);
+    const lines = [
+      `Would update ${p.targets} devices` +
+        (p.percent ? ` (${p.percent}% of ${p.matching} matching)` : "") +
+        (versions.length ? `; from ${versions.join(", ")}` : ""),
+      `Skipped (already on ${p.target_version}): ${p.skipped}. Offline (pushed when they ` +
+        `come online): ${p.offline}. In another batch (would fail busy): ${p.busy}.`,
+      p.push_minutes === null ? "No rate: pushed as fast as they can be started."
+        : `Pushes take ${p.push_minutes < 1 ? "under a minute" : `about ${p.push_minutes} min`} ` +
+          `at ${p.rate_per_minute} devices per minute ` +
+          `(the last by ${new Date(p.last_push_at).toLocaleString()}).`,
+    ];
+    out.replaceChildren(...lines.map((text) => {
+      const line = document.createElement("p");
+      line.textContent = text;
+      return line;
+    }));
+    out.hidden = false;
+  } catch (problem) {
+    ota.showProblem(form, problem);
+  }
+};
+
 fwui.submitBatch = async function (event) {
   event.preventDefault();
   const form = event.target;
@@ -266,7 +299,10 @@ document.addEventListener("DOMContentLoaded", () => {
   const batch = document.getElementById("batch-form");
   if (batch) {
     batch.addEventListener("submit", fwui.submitBatch);
+    batch.querySelector(".js-preview-batch").addEventListener("click", () =>
+      fwui.previewBatch(batch));
     batch.addEventListener("change", (e) => {
+      batch.querySelector(".js-preview").hidden = true; // its numbers are for the old choices
       fwui.batchLayout();
       if (e.target.name === "src_versions" || e.target.value === "selected") {
         fwui.loadDevices(batch);
