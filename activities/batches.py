@@ -18,6 +18,7 @@ from activities.targets import (
     finish_tasks,
     insert_tasks,
     new_dynamic_targets,
+    throttled,
 )
 from activities.turns import give_turns
 from ota.contracts import (
@@ -46,6 +47,7 @@ from ota.errors import OtaError
 from ota.services.batches import (
     batch_counts,
     batch_failures,
+    batch_in_flight,
     check_one_dynamic,
     resolve_batch,
 )
@@ -155,6 +157,7 @@ class BatchActivities:
                 counts=counts,
                 added=added,
                 failures=batch_failures(session, req.batch_id) if req.want_failures else None,
+                in_flight=batch_in_flight(session, req.batch_id) if req.want_in_flight else None,
             )
             return claim, suspects(session, req.batch_id, [cast(int, i) for i in ids])
 
@@ -190,7 +193,7 @@ class BatchActivities:
                 .values(updated_at=utcnow())
             )
             if req.state == BatchState.IN_PROGRESS:  # pacing begins, or resumes
-                reason = TaskReason.RATE_LIMITED if batch.rate_per_minute else None
+                reason = TaskReason.RATE_LIMITED if throttled(batch) else None
                 waiting = waiting.where(
                     col(Task.reason).in_((TaskReason.SCHEDULED, TaskReason.PAUSED))
                 ).values(reason=reason)

@@ -44,10 +44,17 @@ def drop_superseded(session: Session, batch: Batch) -> int:
     return result.rowcount or 0
 
 
+def throttled(batch: Batch) -> bool:
+    """Its unpushed tasks wait for the pacer's rate or in-flight cap: reason `rate_limited` (a
+    cap is a throttle too; a reason of its own would cost an update of every waiting task each
+    time the cap fills or frees)."""
+    return bool(batch.rate_per_minute or (batch.options or {}).get("max_in_flight"))
+
+
 def waiting_reason(batch: Batch) -> str | None:
     if batch.state == BatchState.SCHEDULED:
         return TaskReason.SCHEDULED
-    return TaskReason.RATE_LIMITED if batch.rate_per_minute else None
+    return TaskReason.RATE_LIMITED if throttled(batch) else None
 
 
 def insert_tasks(

@@ -22,6 +22,8 @@ from typing import Any
 
 from ota.domain import (
     DEVICE_NAME_RE,
+    MAX_IN_FLIGHT_MAX,
+    MAX_IN_FLIGHT_MIN,
     MAX_RETRIES_CHOICES,
     PERCENT_MAX,
     PERCENT_MIN,
@@ -227,6 +229,17 @@ class BatchOptions:
         unit="devices per minute",
         widget=Widget.NUMBER,
         suggested=100,
+    )
+    max_in_flight: int | None = option(
+        group=Group.PACING,
+        label="Maximum in Flight",
+        help="At most this many devices pushed or upgrading at once, 1 to 100000 (a device "
+        "offline at its push does not count until it reconnects). Unset: a batch without a "
+        "rate gets OTA_MAX_IN_FLIGHT (default 1000), one with a rate none.",
+        low=MAX_IN_FLIGHT_MIN,
+        high=MAX_IN_FLIGHT_MAX,
+        unit="devices",
+        widget=Widget.NUMBER,
     )
     # --- retry ---
     retry_interval_minutes: int | None = option(

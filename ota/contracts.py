@@ -104,6 +104,8 @@ class PacerCarry:
     paused: bool = False
     pause_note: str | None = None
     stop_tripped: bool = False
+    # Devices in flight (batches with a cap): the last count, plus the pushes let go since.
+    in_flight: int = 0
 
 
 @dataclass
@@ -219,6 +221,8 @@ class ClaimRequest:
     turns: int = 0
     # Batches with a stop rule: also the failed tasks by reason (timeouts apart).
     want_failures: bool = False
+    # Batches with an in-flight cap: also how many devices are in flight (with the counts).
+    want_in_flight: bool = False
 
 
 @dataclass
@@ -230,6 +234,7 @@ class ClaimResult:
     turns_given: int = 0  # reconnected devices signalled to push now
     turns_waiting: bool = False  # more reconnected devices wait for their turn
     failures: dict[str, int] | None = None  # failed tasks by reason (want_failures)
+    in_flight: int | None = None  # pushed, upgrading or about to push, this claim's included
 
 
 @dataclass

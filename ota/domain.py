@@ -180,6 +180,7 @@ RETRY_INTERVALS: dict[str, int | None] = {
 }
 PERCENT_MIN, PERCENT_MAX = 1, 100
 STOP_MIN_MIN, STOP_MIN_MAX = 1, 100_000  # executed devices before a stop rule may trip
+MAX_IN_FLIGHT_MIN, MAX_IN_FLIGHT_MAX = 1, 100_000  # devices pushed or upgrading at once
 # Batch ids: new_batch_id's hex, and what a Temporal workflow id and the 64-character column hold.
 BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Firmware and task ids are INTEGER columns: 4 bytes on PostgreSQL. A larger id names nothing,

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     continue_as_new_every: int = Field(default=200, ge=1)
     batch_poll_seconds: float = Field(default=5.0, gt=0)
     dynamic_poll_seconds: float = Field(default=10.0, gt=0)
+    # The in-flight cap of a batch without a rate and without its own --max-in-flight: the pacer
+    # starts no device workflow while this many devices are pushed or upgrading (0: no cap).
+    # Unthrottled, it started every device workflow within seconds however slow the devices,
+    # and the Temporal server held them all (429 -> 617 MB from 1,000 to 10,000 devices).
+    max_in_flight: int = Field(default=1000, ge=0, le=100_000)
 
     # Bridge: how long reports are gathered before one database transaction writes them.
     bridge_flush_seconds: float = Field(default=0.2, gt=0)

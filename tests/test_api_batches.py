@@ -66,6 +66,9 @@ BATCH_CASES = [
     ({"stop_at": 20, "stop_on": "rejected"}, "stop_on", "all, failed or timeout"),
     ({"stop_at": 20, "stop_action": "halt"}, "stop_action", "pause or cancel"),
     ({"stop_min": 5}, "stop_at", "is required with"),
+    ({"max_in_flight": 0}, "max_in_flight", "between 1 and 100000 devices"),
+    ({"max_in_flight": 100_001}, "max_in_flight", "between 1 and 100000 devices"),
+    ({"max_in_flight": "many"}, "max_in_flight", "integer"),
     ({"GrayPercentage": 5}, "GrayPercentage", "Extra inputs"),
 ]
 

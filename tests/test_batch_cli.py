@@ -61,6 +61,7 @@ def cli(tmp_path, monkeypatch):
         (["--stop-at", "20", "--stop-on", "rejected"], "stop_on", "all, failed or timeout"),
         (["--stop-at", "20", "--stop-action", "halt"], "stop_action", "pause or cancel"),
         (["--stop-action", "cancel"], "stop_at", "is required with"),
+        (["--max-in-flight", "0"], "max_in_flight", "between 1 and 100000 devices"),
     ],
 )
 def test_invalid_values_exit_2_naming_field_and_range(cli, args, field, allowed):

@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         set_batch_state,
     )
     from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope, StopAction
+    from workflows.capping import cap_wait, room
     from workflows.children import start_device
     from workflows.continuing import continue_unless_pending
     from workflows.pacing import burst_size, next_start, recent_marks
@@ -60,6 +61,9 @@ CONTINUE_AFTER_CANCEL_PATCH = "pacer-continue-after-cancel"
 # got such a signal anyway (dropped then) must drop it again.
 PAUSE_PATCH = "pacer-pause"
 STOP_PATCH = "pacer-stop-rule"
+# Runs recorded before had no in-flight cap (asked only by a batch with `max_in_flight`).
+CAP_PATCH = "pacer-in-flight-cap"
+NO_CAP = 1 << 30
 OPERATOR_PAUSE = "paused by the operator"
 
 
@@ -78,6 +82,9 @@ class BatchWorkflow:
     Pause (signal or stop rule): nothing new is pushed (no start, no turn) until `resume`;
     a batch with a stop rule (`stop_at`) also counts its failures with every count, and trips
     at most once: it pauses or cancels the batch, saying why.
+    In-flight cap (`max_in_flight`): no start and no turn while that many devices are pushed or
+    upgrading; the claim counts them with the other counts, the pacer adds its pushes since, and
+    a full batch re-counts soon (workflows/capping.py).
     Per-device outcomes live in the device workflows and the database; this keeps counters."""
 
     def __init__(self) -> None:
@@ -90,6 +97,8 @@ class BatchWorkflow:
         self._failures: dict[str, int] = {}
         self._want_paused: bool | None = None  # what the last pause/resume signal asked
         self._note: str | None = None
+        self._cap_wait = 0.0  # seconds of the last wait for room under the in-flight cap
+        self._freed = True  # devices finished during that wait
 
     @workflow.signal(name=SIGNAL_PAUSE)
     def pause(self) -> None:
@@ -205,9 +214,17 @@ class BatchWorkflow:
                     return done
                 if c.paused:
                     continue
+            limit = min(size, per_run - started_here)
+            if (cap := self._cap(inp)) is not None:
+                if not room(cap, c.in_flight):
+                    await self._wait_for_room(inp)
+                    suggested = workflow.info().is_continue_as_new_suggested()
+                    waited = self._continue_as_new(inp, due=suggested)
+                    continue
+                limit = min(limit, room(cap, c.in_flight))
             claim = await self._claim(
                 inp,
-                limit=min(size, per_run - started_here),
+                limit=limit,
                 sync=sync,
                 counts=counts and not stop_check,
                 turns=self._turns(inp, size, counts),
@@ -236,6 +253,7 @@ class BatchWorkflow:
     ) -> ClaimResult:
         if turns:
             self._turns_pending = False  # the claim tells whether more wait
+        capped = counts and self._cap(inp) is not None
         claim = await local(
             claim_tasks,
             ClaimRequest(
@@ -247,9 +265,14 @@ class BatchWorkflow:
                 busy_task_ids=list(busy),
                 turns=turns,
                 want_failures=failures,
+                want_in_flight=capped,
             ),
         )
         c = self._carry
+        if claim.in_flight is not None:  # this claim's own pushes included
+            c.in_flight = claim.in_flight
+        elif inp.max_in_flight is not None:
+            c.in_flight += len(claim.tasks) + claim.turns_given
         c.total += claim.added
         c.busy += claim.busy
         if claim.counts is not None:
@@ -270,7 +293,7 @@ class BatchWorkflow:
             return 0
         if self._carry.paused:
             return 0
-        return size
+        return min(size, self._room(inp))
 
     def _next_push(self, inp: BatchInput, size: int) -> float:
         """When `size` more pushes (starts or turns) keep the batch's rate."""
@@ -362,7 +385,11 @@ class BatchWorkflow:
                 interval = (
                     min(interval * 2, MAX_POLL) if same else timedelta(seconds=inp.poll_seconds)
                 )
-                await self._nap(interval, wake_on_turns=True)
+                full = self._turns_pending and self._room(inp) == 0
+                if full:  # reconnected devices wait for room: look as soon as in the pacing
+                    self._cap_wait = cap_wait(self._cap_wait, inp.poll_seconds, not same)
+                    interval = timedelta(seconds=self._cap_wait)
+                await self._nap(interval, wake_on_turns=not full)
             # A cancel that makes this wait is handled at the loop's top, and the next round
             # continues.
             self._continue_as_new(inp, due=workflow.info().is_continue_as_new_suggested())
@@ -407,7 +434,34 @@ class BatchWorkflow:
 
     def _turns_waiting(self, inp: BatchInput) -> bool:
         """Reconnected devices wait for a turn this batch may give now."""
-        return self._turns_pending and bool(inp.rate_per_minute) and not self._carry.paused
+        if not (self._turns_pending and inp.rate_per_minute) or self._carry.paused:
+            return False
+        return self._room(inp) > 0
+
+    # --- the in-flight cap ---
+
+    def _cap(self, inp: BatchInput) -> int | None:
+        """The batch's cap (asked only when it has one: a batch without records nothing)."""
+        if inp.max_in_flight is None or not workflow.patched(CAP_PATCH):
+            return None
+        return inp.max_in_flight
+
+    def _room(self, inp: BatchInput) -> int:
+        """Pushes the cap allows now (without a cap: any number)."""
+        cap = self._cap(inp)
+        return NO_CAP if cap is None else room(cap, self._carry.in_flight)
+
+    async def _wait_for_room(self, inp: BatchInput) -> None:
+        """The cap is reached: wait, then re-count (sooner after devices finished), unless a
+        cancel, pause or resume comes first."""
+        c = self._carry
+        self._cap_wait = cap_wait(self._cap_wait, inp.poll_seconds, self._freed)
+        self._details(f"{c.in_flight} devices in flight: waiting for some to finish (the cap)")
+        if await self._nap(timedelta(seconds=self._cap_wait)):
+            return
+        before = c.in_flight
+        await self._claim(inp, limit=0, counts=True)
+        self._freed = c.in_flight < before
 
     async def _follow_pause(self, inp: BatchInput) -> None:
         """Pause or resume as the last signal asked (runs recorded before ignore it)."""

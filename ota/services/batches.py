@@ -188,9 +188,19 @@ def batch_input(ctx: Context, batch: Batch, inp: BatchInput) -> BatchInput:
     )
 
 
+def default_cap(max_in_flight: int, inp: BatchInput) -> BatchInput:
+    """A batch without a rate and without its own cap gets the settings' (OTA_MAX_IN_FLIGHT), so
+    its pacer cannot start the whole fleet's device workflows ahead of the devices. Stored with
+    the batch's options: `ota batch show` says which cap holds. A rate is a throttle already."""
+    if inp.max_in_flight is not None or inp.rate_per_minute or not max_in_flight:
+        return inp
+    return replace(inp, max_in_flight=max_in_flight)
+
+
 async def create_batch(ctx: Context, inp: BatchInput) -> dict[str, Any]:
     """Register the batch and start its workflow; returns the batch as `show_batch` does."""
     inp = replace(inp, batch_id=inp.batch_id or new_batch_id())
+    inp = default_cap(ctx.settings.max_in_flight, inp)
     with Session(ctx.engine) as session:  # every rule first: bad input fails fast
         batch = resolve_batch(session, inp)
         check_one_dynamic(session, batch)
@@ -277,6 +287,20 @@ def batch_counts(session: Session, batch_id: str) -> dict[str, int]:
         select(Task.state, func.count()).where(Task.batch_id == batch_id).group_by(Task.state)
     )
     return {state: n for state, n in rows}
+
+
+def batch_in_flight(session: Session, batch_id: str) -> int:
+    """Devices of the batch pushed or upgrading, and those about to be: started (or let take
+    their turn) but not pushed yet. A started device offline at its push (reason `offline`, or
+    `rate_limited` while it waits for its turn) holds no download and does not count."""
+    unpushed = Task.state == TaskState.TO_BE_PUSHED
+    pushing = unpushed & col(Task.started) & col(Task.reason).is_(None)
+    return session.exec(
+        select(func.count()).where(
+            Task.batch_id == batch_id,
+            col(Task.state).in_((TaskState.PUSHED, TaskState.IN_UPGRADE)) | pushing,
+        )
+    ).one()
 
 
 def batch_failures(session: Session, batch_id: str) -> dict[str, int]:
