@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
+from ota import protocol
+from ota.bridge.records import apply_reports
+from ota.bridge.signals import Signaller
 from ota.contracts import BatchInput, BatchProgress, batch_workflow_id
 from ota.domain import TaskState
 from ota.services.batches import create_batch, pause_batch, resume_batch
 from tests.test_batch_safety import run_histories, waiting_reasons
+from tests.test_batch_turns import offline_and_waiting
 from tests.test_workflow_support import (
     FakeBridge,
     batch_row,
@@ -154,3 +159,30 @@ async def test_an_unthrottled_batch_gets_the_default_cap_and_a_paced_one_none(
             ),
         )
         assert mine["max_in_flight"] == 7  # the batch's own wins
+
+
+async def test_reconnected_devices_of_a_paced_batch_take_their_turns_within_the_cap(
+    temporal_env, mqtt_url, tmp_path
+):
+    ctx = make_context(tmp_path, mqtt_url, temporal_env.client, batch_poll_seconds=0.5)
+    pk, names = make_fleet(ctx.engine, 10, online=False)
+    fw = make_firmware(ctx.engine, pk)
+    client = await ctx.temporal()
+    bridge = FakeBridge(ctx.engine, client, pk)
+    async with upgrade_listener(mqtt_url, pk) as pushes, running_worker(client, ctx):
+        inp = BatchInput("", fw, src_versions=["1.0.0"], rate_per_minute=600, max_in_flight=3)
+        b = await create_batch(ctx, inp)
+        # Offline devices hold a device workflow but no download: all ten start.
+        await eventually(lambda: offline_and_waiting(ctx.engine, b["id"], 10), timeout=30)
+
+        # The whole fleet reconnects at once: the rate would let all ten go, the cap three.
+        flush = apply_reports(ctx.engine, [protocol.Status(pk, n, True) for n in names])
+        await Signaller(client, Counter()).send(flush.signals)
+        await eventually(lambda: len(pushes) == 3, timeout=15)
+        await asyncio.sleep(1.5)
+        assert len(pushes) == 3
+        for name in in_flight(ctx.engine, b["id"]):
+            await bridge.updated(name)
+        await eventually(lambda: len(pushes) == 6, timeout=15)
+        await asyncio.sleep(1.5)
+        assert len(pushes) == 6
