@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
+from temporalio.workflow import NondeterminismError
 
 from ota import protocol
 from ota.bridge.records import apply_reports
@@ -32,7 +33,7 @@ from tests.test_workflow_support import (
     upgrade_listener,
 )
 from workflows import WORKFLOWS
-from workflows.batch import CAP_PATCH
+from workflows.batch import CAP_PATCH, BatchWorkflow
 from workflows.capping import CAP_POLL_SECONDS, cap_wait, room
 
 REPLAYER = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner())
@@ -124,6 +125,11 @@ async def test_at_most_max_in_flight_devices_push_and_the_rest_follow_as_they_fi
     assert CAP_PATCH in patch_ids(runs[0])
     for history in runs:
         await REPLAYER.replay_workflow(history)
+    # The replay has teeth: a pacer without the cap (as the code before) does not replay it.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BatchWorkflow, "_cap", lambda self, inp: None)
+        with pytest.raises(NondeterminismError):
+            await REPLAYER.replay_workflow(runs[0])
 
 
 async def test_an_unthrottled_batch_gets_the_default_cap_and_a_paced_one_none(
