@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, and_, func, or_
 from sqlmodel import Session, col, select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -293,14 +293,13 @@ def batch_in_flight(session: Session, batch_id: str) -> int:
     """Devices of the batch pushed or upgrading, and those about to be: started (or let take
     their turn) but not pushed yet. A started device offline at its push (reason `offline`, or
     `rate_limited` while it waits for its turn) holds no download and does not count."""
-    unpushed = Task.state == TaskState.TO_BE_PUSHED
-    pushing = unpushed & col(Task.started) & col(Task.reason).is_(None)
-    return session.exec(
-        select(func.count()).where(
-            Task.batch_id == batch_id,
-            col(Task.state).in_((TaskState.PUSHED, TaskState.IN_UPGRADE)) | pushing,
-        )
-    ).one()
+    pushing = and_(
+        col(Task.state) == TaskState.TO_BE_PUSHED,
+        col(Task.started).is_(True),
+        col(Task.reason).is_(None),
+    )
+    in_flight = or_(col(Task.state).in_((TaskState.PUSHED, TaskState.IN_UPGRADE)), pushing)
+    return session.exec(select(func.count()).where(col(Task.batch_id) == batch_id, in_flight)).one()
 
 
 def batch_failures(session: Session, batch_id: str) -> dict[str, int]:
