@@ -91,6 +91,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     last = runs[-1]
     un = last["unthrottled"]
     rate = last.get("rate", {})
+    stop = last.get("stop_rule", {})
     max_batch = max((max(r["unthrottled"]["batch_run_events"]) for r in runs), default=0)
     return {
         "devices": last["devices"],
@@ -108,6 +109,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "signals_per_device": un["signals_per_device"],
         "workflow_tasks_per_device": un["workflow_tasks_per_device"],
         "db_ops_per_device": round(un["db_ops_per_device"], 1),
+        "pacer_events_per_device": un["pacer_events_per_device"],
+        "stop_rule_devices_per_s": round(stop.get("devices_per_s", 0.0), 2),
+        "stop_rule_pacer_events_per_device": stop.get("pacer_events_per_device"),
+        "stop_rule_db_ops_per_device": round(stop.get("db_ops_per_device", 0.0), 1),
         "baseline_db_ops_per_device": round(last["baseline"]["db_ops_per_device"], 1),
         "push_to_updated_p50_s": round(un["p50_s"], 3),
         "push_to_updated_p99_s": round(un["p99_s"], 3),
@@ -148,6 +153,10 @@ def print_table(report: dict[str, Any]) -> None:
         ("workflow tasks per device", "workflow_tasks_per_device"),
         ("server DB operations per device", "db_ops_per_device"),
         ("  baseline's, for comparison", "baseline_db_ops_per_device"),
+        ("pacer events per device", "pacer_events_per_device"),
+        ("with --stop-at 50: devices/s", "stop_rule_devices_per_s"),
+        ("  pacer events per device", "stop_rule_pacer_events_per_device"),
+        ("  server DB operations per device", "stop_rule_db_ops_per_device"),
         ("push to updated p50 (s)", "push_to_updated_p50_s"),
         ("push to updated p99 (s)", "push_to_updated_p99_s"),
         ("max events in any run's history", "max_history_events"),

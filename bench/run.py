@@ -113,10 +113,18 @@ async def run_size(
         result["unthrottled"].update(await device_histories(client, pk, names))
         result["baselines"].append(await _baseline(stack, client, mqtt, devices))
         result["baseline"] = _mean_baseline(result["baselines"])
+        source = "2.0.0"
         if rate:
             fw2 = _firmware(ctx, pk, "3.0.0")
-            result["rate"] = await _batch(ctx, pk, fw2, "2.0.0", devices, rate)
+            result["rate"] = await _batch(ctx, pk, fw2, source, devices, rate)
             rss["rate"] = stack.rss_mb()
+            source = "3.0.0"
+        # The same fan-out with a failure-rate stop rule (never tripping: nothing fails), for
+        # what the rule costs the pacer: its counts by failure reason, its events.
+        fw3 = _firmware(ctx, pk, "4.0.0")
+        with _costs(stack, devices) as costs:
+            result["stop_rule"] = await _batch(ctx, pk, fw3, source, devices, None, stop_at=50)
+        result["stop_rule"].update(costs)
         stack.sample()
         result["peak_rss_mb"] = {p.name: round(p.peak_rss_mb, 1) for p in stack.procs}
         # Where the machine's two cores went (the fleet's simulation shares them with the rest).
@@ -166,14 +174,22 @@ def _mean_baseline(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def _batch(
-    ctx: Context, pk: str, firmware_id: int, source: str, devices: int, rate: int | None
+    ctx: Context,
+    pk: str,
+    firmware_id: int,
+    source: str,
+    devices: int,
+    rate: int | None,
+    **options: Any,
 ) -> dict[str, Any]:
+    """One batch over the fleet, until every device is updated; `options`: more batch options."""
     label = f"rate {rate}/min" if rate else "unthrottled"
+    label += "".join(f", {name} {value}" for name, value in options.items())
     started = time.monotonic()
     batch = await create_batch(
         ctx,
         BatchInput(batch_id="", firmware_id=firmware_id, src_versions=[source],
-                   rate_per_minute=rate, timeout_minutes=60),
+                   rate_per_minute=rate, timeout_minutes=60, **options),
     )  # fmt: skip
     batch_id = batch["id"]
     patience = 120 + devices / 5 + (devices / rate * 60 if rate else 0)
@@ -191,6 +207,7 @@ async def _batch(
         out["pacing"] = pacing(times, rate)
     client = await ctx.temporal()
     out["batch_run_events"] = await batch_run_lengths(client, batch_workflow_id(batch_id))
+    out["pacer_events_per_device"] = round(sum(out["batch_run_events"]) / devices, 2)
     log.info("%s: %d devices in %.1f s (%.1f/s)", label, devices, elapsed, devices / elapsed)
     return out
 
