@@ -17,7 +17,7 @@ from ota.bridge.records import apply_reports
 from ota.bridge.signals import Signaller
 from ota.contracts import BatchInput, BatchProgress, batch_workflow_id
 from ota.domain import TaskState
-from ota.services.batches import create_batch, pause_batch, resume_batch
+from ota.services.batches import create_batch, default_cap, pause_batch, resume_batch
 from tests.test_batch_safety import run_histories, waiting_reasons
 from tests.test_batch_turns import offline_and_waiting
 from tests.test_workflow_support import (
@@ -48,6 +48,16 @@ def test_room_and_the_wait_for_it():
     assert cap_wait(4.0, 5.0, freed=False) == 5.0  # up to the batch's poll interval
     assert cap_wait(4.0, 5.0, freed=True) == CAP_POLL_SECONDS  # devices finish: look soon
     assert cap_wait(0.0, 0.5, freed=True) == 0.5  # a faster poll wins
+
+
+def test_the_default_cap_is_for_unthrottled_batches_without_their_own():
+    bare = BatchInput("b", 1, src_versions=["1.0.0"])
+    assert default_cap(1000, bare).max_in_flight == 1000
+    assert default_cap(0, bare).max_in_flight is None  # OTA_MAX_IN_FLIGHT=0: no cap
+    paced = BatchInput("b", 1, src_versions=["1.0.0"], rate_per_minute=100)
+    assert default_cap(1000, paced).max_in_flight is None
+    own = BatchInput("b", 1, src_versions=["1.0.0"], max_in_flight=7)
+    assert default_cap(1000, own).max_in_flight == 7
 
 
 @pytest.fixture
