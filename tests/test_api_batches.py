@@ -66,6 +66,9 @@ BATCH_CASES = [
     ({"stop_at": 20, "stop_on": "rejected"}, "stop_on", "all, failed or timeout"),
     ({"stop_at": 20, "stop_action": "halt"}, "stop_action", "pause or cancel"),
     ({"stop_min": 5}, "stop_at", "is required with"),
+    ({"rollback_firmware": 1}, "rollback_firmware", "requires stop_at"),
+    ({"stop_at": 20, "rollback_firmware": 0}, "rollback_firmware", "between 1 and 2147483647"),
+    ({"stop_at": 20, "rollback_firmware": 2**31 - 1}, "rollback_firmware", "does not exist"),
     ({"GrayPercentage": 5}, "GrayPercentage", "Extra inputs"),
 ]
 

@@ -6,6 +6,7 @@ failed get the batch's rollback firmware, in an ordinary static batch of selecte
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError, RPCStatusCode
@@ -73,7 +74,9 @@ async def start_rollback(ctx: Context, req: RollbackRequest) -> RollbackResult:
     if not devices:
         return _refused(ctx, req.batch_id, "no failed device to roll back")
     columns = set(BatchBase.model_fields)
-    kept = {n: getattr(stopped, n) if n in columns else stopped.options.get(n) for n in KEPT}
+    kept: dict[str, Any] = {
+        n: getattr(stopped, n) if n in columns else stopped.options.get(n) for n in KEPT
+    }
     inp = BatchInput(
         batch_id=rollback_id,
         firmware_id=req.firmware_id,
