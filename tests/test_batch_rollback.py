@@ -36,6 +36,9 @@ from ota.services.batch_preview import preview_batch
 from ota.services.batches import cancel_batch, create_batch, show_batch
 from ota.services.rollback import start_rollback
 from ota.services.targets import select_targets
+from starter.batches import _print_batch
+from tests.test_api import login
+from tests.test_api_support import api_client, api_settings
 from tests.test_batch_safety import RATE, REPLAYER, fail_first_burst, run_histories
 from tests.test_workflow_support import (
     FakeBridge,
@@ -100,7 +103,7 @@ async def executions(client: Client, batch_id: str) -> int:
     return await listed()
 
 
-async def test_a_canceled_batch_rolls_its_failed_devices_back_once(ctx, mqtt_url):
+async def test_a_canceled_batch_rolls_its_failed_devices_back_once(ctx, mqtt_url, capsys):
     client = await ctx.temporal()
     pk, _ = make_fleet(ctx.engine, 40, version=GOOD)
     async with running_worker(client, ctx), upgrade_listener(mqtt_url, pk) as pushes:
@@ -138,6 +141,29 @@ async def test_a_canceled_batch_rolls_its_failed_devices_back_once(ctx, mqtt_url
     assert any(ROLLBACK_PATCH in patch_ids(history) for history in runs)
     for history in runs:
         await REPLAYER.replay_workflow(history)
+    await shows_the_link(ctx, b["id"], rb, capsys)
+
+
+async def shows_the_link(ctx: Context, stopped: str, rb: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`ota batch show`, the API and the console's batch page link the two batches."""
+    _print_batch(show_batch(ctx.engine, stopped))
+    assert f"failed devices rolled back by batch {rb} (ota batch show {rb})" in (
+        capsys.readouterr().out
+    )
+    settings = api_settings(ctx.settings.home, ctx.settings.database_url)
+    async with api_client(settings) as api:
+        shown = (await api.get(f"/api/v1/batches/{stopped}")).json()
+        assert (shown["rollback_batch_id"], shown["rollback_firmware_id"]) == (
+            rb,
+            show_batch(ctx.engine, rb)["firmware_id"],
+        )
+        assert (await api.get(f"/api/v1/batches/{rb}")).json()["rollback_of"] == stopped
+    async with api_client(settings, auth=False) as browser:
+        await login(browser)
+        page = (await browser.get(f"/batches/{stopped}")).text
+        assert f'<a href="/batches/{rb}">{rb}</a>' in page
+        page = (await browser.get(f"/batches/{rb}")).text
+        assert f'<a href="/batches/{stopped}">{stopped}</a>' in page
 
 
 @asynccontextmanager
