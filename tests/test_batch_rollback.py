@@ -16,7 +16,9 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.workflow import NondeterminismError
 
+import workflows.batch
 from activities.rollback import RollbackActivities
 from activities.targets import insert_tasks
 from ota.context import Context
@@ -138,9 +140,18 @@ async def test_a_canceled_batch_rolls_its_failed_devices_back_once(ctx, mqtt_url
     assert await executions(client, rb) == 1
     assert len(rollback_pushes(pushes)) == 3  # once each
     runs = await run_histories(client, handle.id, first_run)
-    assert any(ROLLBACK_PATCH in patch_ids(history) for history in runs)
+    tripped = [history for history in runs if ROLLBACK_PATCH in patch_ids(history)]
+    assert len(tripped) == 1
     for history in runs:
         await REPLAYER.replay_workflow(history)
+
+    async def no_policy(inp):  # type: ignore[no-untyped-def]
+        return None  # a pacer that starts no rollback does not replay the run that did
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(workflows.batch, "roll_back", no_policy)
+        with pytest.raises(NondeterminismError):
+            await REPLAYER.replay_workflow(tripped[0])
     await shows_the_link(ctx, b["id"], rb, capsys)
 
 

@@ -67,6 +67,8 @@ async def start_rollback(ctx: Context, req: RollbackRequest) -> RollbackResult:
     if stopped is None:
         return RollbackResult(problem=f"batch {req.batch_id} is gone")
     if earlier is not None:
+        if earlier.firmware_id != req.firmware_id:  # a batch given that id by hand
+            return _refused(ctx, req.batch_id, f"batch {rollback_id} exists: not the rollback")
         if await _has_workflow(ctx, rollback_id):
             _record(ctx, req.batch_id, rollback_id)
             return RollbackResult(rollback_id, earlier.total or len(devices))
