@@ -5,6 +5,7 @@ failed get the batch's rollback firmware, in an ordinary static batch of selecte
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -60,21 +61,21 @@ async def start_rollback(ctx: Context, req: RollbackRequest) -> RollbackResult:
     `rollback_of`. A rule that refuses it (a device deleted meanwhile...) is the result's
     `problem`, recorded as `rollback_problem`: the stopped batch goes on stopped."""
     rollback_id = rollback_batch_id(req.batch_id)
-    with Session(ctx.engine) as session:
-        stopped = session.get(Batch, req.batch_id)
-        earlier = session.get(Batch, rollback_id)
-        devices = failed_devices(session, req.batch_id)
+    stopped, earlier, devices = await asyncio.to_thread(_read, ctx, req.batch_id, rollback_id)
     if stopped is None:
         return RollbackResult(problem=f"batch {req.batch_id} is gone")
     if earlier is not None:
         if earlier.firmware_id != req.firmware_id:  # a batch given that id by hand
-            return _refused(ctx, req.batch_id, f"batch {rollback_id} exists: not the rollback")
+            problem = f"batch {rollback_id} exists: not the rollback"
+            return await asyncio.to_thread(_refused, ctx, req.batch_id, problem)
         if await _has_workflow(ctx, rollback_id):
-            _record(ctx, req.batch_id, rollback_id)
+            await asyncio.to_thread(_record, ctx, req.batch_id, rollback_id)
             return RollbackResult(rollback_id, earlier.total or len(devices))
-        _forget(ctx, rollback_id)  # registered, but the attempt died before its workflow began
+        # Registered, but the attempt died before its workflow began: no batch without one.
+        await asyncio.to_thread(_forget, ctx, rollback_id)
     if not devices:
-        return _refused(ctx, req.batch_id, "no failed device to roll back")
+        problem = "no failed device to roll back"
+        return await asyncio.to_thread(_refused, ctx, req.batch_id, problem)
     columns = set(BatchBase.model_fields)
     kept: dict[str, Any] = {
         n: getattr(stopped, n) if n in columns else stopped.options.get(n) for n in KEPT
@@ -89,10 +90,23 @@ async def start_rollback(ctx: Context, req: RollbackRequest) -> RollbackResult:
     try:
         await create_batch(ctx, inp)
     except (InvalidInput, NotFound, Conflict) as exc:  # refused; Unavailable: retried
-        return _refused(ctx, req.batch_id, f"rollback not started: {exc}")
-    _record(ctx, req.batch_id, rollback_id)
+        problem = f"rollback not started: {exc}"
+        return await asyncio.to_thread(_refused, ctx, req.batch_id, problem)
+    await asyncio.to_thread(_record, ctx, req.batch_id, rollback_id)
     log.info("batch %s stopped: rollback batch %s", req.batch_id, rollback_id)
     return RollbackResult(rollback_id, len(devices))
+
+
+def _read(
+    ctx: Context, batch_id: str, rollback_id: str
+) -> tuple[Batch | None, Batch | None, list[str]]:
+    """(the stopped batch, its rollback if an attempt made one, the failed devices)."""
+    with Session(ctx.engine, expire_on_commit=False) as session:
+        return (
+            session.get(Batch, batch_id),
+            session.get(Batch, rollback_id),
+            failed_devices(session, batch_id),
+        )
 
 
 async def _has_workflow(ctx: Context, rollback_id: str) -> bool:
