@@ -18,6 +18,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.batches import BatchActivities
 from activities.push import MqttPublisher, PushActivities
+from activities.rollback import RollbackActivities
 from activities.tasks import TaskActivities
 from activities.verify import VerifyActivities
 from ota.aio import RESTART_FIRST_SECONDS, RESTART_MAX_SECONDS, stopped_within, until_ready
@@ -64,6 +65,7 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
     tasks = TaskActivities(engine)
     batches = BatchActivities(engine, client)
     verify = VerifyActivities(engine, client)
+    rollback = RollbackActivities(context)
     executor = ThreadPoolExecutor(max_workers=ACTIVITY_THREADS, thread_name_prefix="ota-activity")
     return OtaWorker(
         client,
@@ -78,6 +80,7 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
             batches.claim_tasks,
             batches.set_batch_state,
             batches.cancel_tasks,
+            rollback.start_rollback,
             verify.prepare_verify,
             verify.finish_verify,
         ],

@@ -22,6 +22,8 @@ from typing import Any
 
 from ota.domain import (
     DEVICE_NAME_RE,
+    ID_MAX,
+    ID_MIN,
     MAX_IN_FLIGHT_MAX,
     MAX_IN_FLIGHT_MIN,
     MAX_RETRIES_CHOICES,
@@ -330,6 +332,18 @@ class BatchOptions:
         labels=("Pause the batch", "Cancel the batch"),
         widget=Widget.SELECT,
     )
+    # --- safety: the rollback policy (Azure Device Update's) ---
+    rollback_firmware_id: int | None = option(
+        group=Group.SAFETY,
+        label="Rollback Firmware (ID)",
+        help="When the stop rule trips, push this firmware (of the same product and module, "
+        "usable, a version other than the batch's) to the devices that failed by then, in a "
+        "batch of its own; needs --stop-at.",
+        api="rollback_firmware",
+        low=ID_MIN,
+        high=ID_MAX,
+        widget=Widget.NUMBER,
+    )
 
 
 def _named(f: dataclasses.Field[Any]) -> Option:
@@ -433,6 +447,10 @@ def _together(o: BatchOptions) -> None:
         or o.stop_action != DEFAULTS["stop_action"]
     ):
         raise InvalidInput("stop_at", "is required with stop_min, stop_on or stop_action")
+    if o.stop_at is None and o.rollback_firmware_id is not None:
+        raise InvalidInput(
+            "rollback_firmware", "requires stop_at: the rollback follows the stop rule"
+        )
 
 
 def check_options(options: BatchOptions) -> None:

@@ -9,6 +9,7 @@ workflows import this module (tests/test_workflow_imports.py).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from temporalio import activity
@@ -46,6 +47,16 @@ def batch_workflow_id(batch_id: str) -> str:
 
 def verify_workflow_id(batch_id: str) -> str:
     return f"verify-{batch_id}"
+
+
+def rollback_batch_id(batch_id: str) -> str:
+    """The batch a stopped batch's rollback policy starts: one id per stopped batch, so it is
+    created once whatever retries and replays. A batch id is at most 64 characters."""
+    rollback = f"{batch_id}-rb"
+    if len(rollback) <= 64:
+        return rollback
+    digest = hashlib.sha256(batch_id.encode()).hexdigest()[:8]
+    return f"{batch_id[:52]}-{digest}-rb"
 
 
 def device_workflow_id(product_key: str, device_name: str) -> str:
@@ -245,6 +256,21 @@ class FinishBatchRequest:
 
 
 @dataclass
+class RollbackRequest:
+    """A stopped batch's rollback policy: its failed devices get `firmware_id`."""
+
+    batch_id: str  # the stopped batch
+    firmware_id: int  # its rollback_firmware_id
+
+
+@dataclass
+class RollbackResult:
+    batch_id: str | None = None  # the rollback batch (rollback_batch_id), None if none started
+    devices: int = 0  # failed devices it targets
+    problem: str | None = None  # why none started (no failed device, a rule refused it)
+
+
+@dataclass
 class CancelTasksRequest:
     batch_id: str
     scope: CancelScope
@@ -335,6 +361,13 @@ async def cancel_tasks(req: CancelTasksRequest) -> CancelTasksResult:
     raise _stub("cancel_tasks")
 
 
+@activity.defn(name="start_rollback")
+async def start_rollback(req: RollbackRequest) -> RollbackResult:
+    """A stopped batch's rollback: a batch of its failed devices and the rollback firmware,
+    created once (rollback_batch_id)."""
+    raise _stub("start_rollback")
+
+
 @activity.defn(name="prepare_verify")
 async def prepare_verify(inp: VerifyInput) -> VerifyPrepared:
     """Register the verification and its tasks, once; the firmware becomes `verifying`."""
@@ -376,6 +409,7 @@ ACTIVITIES = (
     claim_tasks,
     set_batch_state,
     cancel_tasks,
+    start_rollback,
     prepare_verify,
     finish_verify,
     push,

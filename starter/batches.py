@@ -199,6 +199,8 @@ def _print_batch(b: dict[str, Any]) -> None:
     )
     if b.get("state_note"):
         console.print(f"  [yellow]{b['state_note']}[/yellow]", highlight=False)
+    for line in _rollback_lines(b):
+        console.print(f"  [yellow]{line}[/yellow]", highlight=False)
     console.print(
         f"  {b['total']} tasks ({_counts(b['counts']) or 'none yet'}), {b['skipped']} skipped"
     )
@@ -209,6 +211,20 @@ def _print_batch(b: dict[str, Any]) -> None:
     ]
     if chosen:
         console.print("  " + " ".join(chosen), markup=False, highlight=False)
+
+
+def _rollback_lines(b: dict[str, Any]) -> list[str]:
+    """The rollback policy's links (ota/services/rollback.py): the batch it started, the one
+    it rolls back, or why it started none."""
+    lines = []
+    if b.get("rollback_batch_id"):
+        rb = b["rollback_batch_id"]
+        lines.append(f"failed devices rolled back by batch {rb} (ota batch show {rb})")
+    if b.get("rollback_problem"):
+        lines.append(b["rollback_problem"])
+    if b.get("rollback_of"):
+        lines.append(f"rolls back the failed devices of batch {b['rollback_of']}")
+    return lines
 
 
 def _print_preview(p: BatchPreview) -> None:

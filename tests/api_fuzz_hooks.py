@@ -71,6 +71,7 @@ BATCH_RULES = [
     ("target", r"a dynamic batch targets all matching devices"),
     ("scheduled_at", r"only a static batch can be scheduled"),
     ("stop_at", r"is required with stop_min, stop_on or stop_action"),
+    ("rollback_firmware", r"requires stop_at: the rollback follows the stop rule"),
     ("scheduled_at", r"must be an ISO 8601 time, e.g. .+"),
     ("scheduled_at", r"must include a time zone, e.g. .+"),
     ("scheduled_at", r"must be between 5 minutes and 7 days from now"),

@@ -32,6 +32,7 @@ RECORDED_NAMES = {
     "claim_tasks",
     "set_batch_state",
     "cancel_tasks",
+    "start_rollback",  # since the rollback policy (issue 16)
     "prepare_verify",
     "finish_verify",
     "push",

@@ -69,6 +69,9 @@ BATCH_CASES = [
     ({"max_in_flight": 0}, "max_in_flight", "between 1 and 100000 devices"),
     ({"max_in_flight": 100_001}, "max_in_flight", "between 1 and 100000 devices"),
     ({"max_in_flight": "many"}, "max_in_flight", "integer"),
+    ({"rollback_firmware": 1}, "rollback_firmware", "requires stop_at"),
+    ({"stop_at": 20, "rollback_firmware": 0}, "rollback_firmware", "between 1 and 2147483647"),
+    ({"stop_at": 20, "rollback_firmware": 2**31 - 1}, "rollback_firmware", "does not exist"),
     ({"GrayPercentage": 5}, "GrayPercentage", "Extra inputs"),
 ]
 

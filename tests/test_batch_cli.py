@@ -62,6 +62,13 @@ def cli(tmp_path, monkeypatch):
         (["--stop-at", "20", "--stop-action", "halt"], "stop_action", "pause or cancel"),
         (["--stop-action", "cancel"], "stop_at", "is required with"),
         (["--max-in-flight", "0"], "max_in_flight", "between 1 and 100000 devices"),
+        (["--rollback-firmware", "1"], "rollback_firmware", "requires stop_at"),
+        (["--stop-at", "20", "--rollback-firmware", "0"], "rollback_firmware", "between 1 and"),
+        (
+            ["--stop-at", "20", "--rollback-firmware", "2147483647"],
+            "rollback_firmware",
+            "not exist",
+        ),
     ],
 )
 def test_invalid_values_exit_2_naming_field_and_range(cli, args, field, allowed):
@@ -70,6 +77,16 @@ def test_invalid_values_exit_2_naming_field_and_range(cli, args, field, allowed)
     assert result.exit_code == 2, result.output
     assert f"error: {field}: " in result.stderr
     assert allowed in result.stderr
+
+
+def test_the_batch_own_firmware_is_no_rollback_firmware(cli):
+    args = ("--src-version", "1.0.0", "--stop-at", "20", "--rollback-firmware", cli.firmware)
+    for dry in ((), ("--dry-run",)):
+        result = cli("batch", "create", cli.firmware, *args, *dry)
+        assert result.exit_code == 2, result.output
+        assert "error: rollback_firmware: must not be the batch's own version 2.0.0" in (
+            result.stderr
+        )
 
 
 def test_full_firmware_needs_source_versions(cli):

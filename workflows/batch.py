@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         CANCEL_HEARTBEAT,
         local,
     )
+    from workflows.rollback import roll_back
     from workflows.stopping import stop_note
 
 # Children of the current run count against the server's 2,000 pending children (ENGINE.md).
@@ -500,10 +501,24 @@ class BatchWorkflow:
         workflow.logger.info("batch %s: %s", inp.batch_id, note)
         self._carry.stop_tripped = True
         if inp.stop_action == StopAction.CANCEL:
-            return await self._cancel_batch(inp, CancelScope.ALL, note)
+            done = await self._cancel_batch(inp, CancelScope.ALL, note)
+            await self._roll_back(inp, note)
+            return done
         self._want_paused = True
         await self._set_paused(inp, True, note)
+        await self._roll_back(inp, note)
         return None
+
+    async def _roll_back(self, inp: BatchInput, note: str) -> None:
+        """The rollback policy, once stopped (a cancel has canceled the pushed devices, a pause
+        lets them finish): the devices failed by now get the rollback firmware."""
+        if (rollback := await roll_back(inp)) is not None:
+            done = (
+                f"rollback batch {rollback.batch_id}: {rollback.devices} devices"
+                if rollback.batch_id
+                else f"no rollback: {rollback.problem}"
+            )
+            self._details(f"{note}\n{done}")
 
     async def _nap(self, duration: timedelta, wake_on_turns: bool = False) -> bool:
         """Sleep, waking early for a cancel or a pause or resume (or devices waiting for their

@@ -26,6 +26,8 @@ BATCH_PREPARE_TIMEOUT = timedelta(minutes=10)  # 100,000 task rows in one transa
 VERIFY_PREPARE_TIMEOUT = timedelta(minutes=1)  # at most 100 devices
 BATCH_CANCEL_TIMEOUT = timedelta(hours=1)  # signals 100,000 device workflows, page by page
 VERIFY_CANCEL_TIMEOUT = timedelta(minutes=10)
+# A rollback batch's registration and workflow start; a retry finds what an attempt made.
+ROLLBACK_TIMEOUT = timedelta(minutes=2)
 CANCEL_HEARTBEAT = timedelta(minutes=1)  # a page of signals; a retry resumes after the last
 
 

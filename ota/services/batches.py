@@ -89,6 +89,33 @@ def check_usable(firmware: Firmware) -> None:
         )
 
 
+def check_rollback(session: Session, firmware: Firmware, rollback_id: int) -> None:
+    """The rollback policy's firmware: what the devices that fail `firmware` get instead
+    (ota/services/rollback.py), so it must be able to go where `firmware` went."""
+    name = "rollback_firmware"
+    rollback = firmware_by_id(session, rollback_id)
+    if rollback is None:
+        raise InvalidInput(name, f"firmware {rollback_id} does not exist")
+    if (rollback.product_key, rollback.module) != (firmware.product_key, firmware.module):
+        raise InvalidInput(
+            name,
+            f"firmware {rollback_id} is for {rollback.product_key}/{rollback.module}, the batch"
+            f" for {firmware.product_key}/{firmware.module}",
+        )
+    if rollback.need_verify and rollback.state != FirmwareState.VERIFIED:
+        raise InvalidInput(name, f"firmware {rollback_id} is {rollback.state}: verify it first")
+    if rollback.version == firmware.version:
+        raise InvalidInput(name, f"must not be the batch's own version {firmware.version}")
+    # A diff applies to its source versions only: it must at least apply to the devices that
+    # took the batch's version and then failed.
+    if rollback.type == FirmwareType.DIFF and firmware.version not in rollback.src_versions:
+        raise InvalidInput(
+            name,
+            f"firmware {rollback_id} is a diff from {', '.join(rollback.src_versions)}, not from"
+            f" the batch's {firmware.version}: use a full image or a diff from it",
+        )
+
+
 def resolve_batch(session: Session, inp: BatchInput) -> Batch:
     """Check a batch request against the seed's rules and fill its defaults; nothing is stored.
     The options first (ota.batch_options: ranges and the rules between them), so a typo fails
@@ -98,6 +125,8 @@ def resolve_batch(session: Session, inp: BatchInput) -> Batch:
     if firmware is None:
         raise NotFound("firmware", inp.firmware_id)
     check_usable(firmware)
+    if inp.rollback_firmware_id is not None:
+        check_rollback(session, firmware, inp.rollback_firmware_id)
     kind, target = BatchKind(inp.policy), Target(inp.target)
     sources = _sources(firmware, inp, target)
     if target is Target.SELECTED:
