@@ -168,11 +168,7 @@ async def pause(
     batch: Annotated[str, typer.Argument(help="Batch id.")], json: JsonOpt = False
 ) -> None:
     """Push nothing new until `ota batch resume`; devices already pushed finish."""
-    result = await batches.pause_batch(context(), batch)
-    if json:
-        print_json(result)
-    else:
-        console.print(f"pause sent to batch {batch}")
+    _said("pause", batch, await batches.pause_batch(context(), batch), json)
 
 
 @batch_app.command("resume")
@@ -181,11 +177,14 @@ async def resume(
     batch: Annotated[str, typer.Argument(help="Batch id.")], json: JsonOpt = False
 ) -> None:
     """Go on pushing a paused batch at its rate (also one its stop rule paused)."""
-    result = await batches.resume_batch(context(), batch)
+    _said("resume", batch, await batches.resume_batch(context(), batch), json)
+
+
+def _said(signal: str, batch: str, result: dict[str, Any], json: bool) -> None:
     if json:
         print_json(result)
     else:
-        console.print(f"resume sent to batch {batch}")
+        console.print(f"{signal} sent to batch {batch}")
 
 
 def _counts(counts: dict[str, int]) -> str:
