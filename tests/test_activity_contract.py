@@ -14,14 +14,8 @@ import pytest
 from temporalio import activity
 from temporalio.converter import DataConverter
 
-from ota.contracts import (
-    ACTIVITIES,
-    DeviceReport,
-    FinishBatchRequest,
-    PacerCarry,
-    PushResult,
-    TaskCheck,
-)
+from ota.activity_stubs import ACTIVITIES
+from ota.contracts import DeviceReport, FinishBatchRequest, PacerCarry, PushResult, TaskCheck
 from ota.domain import BatchState, PushOutcome, ReportOutcome, TaskState
 from tests.test_workflow_support import make_context
 from worker import build_worker

@@ -24,6 +24,7 @@ from temporalio.converter import DataConverter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
+from ota.activity_stubs import cancel_tasks, set_batch_state
 from ota.contracts import (
     SIGNAL_CANCEL,
     SIGNAL_DEVICES_ONLINE,
@@ -34,8 +35,6 @@ from ota.contracts import (
     CancelTasksRequest,
     FinishBatchRequest,
     TaskCheck,
-    cancel_tasks,
-    set_batch_state,
 )
 from ota.domain import BatchState, CancelScope
 from tests.histories.record_release import SCENARIOS, expected_in

@@ -14,7 +14,7 @@ import pytest
 
 WORKFLOWS = Path(__file__).parent.parent / "workflows"
 # The shared modules workflows may import, themselves pure (test_shared_modules_are_pure).
-SHARED = ("ota.contracts", "ota.domain", "ota.batch_options", "ota.errors")
+SHARED = ("ota.contracts", "ota.activity_stubs", "ota.domain", "ota.batch_options", "ota.errors")
 ALLOWED = {"temporalio", "workflows", *SHARED}
 
 

@@ -12,6 +12,7 @@ from temporalio import workflow
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from ota.activity_stubs import cancel_tasks, claim_tasks, prepare_batch, set_batch_state
     from ota.contracts import (
         BATCH_ID,
         PRODUCT_KEY,
@@ -32,10 +33,6 @@ with workflow.unsafe.imports_passed_through():
         PacerCarry,
         StartMark,
         TaskRef,
-        cancel_tasks,
-        claim_tasks,
-        prepare_batch,
-        set_batch_state,
     )
     from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope, StopAction
     from workflows.capping import cap_wait, room

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from ota.activity_stubs import check_task, finish_task, push, recheck
     from ota.contracts import (
         QUERY_PROGRESS,
         SIGNAL_CANCEL,
@@ -25,10 +26,6 @@ with workflow.unsafe.imports_passed_through():
         FinishTaskRequest,
         PushRequest,
         PushResult,
-        check_task,
-        finish_task,
-        push,
-        recheck,
     )
     from ota.domain import FINAL_TASK_STATES, PushOutcome, ReportOutcome, TaskReason, TaskState
     from workflows.continuing import continue_unless_pending

@@ -6,7 +6,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from ota.contracts import BatchInput, RollbackRequest, RollbackResult, start_rollback
+    from ota.activity_stubs import start_rollback
+    from ota.contracts import BatchInput, RollbackRequest, RollbackResult
     from workflows.policies import ROLLBACK_TIMEOUT
 
 # A run that tripped its stop rule before there was a rollback policy started no rollback.

@@ -8,6 +8,7 @@ from temporalio import workflow
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from ota.activity_stubs import cancel_tasks, claim_tasks, finish_verify, prepare_verify
     from ota.contracts import (
         BATCH_ID,
         PRODUCT_KEY,
@@ -24,10 +25,6 @@ with workflow.unsafe.imports_passed_through():
         VerifyFinishRequest,
         VerifyInput,
         VerifyPrepared,
-        cancel_tasks,
-        claim_tasks,
-        finish_verify,
-        prepare_verify,
     )
     from ota.domain import BatchState, CancelScope, FirmwareState, TaskState
     from workflows.children import start_device
