@@ -50,7 +50,6 @@ from ota.domain import (
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.firmware import firmware_by_id
 
-OPEN_STATES = OPEN_BATCH_STATES
 # Options a batch row does not keep as such: the policy is its kind, the devices are its tasks.
 # The seed's options have columns; the others are kept in Batch.options.
 NOT_STORED = ("policy", "device_names")
@@ -190,7 +189,7 @@ def check_one_dynamic(session: Session, batch: Batch) -> None:
         select(Batch.id).where(
             Batch.firmware_id == batch.firmware_id,
             Batch.kind == BatchKind.DYNAMIC,
-            col(Batch.state).in_(OPEN_STATES),
+            col(Batch.state).in_(OPEN_BATCH_STATES),
             Batch.id != batch.id,
         )
     ).first()

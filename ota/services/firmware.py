@@ -37,7 +37,6 @@ from ota.storage import FirmwareStore, StoredFile
 
 log = logging.getLogger(__name__)
 
-ACTIVE_BATCH_STATES = OPEN_BATCH_STATES
 FILE_NAME_MAX = 128
 # extData travels in every push and firmware/get reply: keep it far below a message's size.
 EXT_DATA_MAX_BYTES = 4096
@@ -356,7 +355,7 @@ def delete_firmware(engine: Engine, store: FirmwareStore, id: int) -> None:
             active = session.exec(
                 select(Batch.id).where(
                     Batch.firmware_id == id,
-                    col(Batch.state).in_(ACTIVE_BATCH_STATES),
+                    col(Batch.state).in_(OPEN_BATCH_STATES),
                 )
             ).all()
             if active:

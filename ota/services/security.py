@@ -33,7 +33,6 @@ SIGN_WITH_CHOICES = (CURRENT, PREVIOUS)
 # How long a worker or bridge trusts what it read of a product's keys: switching secure update
 # takes effect within this, and a 100,000-device batch reads the product once per period.
 PRODUCT_TTL_SECONDS = 5.0
-ACTIVE_BATCH_STATES = OPEN_BATCH_STATES
 
 
 def set_secure_update(
@@ -140,7 +139,7 @@ def _active_carrier_batches(session: Session, product_key: str) -> list[str]:
     rows = session.exec(
         select(Batch.id, Firmware.ext_data)
         .join(Firmware, col(Firmware.id) == col(Batch.firmware_id))
-        .where(Batch.product_key == product_key, col(Batch.state).in_(ACTIVE_BATCH_STATES))
+        .where(Batch.product_key == product_key, col(Batch.state).in_(OPEN_BATCH_STATES))
     ).all()
     return [batch_id for batch_id, ext in rows if (ext or {}).get(SIGN_WITH) == PREVIOUS]
 
