@@ -47,20 +47,17 @@ async def create(
     with session_scope(ctx.engine) as session:
         fw = batches.find_firmware(session, firmware)
     assert fw.id is not None
+    inp = BatchInput(batch_id="", firmware_id=fw.id, **options)
     if dry_run:
         with cli_names():
-            preview = batch_preview.preview_batch(
-                ctx.engine, BatchInput(batch_id="", firmware_id=fw.id, **options)
-            )
+            preview = batch_preview.preview_batch(ctx.engine, inp)
         if json:
             print_json(preview.to_dict())
         else:
             _print_preview(preview)
         return
     with cli_names():
-        shown = await batches.create_batch(
-            ctx, BatchInput(batch_id="", firmware_id=fw.id, **options)
-        )
+        shown = await batches.create_batch(ctx, inp)
     if wait:
         handle = (await ctx.temporal()).get_workflow_handle(batch_workflow_id(shown["id"]))
         await handle.result()

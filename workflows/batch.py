@@ -212,14 +212,13 @@ class BatchWorkflow:
                     return done
                 if c.paused:
                     continue
-            limit = min(size, per_run - started_here)
-            if (cap := self._cap(inp)) is not None:
-                if not room(cap, c.in_flight):
-                    await self._wait_for_room(inp)
-                    suggested = workflow.info().is_continue_as_new_suggested()
-                    waited = self._continue_as_new(inp, due=suggested)
-                    continue
-                limit = min(limit, room(cap, c.in_flight))
+            room_now = self._room(inp)
+            if not room_now:  # the cap is reached
+                await self._wait_for_room(inp)
+                suggested = workflow.info().is_continue_as_new_suggested()
+                waited = self._continue_as_new(inp, due=suggested)
+                continue
+            limit = min(size, per_run - started_here, room_now)
             claim = await self._claim(
                 inp,
                 limit=limit,

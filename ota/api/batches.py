@@ -112,8 +112,7 @@ async def cancel_batch(
     scope all (or the three CancelQueued/Notified/InProgressTask flags) cancels every ongoing
     task too."""
     all_tasks = (body or CancelBody.model_validate({})).all_tasks()
-    result = await service.cancel_batch(ctx, batch_id, all_tasks)
-    return {**result, "signaled_at": result["signaled_at"].isoformat()}
+    return _sent(await service.cancel_batch(ctx, batch_id, all_tasks))
 
 
 @router.post(
@@ -122,8 +121,7 @@ async def cancel_batch(
     responses=UNAVAILABLE,
 )
 async def pause_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
-    result = await service.pause_batch(ctx, batch_id)
-    return {**result, "signaled_at": result["signaled_at"].isoformat()}
+    return _sent(await service.pause_batch(ctx, batch_id))
 
 
 @router.post(
@@ -132,5 +130,9 @@ async def pause_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
     responses=UNAVAILABLE,
 )
 async def resume_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
-    result = await service.resume_batch(ctx, batch_id)
+    return _sent(await service.resume_batch(ctx, batch_id))
+
+
+def _sent(result: dict[str, Any]) -> dict[str, Any]:
+    """A signal's receipt (cancel, pause, resume) as JSON."""
     return {**result, "signaled_at": result["signaled_at"].isoformat()}
