@@ -10,7 +10,7 @@ from typing import Any, get_type_hints
 from pydantic import AliasChoices, Field, create_model
 
 from ota.api.params import matching
-from ota.api.schemas import Body, one_or_more
+from ota.api.schemas import Body, one_or_more, replace_schema
 from ota.batch_options import DEFAULTS, OPTIONS, BatchOptions, Option, read_options
 
 _TYPES = get_type_hints(BatchOptions)
@@ -48,13 +48,7 @@ def _replace_schema(opt: Option) -> Any:
     wanted = _schema(opt)
     if not opt.many:
         return wanted
-
-    def replace(schema: dict[str, Any]) -> None:
-        kept = {k: schema[k] for k in ("title", "description", "default") if k in schema}
-        schema.clear()
-        schema.update(kept, **wanted)
-
-    return replace
+    return lambda schema: replace_schema(schema, **wanted)
 
 
 def _field(opt: Option) -> Any:

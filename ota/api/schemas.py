@@ -102,7 +102,7 @@ def one_or_more(regex: re.Pattern[str]) -> dict[str, Any]:
     return {"anyOf": [{"type": "array", "items": item}, item]}
 
 
-def _replace(schema: dict[str, Any], **wanted: Any) -> None:
+def replace_schema(schema: dict[str, Any], **wanted: Any) -> None:
     """Pydantic's schema of the field's Python type, replaced by what the field accepts."""
     kept = {k: schema[k] for k in ("title", "description", "default") if k in schema}
     schema.clear()
@@ -237,7 +237,7 @@ class FirmwareFields(Body):
         "Type",
         "full or diff (cloud: 0 or 1, a number or a string).",
         default="full",
-        json_schema_extra=lambda schema: _replace(
+        json_schema_extra=lambda schema: replace_schema(
             schema, enum=[*FirmwareType, *TYPE_CODES, *map(int, TYPE_CODES)]
         ),
     )
@@ -271,7 +271,7 @@ class FirmwareFields(Body):
         "SrcVersion",
         "Version number to be upgraded (diff).",
         default_factory=list,
-        json_schema_extra=lambda schema: _replace(schema, **one_or_more(VERSION_RE)),
+        json_schema_extra=lambda schema: replace_schema(schema, **one_or_more(VERSION_RE)),
     )
     dest_version: str | None = alias(
         "dest_version",
