@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, get_type_hints
 
 from ota.domain import (
     DEVICE_NAME_RE,
@@ -356,6 +356,8 @@ def _named(f: dataclasses.Field[Any]) -> Option:
 
 OPTIONS: tuple[Option, ...] = tuple(_named(f) for f in dataclasses.fields(BatchOptions))
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+# Each option's Python type, which the CLI and the API widen by what their clients may send.
+TYPES: dict[str, Any] = get_type_hints(BatchOptions)
 DEFAULTS: dict[str, Any] = {
     f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     for f in dataclasses.fields(BatchOptions)

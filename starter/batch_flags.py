@@ -11,10 +11,16 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from ota.batch_options import API_TO_CLI, DEFAULTS, OPTIONS, BatchOptions, Option, read_options
+from ota.batch_options import (
+    API_TO_CLI,
+    DEFAULTS,
+    OPTIONS,
+    TYPES,
+    Option,
+    read_options,
+)
 from ota.errors import renamed
 
-_TYPES = get_type_hints(BatchOptions)
 PANELS = {"targeting": "Targeting", "pacing": "Pacing", "retry": "Retry", "timeout": "Timeout"}
 
 
@@ -25,7 +31,7 @@ def _cli_type(opt: Option) -> Any:
         return list[str] | None
     if opt.spellings or opt.cloud_type is not None:
         return str | None
-    return _TYPES[opt.name] | None
+    return TYPES[opt.name] | None
 
 
 def _parameter(opt: Option) -> inspect.Parameter:

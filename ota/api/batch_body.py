@@ -5,21 +5,19 @@ ota.batch_options.check_options judges the values, for the CLI and the API alike
 
 from __future__ import annotations
 
-from typing import Any, get_type_hints
+from typing import Any
 
 from pydantic import AliasChoices, Field, create_model
 
 from ota.api.params import matching
 from ota.api.schemas import Body, one_or_more, replace_schema
-from ota.batch_options import DEFAULTS, OPTIONS, BatchOptions, Option, read_options
-
-_TYPES = get_type_hints(BatchOptions)
+from ota.batch_options import DEFAULTS, OPTIONS, TYPES, Option, read_options
 
 
 def _type(opt: Option) -> Any:
     """The option's type, widened by what clients may send instead: one version for a list
     (the cloud's form), a spelling ("10m", "GRAY"), or the cloud's own type (epoch ms)."""
-    kind = _TYPES[opt.name]
+    kind = TYPES[opt.name]
     if opt.many:
         return kind | str
     if opt.spellings or opt.refused:
