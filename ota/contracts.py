@@ -32,6 +32,8 @@ SIGNAL_DEVICES_ONLINE = "devices_online"
 # operator -> batch workflow: push nothing new until `resume` (pushed devices finish)
 SIGNAL_PAUSE = "pause"
 SIGNAL_RESUME = "resume"
+# operator -> batch workflow: open the phase gate the batch waits at (a phased rollout's next phase)
+SIGNAL_PROMOTE = "promote"
 QUERY_PROGRESS = "progress"
 
 BATCH_ID = SearchAttributeKey.for_keyword("OtaBatchId")
@@ -194,7 +196,11 @@ class BatchProgress:
     started: int = 0
     total: int = 0
     skipped: int = 0
-    note: str | None = None  # why it is paused or was stopped
+    note: str | None = None  # why it is paused or was stopped, or what it waits for
+    # What holds its unpushed devices back while in progress: "phase" (a phase gate: the
+    # `promote` signal opens it), "window" (outside its maintenance window), or None.
+    waiting: str | None = None
+    phase: int = 0  # the phase pushing now (0-based; batches with phases)
 
 
 # --- between the workflows and their activities (internal, but workflows may only import this) ---
@@ -252,6 +258,9 @@ class FinishBatchRequest:
     batch_id: str
     state: BatchState  # completed | canceled | in_progress (begin pacing, resume) | paused
     note: str | None = None  # why (paused, stopped); in_progress clears it
+    # in_progress only: the unstarted tasks wait for this (TaskReason phase or window), the note
+    # says until when; None: they are pushed at the batch's pace.
+    waiting: str | None = None
 
 
 @dataclass

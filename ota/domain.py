@@ -58,6 +58,8 @@ class TaskReason(StrEnum):
     VERIFY_FAILED = "verify_failed"  # progress -3: checksum or signature
     FLASH_FAILED = "flash_failed"  # progress -4
     PAUSED = "paused"  # the batch is paused (by the operator or its stop rule): not pushed yet
+    WINDOW = "window"  # outside the batch's maintenance window: pushed when the next one opens
+    PHASE = "phase"  # beyond a phase gate: pushed once the phase before is promoted
 
 
 PROGRESS_FAILURES = {
@@ -81,6 +83,8 @@ REASON_LABELS = {
     TaskReason.VERIFY_FAILED: "Verification failed (-3)",
     TaskReason.FLASH_FAILED: "Flashing failed (-4)",
     TaskReason.PAUSED: "Batch paused",
+    TaskReason.WINDOW: "Waiting for the maintenance window",
+    TaskReason.PHASE: "Waiting for the phase gate",
 }
 
 
