@@ -7,7 +7,8 @@ the `BatchOptions` dataclass below, and every value is checked here, once, by `c
 Adding an option: a field of BatchOptions (`option(...)`) and the workflow code that uses it.
 Options the seed's `batches` columns do not hold are stored in `Batch.options` (JSON).
 
-Only the standard library and ota.domain may be imported here: workflows import this module.
+Only the standard library and ota's pure modules (ota.domain, ota.windows) may be imported here:
+workflows import this module.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ from ota.domain import (
     MAX_RETRIES_CHOICES,
     PERCENT_MAX,
     PERCENT_MIN,
+    PHASES_MAX,
+    RAMP_BASE_MAX,
+    RAMP_BASE_MIN,
+    RAMP_EVERY_MAX,
+    RAMP_EVERY_MIN,
+    RAMP_FACTOR_MAX,
+    RAMP_FACTOR_MIN,
     RATE_MAX,
     RATE_MIN,
     RETRY_INTERVALS,
@@ -39,12 +47,15 @@ from ota.domain import (
     TIMEOUT_MAX,
     TIMEOUT_MIN,
     VERSION_RE,
+    WINDOW_MINUTES_MAX,
+    WINDOW_MINUTES_MIN,
     BatchKind,
     StopAction,
     StopOn,
     Target,
 )
 from ota.errors import InvalidInput
+from ota.windows import cron_problem, zone_problem
 
 
 class Group(StrEnum):
@@ -62,6 +73,7 @@ class Widget(StrEnum):
 
     NUMBER = "number"  # <input type=number>
     SELECT = "select"  # <select> of `choices`, labelled by `labels`
+    TEXT = "text"  # <input type=text>, sent as typed (a list option: comma-separated)
     OWN = "own"  # the form has its own markup for it (checklists, radios, the schedule)
 
 
@@ -75,8 +87,10 @@ class Option:
     api: str = ""  # the API body's name (problems name it); default: `name`
     flag: str = ""  # the CLI's option; default: --api-name
     cloud: str | None = None  # Alibaba's cloud API name, accepted by the API as an alias
-    low: int | None = None  # an int option's range, inclusive
-    high: int | None = None
+    # A number option's range, inclusive (a list of numbers: each item's); a float option (by its
+    # type) takes any number in it.
+    low: float | None = None
+    high: float | None = None
     unit: str = ""  # said after the range: "must be between 1 and 1440 minutes"
     choices: tuple[Any, ...] = ()  # the values it may take (stored spelling)
     labels: tuple[str, ...] = ()  # the console's label of each choice
@@ -86,12 +100,14 @@ class Option:
     refused: Mapping[str, str] = field(default_factory=dict)
     allowed: str = ""  # how a refusal says what is allowed, when not its range or choices
     pattern: re.Pattern[str] | None = None  # a text option's, or each item's of a list option
-    many: bool = False  # a list: a repeatable CLI option, one value or a list in the API
+    # A list: a repeatable CLI option (or comma-separated values), one value or a list in the API.
+    many: bool = False
     rule: Callable[[Any], str | None] | None = None  # more to check: what is wrong, or None
     cloud_type: type | None = None  # another type the cloud API sends for it (epoch ms)
     from_cloud: Callable[[Any], Any] | None = None  # reads that into ours
     widget: Widget = Widget.OWN
     suggested: Any = None  # what the console's form starts with, where not the default
+    example: str = ""  # the console's placeholder for a text option
     name: str = ""
 
     @property
@@ -124,6 +140,14 @@ def schedule_problem(value: str, now: datetime | None = None) -> str | None:
     now = now or datetime.now(UTC)
     if not now + SCHEDULE_MIN <= at <= now + SCHEDULE_MAX:
         return "must be between 5 minutes and 7 days from now"
+    return None
+
+
+def _phases_problem(phases: list[int]) -> str | None:
+    if len(phases) > PHASES_MAX:
+        return f"at most {PHASES_MAX} phases"
+    if any(b <= a for a, b in zip(phases, phases[1:], strict=False)):
+        return "must increase: each phase is a cumulative percentage of the targets"
     return None
 
 
@@ -243,6 +267,65 @@ class BatchOptions:
         unit="devices",
         widget=Widget.NUMBER,
     )
+    # --- pacing: the exponential ramp (AWS IoT Jobs' exponentialRate) ---
+    ramp_base: int | None = option(
+        group=Group.PACING,
+        label="Ramp: First Rate (per Minute)",
+        help="Begin at this many devices a minute, 1 to 1000, and multiply it by --ramp-factor "
+        "each time --ramp-every more devices have updated, up to --rate (or 1000).",
+        low=RAMP_BASE_MIN,
+        high=RAMP_BASE_MAX,
+        unit="devices per minute",
+        widget=Widget.NUMBER,
+    )
+    ramp_factor: float = option(
+        2.0,
+        group=Group.PACING,
+        label="Ramp: Factor",
+        help="What each step multiplies the ramp's rate by, 1.1 to 5.",
+        low=RAMP_FACTOR_MIN,
+        high=RAMP_FACTOR_MAX,
+        widget=Widget.NUMBER,
+    )
+    ramp_every: int = option(
+        10,
+        group=Group.PACING,
+        label="Ramp: Step Every (Updated Devices)",
+        help="Updated devices (running the new version) per step of the ramp.",
+        low=RAMP_EVERY_MIN,
+        high=RAMP_EVERY_MAX,
+        unit="devices",
+        widget=Widget.NUMBER,
+    )
+    # --- pacing: maintenance windows (AWS IoT Jobs' maintenanceWindows) ---
+    window: str | None = option(
+        group=Group.PACING,
+        label="Maintenance Window (Cron)",
+        help="Push only inside windows that open at these times: a cron expression of 5 "
+        "fields (\"0 2 * * *\": 02:00 every day), read in --window-tz; devices pushed finish "
+        "outside it. Needs --window-minutes.",
+        rule=cron_problem,
+        widget=Widget.TEXT,
+        example="0 2 * * *",
+    )
+    window_minutes: int | None = option(
+        group=Group.PACING,
+        label="Window Length (Minutes)",
+        help="How long each window stays open, 1 to 1440 minutes.",
+        low=WINDOW_MINUTES_MIN,
+        high=WINDOW_MINUTES_MAX,
+        unit="minutes",
+        widget=Widget.NUMBER,
+    )
+    window_tz: str = option(
+        "UTC",
+        group=Group.PACING,
+        label="Window Time Zone",
+        help="The IANA time zone the window's cron is read in, e.g. Asia/Shanghai.",
+        rule=zone_problem,
+        widget=Widget.TEXT,
+        suggested="UTC",
+    )
     # --- retry ---
     retry_interval_minutes: int | None = option(
         group=Group.RETRY,
@@ -332,6 +415,42 @@ class BatchOptions:
         labels=("Pause the batch", "Cancel the batch"),
         widget=Widget.SELECT,
     )
+    # --- safety: gated phases (hawkBit's rollout groups) ---
+    phases: list[int] = option(
+        [],
+        group=Group.SAFETY,
+        label="Phases (Cumulative %)",
+        help="Roll out in phases: cumulative percentages of the targets, increasing, e.g. "
+        "--phase 1 --phase 10 --phase 100 (a last phase of 100 is added when missing). Each "
+        "phase waits at a gate for --promote-at or --promote manual.",
+        flag="--phase",
+        low=PERCENT_MIN,
+        high=PERCENT_MAX,
+        allowed="a whole number between 1 and 100",
+        many=True,
+        rule=lambda phases: _phases_problem(phases),
+        widget=Widget.TEXT,
+        example="1,10,100",
+    )
+    promote_at: int | None = option(
+        group=Group.SAFETY,
+        label="Promote at Success (%)",
+        help="Open a phase's gate once this share (1 to 100) of its devices run the new "
+        "version (updated; a download is not enough).",
+        low=PERCENT_MIN,
+        high=PERCENT_MAX,
+        unit="percent",
+        widget=Widget.NUMBER,
+    )
+    promote: str = option(
+        "auto",
+        group=Group.SAFETY,
+        label="Promotion",
+        help="auto (at --promote-at) or manual (`ota batch promote` opens each gate).",
+        choices=("auto", "manual"),
+        labels=("When the phase succeeds", "By the operator"),
+        widget=Widget.SELECT,
+    )
     # --- safety: the rollback policy (Azure Device Update's) ---
     rollback_firmware_id: int | None = option(
         group=Group.SAFETY,
@@ -391,10 +510,22 @@ def read_option(opt: Option, value: Any) -> Any:
     if opt.from_cloud is not None:
         value = opt.from_cloud(value)
     if opt.many:
-        items = [value] if isinstance(value, str) else list(value)
+        items = [value] if isinstance(value, (str, int, float)) else list(value)
         # The CLI's repeated options may carry "1.0,1.1"; blanks are dropped.
-        return [s.strip() for v in items for s in str(v).split(",") if s.strip()]
+        texts = [s.strip() for v in items for s in str(v).split(",") if s.strip()]
+        return [_whole(opt, t) for t in texts] if TYPES[opt.name] == list[int] else texts
     return _spelled(opt, value)
+
+
+def _whole(opt: Option, text: str) -> int:
+    """An item of a list of numbers (`--phase 10`, "1,10,100", JSON's 10.0)."""
+    try:
+        number = float(text)
+        if number.is_integer():
+            return int(number)
+    except (ValueError, OverflowError):
+        pass
+    raise InvalidInput(opt.api, f"{text!r} must be {opt.allowed}")
 
 
 def read_options(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -410,8 +541,10 @@ def _problem(opt: Option, value: Any) -> str | None:
     if value is None:
         return None
     if opt.many:
-        bad = [v for v in value if not isinstance(v, str) or not opt.pattern.fullmatch(v)]  # type: ignore[union-attr]
-        return f"{bad[0]!r} must be {opt.allowed}" if bad else None
+        bad = [v for v in value if not _item_fits(opt, v)]
+        if bad:
+            return f"{bad[0]!r} must be {opt.allowed}"
+        return opt.rule(value) if opt.rule else None
     if opt.choices:
         # By type too: True == 1 in Python, but true is no retry count.
         if any(c == value and type(c) is type(value) for c in opt.choices):
@@ -419,6 +552,12 @@ def _problem(opt: Option, value: Any) -> str | None:
         return f"must be {opt.allowed or _choices_text(opt.choices)}"
     if opt.low is not None:
         unit = f" {opt.unit}" if opt.unit else ""
+        if TYPES[opt.name] is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"must be a number between {opt.low:g} and {opt.high:g}{unit}"
+            if not opt.low <= value <= opt.high:  # type: ignore[operator]
+                return f"must be between {opt.low:g} and {opt.high:g}{unit}"
+            return None
         if isinstance(value, bool) or not isinstance(value, int):
             return f"must be a whole number between {opt.low} and {opt.high}{unit}"
         if not opt.low <= value <= opt.high:  # type: ignore[operator]
@@ -426,6 +565,13 @@ def _problem(opt: Option, value: Any) -> str | None:
     if opt.pattern is not None and not opt.pattern.fullmatch(str(value)):
         return f"must be {opt.allowed}"
     return opt.rule(value) if opt.rule else None
+
+
+def _item_fits(opt: Option, item: Any) -> bool:
+    """An item of a list option: a text matching its pattern, or a whole number in its range."""
+    if opt.pattern is not None:
+        return isinstance(item, str) and bool(opt.pattern.fullmatch(item))
+    return type(item) is int and opt.low <= item <= opt.high  # type: ignore[operator]
 
 
 def _together(o: BatchOptions) -> None:
@@ -453,6 +599,32 @@ def _together(o: BatchOptions) -> None:
         raise InvalidInput(
             "rollback_firmware", "requires stop_at: the rollback follows the stop rule"
         )
+    _rollout_together(o)
+
+
+def _rollout_together(o: BatchOptions) -> None:
+    """The rules of the ramp, the windows and the phases."""
+    if o.ramp_base is None and (
+        o.ramp_factor != DEFAULTS["ramp_factor"] or o.ramp_every != DEFAULTS["ramp_every"]
+    ):
+        raise InvalidInput("ramp_base", "is required with ramp_factor or ramp_every")
+    if o.ramp_base is not None and o.rate_per_minute and o.ramp_base > o.rate_per_minute:
+        raise InvalidInput(
+            "ramp_base", f"must not exceed rate ({o.rate_per_minute} devices per minute)"
+        )
+    if (o.window is None) != (o.window_minutes is None):
+        raise InvalidInput("window_minutes", "window and window_minutes are given together")
+    if o.window is None and o.window_tz != DEFAULTS["window_tz"]:
+        raise InvalidInput("window_tz", "is given only with window")
+    manual = o.promote == "manual"
+    if not o.phases and (o.promote_at is not None or manual):
+        raise InvalidInput("phases", "are required with promote_at or promote")
+    if o.phases and o.policy == BatchKind.DYNAMIC:
+        raise InvalidInput("phases", "need a static batch: a dynamic batch's targets keep growing")
+    if o.phases and o.promote_at is None and not manual:
+        raise InvalidInput("promote_at", "a phased rollout needs promote_at or promote manual")
+    if manual and o.promote_at is not None:
+        raise InvalidInput("promote_at", "is not taken with promote manual")
 
 
 def check_options(options: BatchOptions) -> None:

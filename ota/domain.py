@@ -185,6 +185,12 @@ RETRY_INTERVALS: dict[str, int | None] = {
 PERCENT_MIN, PERCENT_MAX = 1, 100
 STOP_MIN_MIN, STOP_MIN_MAX = 1, 100_000  # executed devices before a stop rule may trip
 MAX_IN_FLIGHT_MIN, MAX_IN_FLIGHT_MAX = 1, 100_000  # devices pushed or upgrading at once
+PHASES_MAX = 10  # gated phases of a batch (hawkBit's default UI offers up to 10 groups too)
+# The exponential ramp (AWS IoT Jobs' exponentialRate: base 1 to 1000, factor 1.1 to 5).
+RAMP_BASE_MIN, RAMP_BASE_MAX = 1, 1000  # devices per minute at first
+RAMP_FACTOR_MIN, RAMP_FACTOR_MAX = 1.1, 5.0
+RAMP_EVERY_MIN, RAMP_EVERY_MAX = 1, 100_000  # succeeded devices per step
+WINDOW_MINUTES_MIN, WINDOW_MINUTES_MAX = 1, 1440  # a maintenance window's length
 # Batch ids: new_batch_id's hex, and what a Temporal workflow id and the 64-character column hold.
 BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Firmware and task ids are INTEGER columns: 4 bytes on PostgreSQL. A larger id names nothing,

@@ -127,14 +127,18 @@ def test_the_api_schema_states_each_options_rule():
         prop = props[opt.api]
         if opt.cloud:
             assert f"`{opt.cloud}`" in prop["description"], opt.name
-        if opt.low is not None:
+        if opt.many and opt.pattern is not None:
+            many, one = prop["anyOf"]
+            assert many["items"]["pattern"] == one["pattern"] == opt.pattern.pattern
+        elif opt.many:  # numbers: a list, one, or the console's "1,10,100"
+            many, one, text = prop["anyOf"]
+            assert many["items"] == one == {"type": "integer", "minimum": opt.low, "maximum": opt.high}
+            assert text == {"type": "string"}
+        elif opt.low is not None:
             assert (prop["minimum"], prop["maximum"]) == (opt.low, opt.high), opt.name
         if opt.choices:
             assert set(opt.choices) <= set(prop["enum"]), opt.name
             assert not set(opt.refused) & set(prop["enum"]), opt.name
-        if opt.many:
-            many, one = prop["anyOf"]
-            assert many["items"]["pattern"] == one["pattern"] == opt.pattern.pattern  # type: ignore[union-attr]
 
 
 def test_the_api_body_takes_the_cloud_names_and_reads_like_the_cli():

@@ -18,7 +18,10 @@ def _type(opt: Option) -> Any:
     """The option's type, widened by what clients may send instead: one version for a list
     (the cloud's form), a spelling ("10m", "GRAY"), or the cloud's own type (epoch ms)."""
     kind = TYPES[opt.name]
-    if opt.many:
+    if opt.many and kind == list[int]:
+        # JSON's 10.0 is a whole number too (the schema says integer): read_option takes it.
+        return list[int | float] | int | float | str
+    if opt.many:  # a list, one item, or a comma-separated text (the console's)
         return kind | str
     if opt.spellings or opt.refused:
         kind = kind | str
@@ -31,6 +34,9 @@ def _schema(opt: Option) -> dict[str, Any]:
     """What the schema says of the option's values: the same rule check_options applies."""
     if opt.many and opt.pattern is not None:
         return one_or_more(opt.pattern)
+    if opt.many:  # whole numbers, or one text of them ("1,10,100", as the console sends)
+        item = {"type": "integer", "minimum": opt.low, "maximum": opt.high}
+        return {"anyOf": [{"type": "array", "items": item}, item, {"type": "string"}]}
     if opt.choices:
         return {"enum": list(dict.fromkeys([*opt.choices, *opt.spellings]))}
     if opt.low is not None:
@@ -56,7 +62,7 @@ def _field(opt: Option) -> Any:
         {"default_factory": list} if opt.many else {"default": DEFAULTS[opt.name]}
     )
     return (
-        _type(opt) if opt.many else _type(opt) | None,  # null: the default
+        _type(opt) | None,  # null: the default (a form's blank)
         Field(
             **default,
             validation_alias=AliasChoices(*names),

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ota.batch_options import BY_NAME, DEFAULTS, OPTIONS, Option, Widget, grouped
+from ota.batch_options import BY_NAME, DEFAULTS, OPTIONS, TYPES, Option, Widget, grouped
 
 # The options batch_detail.html has its own line for: the seed's.
 SEED_OPTIONS = frozenset(
@@ -23,9 +23,11 @@ class FormOption:
     api: str
     label: str
     widget: str
-    low: int | None
-    high: int | None
+    low: float | None
+    high: float | None
     suggested: Any
+    step: str  # a number's: "any" for a float option
+    placeholder: str
     # (the value as JSON, as firmware.js sends it; its label; chosen at first)
     choices: list[tuple[str, str, bool]]
 
@@ -39,6 +41,8 @@ def _form_option(opt: Option) -> FormOption:
         low=opt.low,
         high=opt.high,
         suggested=opt.suggested,
+        step="any" if TYPES[opt.name] is float else "1",
+        placeholder=opt.example or (f"{opt.low:g} to {opt.high:g}" if opt.low is not None else ""),
         choices=[
             (json.dumps(value), label, value == default and type(value) is type(default))
             for value, label in zip(opt.choices, opt.labels, strict=True)
@@ -63,6 +67,9 @@ def option_facts(batch: dict[str, Any]) -> list[tuple[str, str]]:
         if opt.name in SEED_OPTIONS or opt.name not in batch:
             continue
         value = batch[opt.name]
+        if opt.many:
+            facts.append((opt.label, ", ".join(map(str, value)) or "None"))
+            continue
         words = dict(zip(opt.choices, opt.labels, strict=False))
         facts.append((opt.label, words.get(value, "None" if value is None else str(value))))
     return facts

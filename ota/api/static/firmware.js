@@ -218,7 +218,10 @@ fwui.batchBody = function (form) {
   };
   // The options the form renders from the model (ota/api/batch_form.py), under their API names.
   form.querySelectorAll("[data-option]").forEach((el) => {
-    body[el.name] = el.dataset.option === "json" ? JSON.parse(el.value) : ota.int(el.value);
+    const kind = el.dataset.option;
+    if (kind === "json") body[el.name] = JSON.parse(el.value);
+    else if (kind === "text") body[el.name] = el.value.trim() || null;
+    else body[el.name] = ota.number(el.value);
   });
   if (target === "phased") body.percent = ota.int(form.percent.value);
   if (target === "selected") body.device_names = ota.checked(form, "device_names");

@@ -104,6 +104,12 @@ ota.int = function (value) {
   return Number.isInteger(n) ? n : value; // not a number: the API names the field
 };
 
+ota.number = function (value) {
+  if (value === "" || value === null || value === undefined) return null;
+  const n = Number(value);
+  return Number.isFinite(n) ? n : value; // not a number: the API names the field
+};
+
 document.addEventListener("click", (event) => {
   const opener = event.target.closest("[data-open]");
   if (opener) ota.open(opener.dataset.open);
