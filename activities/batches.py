@@ -54,6 +54,9 @@ from ota.services.batches import (
 from ota.services.targets import select_targets
 
 CANCEL_PAGE = 200
+# What holds a batch's unpushed tasks back until the pacer lets go: they are pushed at its pace
+# (reason rate_limited, or none) once it does.
+HELD_REASONS = (TaskReason.SCHEDULED, TaskReason.PAUSED, TaskReason.PHASE, TaskReason.WINDOW)
 
 
 def permanent(exc: OtaError) -> ApplicationError:
@@ -180,9 +183,11 @@ class BatchActivities:
 
     @activity.defn
     def set_batch_state(self, req: FinishBatchRequest) -> None:
-        """in_progress: the schedule is reached or the batch resumes (waiting tasks leave
-        `scheduled` or `paused`); paused: unpushed tasks wait, reason `paused`; completed or
-        canceled: the batch is over (a dynamic one: its policy is). The note says why."""
+        """in_progress: the schedule is reached, the batch resumes, or what held it back (a
+        phase gate, its maintenance window) lets go: waiting tasks leave `scheduled`, `paused`,
+        `phase` or `window`; in_progress `waiting` a reason: unstarted tasks wait for it;
+        paused: unpushed tasks wait, reason `paused`; completed or canceled: the batch is over
+        (a dynamic one: its policy is). The note says why."""
         with session_scope(self.engine) as session:
             batch = session.get(Batch, req.batch_id)
             if batch is None:
@@ -192,18 +197,16 @@ class BatchActivities:
                 .where(col(Task.batch_id) == batch.id, col(Task.state) == TaskState.TO_BE_PUSHED)
                 .values(updated_at=utcnow())
             )
-            if req.state == BatchState.IN_PROGRESS:  # pacing begins, or resumes
+            # Unstarted only: a started one waiting is a reconnected device (its turn).
+            unstarted = waiting.where(col(Task.started).is_(False))
+            if req.state == BatchState.IN_PROGRESS and req.waiting:  # held back: say by what
+                session.exec(unstarted.values(reason=req.waiting))  # type: ignore[call-overload]
+            elif req.state == BatchState.IN_PROGRESS:  # pacing begins, resumes or goes on
                 reason = TaskReason.RATE_LIMITED if throttled(batch) else None
-                waiting = waiting.where(
-                    col(Task.reason).in_((TaskReason.SCHEDULED, TaskReason.PAUSED))
-                ).values(reason=reason)
+                waiting = waiting.where(col(Task.reason).in_(HELD_REASONS)).values(reason=reason)
                 session.exec(waiting)  # type: ignore[call-overload]
             elif req.state == BatchState.PAUSED:
-                # Unstarted only: a started one waiting is a reconnected device (its turn).
-                waiting = waiting.where(col(Task.started).is_(False)).values(
-                    reason=TaskReason.PAUSED
-                )
-                session.exec(waiting)  # type: ignore[call-overload]
+                session.exec(unstarted.values(reason=TaskReason.PAUSED))  # type: ignore[call-overload]
             elif batch.finished_at is None:
                 batch.finished_at = utcnow()
             if batch.state != BatchState.CANCELED:  # a canceled policy stays canceled

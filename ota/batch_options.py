@@ -272,7 +272,7 @@ class BatchOptions:
         group=Group.PACING,
         label="Ramp: First Rate (per Minute)",
         help="Begin at this many devices a minute, 1 to 1000, and multiply it by --ramp-factor "
-        "each time --ramp-every more devices have updated, up to --rate (or 1000).",
+        "each time --ramp-every more devices have updated, up to --rate (required).",
         low=RAMP_BASE_MIN,
         high=RAMP_BASE_MAX,
         unit="devices per minute",
@@ -608,6 +608,8 @@ def _rollout_together(o: BatchOptions) -> None:
         o.ramp_factor != DEFAULTS["ramp_factor"] or o.ramp_every != DEFAULTS["ramp_every"]
     ):
         raise InvalidInput("ramp_base", "is required with ramp_factor or ramp_every")
+    if o.ramp_base is not None and not o.rate_per_minute:
+        raise InvalidInput("rate_per_minute", "is required with ramp_base: the ramp rises up to it")
     if o.ramp_base is not None and o.rate_per_minute and o.ramp_base > o.rate_per_minute:
         raise InvalidInput(
             "ramp_base", f"must not exceed rate ({o.rate_per_minute} devices per minute)"

@@ -118,6 +118,15 @@ class PacerCarry:
     stop_tripped: bool = False
     # Devices in flight (batches with a cap): the last count, plus the pushes let go since.
     in_flight: int = 0
+    # Gated phases: the phase pushing now (0-based), and what the unstarted tasks are recorded
+    # as waiting for (TaskReason phase or window; None: the batch's pace).
+    phase: int = 0
+    waiting: str | None = None
+    # The ramp: the most devices seen updated, and since when (ISO) and after how many pushes
+    # its current rate holds (None: since pacing began).
+    ramp_updated: int = 0
+    rate_since: str | None = None
+    pushed_before_rate: int = 0
 
 
 @dataclass

@@ -35,14 +35,6 @@ def phase_passed(updated: int, judged: int, promote_at: int) -> bool:
     return judged <= 0 or updated * 100 >= promote_at * judged
 
 
-def gate_note(phase: int, limits: list[int], updated: int, judged: int, promote_at: int | None) -> str:
-    """What a batch at a gate says ("phase 1 of 3 (10 devices): 7 updated, promotes at 80%")."""
-    head = f"phase {phase + 1} of {len(limits)} ({limits[phase]} devices)"
-    if promote_at is None:
-        return f"{head}: {updated} of {judged} updated; waiting for promote"
-    return f"{head}: {updated} of {judged} updated, promotes at {promote_at}%"
-
-
 def ramp_rate(base: int, factor: float, every: int, succeeded: int, ceiling: int) -> int:
     """Devices a minute after `succeeded` devices updated: `base`, times `factor` for every
     `every` of them, at most `ceiling`."""

@@ -73,6 +73,7 @@ BATCH_RULES = [
     ("stop_at", r"is required with stop_min, stop_on or stop_action"),
     ("rollback_firmware", r"requires stop_at: the rollback follows the stop rule"),
     ("ramp_base", r"is required with ramp_factor or ramp_every"),
+    ("rate_per_minute", r"is required with ramp_base: the ramp rises up to it"),
     ("ramp_base", r"must not exceed rate \(\d+ devices per minute\)"),
     ("window_minutes", r"window and window_minutes are given together"),
     ("window_tz", r"is given only with window"),

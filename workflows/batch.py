@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_CANCEL,
         SIGNAL_DEVICES_ONLINE,
         SIGNAL_PAUSE,
+        SIGNAL_PROMOTE,
         SIGNAL_RESUME,
         STATE,
         BatchInput,
@@ -34,10 +35,19 @@ with workflow.unsafe.imports_passed_through():
         StartMark,
         TaskRef,
     )
-    from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope, StopAction
+    from ota.domain import (
+        ACTIVE_TASK_STATES,
+        BatchKind,
+        BatchState,
+        CancelScope,
+        StopAction,
+        TaskState,
+    )
+    from ota.rollout import phase_passed, ramp_rate
     from workflows.capping import cap_wait, room
     from workflows.children import start_device
     from workflows.continuing import continue_unless_pending
+    from workflows.holding import Hold, phase_hold, phase_room, window_hold
     from workflows.pacing import burst_size, next_start, recent_marks
     from workflows.policies import (
         BATCH_CANCEL_TIMEOUT,
@@ -62,6 +72,11 @@ STOP_PATCH = "pacer-stop-rule"
 # Runs recorded before had no in-flight cap (asked only by a batch with `max_in_flight`).
 CAP_PATCH = "pacer-in-flight-cap"
 NO_CAP = 1 << 30
+# Runs recorded before knew no phases, ramp or maintenance window (asked only by a batch with
+# them): a replay of one that got a `promote` anyway (dropped then) drops it again.
+PHASE_PATCH = "pacer-phases"
+RAMP_PATCH = "pacer-ramp"
+WINDOW_PATCH = "pacer-window"
 OPERATOR_PAUSE = "paused by the operator"
 
 
@@ -83,6 +98,11 @@ class BatchWorkflow:
     In-flight cap (`max_in_flight`): no start and no turn while that many devices are pushed or
     upgrading; the claim counts them with the other counts, the pacer adds its pushes since, and
     a full batch re-counts soon (workflows/capping.py).
+    Holds (workflows/holding.py): outside its maintenance window nothing new is pushed until the
+    next opens (a durable timer); at a phase gate no device of the next phase starts until the
+    phase succeeds (`promote_at`, judged on devices running the new version) or `promote`.
+    The ramp: the rate begins at `ramp_base` and grows by `ramp_factor` every `ramp_every`
+    updated devices, up to the batch's rate.
     Per-device outcomes live in the device workflows and the database; this keeps counters."""
 
     def __init__(self) -> None:
@@ -97,6 +117,8 @@ class BatchWorkflow:
         self._note: str | None = None
         self._cap_wait = 0.0  # seconds of the last wait for room under the in-flight cap
         self._freed = True  # devices finished during that wait
+        self._at_gate = False  # waiting at a phase gate: a `promote` opens it
+        self._promoted = False  # a `promote` came while at the gate
 
     @workflow.signal(name=SIGNAL_PAUSE)
     def pause(self) -> None:
@@ -105,6 +127,15 @@ class BatchWorkflow:
     @workflow.signal(name=SIGNAL_RESUME)
     def resume(self) -> None:
         self._want_paused = False
+
+    @workflow.signal(name=SIGNAL_PROMOTE)
+    def promote(self) -> None:
+        """Open the phase gate the batch waits at; dropped when none waits (a promote must not
+        open a gate the operator has not seen yet)."""
+        if self._at_gate:
+            self._promoted = True
+        else:
+            workflow.logger.info("batch: promote dropped, no phase gate waits")
 
     @workflow.signal(name=SIGNAL_CANCEL)
     def cancel(self, req: CancelRequest) -> None:
@@ -125,6 +156,8 @@ class BatchWorkflow:
             total=c.total,
             skipped=c.skipped,
             note=c.pause_note if c.paused else self._note,
+            waiting=c.waiting,
+            phase=c.phase,
         )
 
     @workflow.run
@@ -197,10 +230,20 @@ class BatchWorkflow:
                     continue
                 await workflow.wait_condition(self._signalled)
                 continue
+            if (hold := self._hold(inp)) is not None:  # a phase gate, a closed window
+                if started_here and self._continue_as_new(inp, due=True):
+                    continue
+                if (done := await self._wait_hold(inp, hold)) is not None:
+                    return done
+                continue
+            await self._let_go(inp)
+            size = self._burst(inp, size)
             now = workflow.now().timestamp()
             due = self._next_push(inp, size)
-            if due > now and await self._nap(timedelta(seconds=due - now)):
-                continue  # a cancel (or pause) came: handle it before claiming anything
+            if due > now and (
+                await self._nap(timedelta(seconds=due - now)) or self._window_closed(inp)
+            ):
+                continue  # a cancel or pause came (or the window closed): see to it first
             now = workflow.now().timestamp()
             sync = dynamic and not c.policy_canceled and now - synced_at >= inp.dynamic_poll_seconds
             counts = now - counted_at >= inp.poll_seconds
@@ -218,7 +261,7 @@ class BatchWorkflow:
                 suggested = workflow.info().is_continue_as_new_suggested()
                 waited = self._continue_as_new(inp, due=suggested)
                 continue
-            limit = min(size, per_run - started_here, room_now)
+            limit = min(size, per_run - started_here, room_now, self._phase_room(inp))
             claim = await self._claim(
                 inp,
                 limit=limit,
@@ -288,19 +331,21 @@ class BatchWorkflow:
         bridge said some wait, and with every count (a nudge lost with a bridge crash)."""
         if not inp.rate_per_minute or not (self._turns_pending or counting):
             return 0
-        if self._carry.paused:
+        if self._carry.paused or self._window_closed(inp):
             return 0
         return min(size, self._room(inp))
 
     def _next_push(self, inp: BatchInput, size: int) -> float:
-        """When `size` more pushes (starts or turns) keep the batch's rate."""
+        """When `size` more pushes (starts or turns) keep the batch's rate (the ramp's: its even
+        spread begins anew as its rate rises)."""
         c = self._carry
+        since = c.rate_since or c.paced_since or workflow.now().isoformat()
         return next_start(
             workflow.now().timestamp(),
-            inp.rate_per_minute,
+            self._rate(inp),
             size,
-            c.started + c.turns,
-            datetime.fromisoformat(c.paced_since or workflow.now().isoformat()).timestamp(),
+            c.started + c.turns - c.pushed_before_rate,
+            datetime.fromisoformat(since).timestamp(),
             c.recent,
         )
 
@@ -352,7 +397,7 @@ class BatchWorkflow:
         """Every device workflow is started: re-count until no task is active, and give
         reconnected devices their turns as the rate allows."""
         interval = timedelta(seconds=inp.poll_seconds)
-        size = burst_size(inp.rate_per_minute, inp.start_burst)
+        size = self._burst(inp, burst_size(inp.rate_per_minute, inp.start_burst))
         while True:
             if (done := await self._handle_cancels(inp)) is not None:
                 return done
@@ -427,13 +472,134 @@ class BatchWorkflow:
 
     def _signalled(self) -> bool:
         """A cancel, or a pause or resume not followed yet."""
-        return bool(self._cancels) or self._want_paused != self._carry.paused
+        return bool(self._cancels) or self._want_paused != self._carry.paused or self._promoted
 
     def _turns_waiting(self, inp: BatchInput) -> bool:
         """Reconnected devices wait for a turn this batch may give now."""
         if not (self._turns_pending and inp.rate_per_minute) or self._carry.paused:
             return False
+        if self._window_closed(inp):
+            return False
         return self._room(inp) > 0
+
+    # --- holds: phase gates and maintenance windows; the ramp ---
+
+    def _hold(self, inp: BatchInput) -> Hold | None:
+        """What holds the next pushes back now (asked only by a batch with phases or a window).
+        The gate first: a `promote` opens it even while the window is closed."""
+        if inp.phases and workflow.patched(PHASE_PATCH):
+            if (gate := phase_hold(inp, self._carry)) is not None:
+                return gate
+        if inp.window is not None and workflow.patched(WINDOW_PATCH):
+            return window_hold(inp, workflow.now())
+        return None
+
+    def _window_closed(self, inp: BatchInput) -> bool:
+        if inp.window is None or not workflow.patched(WINDOW_PATCH):
+            return False
+        return window_hold(inp, workflow.now()) is not None
+
+    def _phase_room(self, inp: BatchInput) -> int:
+        """Starts the current phase allows before its gate (without phases: any number)."""
+        if not inp.phases or not workflow.patched(PHASE_PATCH):
+            return NO_CAP
+        left = phase_room(inp, self._carry)
+        return NO_CAP if left is None else left
+
+    async def _wait_hold(self, inp: BatchInput, hold: Hold) -> BatchProgress | None:
+        """Record the hold (the unstarted tasks' reason, the note), then wait: for the window to
+        open (a durable timer), or at the gate. A cancel, pause or resume ends the wait early;
+        the batch's final progress if its stop rule canceled it meanwhile."""
+        c = self._carry
+        if (c.waiting, self._note) != (hold.reason, hold.note):
+            await local(
+                set_batch_state,
+                FinishBatchRequest(inp.batch_id, BatchState.IN_PROGRESS, hold.note, hold.reason),
+            )
+            c.waiting, self._note = hold.reason, hold.note
+            self._details(hold.note)
+        done = None
+        if hold.until is not None:
+            await self._nap(timedelta(seconds=max(0.0, hold.until - workflow.now().timestamp())))
+        else:
+            done = await self._wait_at_gate(inp)
+        self._continue_as_new(inp, due=workflow.info().is_continue_as_new_suggested())
+        return done
+
+    async def _let_go(self, inp: BatchInput) -> None:
+        """Nothing holds the batch back any more: its unstarted tasks wait for its pace again."""
+        c = self._carry
+        if c.waiting is None:
+            return
+        await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.IN_PROGRESS))
+        c.waiting, self._note = None, None
+        self._details("pushing")
+
+    async def _wait_at_gate(self, inp: BatchInput) -> BatchProgress | None:
+        """Wait for the phase's success (`promote_at`) or the operator's `promote`, re-counting
+        (less often while nothing changes) and giving the phase's reconnected devices their
+        turns; return early for a cancel, pause or resume, a tripped stop rule (the batch's
+        final progress if it canceled the batch), or a long history (the caller continues as
+        new and comes back)."""
+        c = self._carry
+        size = self._burst(inp, burst_size(inp.rate_per_minute, inp.start_burst))
+        interval = timedelta(seconds=inp.poll_seconds)
+        self._at_gate = True
+        try:
+            while not self._promoted:
+                armed = self._stop_armed(inp)
+                now = workflow.now().timestamp()
+                turns = self._turns(inp, size, True) if self._next_push(inp, size) <= now else 0
+                before = dict(self._counts)
+                await self._claim(inp, limit=0, counts=True, failures=armed, turns=turns)
+                if armed and (done := await self._stop_if_tripped(inp)) is not None:
+                    return done
+                judged, updated = c.started - c.busy, self._counts.get(TaskState.UPDATED, 0)
+                if inp.promote_at is not None and phase_passed(updated, judged, inp.promote_at):
+                    self._open_gate(inp, f"{updated} of {judged} devices updated")
+                    return None
+                fresh = timedelta(seconds=inp.poll_seconds)
+                interval = fresh if self._counts != before else min(interval * 2, MAX_POLL)
+                wait = interval
+                if self._turns_waiting(inp):  # more reconnected devices: at the rate
+                    wait = min(wait, timedelta(seconds=max(0.0, self._next_push(inp, size) - now)))
+                # A nudge wakes the wait, unless one is pending already (then: the wait above).
+                await self._nap(wait, wake_on_turns=not self._turns_pending)
+                if (self._signalled() and not self._promoted) or c.paused:
+                    return None  # a cancel, pause or resume: the loop's top sees to it
+                if workflow.info().is_continue_as_new_suggested():
+                    return None
+            self._promoted = False
+            self._open_gate(inp, "promoted by the operator")
+            return None
+        finally:
+            self._at_gate = False
+
+    def _open_gate(self, inp: BatchInput, why: str) -> None:
+        c = self._carry
+        workflow.logger.info("batch %s: phase %d passed: %s", inp.batch_id, c.phase + 1, why)
+        c.phase += 1
+        self._details(f"phase {c.phase} passed: {why}")
+
+    def _rate(self, inp: BatchInput) -> int | None:
+        """Devices a minute now: the batch's rate, or its ramp's (asked only by a batch with
+        one). A step up begins a new even spread from now."""
+        if inp.ramp_base is None or not workflow.patched(RAMP_PATCH):
+            return inp.rate_per_minute
+        c = self._carry
+        updated = self._counts.get(TaskState.UPDATED, 0)
+        if updated // inp.ramp_every > c.ramp_updated // inp.ramp_every:
+            c.rate_since = workflow.now().isoformat()
+            c.pushed_before_rate = c.started + c.turns
+        c.ramp_updated = max(c.ramp_updated, updated)
+        ceiling = inp.rate_per_minute or inp.ramp_base  # the options require a rate
+        return ramp_rate(inp.ramp_base, inp.ramp_factor, inp.ramp_every, c.ramp_updated, ceiling)
+
+    def _burst(self, inp: BatchInput, size: int) -> int:
+        """The pushes of a burst: at a ramp's rate, fewer (a batch without one: `size`)."""
+        if inp.ramp_base is None:
+            return size
+        return burst_size(self._rate(inp), inp.start_burst)
 
     # --- the in-flight cap ---
 
@@ -472,6 +638,7 @@ class BatchWorkflow:
         back to `rate_limited` on resume), then the search attribute."""
         c = self._carry
         c.paused, c.pause_note = paused, note
+        c.waiting = None  # a pause's reason replaces a hold's; after a resume, held anew
         state = BatchState.PAUSED if paused else BatchState.IN_PROGRESS
         await local(set_batch_state, FinishBatchRequest(inp.batch_id, state, note))
         if not c.policy_canceled:  # a dynamic batch whose policy was canceled stays canceled
