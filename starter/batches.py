@@ -1,5 +1,5 @@
-"""`ota batch`: create update batches, list, show, cancel, pause and resume them, and list their
-tasks."""
+"""`ota batch`: create update batches, list, show, cancel, pause, resume and promote them, and
+list their tasks."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from ota.batch_options import DEFAULTS, OPTIONS
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.engine import session_scope
 from ota.errors import InvalidInput
-from ota.services import batch_preview, batches
+from ota.services import batch_preview, batch_signals, batches
 from ota.services.batch_preview import BatchPreview
 from starter.batch_flags import cli_names, with_batch_options
 from starter.common import console, context, handle_errors, print_json
 
-batch_app = typer.Typer(help="Update batches: create, list, show, tasks, cancel, pause, resume.")
+batch_app = typer.Typer(
+    help="Update batches: create, list, show, tasks, cancel, pause, resume, promote."
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -152,7 +154,7 @@ async def cancel(
     json: JsonOpt = False,
 ) -> None:
     """Static: cancel the scheduled tasks. Dynamic: cancel the policy. --all: every ongoing task."""
-    result = await batches.cancel_batch(context(), batch, all_)
+    result = await batch_signals.cancel_batch(context(), batch, all_)
     if json:
         print_json(result)
     else:
@@ -165,7 +167,7 @@ async def pause(
     batch: Annotated[str, typer.Argument(help="Batch id.")], json: JsonOpt = False
 ) -> None:
     """Push nothing new until `ota batch resume`; devices already pushed finish."""
-    _said("pause", batch, await batches.pause_batch(context(), batch), json)
+    _said("pause", batch, await batch_signals.pause_batch(context(), batch), json)
 
 
 @batch_app.command("resume")
@@ -174,7 +176,23 @@ async def resume(
     batch: Annotated[str, typer.Argument(help="Batch id.")], json: JsonOpt = False
 ) -> None:
     """Go on pushing a paused batch at its rate (also one its stop rule paused)."""
-    _said("resume", batch, await batches.resume_batch(context(), batch), json)
+    _said("resume", batch, await batch_signals.resume_batch(context(), batch), json)
+
+
+@batch_app.command("promote")
+@handle_errors
+async def promote(
+    batch: Annotated[str, typer.Argument(help="Batch id.")], json: JsonOpt = False
+) -> None:
+    """Open the phase gate the batch waits at: its next phase is pushed (--promote manual, or
+    ahead of --promote-at)."""
+    result = await batch_signals.promote_batch(context(), batch)
+    _said("promote", batch, result, json)
+    if not json and not result["at_gate"]:
+        console.print(
+            "  no worker answered whether it waits at a phase gate: it opens the gate if it "
+            "does and ignores the promote otherwise"
+        )
 
 
 def _said(signal: str, batch: str, result: dict[str, Any], json: bool) -> None:

@@ -174,9 +174,15 @@ async def test_openapi_lists_the_operations_and_the_cloud_names(client):
         ("GET", "/api/v1/batches/{batch_id}"),
         ("GET", "/api/v1/batches/{batch_id}/tasks"),
         ("POST", "/api/v1/batches/{batch_id}/cancel"),
+        ("POST", "/api/v1/batches/{batch_id}/pause"),
+        ("POST", "/api/v1/batches/{batch_id}/resume"),
+        ("POST", "/api/v1/batches/{batch_id}/promote"),
     ]:
         assert op in operations, op
     assert not any(p.startswith("/download") for p in schema["paths"])
+    promote = schema["paths"]["/api/v1/batches/{batch_id}/promote"]["post"]
+    assert promote["summary"].startswith("Promote: open the phase gate")
+    assert "202" in promote["responses"]
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     batch = schema["components"]["schemas"]["BatchCreate"]["properties"]
     assert "MaximumPerMinute" in batch["rate_per_minute"]["description"]

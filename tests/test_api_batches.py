@@ -364,3 +364,52 @@ async def test_pause_and_resume_signal_the_batch(client, temporal_env):
     await handle.terminate("test done")
     r = await client.post(f"/api/v1/batches/{batch['id']}/pause")
     assert "already" in assert_problem(r, 409)["detail"]
+
+
+async def test_promote_signals_a_phased_batch_and_refuses_others(client, temporal_env):
+    pk = await fleet(client, versions=["1.0.0"] * 2)
+    fw = await firmware(client, pk)
+    url = f"/api/v1/firmware/{fw['id']}/batches"
+    body = {"src_versions": ["1.0.0"], "phases": [50, 100], "promote": "manual"}
+    phased = (await client.post(url, json=body)).json()
+    plain = (await client.post(url, json={"src_versions": ["1.0.0"], "rate_per_minute": 10})).json()
+    assert phased["phases"] == [50, 100] and not plain["phases"]
+
+    await login(client)
+    page = (await client.get(f"/batches/{phased['id']}")).text
+    assert 'data-signal="promote"' in page
+    # The reasons a phased batch's and a window batch's devices wait for, in the filter.
+    assert ">Waiting for the phase gate</option>" in page
+    assert ">Waiting for the maintenance window</option>" in page
+    assert 'data-signal="promote"' not in (await client.get(f"/batches/{plain['id']}")).text
+
+    # No worker polls here: the pacer cannot say whether it waits at a gate, so the promote goes
+    # unchecked and the receipt says so.
+    r = await client.post(f"/api/v1/batches/{phased['id']}/promote")
+    assert r.status_code == 202, r.text
+    assert (r.json()["batch_id"], r.json()["signal"], r.json()["at_gate"]) == (
+        phased["id"],
+        "promote",
+        False,
+    )
+    handle = temporal_env.client.get_workflow_handle(phased["workflow_id"])
+    signals = [
+        e.workflow_execution_signaled_event_attributes.signal_name
+        async for e in handle.fetch_history_events()
+        if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert signals == ["promote"]
+
+    r = await client.post(f"/api/v1/batches/{plain['id']}/promote")
+    assert "has no phases" in assert_problem(r, 409, "batch")["detail"]
+    assert_problem(await client.post("/api/v1/batches/nope/promote"), 404)
+    await handle.terminate("test done")
+    r = await client.post(f"/api/v1/batches/{phased['id']}/promote")
+    assert "already" in assert_problem(r, 409)["detail"]
+    with session_scope(client.app.state.ctx.engine) as session:
+        session.get(Batch, phased["id"]).state = "completed"
+    r = await client.post(f"/api/v1/batches/{phased['id']}/promote")
+    assert "is already completed" in assert_problem(r, 409, "batch")["detail"]
+    page = (await client.get(f"/batches/{phased['id']}")).text
+    assert 'data-signal="promote"' not in page
+    await temporal_env.client.get_workflow_handle(plain["workflow_id"]).terminate("test done")

@@ -17,7 +17,8 @@ from ota.bridge.records import apply_reports
 from ota.bridge.signals import Signaller
 from ota.contracts import BatchInput, BatchProgress, batch_workflow_id
 from ota.domain import TaskState
-from ota.services.batches import create_batch, default_cap, pause_batch, resume_batch
+from ota.services.batch_signals import pause_batch, resume_batch
+from ota.services.batches import create_batch, default_cap
 from tests.test_batch_safety import run_histories, waiting_reasons
 from tests.test_batch_turns import offline_and_waiting
 from tests.test_workflow_support import (

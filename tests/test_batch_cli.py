@@ -111,7 +111,7 @@ def test_batch_list_and_show_without_batches(cli):
     assert cli("batch", "list", "--json").stdout.strip() == "[]"
     result = cli("batch", "show", "nope")
     assert result.exit_code == 2 and "batch nope not found" in result.stderr
-    for command in ("pause", "resume"):
+    for command in ("pause", "resume", "promote"):
         result = cli("batch", command, "nope")
         assert result.exit_code == 2 and "batch nope not found" in result.stderr
 

@@ -10,7 +10,8 @@ from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.engine import session_scope
 from ota.db.models import Device, DeviceModule
 from ota.errors import Conflict
-from ota.services.batches import cancel_batch, create_batch
+from ota.services.batch_signals import cancel_batch
+from ota.services.batches import create_batch
 from tests.test_workflow_support import (
     FakeBridge,
     batch_row,

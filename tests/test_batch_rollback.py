@@ -35,7 +35,8 @@ from ota.db.models import Batch, Task
 from ota.errors import InvalidInput
 from ota.protocol import EXT_DOWNGRADE
 from ota.services.batch_preview import preview_batch
-from ota.services.batches import cancel_batch, create_batch, show_batch
+from ota.services.batch_signals import cancel_batch
+from ota.services.batches import create_batch, show_batch
 from ota.services.rollback import start_rollback
 from ota.services.targets import select_targets
 from starter.batches import _print_batch

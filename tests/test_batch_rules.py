@@ -19,7 +19,8 @@ from ota.contracts import (
 )
 from ota.db.models import Batch
 from ota.errors import Conflict
-from ota.services.batches import cancel_batch, create_batch
+from ota.services.batch_signals import cancel_batch
+from ota.services.batches import create_batch
 from tests.test_workflow_support import (
     FakeBridge,
     attempts_of,

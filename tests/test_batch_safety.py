@@ -11,7 +11,8 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
 from ota.contracts import STATE, BatchInput, BatchProgress, batch_workflow_id
-from ota.services.batches import cancel_batch, create_batch, pause_batch, resume_batch
+from ota.services.batch_signals import cancel_batch, pause_batch, resume_batch
+from ota.services.batches import create_batch
 from tests.test_workflow_support import (
     FakeBridge,
     batch_row,

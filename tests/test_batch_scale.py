@@ -8,7 +8,8 @@ from sqlmodel import Session, func, select
 
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.models import Task
-from ota.services.batches import cancel_batch, create_batch
+from ota.services.batch_signals import cancel_batch
+from ota.services.batches import create_batch
 from tests.test_workflow_support import (
     eventually,
     make_context,

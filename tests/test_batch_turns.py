@@ -15,7 +15,8 @@ from ota import protocol
 from ota.bridge.records import apply_reports
 from ota.bridge.signals import Signaller
 from ota.contracts import SIGNAL_DEVICES_ONLINE, SIGNAL_ONLINE, BatchInput, batch_workflow_id
-from ota.services.batches import cancel_batch, create_batch
+from ota.services.batch_signals import cancel_batch
+from ota.services.batches import create_batch
 from tests.test_workflow_support import (
     FakeBridge,
     eventually,

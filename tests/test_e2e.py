@@ -20,7 +20,8 @@ from sqlmodel import Session, select
 from ota.context import Context
 from ota.contracts import BatchInput
 from ota.db.models import Batch, DeviceModule, Task
-from ota.services.batches import cancel_batch, create_batch, resume_batch
+from ota.services.batch_signals import cancel_batch, resume_batch
+from ota.services.batches import create_batch
 from ota.services.firmware import add_firmware
 from ota.services.products import add_product
 from tests.fixtures.stack import OtaProcesses

@@ -20,7 +20,8 @@ from sqlmodel import col
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.engine import session_scope
 from ota.db.models import Device, Task
-from ota.services.batches import cancel_batch, create_batch, list_tasks
+from ota.services.batch_signals import cancel_batch
+from ota.services.batches import create_batch, list_tasks
 from tests.test_workflow_support import (
     FakeBridge,
     attempts_of,

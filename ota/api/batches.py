@@ -1,5 +1,5 @@
 """/api/v1 batches: create static and dynamic batches, list, show, their tasks, cancel, pause,
-resume."""
+resume, promote."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ota.api.views import batch_view, task_view
 from ota.context import Context
 from ota.contracts import BatchInput
 from ota.domain import BatchState, TaskReason, TaskState
+from ota.services import batch_signals
 from ota.services import batches as service
 from ota.services.batch_preview import preview_batch
 from ota.services.firmware import get_firmware
@@ -112,7 +113,7 @@ async def cancel_batch(
     scope all (or the three CancelQueued/Notified/InProgressTask flags) cancels every ongoing
     task too."""
     all_tasks = (body or CancelBody.model_validate({})).all_tasks()
-    return _sent(await service.cancel_batch(ctx, batch_id, all_tasks))
+    return _sent(await batch_signals.cancel_batch(ctx, batch_id, all_tasks))
 
 
 @router.post(
@@ -121,7 +122,7 @@ async def cancel_batch(
     responses=UNAVAILABLE,
 )
 async def pause_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
-    return _sent(await service.pause_batch(ctx, batch_id))
+    return _sent(await batch_signals.pause_batch(ctx, batch_id))
 
 
 @router.post(
@@ -130,9 +131,23 @@ async def pause_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
     responses=UNAVAILABLE,
 )
 async def resume_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
-    return _sent(await service.resume_batch(ctx, batch_id))
+    return _sent(await batch_signals.resume_batch(ctx, batch_id))
+
+
+@router.post(
+    "/batches/{batch_id}/promote",
+    status_code=202,
+    summary="Promote: open the phase gate the batch waits at (its next phase is pushed)",
+    responses=UNAVAILABLE,
+)
+async def promote_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
+    """For a batch created with phases (`--promote manual`, or ahead of `promote_at`). 409 when
+    it has none, is over, or its pacer says it is not waiting at a gate. 202: the gate opens
+    once the workflow has the signal; `at_gate` false when no worker answered whether it waits
+    at one (sent anyway: the pacer ignores a promote away from a gate)."""
+    return _sent(await batch_signals.promote_batch(ctx, batch_id))
 
 
 def _sent(result: dict[str, Any]) -> dict[str, Any]:
-    """A signal's receipt (cancel, pause, resume) as JSON."""
+    """A signal's receipt (cancel, pause, resume, promote) as JSON."""
     return {**result, "signaled_at": result["signaled_at"].isoformat()}

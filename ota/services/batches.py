@@ -1,18 +1,17 @@
-"""Batches: create (checked against every rule of the seed), list, show, tasks, cancel, pause
-and resume."""
+"""Batches: create (checked against every rule of the seed), list, show and tasks. What the
+operator sends a running batch (cancel, pause, resume, promote) is in batch_signals."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_
 from sqlmodel import Session, col, select
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.service import RPCError, RPCStatusCode
 
 from ota.batch_options import check_options, options_of
 from ota.context import Context
@@ -20,14 +19,9 @@ from ota.contracts import (
     BATCH_ID,
     BATCH_WORKFLOW,
     PRODUCT_KEY,
-    SIGNAL_CANCEL,
-    SIGNAL_PAUSE,
-    SIGNAL_RESUME,
     STATE,
     BatchInput,
-    CancelRequest,
     batch_workflow_id,
-    verify_workflow_id,
 )
 from ota.db.engine import session_scope
 from ota.db.models import Batch, BatchBase, Device, DeviceModule, Firmware, Task
@@ -38,7 +32,6 @@ from ota.domain import (
     REASON_LABELS,
     BatchKind,
     BatchState,
-    CancelScope,
     FirmwareState,
     FirmwareType,
     Target,
@@ -420,68 +413,3 @@ def list_tasks(
             }
             for t, version in rows
         ]
-
-
-# --- cancel -------------------------------------------------------------------------------------
-
-
-async def cancel_batch(ctx: Context, batch_id: str, all_tasks: bool = False) -> dict[str, Any]:
-    """Signal the batch: `scheduled` (static: scheduled tasks; dynamic: the policy) or `all`."""
-    batch = _open_batch(ctx, batch_id)
-    scope = CancelScope.ALL if all_tasks else CancelScope.SCHEDULED
-    if batch.kind == BatchKind.VERIFY:
-        workflow_id, scope = verify_workflow_id(batch_id), CancelScope.ALL
-    else:
-        workflow_id = batch_workflow_id(batch_id)
-    await _signal(ctx, batch, workflow_id, SIGNAL_CANCEL, CancelRequest(scope, batch_id))
-    return {"batch_id": batch_id, "scope": str(scope), "signaled_at": datetime.now(UTC)}
-
-
-# --- pause and resume ---------------------------------------------------------------------------
-
-
-async def pause_batch(ctx: Context, batch_id: str) -> dict[str, Any]:
-    """Push nothing new until resumed; devices already pushed finish. The batch's state becomes
-    `paused` once its workflow has the signal."""
-    return await _pause_or_resume(ctx, batch_id, SIGNAL_PAUSE)
-
-
-async def resume_batch(ctx: Context, batch_id: str) -> dict[str, Any]:
-    """Go on pushing at the batch's rate (also after its stop rule paused it: the rule trips
-    once)."""
-    return await _pause_or_resume(ctx, batch_id, SIGNAL_RESUME)
-
-
-async def _pause_or_resume(ctx: Context, batch_id: str, signal: str) -> dict[str, Any]:
-    batch = _open_batch(ctx, batch_id)
-    if batch.kind == BatchKind.VERIFY:
-        raise Conflict(f"batch {batch_id} is a verification: it cannot be paused", field="batch")
-    await _signal(ctx, batch, batch_workflow_id(batch_id), signal)
-    return {"batch_id": batch_id, "signal": signal, "signaled_at": datetime.now(UTC)}
-
-
-def _open_batch(ctx: Context, batch_id: str) -> Batch:
-    with Session(ctx.engine) as session:
-        batch = batch_by_id(session, batch_id)
-    if batch is None:
-        raise NotFound("batch", batch_id)
-    return batch
-
-
-async def _signal(
-    ctx: Context, batch: Batch, workflow_id: str, signal: str, arg: object = None
-) -> None:
-    """Signal the batch's running workflow; a batch that is over is a conflict."""
-    handle = (await ctx.temporal()).get_workflow_handle(workflow_id)
-    try:
-        desc = await handle.describe()
-        if desc.status != WorkflowExecutionStatus.RUNNING:
-            raise Conflict(f"batch {batch.id} is already {batch.state}")
-        if arg is None:
-            await handle.signal(signal)
-        else:
-            await handle.signal(signal, arg)
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise NotFound("workflow", workflow_id) from None
-        raise

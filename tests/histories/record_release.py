@@ -52,7 +52,8 @@ from ota.contracts import (
 )
 from ota.db.engine import session_scope
 from ota.db.models import Task
-from ota.services.batches import cancel_batch, create_batch
+from ota.services.batch_signals import cancel_batch
+from ota.services.batches import create_batch
 from ota.services.verify import start_verify, wait_verify
 from tests.fixtures.temporal import DEV_SERVER_ARGS, temporal_binary
 from tests.test_workflow_support import (

@@ -123,13 +123,19 @@ document.addEventListener("click", (event) => {
   if (signal) ota.signalBatch(signal);
 });
 
-// --- Pause / resume a batch: one click, the state follows once the workflow has it ----------
+// --- Pause / resume / promote a batch: one click, the state follows once the workflow has it --
+
+ota.signalSent = { pause: "Pause sent", resume: "Resume sent", promote: "Promote sent" };
 
 ota.signalBatch = async function (button) {
-  const action = button.dataset.signal; // pause | resume
+  const action = button.dataset.signal; // pause | resume | promote
   try {
-    await ota.api("POST", `/api/v1/batches/${encodeURIComponent(button.dataset.batchId)}/${action}`);
-    ota.toast(action === "pause" ? "Pause sent" : "Resume sent");
+    const receipt = await ota.api(
+      "POST", `/api/v1/batches/${encodeURIComponent(button.dataset.batchId)}/${action}`);
+    // A promote no worker could check: the batch opens its gate only if it waits at one.
+    ota.toast(receipt.at_gate === false
+      ? "Promote sent: no worker answered whether the batch waits at a phase gate"
+      : ota.signalSent[action]);
     setTimeout(() => location.reload(), 1000);
   } catch (problem) {
     ota.toast(problem.detail);
