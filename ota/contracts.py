@@ -210,6 +210,7 @@ class BatchProgress:
     # `promote` signal opens it), "window" (outside its maintenance window), or None.
     waiting: str | None = None
     phase: int = 0  # the phase pushing now (0-based; batches with phases)
+    rate: int | None = None  # devices a minute now: the batch's rate, or its ramp's so far
 
 
 # --- between the workflows and their activities (internal, but workflows may only import this) ---

@@ -158,6 +158,7 @@ class BatchWorkflow:
             note=c.pause_note if c.paused else self._note,
             waiting=c.waiting,
             phase=c.phase,
+            rate=self._ramped_rate(inp) if (inp := self._inp) else None,
         )
 
     @workflow.run
@@ -592,8 +593,17 @@ class BatchWorkflow:
             c.rate_since = workflow.now().isoformat()
             c.pushed_before_rate = c.started + c.turns
         c.ramp_updated = max(c.ramp_updated, updated)
-        ceiling = inp.rate_per_minute or inp.ramp_base  # the options require a rate
-        return ramp_rate(inp.ramp_base, inp.ramp_factor, inp.ramp_every, c.ramp_updated, ceiling)
+        return self._ramped_rate(inp)
+
+    def _ramped_rate(self, inp: BatchInput) -> int | None:
+        """The rate the ramp has reached (no ramp: the batch's). Reads, never records: queries
+        ask it too."""
+        if inp.ramp_base is None or not inp.rate_per_minute:  # the options require a rate
+            return inp.rate_per_minute
+        c = self._carry
+        return ramp_rate(
+            inp.ramp_base, inp.ramp_factor, inp.ramp_every, c.ramp_updated, inp.rate_per_minute
+        )
 
     def _burst(self, inp: BatchInput, size: int) -> int:
         """The pushes of a burst: at a ramp's rate, fewer (a batch without one: `size`)."""
