@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomqtt
@@ -20,7 +21,7 @@ from sqlmodel import Session, select
 from ota.context import Context
 from ota.contracts import BatchInput
 from ota.db.models import Batch, DeviceModule, Task
-from ota.services.batch_signals import cancel_batch, resume_batch
+from ota.services.batch_signals import cancel_batch, promote_batch, resume_batch
 from ota.services.batches import create_batch
 from ota.services.firmware import add_firmware
 from ota.services.products import add_product
@@ -287,6 +288,90 @@ async def test_a_failing_firmware_stops_itself_then_resumes(ota_processes: OtaPr
         lambda: sum(counter.pushes.values()) >= pushed + 5, 30, "pushes go on after resume"
     )
     assert batch().state == "in_progress"
+    await cancel_batch(ctx, batch_id, all_tasks=True)
+    await wait_for(lambda: batch().state == "canceled", 60, "batch canceled")
+    run.listening.cancel()
+
+
+async def test_a_three_phase_batch_waits_at_each_gate_until_promote(
+    ota_processes: OtaProcesses, mqtt_url
+):
+    """Issue 16: 20 simulated devices in phases of 10%, 50% and 100%, promoted by the operator:
+    each phase's devices update (through the real bridge) and the next wait at the gate."""
+    stack = ota_processes
+    stack.env["OTA_BATCH_POLL_SECONDS"] = "1"
+    pk = f"phs{uuid.uuid4().hex[:8]}"
+    devices = 20
+    for name in ("worker", "bridge", "api"):
+        stack.start(name)
+    run = await start_fleet_batch(
+        stack,
+        mqtt_url,
+        pk,
+        devices,
+        ["--install-seconds", "0.5"],
+        phases=[10, 50, 100],
+        promote="manual",
+    )
+    ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
+    for phase, (limit, next_limit) in enumerate([(2, 10), (10, 20)], start=1):
+        await wait_for(
+            lambda limit=limit: task_states(ctx.engine, batch_id)["updated"] == limit,
+            60,
+            f"phase {phase}'s {limit} devices updated",
+        )
+        await asyncio.sleep(3)  # a pacer deaf to its gate would push the next phase by now
+        assert sum(counter.pushes.values()) == limit, f"pushed beyond phase {phase}"
+        assert task_states(ctx.engine, batch_id)["to_be_pushed"] == devices - limit
+        await promote_batch(ctx, batch_id)
+        await wait_for(
+            lambda n=next_limit: sum(counter.pushes.values()) >= n, 60, f"phase {phase + 1}"
+        )
+    await wait_for(
+        lambda: task_states(ctx.engine, batch_id)["updated"] == devices, 60, "every device"
+    )
+    assert reported(ctx.engine, pk, "2.0.0") == devices
+    run.listening.cancel()
+
+
+async def test_a_window_batch_pushes_nothing_outside_its_window(
+    ota_processes: OtaProcesses, mqtt_url
+):
+    """Issue 16: a batch whose daily window opens 12 hours from now pushes nothing meanwhile;
+    its devices wait with reason window, the batch's note says when it opens."""
+    stack = ota_processes
+    pk = f"win{uuid.uuid4().hex[:8]}"
+    for name in ("worker", "bridge", "api"):
+        stack.start(name)
+    opens = datetime.now(UTC) + timedelta(hours=12)
+    run = await start_fleet_batch(
+        stack,
+        mqtt_url,
+        pk,
+        5,
+        ["--install-seconds", "0.5"],
+        window=f"{opens.minute} {opens.hour} * * *",
+        window_minutes=30,
+    )
+    ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
+
+    def batch() -> Batch:
+        with Session(ctx.engine) as s:
+            row = s.get(Batch, batch_id)
+            assert row is not None
+            return row
+
+    await wait_for(
+        lambda: (batch().state_note or "").startswith("outside the maintenance window"),
+        60,
+        "the batch waits for its window",
+    )
+    assert f"{opens:%H:%M} UTC" in (batch().state_note or "")
+    await asyncio.sleep(3)
+    assert sum(counter.pushes.values()) == 0
+    with Session(ctx.engine) as s:
+        reasons = set(s.exec(select(Task.reason).where(Task.batch_id == batch_id)))
+    assert reasons == {"window"}
     await cancel_batch(ctx, batch_id, all_tasks=True)
     await wait_for(lambda: batch().state == "canceled", 60, "batch canceled")
     run.listening.cancel()
