@@ -92,6 +92,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     un = last["unthrottled"]
     rate = last.get("rate", {})
     stop = last.get("stop_rule", {})
+    phased = last.get("phases", {})
     max_batch = max((max(r["unthrottled"]["batch_run_events"]) for r in runs), default=0)
     return {
         "devices": last["devices"],
@@ -113,6 +114,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "stop_rule_devices_per_s": round(stop.get("devices_per_s", 0.0), 2),
         "stop_rule_pacer_events_per_device": stop.get("pacer_events_per_device"),
         "stop_rule_db_ops_per_device": round(stop.get("db_ops_per_device", 0.0), 1),
+        "phases_devices_per_s": round(phased.get("devices_per_s", 0.0), 2),
+        "phases_pacer_events_per_device": phased.get("pacer_events_per_device"),
+        "phases_db_ops_per_device": round(phased.get("db_ops_per_device", 0.0), 1),
         "baseline_db_ops_per_device": round(last["baseline"]["db_ops_per_device"], 1),
         "push_to_updated_p50_s": round(un["p50_s"], 3),
         "push_to_updated_p99_s": round(un["p99_s"], 3),
@@ -157,6 +161,9 @@ def print_table(report: dict[str, Any]) -> None:
         ("with --stop-at 50: devices/s", "stop_rule_devices_per_s"),
         ("  pacer events per device", "stop_rule_pacer_events_per_device"),
         ("  server DB operations per device", "stop_rule_db_ops_per_device"),
+        ("with phases 10/50/100 too: devices/s", "phases_devices_per_s"),
+        ("  pacer events per device", "phases_pacer_events_per_device"),
+        ("  server DB operations per device", "phases_db_ops_per_device"),
         ("push to updated p50 (s)", "push_to_updated_p50_s"),
         ("push to updated p99 (s)", "push_to_updated_p99_s"),
         ("max events in any run's history", "max_history_events"),

@@ -125,6 +125,14 @@ async def run_size(
         with _costs(stack, devices) as costs:
             result["stop_rule"] = await _batch(ctx, pk, fw3, source, devices, None, stop_at=50)
         result["stop_rule"].update(costs)
+        # Again with gated phases too (10%, 50%, all; each promoted once 90% of its devices
+        # run the new version): what the gates' counts and holds cost the pacer.
+        fw4 = _firmware(ctx, pk, "5.0.0")
+        with _costs(stack, devices) as costs:
+            result["phases"] = await _batch(
+                ctx, pk, fw4, "4.0.0", devices, None, stop_at=50, phases=[10, 50], promote_at=90
+            )
+        result["phases"].update(costs)
         stack.sample()
         result["peak_rss_mb"] = {p.name: round(p.peak_rss_mb, 1) for p in stack.procs}
         # Where the machine's two cores went (the fleet's simulation shares them with the rest).
