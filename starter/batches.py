@@ -35,7 +35,8 @@ async def create(
         typer.Option(
             "--dry-run",
             help="Create nothing: check the options and count the devices it would target "
-            "(per source version, offline, busy in another batch) and how long the pushes take.",
+            "(per source version and phase, offline, busy in another batch) and when the last "
+            "push is due (rate, ramp, windows; time at phase gates not counted).",
         ),
     ] = False,
     json: JsonOpt = False,
@@ -253,14 +254,20 @@ def _print_preview(p: BatchPreview) -> None:
         f"  {p.skipped} skipped (already on {p.target_version}), {p.offline} offline (pushed "
         f"when they come online), {p.busy} busy in another batch (they would fail busy)"
     )
-    if p.push_minutes is None:
-        console.print(f"  no rate: pushed as fast as they can be started, from {p.starts_at}")
-    else:
+    if p.phases:
+        shown = ", ".join(f"{ph['percent']}%: {ph['devices']} (+{ph['added']})" for ph in p.phases)
+        console.print(f"  phases (devices started by each, cumulative): {shown}")
+    if p.rate_per_minute is None:
+        first = f"; the first when the window opens, {p.first_push_at}" if p.windows else ""
         console.print(
-            f"  at {p.rate_per_minute} devices per minute: pushes from {p.starts_at} for "
-            f"{'under a minute' if p.push_minutes < 1 else f'about {p.push_minutes} min'}, "
-            f"the last by {p.last_push_at}"
+            f"  no rate: pushed as fast as they can be started, from {p.starts_at}{first}"
         )
+        notes = p.eta_notes[1:]  # the first says why there is no ETA: just said
+    else:
+        console.print(f"  at {p.rate_per_minute} devices per minute from {p.starts_at}: {p.eta}")
+        notes = p.eta_notes
+    for note in notes:
+        console.print(f"  note: {note}")
 
 
 def _shown(value: Any) -> str:

@@ -125,6 +125,8 @@ async def test_a_dry_run_answers_the_numbers_and_creates_nothing(client, tempora
         60,
         round(1 / 60, 1),
     )
+    assert (p["phases"], p["gates"], p["windows"]) == ([], 0, 0)
+    assert p["eta"].startswith("last push ~") and p["eta_notes"] == []
     assert (await client.get("/api/v1/batches")).json() == []
     assert [w async for w in temporal_env.client.list_workflows(f'OtaProductKey = "{pk}"')] == []
     # What create refuses, the dry run refuses the same way, naming the same field.

@@ -137,6 +137,20 @@ def test_dry_run_prints_the_numbers_and_creates_nothing(cli):
     assert "dry run, nothing created" in text
     assert "1 devices targeted; from 1.0.0: 1" in text
     assert "at 10 devices per minute" in text
+    assert "last push ~" in text and "(under a minute from the start)" in text
+    gated = (
+        "--phase",
+        "50",
+        "--promote",
+        "manual",
+        "--window",
+        "0 2 * * *",
+        "--window-minutes",
+        "30",
+    )
+    text = cli(*args, *gated, "--dry-run").stdout
+    assert "phases (devices started by each, cumulative): 100%: 1 (+1)" in text
+    assert "in 1 maintenance window" in text
     engine = make_engine(f"sqlite:///{cli.db}")
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(Batch)).one() == 0

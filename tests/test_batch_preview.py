@@ -14,7 +14,7 @@ from ota.contracts import BatchInput
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Device, Task
 from ota.errors import Conflict, InvalidInput, NotFound
-from ota.services.batch_preview import preview_batch, push_minutes
+from ota.services.batch_preview import preview_batch
 from ota.services.targets import select_targets
 from tests.test_workflow_support import make_firmware, make_fleet, make_task
 
@@ -143,8 +143,36 @@ def test_an_unknown_or_unverified_firmware_or_a_second_dynamic_batch(engine, fle
     assert "already has dynamic batch dyn" in err.value.message
 
 
-def test_push_minutes_follow_the_pacers_spread():
-    assert push_minutes(0, 100) == 0
-    assert push_minutes(1, 100) == 0  # the first start is due at once
-    assert push_minutes(1001, 1000) == 1.0
-    assert push_minutes(5, None) is None
+def test_phases_and_a_window_in_the_plan_and_the_eta(engine, fleet):
+    """The fleet's 4 devices on 1.0.0 in phases of 25% and 50% (1, 2, 4 devices), pushed at 10
+    a minute (6 s apart) in a window opening at 14:00, two hours after the start."""
+    _, fw = fleet
+    before = rows(engine)
+    inp = batch_input(
+        fw,
+        rate_per_minute=10,
+        phases=[25, 50],
+        promote="manual",
+        window="0 14 * * *",
+        window_minutes=60,
+    )
+    p = preview_batch(engine, inp, now=NOW)
+    assert p.targets == 4
+    assert p.phases == [
+        {"percent": 25, "devices": 1, "added": 1},
+        {"percent": 50, "devices": 2, "added": 1},
+        {"percent": 100, "devices": 4, "added": 2},
+    ]
+    assert (p.first_push_at, p.last_push_at) == (
+        "2026-11-30T14:00:00+00:00",
+        "2026-11-30T14:00:18+00:00",
+    )
+    assert (p.push_minutes, p.windows, p.gates) == (120.3, 1, 2)
+    assert p.eta == (
+        "last push ~2026-11-30 14:00 UTC (2h 00m from the start), in 1 maintenance window; "
+        "2 phase gates not counted"
+    )
+    assert any("not counted" in note for note in p.eta_notes)
+    assert rows(engine) == before
+    plain = preview_batch(engine, batch_input(fw, rate_per_minute=10), now=NOW)
+    assert (plain.phases, plain.gates, plain.windows) == ([], 0, 0)

@@ -28,8 +28,10 @@ DryRun = Annotated[
     bool,
     Query(
         description="Create nothing: answer 200 with what the batch would target (per source "
-        "version, skipped, offline, busy in another batch) and how long its pushes take; a "
-        "request create would refuse is refused the same way."
+        "version and phase, skipped, offline, busy in another batch) and when its last push is "
+        "due from its rate, ramp, windows and phases (`eta`, `eta_notes`: the fastest case, "
+        "time at phase gates not counted); a request create would refuse is refused the same "
+        "way."
     ),
 ]
 

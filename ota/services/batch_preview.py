@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -16,7 +16,9 @@ from ota.contracts import BatchInput
 from ota.db.models import Device, Task
 from ota.domain import ACTIVE_TASK_STATES, version_sort_key
 from ota.services.batches import check_one_dynamic, new_batch_id, resolve_batch
+from ota.services.rollout_eta import Rollout, phase_plan, rollout_eta
 from ota.services.targets import matching_targets, phased_sample
+from ota.windows import WindowSpec
 
 
 @dataclass
@@ -38,11 +40,20 @@ class BatchPreview:
     # Of the targets: in another ongoing batch, so they would fail busy (a dynamic batch leaves
     # such devices for a later sync instead: they are not among its targets).
     busy: int = 0
+    # A batch with phases: each phase's {percent, devices (cumulative), added}.
+    phases: list[dict[str, int]] = field(default_factory=list)
     rate_per_minute: int | None = None
     starts_at: str = ""  # ISO: the schedule, or now
-    # How long the pushes take at the rate, and when the last is due; None: unthrottled.
+    # The ETA (ota.services.rollout_eta, the fastest case): from the start to the last push,
+    # window waits included, and when the first and last are due (ISO, UTC); None: no ETA
+    # (unthrottled), `eta_notes` say why and what it leaves out.
     push_minutes: float | None = None
+    first_push_at: str | None = None
     last_push_at: str | None = None
+    windows: int = 0  # maintenance windows the pushes fall in
+    gates: int = 0  # phase gates on the way: time waiting at them is not counted
+    eta: str = ""  # the ETA in one line, for people
+    eta_notes: list[str] = field(default_factory=list)
     dry_run: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,7 +80,7 @@ def preview_batch(engine: Engine, inp: BatchInput, now: datetime | None = None) 
         ).distinct())  # fmt: skip
     versions = Counter(c.version for c in targets)
     start = batch.scheduled_at or now or datetime.now(UTC)
-    minutes = push_minutes(len(targets), batch.rate_per_minute)
+    eta = rollout_eta(_rollout(inp, len(targets), batch.rate_per_minute), start)
     return BatchPreview(
         kind=batch.kind,
         firmware_id=batch.firmware_id,
@@ -81,22 +92,41 @@ def preview_batch(engine: Engine, inp: BatchInput, now: datetime | None = None) 
         percent=batch.percent,
         targets=len(targets),
         by_source_version={v: versions[v] for v in sorted(versions, key=version_sort_key)},
+        phases=[asdict(p) for p in phase_plan(inp.phases, len(targets))],
         skipped=skipped,
         offline=offline,
         busy=busy,
         rate_per_minute=batch.rate_per_minute,
         starts_at=start.isoformat(),
-        push_minutes=minutes,
-        last_push_at=None if minutes is None else (start + timedelta(minutes=minutes)).isoformat(),
+        push_minutes=eta.push_minutes,
+        first_push_at=_iso(eta.first_push_at),
+        last_push_at=_iso(eta.last_push_at),
+        windows=eta.windows,
+        gates=eta.gates,
+        eta=eta.summary(),
+        eta_notes=eta.notes,
     )
 
 
-def push_minutes(targets: int, rate: int | None) -> float | None:
-    """The pacer's n-th start is due n * 60 / rate seconds after pacing begins
-    (workflows/pacing.py): the last of `targets` comes (targets - 1) / rate minutes in."""
-    if not rate:
-        return None
-    return round(max(targets - 1, 0) / rate, 1)
+def _rollout(inp: BatchInput, targets: int, rate: int | None) -> Rollout:
+    """The pacing options the ETA needs (checked by resolve_batch already)."""
+    window = None
+    if inp.window is not None and inp.window_minutes is not None:
+        window = WindowSpec(inp.window, inp.window_minutes, inp.window_tz)
+    return Rollout(
+        targets=targets,
+        rate=rate,
+        start_burst=inp.start_burst,  # the default OTA_START_BURST: create sets the settings'
+        phases=tuple(inp.phases),
+        ramp_base=inp.ramp_base,
+        ramp_factor=inp.ramp_factor,
+        ramp_every=inp.ramp_every,
+        window=window,
+    )
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
 
 
 def _count_in(session: Session, ids: set[int], query: Any) -> int:

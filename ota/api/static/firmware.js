@@ -250,11 +250,21 @@ fwui.previewBatch = async function (form) {
         (versions.length ? `; from ${versions.join(", ")}` : ""),
       `Skipped (already on ${p.target_version}): ${p.skipped}. Offline (pushed when they ` +
         `come online): ${p.offline}. In another batch (would fail busy): ${p.busy}.`,
-      p.push_minutes === null ? "No rate: pushed as fast as they can be started."
-        : `Pushes take ${p.push_minutes < 1 ? "under a minute" : `about ${p.push_minutes} min`} ` +
-          `at ${p.rate_per_minute} devices per minute ` +
-          `(the last by ${new Date(p.last_push_at).toLocaleString()}).`,
     ];
+    if (p.phases.length) {
+      lines.push("Phases (devices started by each, cumulative): " +
+        p.phases.map((ph) => `${ph.percent}%: ${ph.devices} (+${ph.added})`).join(", ") + ".");
+    }
+    // The ETA's line and notes come from the API (ota/services/rollout_eta.py), in UTC.
+    if (p.rate_per_minute === null) {
+      lines.push("No rate: pushed as fast as they can be started" + (p.windows
+        ? `, the first when the window opens (${new Date(p.first_push_at).toLocaleString()}).`
+        : "."));
+      lines.push(...p.eta_notes.slice(1).map((note) => `Note: ${note}.`));
+    } else {
+      lines.push(`At ${p.rate_per_minute} devices per minute: ${p.eta}.`);
+      lines.push(...p.eta_notes.map((note) => `Note: ${note}.`));
+    }
     out.replaceChildren(...lines.map((text) => {
       const line = document.createElement("p");
       line.textContent = text;
