@@ -174,7 +174,7 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     preview = batch.locator(".js-preview")
     expect(preview).to_contain_text("Would update 2 devices (50% of 4 matching); from 1.0.0: 2")
     expect(preview).to_contain_text("In another batch (would fail busy): 0")
-    expect(preview).to_contain_text("at 100 devices per minute")
+    expect(preview).to_contain_text("at 100 devices per minute: last push ~")
     shot(page, "06-batch-update-phased")
     batch.locator("button[type=submit]").click()
     expect(page).to_have_url(re.compile(r"/batches/\w+$"))

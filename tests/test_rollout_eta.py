@@ -100,23 +100,24 @@ def test_already_inside_a_window_pushes_at_once_until_it_closes():
 
 def test_phases_and_the_ramp_count_no_time_at_the_gates():
     """100 devices in phases of 10%, 50% and 100%: the first 10 at the ramp's 10 a minute
-    (0..54 s), a gate (promoted at once: not counted) and the step to 20 a minute, then 90 more
-    3 s apart (54..321 s)."""
+    (0..54 s), a gate (promoted at once: not counted) and the step to 20 a minute, 40 more 3 s
+    apart (54..171 s), a gate and a new spread from there: 50 more (171..318 s)."""
     rollout = Rollout(100, 20, phases=(10, 50), ramp_base=10, ramp_factor=2.0, ramp_every=10)
     eta = rollout_eta(rollout, START)
-    assert (eta.last_push_at, eta.gates) == (at(seconds=321), 2)
+    assert (eta.last_push_at, eta.gates) == (at(seconds=318), 2)
     assert eta.summary().endswith("; 2 phase gates not counted")
     assert any("2 phase gates" in n and "not counted" in n for n in eta.notes)
 
 
 def test_phases_split_bursts_and_windows_split_phases():
-    """80 devices in phases of 30% and 60% (24, 48, 80) at 60 a minute (bursts of 5, a device a
-    second) in a 1-minute window each hour, open at the start: 5,5,5,5,4 from 0 s and from 24 s
-    (a phase's last burst is short), then 3 bursts from 48 s before the window closes at 60 s;
-    the last 17 from 13:00 (5,5,5,2: 0..15 s)."""
+    """80 devices in phases of 30% and 60% (24, 48, 80) at 60 a minute (bursts of 5, 5 s apart)
+    in a 1-minute window each hour, open at the start: 5,5,5,5,4 from 0 s (a phase's last burst
+    is short), a gate promoted at once (a new spread from its last burst), the same from 20 s,
+    then 4 bursts from 40 s before the window closes at 60 s; the last 12 from 13:00 (5,5,2:
+    0..10 s)."""
     rollout = Rollout(80, 60, phases=(30, 60), window=WindowSpec("0 * * * *", 1))
     eta = rollout_eta(rollout, START)
-    assert (eta.first_push_at, eta.last_push_at) == (START, at(hours=1, seconds=15))
+    assert (eta.first_push_at, eta.last_push_at) == (START, at(hours=1, seconds=10))
     assert (eta.gates, eta.windows) == (2, 2)
 
 

@@ -123,9 +123,9 @@ def rollout_eta(r: Rollout, start: datetime) -> RolloutEta:
 
 def _simulate(r: Rollout, start: datetime, limits: list[int], eta: RolloutEta) -> RolloutEta:
     """Bursts as the pacer lets them go: the n-th push of an even spread is due n * 60 / rate
-    seconds after it began (a spread begins at the start, and anew at a ramp step and when a
-    window opens: there the pacer, behind its spread, lets a minute's rate go at once, the same
-    minute's pushes a little sooner); times are seconds after `start`."""
+    seconds after it began; a spread begins at the start, and anew where the pacer lets go
+    (workflows/batch.py: a ramp step, a window's opening, a gate's promotion, at once here);
+    times are seconds after `start`."""
     assert r.rate is not None
     t, pushed, phase = 0.0, 0, 0
     first: float | None = None
@@ -155,7 +155,8 @@ def _simulate(r: Rollout, start: datetime, limits: list[int], eta: RolloutEta) -
         if _rate(r, pushed) != rate:  # a ramp step: the new spread begins at once
             t = last
         if pushed == limits[phase] and phase < len(limits) - 1:
-            phase += 1  # a gate: its wait is not counted
+            phase += 1  # a gate: its wait is not counted, and the new spread begins at once
+            t = last
     if pushed < r.targets:
         eta.notes.insert(
             0,

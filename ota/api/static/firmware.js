@@ -262,7 +262,7 @@ fwui.previewBatch = async function (form) {
         : "."));
       lines.push(...p.eta_notes.slice(1).map((note) => `Note: ${note}.`));
     } else {
-      lines.push(`At ${p.rate_per_minute} devices per minute: ${p.eta}.`);
+      lines.push(`Pushes at ${p.rate_per_minute} devices per minute: ${p.eta}.`);
       lines.push(...p.eta_notes.map((note) => `Note: ${note}.`));
     }
     out.replaceChildren(...lines.map((text) => {
