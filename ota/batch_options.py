@@ -302,7 +302,7 @@ class BatchOptions:
         group=Group.PACING,
         label="Maintenance Window (Cron)",
         help="Push only inside windows that open at these times: a cron expression of 5 "
-        "fields (\"0 2 * * *\": 02:00 every day), read in --window-tz; devices pushed finish "
+        'fields ("0 2 * * *": 02:00 every day), read in --window-tz; devices pushed finish '
         "outside it. Needs --window-minutes.",
         rule=cron_problem,
         widget=Widget.TEXT,

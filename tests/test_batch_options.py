@@ -132,7 +132,9 @@ def test_the_api_schema_states_each_options_rule():
             assert many["items"]["pattern"] == one["pattern"] == opt.pattern.pattern
         elif opt.many:  # numbers: a list, one, or the console's "1,10,100"
             many, one, text = prop["anyOf"]
-            assert many["items"] == one == {"type": "integer", "minimum": opt.low, "maximum": opt.high}
+            assert (
+                many["items"] == one == {"type": "integer", "minimum": opt.low, "maximum": opt.high}
+            )
             assert text == {"type": "string"}
         elif opt.low is not None:
             assert (prop["minimum"], prop["maximum"]) == (opt.low, opt.high), opt.name

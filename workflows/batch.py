@@ -488,9 +488,9 @@ class BatchWorkflow:
     def _hold(self, inp: BatchInput) -> Hold | None:
         """What holds the next pushes back now (asked only by a batch with phases or a window).
         The gate first: a `promote` opens it even while the window is closed."""
-        if inp.phases and workflow.patched(PHASE_PATCH):
-            if (gate := phase_hold(inp, self._carry)) is not None:
-                return gate
+        phased = inp.phases and workflow.patched(PHASE_PATCH)
+        if phased and (gate := phase_hold(inp, self._carry)) is not None:
+            return gate
         if inp.window is not None and workflow.patched(WINDOW_PATCH):
             return window_hold(inp, workflow.now())
         return None
@@ -534,6 +534,8 @@ class BatchWorkflow:
             return
         await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.IN_PROGRESS))
         c.waiting, self._note = None, None
+        # An even spread from now: not the rate's whole minute in the first seconds.
+        c.rate_since, c.pushed_before_rate = workflow.now().isoformat(), c.started + c.turns
         self._details("pushing")
 
     async def _wait_at_gate(self, inp: BatchInput) -> BatchProgress | None:
