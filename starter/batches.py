@@ -262,11 +262,10 @@ def _print_preview(p: BatchPreview) -> None:
         console.print(
             f"  no rate: pushed as fast as they can be started, from {p.starts_at}{first}"
         )
-        notes = p.eta_notes[1:]  # the first says why there is no ETA: just said
     else:
         console.print(f"  at {p.rate_per_minute} devices per minute from {p.starts_at}: {p.eta}")
-        notes = p.eta_notes
-    for note in notes:
+    # Without an ETA the first note says why: said already (unthrottled, or in the line).
+    for note in p.eta_notes[1:] if p.last_push_at is None else p.eta_notes:
         console.print(f"  note: {note}")
 
 

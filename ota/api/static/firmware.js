@@ -260,11 +260,12 @@ fwui.previewBatch = async function (form) {
       lines.push("No rate: pushed as fast as they can be started" + (p.windows
         ? `, the first when the window opens (${new Date(p.first_push_at).toLocaleString()}).`
         : "."));
-      lines.push(...p.eta_notes.slice(1).map((note) => `Note: ${note}.`));
     } else {
       lines.push(`Pushes at ${p.rate_per_minute} devices per minute: ${p.eta}.`);
-      lines.push(...p.eta_notes.map((note) => `Note: ${note}.`));
     }
+    // Without an ETA the first note says why: said already (unthrottled, or in the line).
+    const notes = p.last_push_at === null ? p.eta_notes.slice(1) : p.eta_notes;
+    lines.push(...notes.map((note) => `Note: ${note}.`));
     out.replaceChildren(...lines.map((text) => {
       const line = document.createElement("p");
       line.textContent = text;
