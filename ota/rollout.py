@@ -6,6 +6,8 @@ tasks were inserted (task id: the same on every replay). A gate closes each phas
 the `promote` signal opens it, or the phase's success does: the share of its devices that
 report the new version (updated: running the new image, not downloaded, hawkbit#3185).
 
+The pacer's bursts, which the dry run's ETA simulates too.
+
 The ramp (AWS IoT Jobs' exponentialRate): pushes begin at a base rate, which grows by a factor
 each time so many more devices have succeeded, up to the batch's rate.
 """
@@ -15,6 +17,17 @@ from __future__ import annotations
 import math
 
 LAST_PHASE = 100  # the last phase is the whole batch
+# Several bursts a minute spread a paced batch's pushes out (the broker and the devices' download
+# server see a steady flow) instead of one lump at the top of each minute.
+BURSTS_PER_MINUTE = 12
+
+
+def burst_size(rate: int | None, start_burst: int) -> int:
+    """Pushes the pacer lets go at once: at most `start_burst`, a twelfth of a paced batch's
+    rate (the dry run's ETA paces its bursts the same way)."""
+    if not rate:
+        return start_burst
+    return max(1, min(start_burst, rate // BURSTS_PER_MINUTE))
 
 
 def phase_limits(phases: list[int], total: int) -> list[int]:

@@ -11,17 +11,12 @@ from ota.rollout import phase_limits
 from ota.services import rollout_eta as eta_module
 from ota.services.rollout_eta import Rollout, phase_plan, rollout_eta
 from ota.windows import WindowSpec
-from workflows import pacing
 
 START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def at(**delta: float) -> datetime:
     return START + timedelta(**delta)
-
-
-def test_the_burst_rule_is_the_pacers():
-    assert eta_module.BURSTS_PER_MINUTE == pacing.BURSTS_PER_MINUTE
 
 
 @pytest.mark.parametrize(

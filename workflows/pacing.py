@@ -6,17 +6,11 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from ota.contracts import StartMark
+    from ota.rollout import burst_size
+
+__all__ = ["burst_size", "next_start", "recent_marks"]
 
 WINDOW_SECONDS = 60.0  # the seed's rate is "devices per minute": any 60 s holds at most `rate`
-# Several bursts a minute spread the pushes out (the broker and the devices' download server
-# see a steady flow) instead of one lump at the top of each minute.
-BURSTS_PER_MINUTE = 12
-
-
-def burst_size(rate: int | None, start_burst: int) -> int:
-    if not rate:
-        return start_burst
-    return max(1, min(start_burst, rate // BURSTS_PER_MINUTE))
 
 
 def recent_marks(marks: list[StartMark], now: float) -> list[StartMark]:

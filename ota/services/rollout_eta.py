@@ -14,11 +14,9 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ota.rollout import LAST_PHASE, phase_limits, ramp_rate
+from ota.rollout import LAST_PHASE, burst_size, phase_limits, ramp_rate
 from ota.windows import WindowSpec, window_at
 
-# The pacer's (workflows/pacing.py, which ota/ may not import: tests check they agree).
-BURSTS_PER_MINUTE = 12
 # Windows are walked up to a year ahead: a last push beyond that has no ETA (a batch without
 # windows is computed in a few segments, however long it takes).
 HORIZON = timedelta(days=366)
@@ -142,7 +140,7 @@ def _simulate(r: Rollout, start: datetime, limits: list[int], eta: RolloutEta) -
             eta.windows += 1
         first = t if first is None else first
         rate = _rate(r, pushed)
-        size = max(1, min(r.start_burst, rate // BURSTS_PER_MINUTE))
+        size = burst_size(rate, r.start_burst)
         spacing = size * 60 / rate
         goal = min(limits[phase], _next_step(r, pushed, rate))
         bursts = math.ceil((goal - pushed) / size)
