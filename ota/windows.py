@@ -66,11 +66,26 @@ def window_at(spec: WindowSpec, now: datetime) -> WindowAt:
     local = now.astimezone(ZoneInfo(spec.tz))
     length = timedelta(minutes=spec.minutes)
     # The latest start at or before now: cronsim's reverse search is strictly before its start.
-    last = next(CronSim(spec.cron, local + SECOND, reverse=True), None)
-    if last is not None and _end(last, length) > now:
+    # Starts fall on whole minutes: search from the whole second after now (from 01:59:59.5 + 1s
+    # it found 02:00, a start still ahead, and called the window open half a second early).
+    last = next(CronSim(spec.cron, local.replace(microsecond=0) + SECOND, reverse=True), None)
+    # cronsim counts wall-clock time: once the clock falls back (01:00 EST after 01:59 EDT), its
+    # forward search yields starts already past (01:30 EDT, 60 minutes long: open until 01:30
+    # EST). Without this the window was said closed until a past time: the pacer napped 0 s in
+    # a loop until the window ended.
+    later = CronSim(spec.cron, local)
+    opens = next(later)
+    while _utc(opens) <= _utc(now):
+        last = opens if last is None else max(last, opens, key=_utc)
+        opens = next(later)
+    if last is not None and _utc(_end(last, length)) > _utc(now):
         return WindowAt(True, last, _chained_end(spec, last, length))
-    opens = next(CronSim(spec.cron, local))
     return WindowAt(False, opens, _chained_end(spec, opens, length))
+
+
+def _utc(moment: datetime) -> datetime:
+    """Compare as instants: two times of one zone compare by wall clock, ignoring DST's fold."""
+    return moment.astimezone(UTC)
 
 
 def _end(start: datetime, length: timedelta) -> datetime:
@@ -85,7 +100,7 @@ def _chained_end(spec: WindowSpec, start: datetime, length: timedelta) -> dateti
     later = CronSim(spec.cron, start)
     for _ in range(MAX_CHAINED):
         following = next(later)
-        if following > end:
+        if _utc(following) > _utc(end):
             break
-        end = max(end, _end(following, length))
+        end = max(end, _end(following, length), key=_utc)
     return end
