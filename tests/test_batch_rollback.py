@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.workflow import NondeterminismError
 
-import workflows.batch
+import workflows.batch_safety
 from activities.rollback import RollbackActivities
 from activities.targets import insert_tasks
 from ota.context import Context
@@ -150,7 +150,7 @@ async def test_a_canceled_batch_rolls_its_failed_devices_back_once(ctx, mqtt_url
         return None  # a pacer that starts no rollback does not replay the run that did
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(workflows.batch, "roll_back", no_policy)
+        mp.setattr(workflows.batch_safety, "roll_back", no_policy)
         with pytest.raises(NondeterminismError):
             await REPLAYER.replay_workflow(tripped[0])
     await shows_the_link(ctx, b["id"], rb, capsys)

@@ -5,6 +5,8 @@ from __future__ import annotations
 # Devices finish within seconds when all goes well (the bench: ~1 s): a full batch re-counts
 # that soon, and less often (up to its poll interval) while nothing finishes.
 CAP_POLL_SECONDS = 1.0
+# The room of a batch without a cap (or of a phase without a gate ahead): any number of pushes.
+NO_CAP = 1 << 30
 
 
 def room(cap: int, in_flight: int) -> int:
