@@ -124,6 +124,15 @@ ACCEPTED = [
         "one): state, not shape",
     ),
     Accepted(
+        "POST /api/v1/firmware/diff",
+        "RejectedPositiveData",
+        422,
+        "to_id",
+        r"must be another firmware than the one the diff is made from",
+        "from_id and to_id must differ: a rule between fields, which JSON Schema cannot state "
+        "(the seeded firmware 1 is the only id that is not a 404)",
+    ),
+    Accepted(
         "POST /api/v1/products/{product_key}/devices/import",
         "RejectedPositiveData",
         422,

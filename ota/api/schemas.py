@@ -19,6 +19,8 @@ from ota.domain import (
     DESCRIPTION_MAX,
     FIRMWARE_EXTENSIONS,
     FIRMWARE_NAME_RE,
+    ID_MAX,
+    ID_MIN,
     MODULE_RE,
     TIMEOUT_MAX,
     TIMEOUT_MIN,
@@ -319,3 +321,26 @@ class FirmwareCheck(FirmwareFields):
     file_size: int | None = Field(
         None, description="Its size in bytes, if known.", json_schema_extra={"minimum": 1}
     )
+
+
+class DiffCreate(Body):
+    """`ota firmware diff`: a differential package made on the server from two full images."""
+
+    from_id: int = Field(
+        description="The firmware id of the image the devices run (a full firmware).",
+        json_schema_extra=between(ID_MIN, ID_MAX),
+    )
+    to_id: int = Field(
+        description="The firmware id of the image to update to: same product and module.",
+        json_schema_extra=between(ID_MIN, ID_MAX),
+    )
+    name: str | None = Field(
+        None,
+        description="4 to 32 letters, digits and _, not starting with _ "
+        "(default: <to's name>_diff).",
+        json_schema_extra=matching(FIRMWARE_NAME_RE),
+    )
+    description: str | None = Field(
+        None, description="Up to 100 characters.", json_schema_extra={"maxLength": DESCRIPTION_MAX}
+    )
+    need_verify: bool = Field(True, description="Validate on devices before batches.")

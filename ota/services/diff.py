@@ -119,7 +119,7 @@ def _check_pair(src: Firmware, dst: Firmware, max_bytes: int) -> None:
                 "package offline and add it with --type diff",
             )
     if src.id == dst.id:
-        raise InvalidInput("to", "must be another firmware than --from")
+        raise InvalidInput("to", "must be another firmware than the one the diff is made from")
     if (src.product_key, src.module) != (dst.product_key, dst.module):
         raise InvalidInput(
             "to",

@@ -203,6 +203,55 @@ devui.remove = async function (form, name) {
   ota.toast(`${name} deleted`);
 };
 
+// --- Import Devices: a CSV, all or none, as `ota device import` ------------------------------
+
+devui.openImport = function () {
+  const dialog = ota.open("import-dialog");
+  const form = dialog.querySelector("form");
+  form.reset();
+  delete form.dataset.imported;
+  ota.show(form, ".js-choose", true);
+  ota.show(form, ".js-imported", false);
+  ota.show(form, ".js-import-ok", true);
+};
+
+devui.submitImport = async function (event) {
+  event.preventDefault();
+  const form = event.target;
+  ota.clearErrors(form);
+  const file = form.file.files[0];
+  if (!file) {
+    ota.showProblem(form, { field: "file", detail: "choose a CSV file" });
+    return;
+  }
+  const pk = document.getElementById("device-table").dataset.product;
+  const ok = form.querySelector(".js-import-ok");
+  ok.disabled = true;
+  try {
+    const answer = await ota.send("POST",
+      `/api/v1/products/${encodeURIComponent(pk)}/devices/import`, "text/csv", await file.text());
+    devui.showImported(form, pk, answer);
+  } catch (problem) {
+    ota.showProblem(form, problem); // "line 3: ..." under the file
+  } finally {
+    ok.disabled = false;
+  }
+};
+
+devui.showImported = function (form, pk, answer) {
+  form.dataset.imported = "yes";
+  const noun = answer.added === 1 ? "device" : "devices";
+  form.querySelector(".js-imported-text").textContent = `Imported ${answer.added} ${noun}.`;
+  const lines = ["name,secret", ...answer.devices.map((d) => `${d.name},${d.secret}`)];
+  const link = form.querySelector(".js-secrets");
+  if (link.href) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  link.download = `${pk}-devices.csv`;
+  ota.show(form, ".js-choose", false);
+  ota.show(form, ".js-import-ok", false);
+  ota.show(form, ".js-imported", true);
+};
+
 // --- Wiring ---------------------------------------------------------------------------------
 
 document.addEventListener("click", (event) => {
@@ -229,6 +278,15 @@ devui.fromHash = function () {
 };
 
 document.addEventListener("DOMContentLoaded", () => {
+  const imports = document.getElementById("import-form");
+  if (imports) {
+    imports.addEventListener("submit", devui.submitImport);
+    document.getElementById("import-devices").addEventListener("click", devui.openImport);
+    // The list shows the new devices once the dialog is closed.
+    imports.closest("dialog").addEventListener("close", () => {
+      if (imports.dataset.imported) location.reload();
+    });
+  }
   const form = devui.form();
   if (!form) return;
   form.addEventListener("submit", devui.submit);

@@ -289,6 +289,41 @@ fwui.submitBatch = async function (event) {
   }
 };
 
+// --- Delete: confirmed first; a refusal (an active batch) is shown in the dialog -------------
+
+fwui.openDelete = function (button) {
+  const dialog = ota.open("delete-firmware-dialog");
+  const form = dialog.querySelector("form");
+  form.dataset.firmwareId = button.dataset.firmwareId;
+  dialog.querySelector(".js-fw-title").textContent =
+    `${button.dataset.firmwareName} (ID ${button.dataset.firmwareId})`;
+};
+
+fwui.submitDelete = async function (event) {
+  event.preventDefault();
+  const form = event.target;
+  const id = form.dataset.firmwareId;
+  const ok = form.querySelector('button[type="submit"]');
+  ok.disabled = true;
+  try {
+    await ota.api("DELETE", `/api/v1/firmware/${encodeURIComponent(id)}`);
+    form.closest("dialog").close();
+    const table = document.getElementById("firmware-table");
+    // On its own page (no list): that page is gone with it, back to the list.
+    if (!table) {
+      location.assign("/firmware");
+      return;
+    }
+    table.querySelector(`tr[data-firmware-id="${CSS.escape(id)}"]`)?.remove();
+    if (!table.querySelector("tbody tr")) location.reload(); // the list's empty-state text
+    ota.toast(`Firmware ${id} deleted`);
+  } catch (problem) {
+    ota.showProblem(form, problem);
+  } finally {
+    ok.disabled = false;
+  }
+};
+
 // While a firmware is being validated its row changes by itself: refresh, unless a dialog is open.
 fwui.refreshWhileVerifying = function () {
   if (!document.querySelector('#firmware-table tr[data-state="verifying"]')) return;
@@ -323,7 +358,10 @@ document.addEventListener("DOMContentLoaded", () => {
       }
     });
   }
+  document.getElementById("delete-firmware-form")?.addEventListener("submit", fwui.submitDelete);
   document.addEventListener("click", (e) => {
+    const d = e.target.closest(".js-delete-firmware");
+    if (d) fwui.openDelete(d);
     const v = e.target.closest(".js-validate");
     if (v) fwui.openValidate(v);
     const b = e.target.closest(".js-batch");

@@ -8,10 +8,16 @@ const ota = {};
 ota.headers = { "X-OTA-Console": "1" };
 
 ota.api = async function (method, url, body) {
+  if (body === undefined) return ota.send(method, url);
+  return ota.send(method, url, "application/json", JSON.stringify(body));
+};
+
+// A body the caller has already encoded (the device import's CSV); the answer is JSON.
+ota.send = async function (method, url, contentType, encoded) {
   const init = { method, headers: { ...ota.headers }, credentials: "same-origin" };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+  if (contentType !== undefined) {
+    init.headers["Content-Type"] = contentType;
+    init.body = encoded;
   }
   const response = await fetch(url, init);
   const text = await response.text();
