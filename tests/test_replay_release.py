@@ -44,7 +44,6 @@ from tests.histories.record_release import SCENARIOS, expected_in
 from workflows import WORKFLOWS
 from workflows.batch import (
     CAP_PATCH,
-    OPERATOR_PAUSE,
     PAUSE_PATCH,
     PHASE_PATCH,
     RAMP_PATCH,
@@ -52,6 +51,7 @@ from workflows.batch import (
     WINDOW_PATCH,
     BatchWorkflow,
 )
+from workflows.batch_safety import OPERATOR_PAUSE
 from workflows.children import DEVICE_ID_PATCH
 from workflows.device import (
     OFFLINE_RECHECK,
@@ -494,10 +494,10 @@ async def fails_to_replay(scenario: str) -> None:
         ("device-timeout", "workflows.device.RECHECK_PATCH"),
         ("device-repush-on-reconnect", "workflows.device.REPUSH_PATCH"),
         ("batch-static", "workflows.children.DEVICE_ID_PATCH"),
-        ("batch-stop-paused", "workflows.batch.STOP_PATCH"),
-        ("batch-phase-gate-run1", "workflows.batch.PHASE_PATCH"),
-        ("batch-ramp", "workflows.batch.RAMP_PATCH"),
-        ("batch-capped", "workflows.batch.CAP_PATCH"),
+        ("batch-stop-paused", "workflows.batch_safety.STOP_PATCH"),
+        ("batch-phase-gate-run1", "workflows.batch_holds.PHASE_PATCH"),
+        ("batch-ramp", "workflows.batch_holds.RAMP_PATCH"),
+        ("batch-capped", "workflows.batch_safety.CAP_PATCH"),
         ("device-pickup-timeout", "workflows.device.PICKUP_PATCH"),
     ],
 )
