@@ -29,7 +29,10 @@ from ota.contracts import (
     SIGNAL_CANCEL,
     SIGNAL_DEVICES_ONLINE,
     SIGNAL_ONLINE,
+    SIGNAL_PAUSE,
+    SIGNAL_PROMOTE,
     SIGNAL_REPORT,
+    SIGNAL_RESUME,
     BatchInput,
     BatchProgress,
     CancelTasksRequest,
@@ -39,10 +42,20 @@ from ota.contracts import (
 from ota.domain import BatchState, CancelScope
 from tests.histories.record_release import SCENARIOS, expected_in
 from workflows import WORKFLOWS
-from workflows.batch import BatchWorkflow
+from workflows.batch import (
+    CAP_PATCH,
+    PAUSE_PATCH,
+    PHASE_PATCH,
+    RAMP_PATCH,
+    STOP_PATCH,
+    WINDOW_PATCH,
+    BatchWorkflow,
+)
+from workflows.batch_safety import OPERATOR_PAUSE
 from workflows.children import DEVICE_ID_PATCH
 from workflows.device import (
     OFFLINE_RECHECK,
+    PICKUP_PATCH,
     RECHECK_GRACE,
     RECHECK_PATCH,
     REPUSH_PATCH,
@@ -92,6 +105,11 @@ class Story:
     @property
     def input(self) -> dict[str, Any]:
         return decoded(self._attrs("workflow_execution_started")[0].input)
+
+    @property
+    def next_input(self) -> dict[str, Any]:
+        """The input the run continued as new with (its carry: what the next run begins from)."""
+        return decoded(self._attrs("workflow_execution_continued_as_new")[0].input)
 
     @property
     def calls(self) -> list[Call]:
@@ -255,7 +273,9 @@ def device_paced_turn(s: Story) -> None:
 
 
 def batch_static(s: Story) -> None:
-    assert s.activities[0] == "prepare_batch" and s.patches == [DEVICE_ID_PATCH]
+    # An unpaced batch gets the default in-flight cap (OTA_MAX_IN_FLIGHT) since the cap came.
+    capped = [CAP_PATCH] if s.input.get("max_in_flight") else []
+    assert s.activities[0] == "prepare_batch" and s.patches == [*capped, DEVICE_ID_PATCH]
     assert len(s.children) == 4 and all(c.startswith("device/") for c in s.children)
     assert s.result["counts"] == {"updated": 4}
 
@@ -308,6 +328,101 @@ def verify_passed(s: Story) -> None:
     assert (s.result["state"], s.result["counts"]) == ("completed", {"updated": 2})
 
 
+# --- the rollout controls (since release-2026-11-30-rollout) -------------------------------------
+
+CONTINUED = "workflow_execution_continued_as_new_event_attributes"
+
+
+def batch_paused_run1(s: Story) -> None:
+    assert s.input["rate_per_minute"] == 12 and PAUSE_PATCH in s.patches
+    assert s.signal_names == [SIGNAL_PAUSE] and len(s.children) == 1
+    assert s.activities[-1] == "set_batch_state" and s.end == CONTINUED  # paused, in a fresh run
+    carry = s.next_input["carry"]
+    assert (carry["paused"], carry["pause_note"], carry["started"]) == (True, OPERATOR_PAUSE, 1)
+
+
+def batch_resumed_last(s: Story) -> None:
+    carry = s.input["carry"]
+    assert (carry["paused"], carry["started"]) == (True, 1)
+    assert s.signal_names == [SIGNAL_RESUME] and PAUSE_PATCH in s.patches
+    assert "prepare_batch" not in s.activities and len(s.children) == 2
+    assert (s.result["state"], s.result["started"], s.result["counts"]) == (
+        "completed",
+        3,
+        {"updated": 3},
+    )
+
+
+def batch_stop_paused(s: Story) -> None:
+    inp = s.input
+    assert (inp["stop_at"], inp["stop_min"], inp["stop_action"]) == (50, 2, "pause")
+    assert STOP_PATCH in s.patches and s.signal_names == []  # the rule paused it, no operator
+    assert len(s.children) == 2 and s.end == CONTINUED
+    carry = s.next_input["carry"]
+    assert (carry["paused"], carry["stop_tripped"], carry["started"]) == (True, True, 2)
+    assert carry["pause_note"] == "paused: 100% failed after 2 devices, threshold 50%"
+
+
+def batch_phase_gate_run1(s: Story) -> None:
+    assert (s.input["phases"], s.input["promote"]) == ([50], "manual")
+    assert PHASE_PATCH in s.patches and len(s.children) == 1  # the first phase: one of two
+    assert s.end == CONTINUED  # the gate waits in a fresh run
+    carry = s.next_input["carry"]
+    assert (carry["phase"], carry["started"], carry["total"]) == (0, 1, 2)
+
+
+def batch_phase_promoted(s: Story) -> None:
+    carry = s.input["carry"]
+    assert (s.input["promote"], carry["phase"], carry["started"]) == ("manual", 0, 1)
+    assert PHASE_PATCH in s.patches and s.signal_names == [SIGNAL_PROMOTE]
+    assert len(s.children) == 1  # the second phase, after the promote
+    assert (s.result["phase"], s.result["counts"]) == (1, {"updated": 2})
+
+
+def batch_phase_auto_promoted(s: Story) -> None:
+    carry = s.input["carry"]
+    assert (s.input["promote_at"], carry["phase"], carry["started"]) == (100, 0, 1)
+    assert PHASE_PATCH in s.patches and s.signal_names == []  # its success opened the gate
+    assert len(s.children) == 1
+    assert (s.result["phase"], s.result["counts"]) == (1, {"updated": 2})
+
+
+def batch_window_waited(s: Story) -> None:
+    assert s.input["window"] and s.input["window_minutes"] == 60
+    assert WINDOW_PATCH in s.patches
+    # Held (the tasks' reason), then let go: both recorded before the first claim.
+    assert s.activities[:4] == [
+        "prepare_batch",
+        "set_batch_state",
+        "set_batch_state",
+        "claim_tasks",
+    ]
+    assert s.fired_timers[0] > timedelta(hours=2)  # the wait for the window, fast-forwarded
+    assert len(s.children) == 2 and s.result["counts"] == {"updated": 2}
+
+
+def batch_ramp(s: Story) -> None:
+    assert (s.input["ramp_base"], s.input["rate_per_minute"]) == (12, 60)
+    assert RAMP_PATCH in s.patches
+    assert s.fired_timers[0] > timedelta(seconds=3)  # the first gap: 12 a minute
+    assert s.result["rate"] == 60  # the ramp rose to the batch's rate
+    assert len(s.children) == 3 and s.result["counts"] == {"updated": 3}
+
+
+def batch_capped(s: Story) -> None:
+    assert s.input["max_in_flight"] == 1 and s.input["rate_per_minute"] is None
+    assert CAP_PATCH in s.patches
+    assert max(len(r["tasks"]) for r in s.results_of("claim_tasks")) == 1  # one at a time
+    assert len(s.children) == 3 and s.result["counts"] == {"updated": 3}
+
+
+def device_pickup_timeout(s: Story) -> None:
+    assert s.input["pickup_timeout_minutes"] == 5 and s.patches == [PICKUP_PATCH]
+    assert s.activities == ["push", "check_task", "finish_task"]
+    assert s.fired_timers == [timedelta(minutes=5)] and s.signal_names == []
+    assert device_result(s) == ("failed", "no_response", 1)
+
+
 CHECKS: dict[str, Callable[[Story], None]] = {
     "device-happy": device_happy,
     "device-offline-online": device_offline_online,
@@ -328,6 +443,16 @@ CHECKS: dict[str, Callable[[Story], None]] = {
     "batch-scheduled": batch_scheduled,
     "batch-dynamic-policy-canceled": batch_dynamic_policy_canceled,
     "verify-passed": verify_passed,
+    "batch-paused-run1": batch_paused_run1,
+    "batch-resumed-last": batch_resumed_last,
+    "batch-stop-paused": batch_stop_paused,
+    "batch-phase-gate-run1": batch_phase_gate_run1,
+    "batch-phase-promoted": batch_phase_promoted,
+    "batch-phase-auto-promoted": batch_phase_auto_promoted,
+    "batch-window-waited": batch_window_waited,
+    "batch-ramp": batch_ramp,
+    "batch-capped": batch_capped,
+    "device-pickup-timeout": device_pickup_timeout,
 }
 
 
@@ -369,6 +494,11 @@ async def fails_to_replay(scenario: str) -> None:
         ("device-timeout", "workflows.device.RECHECK_PATCH"),
         ("device-repush-on-reconnect", "workflows.device.REPUSH_PATCH"),
         ("batch-static", "workflows.children.DEVICE_ID_PATCH"),
+        ("batch-stop-paused", "workflows.batch_safety.STOP_PATCH"),
+        ("batch-phase-gate-run1", "workflows.batch_holds.PHASE_PATCH"),
+        ("batch-ramp", "workflows.batch_holds.RAMP_PATCH"),
+        ("batch-capped", "workflows.batch_safety.CAP_PATCH"),
+        ("device-pickup-timeout", "workflows.device.PICKUP_PATCH"),
     ],
 )
 async def test_replay_fails_when_a_patch_id_is_spelled_anew(monkeypatch, scenario, patch_id):
@@ -407,3 +537,22 @@ async def test_replay_fails_when_activities_run_in_another_order(monkeypatch):
 
     monkeypatch.setattr(BatchWorkflow, "_cancel_batch", cancel)
     await fails_to_replay("batch-cancel-all")
+
+
+async def test_replay_fails_when_the_pacer_is_deaf_to_promote(monkeypatch):
+    """A pacer that drops every `promote` (as one that never knows it waits at a gate would):
+    the promoted run waits on where its history started the second phase."""
+    never_at_gate = property(lambda self: False, lambda self, value: None)
+    monkeypatch.setattr(BatchWorkflow, "_at_gate", never_at_gate, raising=False)
+    await fails_to_replay("batch-phase-promoted")
+
+
+async def test_replay_fails_when_the_pacer_is_deaf_to_pause(monkeypatch):
+    """A pacer that drops `pause` (as the code before the pause): the paused run pushes on where
+    its history recorded the pause."""
+
+    async def deaf(self: BatchWorkflow, inp: BatchInput) -> None:
+        self._want_paused = self._carry.paused
+
+    monkeypatch.setattr(BatchWorkflow, "_follow_pause", deaf)
+    await fails_to_replay("batch-paused-run1")

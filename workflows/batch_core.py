@@ -47,12 +47,12 @@ class PacerCore:
         self._promoted = False  # a `promote` came while at the gate
 
     def _signalled(self) -> bool:
-        """A cancel, or a pause or resume not followed yet."""
+        """A cancel, a pause or resume not followed yet, or a promote at the gate."""
         return bool(self._cancels) or self._want_paused != self._carry.paused or self._promoted
 
     async def _nap(self, duration: timedelta, wake_on_turns: bool = False) -> bool:
-        """Sleep, waking early for a cancel or a pause or resume (or devices waiting for their
-        turn); True if a cancel, pause or resume came."""
+        """Sleep, waking early for a signal to see to (`_signalled`), or devices waiting for
+        their turn; True if such a signal came."""
 
         def woken() -> bool:
             return self._signalled() or (wake_on_turns and self._turns_pending)

@@ -10,9 +10,12 @@ it goes, so a scenario that did not happen fails here rather than leaving a wron
 
 To record the next release's set: at the release's commit, run the command above (PostgreSQL is
 not needed: each group has a SQLite database of its own; Mosquitto on 127.0.0.1:1883 is, for the
-pushes), commit the new directory and add its line to the directory's README.md. A scenario added
+pushes), commit the new directory with a README.md of its own (which commit recorded it), and
+add its line to tests/histories/README.md. A second recording on the same day adds a suffix to
+the date (release-2026-11-30-rollout): it still sorts after the day's first. A scenario added
 later is listed in SCENARIOS with `since`, the first release directory that holds it; the replay
-test then asks it of that release and every later one, never of older ones.
+test then asks it of that release and every later one, never of older ones. The rollout
+controls' scenarios live in record_rollout.py.
 
 It runs the real dev server with a per-workflow virtual clock (start_time_skipping_v2): every
 workflow starts in real time and a scenario moves one clock on purpose with `fast_forward`
@@ -74,6 +77,7 @@ from tests.test_workflow_support import (
 HERE = Path(__file__).resolve().parent
 MQTT_URL = "mqtt://127.0.0.1:1883"
 FIRST_RELEASE = "release-2026-11-30"
+ROLLOUT_RELEASE = "release-2026-11-30-rollout"  # the pacer's rollout controls (record_rollout.py)
 # The server suggests continue-as-new this early for the continued device only (its own server).
 SUGGEST_CONTINUE_AFTER_EVENTS = 8
 
@@ -110,11 +114,41 @@ SCENARIOS: dict[str, Scenario] = {
         "adds a device that matches later; its policy canceled; drained, canceled"
     ),
     "verify-passed": Scenario("a verification on two devices, both updated: verified"),
+    "batch-paused-run1": Scenario(
+        "rate 12/min, `pause` after the first push: paused, continued as new", ROLLOUT_RELEASE
+    ),
+    "batch-resumed-last": Scenario(
+        "that batch's next run: `resume`, the other two pushed, completed", ROLLOUT_RELEASE
+    ),
+    "batch-stop-paused": Scenario(
+        "stop rule 50% after 2: two failures pause it before the third push", ROLLOUT_RELEASE
+    ),
+    "batch-phase-gate-run1": Scenario(
+        "phases 50%, manual: the first device, then the gate (continued as new)", ROLLOUT_RELEASE
+    ),
+    "batch-phase-promoted": Scenario(
+        "that batch's next run: waits at the gate, `promote`, the second device", ROLLOUT_RELEASE
+    ),
+    "batch-phase-auto-promoted": Scenario(
+        "phases 50%, promote_at 100: the gate opens once the first device updated",
+        ROLLOUT_RELEASE,
+    ),
+    "batch-window-waited": Scenario(
+        "a window 3 h ahead: held (fast-forwarded to its opening), then pushed", ROLLOUT_RELEASE
+    ),
+    "batch-ramp": Scenario(
+        "ramp 12/min x5 every updated device, up to 60: the rate rose", ROLLOUT_RELEASE
+    ),
+    "batch-capped": Scenario("max_in_flight 1: one device at a time", ROLLOUT_RELEASE),
+    "device-pickup-timeout": Scenario(
+        "silent for its 5-minute pickup timeout, no retry: failed, no_response", ROLLOUT_RELEASE
+    ),
 }
 
 
 def expected_in(release: str) -> set[str]:
-    """The scenario files a release directory must hold (its name sorts by date)."""
+    """The scenario files a release directory must hold. Names sort by date, and a release
+    recorded again the same day adds a suffix: release-2026-11-30 < release-2026-11-30-rollout."""
     return {name for name, s in SCENARIOS.items() if s.since <= release}
 
 
@@ -443,6 +477,9 @@ async def server(**extra: str) -> WorkflowEnvironment:
 
 
 async def record(out: Path, home: Path) -> list[str]:
+    # Imported here: record_rollout builds its groups on this module's Recording.
+    from tests.histories.record_rollout import GROUPS as ROLLOUT_GROUPS
+
     saved: list[str] = []
     env = await server()
     try:
@@ -456,6 +493,7 @@ async def record(out: Path, home: Path) -> list[str]:
             scheduled,
             dynamic,
             verification,
+            *ROLLOUT_GROUPS,
         ):
             await group(rec)
     finally:
