@@ -175,6 +175,20 @@ RETRY_CHOICE_LABELS = (
 )
 
 
+def retry_text(interval_minutes: int | None, max_retries: int) -> str:
+    """The retry options as a sentence in the seed's words ("Retry immediately, at most 2
+    times", "Do not retry"): the batch page and the workflow's summary in the Temporal Web UI
+    say it so, not in minutes and a multiplier."""
+    if interval_minutes is None:
+        return "Do not retry"
+    label = dict(zip(RETRY_INTERVALS.values(), RETRY_CHOICE_LABELS, strict=True)).get(
+        interval_minutes
+    )
+    when = label.capitalize() if label else f"Retry in {interval_minutes} minutes"
+    times = "once" if max_retries == 1 else f"{max_retries} times"
+    return f"{when}, at most {times}"
+
+
 @dataclass(kw_only=True)
 class BatchOptions:
     """What an operator chooses for a batch. `temporal workflow start --type BatchWorkflow` takes

@@ -20,6 +20,7 @@ from ota.batch_options import (
     check_options,
     read_option,
     read_options,
+    retry_text,
     schedule_problem,
 )
 from ota.contracts import BatchInput
@@ -212,3 +213,19 @@ def test_batch_show_says_the_options_chosen_as_flags(capsys):
     out = capsys.readouterr().out
     assert "--src-version 1.0.0,1.1.0 --rate 60 --retry-interval 10" in out
     assert "--max-retries" not in out  # the default
+
+
+@pytest.mark.parametrize(
+    ("interval", "retries", "text"),
+    [
+        (None, 1, "Do not retry"),
+        (0, 2, "Retry immediately, at most 2 times"),
+        (10, 2, "Retry in 10 minutes, at most 2 times"),
+        (60, 1, "Retry in 1 hour, at most once"),
+        (1440, 5, "Retry in 24 hours, at most 5 times"),
+    ],
+)
+def test_retry_reads_as_the_seed_words_it(interval, retries, text):
+    """Issue 13: the batch page said "after 0 min, at most 2x"; the seed says "Retry
+    Immediately" and counts retries in words."""
+    assert retry_text(interval, retries) == text

@@ -29,6 +29,8 @@ CHROMIUM_ARGS = [
 ]
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "console"
 PK, DEVICES = "pk_console", 5
+# Long enough to wrap in the firmware page's facts column: it must wrap between words.
+DESCRIPTION = "Heating curve fix: steadier temperatures overnight, quieter relay, faster recovery"
 
 pytestmark = [
     pytest.mark.slow,
@@ -76,6 +78,25 @@ def _uplink(bytes_per_second: int) -> dict[str, object]:
     }
 
 
+# In the page: how many lines an element's text takes, and the words split across two lines.
+LINES_OF = """el => {
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+}"""
+BROKEN_WORDS = """el => {
+    const text = el.firstChild, broken = [], word = /\\S+/g;
+    for (let m; (m = word.exec(text.data)); ) {
+        const range = document.createRange();
+        range.setStart(text, m.index);
+        range.setEnd(text, m.index + m[0].length);
+        const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+        if (tops.size > 1) broken.push(m[0]);
+    }
+    return broken;
+}"""
+
+
 def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -94,6 +115,9 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     # Log in: the console redirects there first.
     page.goto("/firmware")
     expect(page).to_have_url(re.compile(r"/login\?next="))
+    expect(page.locator(".login p.muted")).to_contain_text(
+        "ota dev prints it when it starts, and keeps it in the file api-token under OTA_HOME"
+    )
     page.fill("#token", "wrong")
     page.click("button[type=submit]")
     expect(page.locator(".field-error")).to_contain_text("not the API token")
@@ -111,7 +135,7 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     form.locator("[name=product_key]").select_option(PK)
     form.locator("[name=version]").fill("2.0.0")
     form.locator("[name=file]").set_input_files(image)
-    form.locator("[name=description]").fill("Heating curve fix")
+    form.locator("[name=description]").fill(DESCRIPTION)
     form.locator("button[type=submit]").click()
     expect(form.locator('[data-error-for="name"]')).to_contain_text(
         "must not start with an underscore"
@@ -184,6 +208,7 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     )
     expect(page.locator(".count.state-updated .n")).to_have_text("2", timeout=60_000)
     expect(page.locator("#batch-state")).to_have_text("Completed", timeout=30_000)
+    expect(page.locator("#batch-retry")).to_have_text("Retry in 10 minutes, at most 2 times")
     expect(page.locator("#task-table tbody tr")).to_have_count(2)
     expect(page.locator("#task-table tbody")).to_contain_text("Updated")
     shot(page, "08-batch-details-updated")
@@ -200,6 +225,7 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     shot(page, "09-batch-update-scheduled")
     batch.locator("button[type=submit]").click()
     expect(page.locator("#batch-state")).to_have_text("Scheduled")
+    expect(page.locator("#batch-retry")).to_have_text("Do not retry")
     expect(page.locator("#task-table tbody")).to_contain_text("To Be Pushed (Timing: ")
     shot(page, "10-batch-scheduled")
     page.locator(".page-head .js-cancel").click()
@@ -216,6 +242,13 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     expect(rows).to_have_count(3)
     expect(page.locator("#batch-table")).to_contain_text("Canceled")
     expect(page.locator("#batch-table")).to_contain_text("Completed")
+    # The description wraps between words; the checksum, one long token, is broken to fit.
+    facts = page.locator(".facts dd")
+    description = facts.filter(has_text="Heating curve fix")
+    assert description.evaluate(LINES_OF) > 1
+    assert description.evaluate(BROKEN_WORDS) == []
+    checksum = facts.filter(has=page.locator("code"))
+    assert checksum.evaluate("dd => dd.scrollWidth <= dd.clientWidth")
     expect(rows.first.locator("a", has_text="Workflow")).to_have_attribute(
         "href", re.compile(r"/namespaces/default/workflows/batch-")
     )

@@ -13,6 +13,7 @@ from ota.api.batches import task_page
 from ota.api.common import get_ctx
 from ota.api.console_auth import require_login
 from ota.api.views import BATCH_STATE_LABELS, STATE_LABELS, batch_view, workflow_url
+from ota.batch_options import retry_text
 from ota.context import Context
 from ota.domain import (
     ID_MAX,
@@ -96,6 +97,7 @@ def _batch_context(
         "batch_states": BATCH_STATE_LABELS,
         "live": batch["state"] in OPEN_BATCH_STATES,
         "option_facts": option_facts(batch),
+        "retry": retry_text(batch["retry_interval_minutes"], batch["max_retries"]),
         "now": datetime.now(UTC),
     }
 

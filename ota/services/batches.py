@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-from ota.batch_options import check_options, options_of
+from ota.batch_options import check_options, options_of, retry_text
 from ota.context import Context
 from ota.contracts import (
     BATCH_ID,
@@ -292,10 +292,7 @@ def details(batch: Batch) -> str:
     if batch.scheduled_at:
         lines.append(f"scheduled at: {batch.scheduled_at.isoformat()}")
     lines.append(f"rate: {batch.rate_per_minute or 'unlimited'} devices/minute")
-    retry = batch.retry_interval_minutes
-    lines.append(
-        "retry: none" if retry is None else f"retry: after {retry} min, {batch.max_retries}x"
-    )
+    lines.append(retry_text(batch.retry_interval_minutes, batch.max_retries))
     lines.append(f"timeout: {batch.timeout_minutes or 'none'} min from first progress")
     return "\n".join(lines)
 
