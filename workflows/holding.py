@@ -54,6 +54,4 @@ def phase_hold(inp: BatchInput, c: PacerCarry) -> Hold | None:
     head = f"phase {c.phase + 1} of {len(limits)} ({limits[c.phase]} devices)"
     if inp.promote_at is None:
         return Hold(TaskReason.PHASE, f"{head}: waiting for promote")
-    return Hold(
-        TaskReason.PHASE, f"{head}: promotes when {inp.promote_at}% run the new version"
-    )
+    return Hold(TaskReason.PHASE, f"{head}: promotes when {inp.promote_at}% run the new version")
