@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from temporalio.common import SearchAttributeKey
 
 from ota.batch_options import BatchOptions
-from ota.domain import BatchState, CancelScope, PushOutcome, ReportOutcome, TaskState
+from ota.domain import BatchState, CancelScope, PushOutcome, ReportOutcome, TaskReason, TaskState
 
 TASK_QUEUE = "ota"
 
@@ -270,7 +270,7 @@ class FinishBatchRequest:
     note: str | None = None  # why (paused, stopped); in_progress clears it
     # in_progress only: the unstarted tasks wait for this (TaskReason phase or window), the note
     # says until when; None: they are pushed at the batch's pace.
-    waiting: str | None = None
+    waiting: TaskReason | None = None
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from enum import StrEnum
+from typing import TypeVar
 
 from ota.errors import InvalidInput
 
@@ -200,6 +201,21 @@ ID_MIN, ID_MAX = 1, 2**31 - 1
 
 def id_in_range(value: int) -> bool:
     return ID_MIN <= value <= ID_MAX
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def validate_choice(enum: type[E], value: str | None, field: str) -> E | None:
+    """A filter's value as its enum (None or "": no filter). A typo must not read as "nothing
+    matches": it names the field and every value allowed."""
+    if not value:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        *first, last = [member.value for member in enum]
+        raise InvalidInput(field, f"must be {', '.join(first)} or {last}") from None
 
 
 def validate_firmware_name(name: str) -> str:

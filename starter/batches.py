@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.measure import Measurement
 from rich.table import Table
 
 from ota.batch_options import DEFAULTS, OPTIONS
@@ -21,6 +22,7 @@ batch_app = typer.Typer(
     help="Update batches: create, list, show, tasks, cancel, pause, resume, promote."
 )
 
+UNBOUNDED_WIDTH = 10_000  # wider than any row of a table
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
@@ -97,7 +99,20 @@ def list_(
             _counts(b["counts"]),
             b["created_at"][:19],
         )
-    console.print(table)
+    if _natural_width(table) <= console.width:
+        console.print(table)
+        return
+    # Too narrow for the table (80 columns, a pipe): rich would cut "in_progress" to "in_pro…";
+    # one whole record a line instead, wrapped by the terminal rather than truncated.
+    for b in rows:
+        console.print(
+            f"{b['id']} {b['kind']} {b['state']}: firmware {b['firmware_id']} -> "
+            f"{b['target_version']}, {b['total']} tasks ({_counts(b['counts']) or 'none yet'}), "
+            f"created {b['created_at'][:19]}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
 
 
 @batch_app.command("show")
@@ -119,11 +134,15 @@ def tasks(
         str | None,
         typer.Option(help="to_be_pushed, pushed, in_upgrade, updated, failed or canceled."),
     ] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Only tasks there for this reason: offline, timeout, busy, ..."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 1000,
     json: JsonOpt = False,
 ) -> None:
     """The batch's devices and their states (with the reason: offline, timing, busy, ...)."""
-    rows = batches.list_tasks(context().engine, batch, state, limit)
+    rows = batches.list_tasks(context().engine, batch, state, limit, reason=reason)
     if json:
         print_json(rows)
         return
@@ -203,6 +222,13 @@ def _said(signal: str, batch: str, result: dict[str, Any], json: bool) -> None:
         console.print(f"{signal} sent to batch {batch}")
 
 
+def _natural_width(table: Table) -> int:
+    """The width the table needs with no cell cut or wrapped (console.measure stops at the
+    terminal's width)."""
+    unbounded = console.options.update_width(UNBOUNDED_WIDTH)
+    return Measurement.get(console, unbounded, table).maximum
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
@@ -216,9 +242,9 @@ def _print_batch(b: dict[str, Any]) -> None:
         console.print(f"  [yellow]{b['state_note']}[/yellow]", highlight=False)
     for line in _rollback_lines(b):
         console.print(f"  [yellow]{line}[/yellow]", highlight=False)
-    console.print(
-        f"  {b['total']} tasks ({_counts(b['counts']) or 'none yet'}), {b['skipped']} skipped"
-    )
+    # Skipped devices already run the target: say so, as the console does.
+    skipped = f", {b['skipped']} already on {b['target_version']}" if b["skipped"] else ""
+    console.print(f"  {b['total']} tasks ({_counts(b['counts']) or 'none yet'}){skipped}")
     chosen = [
         f"{o.flag} {_shown(b[o.name])}"
         for o in OPTIONS

@@ -16,7 +16,7 @@ from temporalio.converter import DataConverter
 
 from ota.activity_stubs import ACTIVITIES
 from ota.contracts import DeviceReport, FinishBatchRequest, PacerCarry, PushResult, TaskCheck
-from ota.domain import BatchState, PushOutcome, ReportOutcome, TaskState
+from ota.domain import BatchState, PushOutcome, ReportOutcome, TaskReason, TaskState
 from tests.test_workflow_support import make_context
 from worker import build_worker
 
@@ -86,11 +86,20 @@ CONVERTER = DataConverter.default.payload_converter
         ),
         (
             FinishBatchRequest("b1", BatchState.IN_PROGRESS),
-            {"batch_id": "b1", "state": "in_progress", "note": None},
+            {"batch_id": "b1", "state": "in_progress", "note": None, "waiting": None},
         ),
         (
             FinishBatchRequest("b1", BatchState.PAUSED, "paused by the operator"),
-            {"batch_id": "b1", "state": "paused", "note": "paused by the operator"},
+            {
+                "batch_id": "b1",
+                "state": "paused",
+                "note": "paused by the operator",
+                "waiting": None,
+            },
+        ),
+        (
+            FinishBatchRequest("b1", BatchState.IN_PROGRESS, "at the gate", TaskReason.PHASE),
+            {"batch_id": "b1", "state": "in_progress", "note": "at the gate", "waiting": "phase"},
         ),
         (
             TaskCheck(TaskState.UPDATED),

@@ -277,6 +277,21 @@ async def test_check_reports_what_the_upload_would(client):
     assert (await client.get(f"/api/v1/products/{pk}/versions")).json() == ["1.0.0", "1.1.0"]
 
 
+async def test_the_same_firmware_twice_is_a_409_naming_the_field(client):
+    """Checked and uploaded alike: a second thermo_fw 2.0.0 would make its name ambiguous."""
+    pk = await fleet(client, versions=["1.0.0"])
+    base = {"name": "thermo_fw", "product_key": pk, "version": "2.0.0"}
+    first = await upload(client, base)
+    assert first.status_code == 201, first.text
+    twin = f"{pk}/default already has thermo_fw 2.0.0 as firmware {first.json()['id']}"
+    r = await client.post("/api/v1/firmware/check", json={**base, "file_name": "fw.bin"})
+    assert twin in assert_problem(r, 409, "name")["detail"]
+    r = await upload(client, base)
+    assert twin in assert_problem(r, 409, "name")["detail"]
+    assert len((await client.get("/api/v1/firmware")).json()) == 1
+    assert (await upload(client, {**base, "version": "2.0.1"})).status_code == 201
+
+
 async def test_products_and_devices(client):
     pk = await fleet(client, versions=["1.0.0", "1.1.0"])
     assert_problem(

@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from ota.db.engine import make_engine
-from ota.db.models import Batch, Task
+from ota.db.models import Batch, Device, Task
 from starter.cli import app
 from tests.test_workflow_support import make_firmware, make_fleet
 
@@ -176,3 +176,78 @@ def test_create_help_describes_its_own_options_too(cli):
     out = cli("batch", "create", "--help").stdout
     assert "Create nothing: check the options" in out and "Wait for the batch to finish" in out
     assert "--no-wait" not in out and "--no-dry-run" not in out
+
+
+# --- reading batches: what a new user trips over (issue 13) ---------------------------------------
+
+TASK_STATES = "to_be_pushed, pushed, in_upgrade, updated, failed or canceled"
+
+
+def _canceled_batch(cli) -> str:
+    """A finished batch of firmware 2.0.0: one device updated, one canceled, two skipped."""
+    engine = make_engine(f"sqlite:///{cli.db}")
+    pk, names = make_fleet(engine, 2)
+    with Session(engine) as session:
+        devices = session.exec(select(Device).where(Device.product_key == pk)).all()
+        session.add(Batch(id="b0000001", firmware_id=int(cli.firmware), product_key=pk,
+                          module="default", target_version="2.0.0", state="canceled",
+                          skipped=2, total=2))  # fmt: skip
+        for device, (state, reason) in zip(
+            devices, (("updated", None), ("canceled", "canceled")), strict=True
+        ):
+            session.add(Task(batch_id="b0000001", device_id=device.id, product_key=pk,
+                             device_name=device.name, module="default", from_version="1.0.0",
+                             target_version="2.0.0", state=state, reason=reason))  # fmt: skip
+        session.commit()
+    engine.dispose()
+    return "b0000001"
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "allowed"),
+    [
+        (["batch", "tasks", "b0000001", "--state", "nonsense"], "state", TASK_STATES),
+        (["batch", "tasks", "b0000001", "--reason", "gremlins"], "reason", "offline, scheduled"),
+        (["batch", "tasks", "nope", "--state", "nonsense"], "state", TASK_STATES),
+        (["batch", "list", "--state", "running"], "state", "paused, completed or canceled"),
+    ],
+)
+def test_a_filter_typo_exits_2_with_the_allowed_values(cli, args, field, allowed):
+    """Not exit 0 with an empty table, which reads as "no such tasks"."""
+    _canceled_batch(cli)
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert f"error: {field}: must be " in result.stderr and allowed in result.stderr
+    assert result.stdout == ""
+
+
+def test_tasks_filter_by_state_and_reason(cli):
+    batch = _canceled_batch(cli)
+    rows = json.loads(cli("batch", "tasks", batch, "--reason", "canceled", "--json").stdout)
+    assert [t["state"] for t in rows] == ["canceled"]
+    rows = json.loads(cli("batch", "tasks", batch, "--state", "updated", "--json").stdout)
+    assert [t["state"] for t in rows] == ["updated"]
+
+
+def test_a_canceled_task_reads_canceled_once(cli):
+    result = cli("batch", "tasks", _canceled_batch(cli))
+    assert result.exit_code == 0, result.output
+    assert "canceled" in result.stdout and "(Canceled)" not in result.stdout
+
+
+def test_show_says_why_devices_were_skipped(cli):
+    result = cli("batch", "show", _canceled_batch(cli))
+    assert result.exit_code == 0, result.output
+    assert "2 tasks (canceled 1, updated 1), 2 already on 2.0.0" in result.stdout
+    assert "skipped" not in result.stdout
+
+
+def test_batch_list_in_80_columns_keeps_every_word_whole(cli, monkeypatch):
+    batch = _canceled_batch(cli)
+    wide = cli("batch", "list").stdout
+    assert "┃ id" in wide and "canceled 1, updated 1" in wide  # COLUMNS=200: the table
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = cli("batch", "list").stdout
+    assert "…" not in narrow and "┃" not in narrow
+    line = f"{batch} static canceled: firmware {cli.firmware} -> 2.0.0, 2 tasks "
+    assert line + "(canceled 1, updated 1), created " in narrow

@@ -116,6 +116,28 @@ def test_firmware_add_json(ota, product, fw_file):
     assert "thermo_fw" in table and "2.0.0" in table
 
 
+def test_the_same_firmware_twice_exits_2_naming_the_first(ota, product, fw_file):
+    """Not a second thermo_fw 2.0.0: `ota batch create thermo_fw` would not know which."""
+    args = ("firmware", "add", fw_file, "--product", product, "--name", "thermo_fw")
+    first = ota(*args, "--version", "2.0.0", "--json")
+    assert first.exit_code == 0, first.output
+    twin = ota(*args, "--version", "2.0.0")
+    assert twin.exit_code == 2, twin.output
+    fw_id = json.loads(first.stdout)["id"]
+    assert f"already has thermo_fw 2.0.0 as firmware {fw_id}" in flat(twin.stderr)
+    assert len(json.loads(ota("firmware", "list", "--json").stdout)) == 1
+    second = ota(*args, "--version", "2.0.1", "--json")
+    assert second.exit_code == 0, second.output
+    # One name for two versions is allowed; a batch by that name lists them.
+    result = ota("batch", "create", "thermo_fw", "--src-version", "1.0.0", "--dry-run")
+    assert result.exit_code == 2, result.output
+    second_id = json.loads(second.stdout)["id"]
+    assert (
+        f"firmware: name thermo_fw is ambiguous: give the firmware id: {fw_id} (pk1/default "
+        f"2.0.0), {second_id} (pk1/default 2.0.1)"
+    ) in flat(result.stderr)
+
+
 def test_diff_firmware_and_no_verify(ota, product, fw_file):
     result = ota(
         "firmware", "add", fw_file, "--product", product, "--name", "thermo_diff", "--type", "diff",

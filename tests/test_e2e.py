@@ -117,6 +117,13 @@ def add_test_firmware(stack: OtaProcesses, product_key: str) -> int:
     return fw.id
 
 
+def batch_row(ctx: Context, batch_id: str) -> Batch:
+    with Session(ctx.engine) as s:
+        row = s.get(Batch, batch_id)
+        assert row is not None
+        return row
+
+
 @dataclass
 class FleetBatch:
     """A running batch over a simulated fleet, and the pushes counted on the broker."""
@@ -269,10 +276,7 @@ async def test_a_failing_firmware_stops_itself_then_resumes(ota_processes: OtaPr
     ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
 
     def batch() -> Batch:
-        with Session(ctx.engine) as s:
-            row = s.get(Batch, batch_id)
-            assert row is not None
-            return row
+        return batch_row(ctx, batch_id)
 
     await wait_for(lambda: batch().state == "paused", 120, "the stop rule paused the batch")
     note = batch().state_note or ""
@@ -356,10 +360,7 @@ async def test_a_window_batch_pushes_nothing_outside_its_window(
     ctx, batch_id, counter = run.ctx, run.batch_id, run.counter
 
     def batch() -> Batch:
-        with Session(ctx.engine) as s:
-            row = s.get(Batch, batch_id)
-            assert row is not None
-            return row
+        return batch_row(ctx, batch_id)
 
     await wait_for(
         lambda: (batch().state_note or "").startswith("outside the maintenance window"),

@@ -176,7 +176,29 @@ def test_diff_firmware_takes_its_version_from_dest_version(engine, store, settin
 
 def test_no_verify_marks_it_verified(engine, store, settings, pk):
     assert add(engine, store, settings, need_verify=False).state == "verified"
-    assert add(engine, store, settings).state == "unverified"
+    assert add(engine, store, settings, version="2.0.1").state == "unverified"
+
+
+def test_the_same_firmware_twice_is_refused_before_its_upload(engine, store, settings, pk):
+    """Two thermo_fw 2.0.0 would make `ota batch create thermo_fw` ambiguous."""
+    first = add(engine, store, settings)
+    keys = store.keys()
+    with pytest.raises(Conflict) as err:
+        add(engine, store, settings, file_name="again.bin", description="again")
+    assert err.value.field == "name"
+    assert f"pk1/default already has thermo_fw 2.0.0 as firmware {first.id}" in str(err.value)
+    assert firmware_count(engine) == 1 and store.keys() == keys
+    # Another version, module or product, or a diff from other sources, is another firmware.
+    products.add_product(engine, "pk2", "Other")
+    add(engine, store, settings, version="2.0.1")
+    add(engine, store, settings, module="wifi")
+    add(engine, store, settings, product_key="pk2")
+    diff = {"type": "diff", "version": None, "dest_version": "2.0.0", "name": "thermo_diff"}
+    add(engine, store, settings, src_versions=["1.0.0"], **diff)
+    add(engine, store, settings, src_versions=["1.1.0"], **diff)
+    with pytest.raises(Conflict, match="thermo_diff 2.0.0 from 1.1.0 as firmware"):
+        add(engine, store, settings, src_versions=["1.1.0"], **diff)
+    assert firmware_count(engine) == 6
 
 
 def test_path_in_file_name_is_dropped(engine, store, settings, pk):

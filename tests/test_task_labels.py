@@ -24,6 +24,20 @@ def test_labels_follow_the_seed():
     assert task_label(_task("updated", None), batch) == "updated"
 
 
+def test_a_reason_that_repeats_the_state_is_said_once():
+    """The CLI's label and the API's and console's come from one rule (ota/labels.py)."""
+    from ota.api.views import task_view
+    from ota.settings import Settings
+
+    batch = Batch(id="b", firmware_id=1, product_key="pk", module="default",
+                  target_version="2.0")  # fmt: skip
+    assert task_label(_task("canceled", "canceled"), batch) == "canceled"
+    task = {"product_key": "pk", "device_name": "d", "state": "canceled", "reason": "canceled"}
+    assert task_view(Settings(), task, {})["label"] == "Canceled"
+    # A reason that says more than the state still shows.
+    assert task_label(_task("failed", "canceled"), batch) == "failed (Canceled)"
+
+
 def test_a_final_task_that_its_device_contradicts_carries_a_note(sqlite_engine):
     """The task keeps its recorded final state, and says what the device reports now."""
     from sqlmodel import Session, select

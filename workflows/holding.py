@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
 
 @dataclass(frozen=True)
 class Hold:
-    reason: str  # TaskReason: window or phase
+    reason: TaskReason  # window or phase
     note: str  # the batch's state note while held
     until: float | None = None  # epoch seconds it ends by itself (a window), or None
 
@@ -31,7 +31,7 @@ def window_hold(inp: BatchInput, now: datetime) -> Hold | None:
         return None
     opens = at.opens_at.strftime("%Y-%m-%d %H:%M %Z")
     return Hold(
-        TaskReason.WINDOW.value,
+        TaskReason.WINDOW,
         f"outside the maintenance window: the next opens at {opens}",
         at.opens_at.timestamp(),
     )
@@ -53,7 +53,5 @@ def phase_hold(inp: BatchInput, c: PacerCarry) -> Hold | None:
     limits = phase_limits(inp.phases, c.total)
     head = f"phase {c.phase + 1} of {len(limits)} ({limits[c.phase]} devices)"
     if inp.promote_at is None:
-        return Hold(TaskReason.PHASE.value, f"{head}: waiting for promote")
-    return Hold(
-        TaskReason.PHASE.value, f"{head}: promotes when {inp.promote_at}% run the new version"
-    )
+        return Hold(TaskReason.PHASE, f"{head}: waiting for promote")
+    return Hold(TaskReason.PHASE, f"{head}: promotes when {inp.promote_at}% run the new version")

@@ -12,7 +12,7 @@ from ota.api.batch_form import batch_form, option_facts
 from ota.api.batches import task_page
 from ota.api.common import get_ctx
 from ota.api.console_auth import require_login
-from ota.api.views import BATCH_STATE_LABELS, STATE_LABELS, batch_view, workflow_url
+from ota.api.views import BATCH_STATE_LABELS, batch_view, workflow_url
 from ota.batch_options import retry_text
 from ota.context import Context
 from ota.domain import (
@@ -23,6 +23,7 @@ from ota.domain import (
     TaskReason,
     TaskState,
 )
+from ota.labels import STATE_LABELS
 from ota.services import batches, devices, firmware, products
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])

@@ -58,6 +58,7 @@ def check_firmware(ctx: Ctx, body: FirmwareCheck) -> dict[str, Any]:
     with renamed(FIELDS):
         spec = service.check_firmware_input(**body.service_kwargs())
         get_product(ctx.engine, spec.product_key)
+        service.check_not_added(ctx.engine, spec)
     limit = ctx.settings.max_firmware_bytes
     if body.file_size is not None and body.file_size > limit:
         raise InvalidInput("file", f"must be at most {format_size(limit)}")

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
+from ota import labels
 from ota.batch_options import check_options, options_of, retry_text
 from ota.context import Context
 from ota.contracts import (
@@ -29,7 +30,6 @@ from ota.domain import (
     BATCH_ID_RE,
     ID_MAX,
     OPEN_BATCH_STATES,
-    REASON_LABELS,
     BatchKind,
     BatchState,
     FirmwareState,
@@ -39,6 +39,7 @@ from ota.domain import (
     TaskState,
     contradiction,
     id_in_range,
+    validate_choice,
 )
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.firmware import firmware_by_id
@@ -46,6 +47,7 @@ from ota.services.firmware import firmware_by_id
 # Options a batch row does not keep as such: the policy is its kind, the devices are its tasks.
 # The seed's options have columns; the others are kept in Batch.options.
 NOT_STORED = ("policy", "device_names")
+AMBIGUOUS_SHOWN = 5  # firmware an ambiguous name lists
 
 
 def new_batch_id() -> str:
@@ -63,9 +65,17 @@ def find_firmware(session: Session, ref: int | str) -> Firmware:
     if text.isdigit():
         firmware = firmware_by_id(session, int(text))
     else:
-        found = list(session.exec(select(Firmware).where(Firmware.name == text).limit(2)))
+        query = select(Firmware).where(Firmware.name == text).order_by(col(Firmware.id))
+        found = list(session.exec(query.limit(AMBIGUOUS_SHOWN + 1)))
         if len(found) > 1:
-            raise InvalidInput("firmware", f"name {text} is ambiguous: give the firmware id")
+            # One name for several versions (or modules, or products) is allowed: say which.
+            which = ", ".join(
+                f"{f.id} ({f.product_key}/{f.module} {f.version})" for f in found[:AMBIGUOUS_SHOWN]
+            )
+            more = ", ..." if len(found) > AMBIGUOUS_SHOWN else ""
+            raise InvalidInput(
+                "firmware", f"name {text} is ambiguous: give the firmware id: {which}{more}"
+            )
         firmware = found[0] if found else None
     if firmware is None:
         raise NotFound("firmware", text)
@@ -350,6 +360,7 @@ def show_batch(engine: Engine, batch_id: str) -> dict[str, Any]:
 def list_batches(
     engine: Engine, firmware_id: int | None = None, state: str | None = None
 ) -> list[dict[str, Any]]:
+    state = validate_choice(BatchState, state, "state")
     if firmware_id is not None and not id_in_range(firmware_id):
         return []  # no firmware has it; the database must not see it (ID_MAX)
     with Session(engine) as session:
@@ -362,13 +373,9 @@ def list_batches(
 
 
 def task_label(task: Task, batch: Batch) -> str:
-    """The seed's wording: To Be Pushed (Device Offline), (Timing: ...), Update Failed (reason);
-    a rate-limited task is plain To Be Pushed, as in the seed's table."""
-    if not task.reason or task.reason == TaskReason.RATE_LIMITED:
-        return task.state
-    if task.reason == TaskReason.SCHEDULED and batch.scheduled_at:
-        return f"{task.state} (Timing: {batch.scheduled_at:%Y/%m/%d %H:%M:%S})"
-    return f"{task.state} ({REASON_LABELS.get(TaskReason(task.reason), task.reason)})"
+    """The task's state as the CLI filters it (to_be_pushed), with the seed's words for why:
+    to_be_pushed (Device Offline), failed (Timed out)."""
+    return labels.task_label(task.state, task.reason, batch.scheduled_at, seed_words=False)
 
 
 def list_tasks(
@@ -379,6 +386,9 @@ def list_tasks(
     after_id: int = 0,
     reason: str | None = None,
 ) -> list[dict[str, Any]]:
+    # Checked before the batch is looked up: a typo fails the same way for every batch.
+    state = validate_choice(TaskState, state, "state")
+    reason = validate_choice(TaskReason, reason, "reason")
     with Session(engine) as session:
         batch = batch_by_id(session, batch_id)
         if batch is None:

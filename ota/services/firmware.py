@@ -226,6 +226,36 @@ def _check_room(session: Session, settings: Settings, just_added: int = 0) -> No
         )
 
 
+def _check_unique(session: Session, spec: FirmwareSpec, added: int | None = None) -> None:
+    """One firmware per product, module, name and version: a second is the same firmware twice,
+    and makes `ota batch create NAME` ambiguous. Diff packages to one version from different
+    sources are different packages (`ota firmware diff` names them all `<target>_diff`)."""
+    query = select(Firmware).where(
+        Firmware.product_key == spec.product_key,
+        Firmware.module == spec.module,
+        Firmware.name == spec.name,
+        Firmware.version == spec.version,
+    )
+    if added is not None:
+        query = query.where(col(Firmware.id) != added)
+    for other in session.exec(query):
+        if sorted(other.src_versions) == sorted(spec.src_versions):
+            sources = f" from {', '.join(spec.src_versions)}" if spec.src_versions else ""
+            raise Conflict(
+                f"{spec.product_key}/{spec.module} already has {spec.name} {spec.version}"
+                f"{sources} as firmware {other.id}: give this one another name or version "
+                f"(or delete firmware {other.id} first)",
+                field="name",
+            )
+
+
+def check_not_added(engine: Engine, spec: FirmwareSpec) -> None:
+    """What an upload would be refused for in the database besides its product: its twin (the
+    console asks before a long upload)."""
+    with Session(engine) as session:
+        _check_unique(session, spec)
+
+
 def add_firmware(
     engine: Engine,
     store: FirmwareStore,
@@ -269,7 +299,9 @@ def add_firmware(
         sign_with = check_sign_with(session, spec.product_key, ext.pop(SIGN_WITH, None))
         if sign_with:
             ext[SIGN_WITH] = sign_with
-        _check_room(session, settings)  # early, so a full platform does not take a 1 GB upload
+        # Early, so a duplicate or a full platform does not take a 1 GB upload.
+        _check_unique(session, spec)
+        _check_room(session, settings)
 
     key = f"{spec.product_key}/{uuid4().hex}/{spec.file_name}"
     stored = store.put_stream(key, src, settings.max_firmware_bytes, spec.extension)
@@ -290,7 +322,8 @@ def _record(
     need_verify: bool,
     ext_data: dict[str, Any],
 ) -> Firmware:
-    """Insert the row, then count: concurrent adds cannot both take the last place."""
+    """Insert the row, then count and look for its twin: concurrent adds cannot both take the
+    last place, nor both add the same firmware."""
     fw = Firmware(
         product_key=spec.product_key,
         name=spec.name,
@@ -319,6 +352,7 @@ def _record(
             session.flush()
         except IntegrityError:  # the product's foreign key: it was deleted during the upload
             raise NotFound("product", spec.product_key) from None
+        _check_unique(session, spec, added=fw.id)  # again: another add may have come first
         _check_room(session, settings, just_added=1)
     return fw
 
