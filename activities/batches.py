@@ -209,11 +209,13 @@ class BatchActivities:
                 session.exec(unstarted.values(reason=TaskReason.PAUSED))  # type: ignore[call-overload]
             elif batch.finished_at is None:
                 batch.finished_at = utcnow()
+            # Resumed or done, "paused ..." no longer holds; a stop's cancel keeps its note (a
+            # paused batch canceled keeps why it paused), a hold's ("waiting for promote") goes.
+            held = batch.state == BatchState.IN_PROGRESS
+            if req.note is not None or req.state != BatchState.CANCELED or held:
+                batch.state_note = req.note
             if batch.state != BatchState.CANCELED:  # a canceled policy stays canceled
                 batch.state = req.state
-            # Resumed or done, "paused ..." no longer holds; a stop's cancel keeps its note.
-            if req.note is not None or req.state != BatchState.CANCELED:
-                batch.state_note = req.note
 
     @activity.defn
     async def cancel_tasks(self, req: CancelTasksRequest) -> CancelTasksResult:

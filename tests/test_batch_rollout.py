@@ -129,6 +129,22 @@ async def test_a_phase_promotes_itself_once_enough_devices_run_the_new_version(c
         assert (await handle.result()).state == "canceled"
 
 
+async def test_a_batch_canceled_at_its_gate_no_longer_says_it_waits(ctx, mqtt_url):
+    client = await ctx.temporal()
+    pk, _ = make_fleet(ctx.engine, 4)
+    fw = make_firmware(ctx.engine, pk)
+    inp = BatchInput("", fw, src_versions=["1.0.0"], phases=[50], promote="manual")
+    async with running_worker(client, ctx), upgrade_listener(mqtt_url, pk):
+        b = await create_batch(ctx, inp)
+        handle = client.get_workflow_handle(batch_workflow_id(b["id"]), result_type=BatchProgress)
+        note = "phase 1 of 2 (2 devices): waiting for promote"
+        await eventually(lambda: batch_row(ctx.engine, b["id"]).state_note == note)
+        await cancel_batch(ctx, b["id"], all_tasks=True)
+        assert (await handle.result()).state == "canceled"
+    row = batch_row(ctx.engine, b["id"])
+    assert (row.state, row.state_note) == ("canceled", None)
+
+
 async def test_the_ramp_raises_the_rate_as_devices_update(ctx, mqtt_url):
     """From 12 a minute, times 5 every 2 updated devices, up to the batch's 600: the rate the
     pacer uses is what its progress says."""
