@@ -53,6 +53,7 @@ from ota.domain import (
     StopAction,
     StopOn,
     Target,
+    choices_text,
 )
 from ota.errors import InvalidInput
 from ota.windows import cron_problem, zone_problem
@@ -122,11 +123,6 @@ def option(default: Any = None, **spec: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def _choices_text(values: tuple[Any, ...]) -> str:
-    shown = [str(v) for v in values]
-    return ", ".join(shown[:-1]) + f" or {shown[-1]}" if len(shown) > 1 else shown[0]
 
 
 def schedule_problem(value: str, now: datetime | None = None) -> str | None:
@@ -563,7 +559,7 @@ def _problem(opt: Option, value: Any) -> str | None:
         # By type too: True == 1 in Python, but true is no retry count.
         if any(c == value and type(c) is type(value) for c in opt.choices):
             return None
-        return f"must be {opt.allowed or _choices_text(opt.choices)}"
+        return f"must be {opt.allowed or choices_text(opt.choices)}"
     if opt.low is not None:
         unit = f" {opt.unit}" if opt.unit else ""
         if TYPES[opt.name] is float:

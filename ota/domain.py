@@ -6,6 +6,7 @@ The string values are a contract with stored data and with the API: DO NOT CHANG
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
 from typing import TypeVar
@@ -214,8 +215,13 @@ def validate_choice(enum: type[E], value: str | None, field: str) -> E | None:
     try:
         return enum(value)
     except ValueError:
-        *first, last = [member.value for member in enum]
-        raise InvalidInput(field, f"must be {', '.join(first)} or {last}") from None
+        raise InvalidInput(field, f"must be {choices_text([m.value for m in enum])}") from None
+
+
+def choices_text(values: Sequence[object]) -> str:
+    """The values a field takes, as a refusal says them: "a, b or c"."""
+    shown = [str(v) for v in values]
+    return ", ".join(shown[:-1]) + f" or {shown[-1]}" if len(shown) > 1 else shown[0]
 
 
 def validate_firmware_name(name: str) -> str:
