@@ -36,7 +36,13 @@ class WindowAt:
 
     open: bool
     opens_at: datetime  # the current window's start when open
-    closes_at: datetime
+    spec: WindowSpec
+
+    @property
+    def closes_at(self) -> datetime:
+        """Worked out only when asked (the dry run asks; the pacer, asking at every burst
+        whether it may push, does not): overlapping windows chain up to MAX_CHAINED."""
+        return _chained_end(self.spec, self.opens_at, timedelta(minutes=self.spec.minutes))
 
 
 def cron_problem(cron: str) -> str | None:
@@ -79,8 +85,8 @@ def window_at(spec: WindowSpec, now: datetime) -> WindowAt:
         last = opens if last is None else max(last, opens, key=_utc)
         opens = next(later)
     if last is not None and _utc(_end(last, length)) > _utc(now):
-        return WindowAt(True, last, _chained_end(spec, last, length))
-    return WindowAt(False, opens, _chained_end(spec, opens, length))
+        return WindowAt(True, last, spec)
+    return WindowAt(False, opens, spec)
 
 
 def _utc(moment: datetime) -> datetime:
