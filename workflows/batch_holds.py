@@ -38,14 +38,16 @@ class PacerHolds(PacerCore):
         phased = inp.phases and workflow.patched(PHASE_PATCH)
         if phased and (gate := phase_hold(inp, self._carry)) is not None:
             return gate
-        if inp.window is not None and workflow.patched(WINDOW_PATCH):
-            return window_hold(inp, workflow.now())
-        return None
+        return self._window_hold(inp)
+
+    def _window_hold(self, inp: BatchInput) -> Hold | None:
+        """Outside the batch's maintenance window (asked only by a batch with one)."""
+        if inp.window is None or not workflow.patched(WINDOW_PATCH):
+            return None
+        return window_hold(inp, workflow.now())
 
     def _window_closed(self, inp: BatchInput) -> bool:
-        if inp.window is None or not workflow.patched(WINDOW_PATCH):
-            return False
-        return window_hold(inp, workflow.now()) is not None
+        return self._window_hold(inp) is not None
 
     def _phase_room(self, inp: BatchInput) -> int:
         """Starts the current phase allows before its gate (without phases: any number)."""
@@ -81,8 +83,7 @@ class PacerHolds(PacerCore):
             return
         await local(set_batch_state, FinishBatchRequest(inp.batch_id, BatchState.IN_PROGRESS))
         c.waiting, self._note = None, None
-        # An even spread from now: not the rate's whole minute in the first seconds.
-        c.rate_since, c.pushed_before_rate = workflow.now().isoformat(), c.started + c.turns
+        self._spread_from_now()  # not the rate's whole minute in the first seconds
         self._details("pushing")
 
     async def _wait_at_gate(self, inp: BatchInput) -> BatchProgress | None:
@@ -141,8 +142,7 @@ class PacerHolds(PacerCore):
         c = self._carry
         updated = self._counts.get(TaskState.UPDATED, 0)
         if updated // inp.ramp_every > c.ramp_updated // inp.ramp_every:
-            c.rate_since = workflow.now().isoformat()
-            c.pushed_before_rate = c.started + c.turns
+            self._spread_from_now()
         c.ramp_updated = max(c.ramp_updated, updated)
         return self._ramped_rate(inp)
 
@@ -155,6 +155,12 @@ class PacerHolds(PacerCore):
         return ramp_rate(
             inp.ramp_base, inp.ramp_factor, inp.ramp_every, c.ramp_updated, inp.rate_per_minute
         )
+
+    def _spread_from_now(self) -> None:
+        """The rate's even spread begins anew now (`_next_push` counts from here): after a hold,
+        and at each step of the ramp."""
+        c = self._carry
+        c.rate_since, c.pushed_before_rate = workflow.now().isoformat(), c.started + c.turns
 
     def _burst(self, inp: BatchInput, size: int) -> int:
         """The pushes of a burst: at a ramp's rate, fewer (a batch without one: `size`)."""
