@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     temporal_ui_url: str = "http://127.0.0.1:8233"
     key_encryption_secret: str | None = None  # encrypts secure-update private keys at rest
 
+    # Operations (docs/metrics.md): the worker and the bridge serve /metrics, /healthz and
+    # /readyz on these ports (off when unset; `ota dev` turns them on); the API serves them on
+    # its own port. OTA_LOG_FORMAT=json writes one JSON object a line, with batch, task and
+    # device fields where a line has them.
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    bridge_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    log_format: str = Field(default="text", pattern=r"^(text|json)$")
+
     max_firmware: int = Field(default=500, ge=1)
     max_firmware_bytes: int = Field(default=1000 * 1024 * 1024, ge=1)
 

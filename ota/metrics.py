@@ -1,0 +1,80 @@
+"""Our Prometheus metrics: every name and label set declared here, and listed in docs/metrics.md.
+
+Labels stay bounded: product, module, state, reason, outcome, kind. Device names and batch ids
+are never labels, except on the gauges of active batches (`ota_batch_tasks`), whose number is
+bounded by the batches running at once.
+
+Counting costs a lock and an add (about a microsecond), so counters are bumped where the work is
+done; what is already counted elsewhere (the bridge's own tallies, the database's rows) is read
+when Prometheus scrapes, by collectors, and costs nothing on the device path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- the worker ---------------------------------------------------------------------------------
+
+PUSHES = Counter(
+    "ota_pushes",
+    "Upgrade notifications the worker published or tried to, by outcome: pushed, offline "
+    "(the device was not connected), final (the task ended meanwhile), error (the publish failed).",
+    ["product", "outcome"],
+)
+TASK_TRANSITIONS = Counter(
+    "ota_task_transitions",
+    "Tasks moved to a state, by state and reason (the reason is empty where a state has none).",
+    ["state", "reason"],
+)
+TASK_RETRIES = Counter(
+    "ota_task_retries",
+    "Device workflows that waited for a retry after a failed attempt (the batch's retry policy).",
+)
+TASK_TIMEOUTS = Counter(
+    "ota_task_timeouts",
+    "Tasks failed by a timeout, by which: upgrade (the batch's timeout) or pickup (no progress "
+    "after a push within the pickup timeout).",
+    ["kind"],
+)
+BATCH_TRANSITIONS = Counter(
+    "ota_batch_transitions",
+    "Batches moved to a state (scheduled, in_progress, paused, completed, canceled).",
+    ["state"],
+)
+
+# --- the bridge ---------------------------------------------------------------------------------
+
+DEVICE_REPORTS = Counter(
+    "ota_device_reports",
+    "Device messages the bridge parsed, by kind: progress, inform (the running version), "
+    "firmware_get (a device asking for its firmware).",
+    ["kind"],
+)
+BRIDGE_FLUSH_SECONDS = Histogram(
+    "ota_bridge_flush_seconds",
+    "How long one flush took: parse, one database transaction, replies, signals, acks.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+# --- the HTTP server ----------------------------------------------------------------------------
+
+DOWNLOADS = Counter(
+    "ota_download_requests",
+    "Firmware download requests, by outcome: full, range (a resumed or partial download), "
+    "refused (a bad or expired URL), error (storage failed).",
+    ["outcome"],
+)
+DOWNLOAD_BYTES = Counter("ota_download_bytes", "Firmware bytes sent to devices.")
+SIGNATURE_CACHE = Counter(
+    "ota_signature_cache",
+    "Secure-update signatures (digestsign) asked for, by result: hit (cached) or miss (signed).",
+    ["result"],
+)
+
+# --- every MQTT client of ours ------------------------------------------------------------------
+
+BROKER_RECONNECTS = Counter(
+    "ota_broker_reconnects",
+    "Connections to the broker opened again after one was lost, by component: worker, bridge.",
+    ["component"],
+)

@@ -1,0 +1,1 @@
+"""Operations: health checks, the /metrics, /healthz and /readyz endpoints, `ota doctor`."""
