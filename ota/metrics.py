@@ -11,7 +11,7 @@ when Prometheus scrapes, by collectors, and costs nothing on the device path.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 # --- the worker ---------------------------------------------------------------------------------
 
