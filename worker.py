@@ -25,6 +25,7 @@ from ota.aio import RESTART_FIRST_SECONDS, RESTART_MAX_SECONDS, stopped_within, 
 from ota.context import Context, open_database
 from ota.contracts import SEARCH_ATTRIBUTES
 from ota.identity.accounts import ServiceRole, service_endpoint
+from ota.ops.temporal_metrics import sdk_metrics_runtime
 from workflows import WORKFLOWS
 
 log = logging.getLogger("ota.worker")
@@ -121,6 +122,8 @@ async def run_worker(context: Context | None = None) -> None:
     replaced by a new one, with a growing pause, on the same client, which reconnects by itself.
     """
     context = context or Context()
+    # The SDK's metrics (workflow task latency, slots, ...) on /metrics when it is served.
+    context.temporal_runtime = context.temporal_runtime or sdk_metrics_runtime(context.settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

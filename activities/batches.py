@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.legacy_ids import Suspect, running_under_legacy_id, signal_devices, suspects
 from activities.targets import (
+    count_transitions,
     drop_superseded,
     finish_tasks,
     insert_tasks,
@@ -33,7 +34,7 @@ from ota.contracts import (
     PrepareResult,
     TaskRef,
 )
-from ota.db.engine import session_scope
+from ota.db.engine import after_commit, session_scope
 from ota.db.models import Batch, Task, utcnow
 from ota.domain import (
     ACTIVE_TASK_STATES,
@@ -44,6 +45,7 @@ from ota.domain import (
     TaskState,
 )
 from ota.errors import OtaError
+from ota.metrics import BATCH_TRANSITIONS
 from ota.services.batches import (
     batch_counts,
     batch_failures,
@@ -62,6 +64,13 @@ HELD_REASONS = (TaskReason.SCHEDULED, TaskReason.PAUSED, TaskReason.PHASE, TaskR
 def permanent(exc: OtaError) -> ApplicationError:
     """Bad input will not get better on retry: fail the workflow with the reason."""
     return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
+
+
+def count_batch_transition(session: Session, batch: Batch, state: BatchState) -> None:
+    """`ota_batch_transitions`: the batch moves to `state` (not a repeat of the one it has),
+    counted once the session commits."""
+    if batch.state != state:
+        after_commit(session, BATCH_TRANSITIONS.labels(state=str(state)).inc)
 
 
 class BatchActivities:
@@ -215,6 +224,7 @@ class BatchActivities:
             if req.note is not None or req.state != BatchState.CANCELED or held:
                 batch.state_note = req.note
             if batch.state != BatchState.CANCELED:  # a canceled policy stays canceled
+                count_batch_transition(session, batch, req.state)
                 batch.state = req.state
 
     @activity.defn
@@ -263,7 +273,9 @@ class BatchActivities:
                     updated_at=now,
                 )
             )
-            return result.rowcount or 0
+            canceled: int = result.rowcount or 0
+            count_transitions(session, TaskState.CANCELED, TaskReason.CANCELED, canceled)
+            return canceled
 
     def _started_page(self, batch_id: str, cursor: int) -> list[Task]:
         with Session(self.engine, expire_on_commit=False) as session:

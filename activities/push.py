@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from ota.contracts import PushRequest, PushResult
 from ota.db.models import Batch, Device, Firmware, Task, utcnow
 from ota.domain import ACTIVE_TASK_STATES, FINAL_TASK_STATES, PushOutcome, TaskReason, TaskState
+from ota.metrics import BROKER_RECONNECTS, PUSHES, TASK_RETRIES, TASK_TRANSITIONS
 from ota.mqtt import MqttEndpoint
 from ota.protocol import encode_upgrade, upgrade_topic
 from ota.push import upgrade_data
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 ASKED_AGAIN = "pushed again, recorded nowhere"
+# ota_pushes' outcomes beyond PushOutcome's: the publish raised; a re-check's publish.
+PUSH_ERROR, PUSH_RECHECK = "error", "recheck"
 
 
 class MqttPublisher:
@@ -39,6 +42,7 @@ class MqttPublisher:
         self.endpoint = endpoint
         self._client: aiomqtt.Client | None = None
         self._lock = asyncio.Lock()
+        self._lost = False  # a connection was dropped: the next one opened is a reconnect
 
     async def _connected(self) -> aiomqtt.Client:
         async with self._lock:
@@ -48,6 +52,9 @@ class MqttPublisher:
                 )
                 await client.__aenter__()
                 self._client = client
+                if self._lost:
+                    BROKER_RECONNECTS.labels(component="worker").inc()
+                    self._lost = False
             return self._client
 
     async def publish(self, topic: str, payload: bytes) -> None:
@@ -57,6 +64,7 @@ class MqttPublisher:
         try:
             await client.publish(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT_SECONDS)
         except aiomqtt.MqttError:
+            self._lost = True
             await self._drop(client)
             raise
 
@@ -90,8 +98,11 @@ class PushActivities:
         # within milliseconds, and the bridge judges that report against the task's state.
         # A crash in between re-runs this local activity, so the publish still happens.
         result, firmware_id, from_version = await asyncio.to_thread(self._record_push, req)
-        if firmware_id is not None:  # else not pushed: final, or the device is offline
-            await self._publish(req, firmware_id, from_version)
+        if firmware_id is None:  # not pushed: final, or the device is offline
+            PUSHES.labels(product=req.product_key, outcome=result.outcome).inc()
+        else:
+            await self._publish(req, firmware_id, from_version, str(result.outcome))
+        self._count_push(req, result)  # once the publish worked: a failed one is retried
         return result
 
     @activity.defn
@@ -103,13 +114,24 @@ class PushActivities:
         ask, and no report can come."""
         result, firmware_id, from_version = await asyncio.to_thread(self._recheck_target, req)
         if firmware_id is not None:
-            await self._publish(req, firmware_id, from_version)
+            await self._publish(req, firmware_id, from_version, PUSH_RECHECK)
             # Rare (a reconnect on the old version, a timeout): worth a line, and the fault
             # harness counts these as the pushes that reconcile (bench/fault_checks.py).
             log.info("%s: %s/%s asked again", ASKED_AGAIN, req.product_key, req.device_name)
         return result
 
-    async def _publish(self, req: PushRequest, firmware_id: int, from_version: str | None) -> None:
+    async def _publish(
+        self, req: PushRequest, firmware_id: int, from_version: str | None, outcome: str
+    ) -> None:
+        """Publish the upgrade; `ota_pushes` counts it under `outcome`, or `error` if it fails."""
+        try:
+            await self._send(req, firmware_id, from_version)
+        except Exception:
+            PUSHES.labels(product=req.product_key, outcome=PUSH_ERROR).inc()
+            raise
+        PUSHES.labels(product=req.product_key, outcome=outcome).inc()
+
+    async def _send(self, req: PushRequest, firmware_id: int, from_version: str | None) -> None:
         firmware = self._firmware_rows.get(firmware_id) or await asyncio.to_thread(
             self._load_firmware, firmware_id
         )
@@ -124,6 +146,19 @@ class PushActivities:
         )
         topic = upgrade_topic(req.product_key, req.device_name)
         await self.mqtt.publish(topic, encode_upgrade(data, next(self._msg_ids)))
+
+    @staticmethod
+    def _count_push(req: PushRequest, result: PushResult) -> None:
+        """A task's first push moves it to `pushed` (a retry's leaves its state as it was). A push
+        with a later attempt is a retry the device workflow waited for: counted here, where an
+        activity sees it, not by a new activity or event at the workflow's retry. A device
+        offline at its retry is pushed again when it connects, and counted then."""
+        if result.outcome == PushOutcome.OFFLINE:
+            return
+        if req.attempt > 1:
+            TASK_RETRIES.inc()
+        elif result.outcome == PushOutcome.PUSHED and result.state == TaskState.PUSHED:
+            TASK_TRANSITIONS.labels(state=TaskState.PUSHED.value, reason="").inc()
 
     def digestsign(self, product_key: str, firmware: Firmware) -> str | None:
         """Secure update (AliOS Things) signs each push here, for products that enable it.

@@ -9,11 +9,14 @@ from datetime import datetime
 from sqlalchemy import delete, insert, update
 from sqlmodel import Session, col, select
 
+from ota.db.engine import after_commit
 from ota.db.models import Batch, Device, DeviceModule, Task, utcnow
 from ota.domain import ACTIVE_TASK_STATES, BatchState, TaskReason, TaskState
+from ota.metrics import TASK_TRANSITIONS
 from ota.services.targets import Candidate, device_query, dynamic_filter, newer_dynamic_sources
 
 INSERT_CHUNK = 2000
+KNOWN_REASONS = frozenset(TaskReason)
 
 
 def new_dynamic_targets(session: Session, batch: Batch) -> list[Candidate]:
@@ -82,6 +85,7 @@ def insert_tasks(
     ]
     for i in range(0, len(rows), INSERT_CHUNK):
         session.exec(insert(Task), params=rows[i : i + INSERT_CHUNK])  # type: ignore[call-overload]
+    count_transitions(session, TaskState.TO_BE_PUSHED, reason, len(rows))
     return len(rows)
 
 
@@ -94,4 +98,15 @@ def finish_tasks(session: Session, ids: Sequence[int], state: TaskState, reason:
         .where(col(Task.id).in_(ids), col(Task.state).in_(ACTIVE_TASK_STATES))
         .values(state=state, reason=reason, finished_at=utcnow(), updated_at=utcnow())
     )
-    return result.rowcount or 0
+    moved: int = result.rowcount or 0
+    count_transitions(session, state, reason, moved)
+    return moved
+
+
+def count_transitions(session: Session, state: TaskState, reason: str | None, n: int) -> None:
+    """`ota_task_transitions`: `n` tasks moved to `state`, counted once the session commits.
+    A reason that is none of ours (a signal sent by hand) is `other`: labels stay bounded."""
+    if n:
+        label = "" if reason is None else reason if reason in KNOWN_REASONS else "other"
+        counter = TASK_TRANSITIONS.labels(state=str(state), reason=label)
+        after_commit(session, lambda: counter.inc(n))

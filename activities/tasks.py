@@ -9,9 +9,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.targets import finish_tasks
 from ota.contracts import FinishTaskRequest, TaskCheck
-from ota.db.engine import session_scope
+from ota.db.engine import after_commit, session_scope
 from ota.db.models import Task
-from ota.domain import TaskState
+from ota.domain import TaskReason, TaskState
+from ota.metrics import TASK_TIMEOUTS
+
+# `ota_task_timeouts` by kind: which of the device workflow's timeouts failed the task.
+TIMEOUT_KINDS: dict[str, str] = {TaskReason.TIMEOUT: "upgrade", TaskReason.NO_RESPONSE: "pickup"}
 
 
 class TaskActivities:
@@ -36,7 +40,9 @@ class TaskActivities:
         """Record a final state unless the task already has one (the bridge's `updated` wins
         over a late timeout); returns what the task ends with."""
         with session_scope(self.engine) as session:
-            finish_tasks(session, [req.task_id], req.state, req.reason)
+            moved = finish_tasks(session, [req.task_id], req.state, req.reason)
+            if moved and (kind := TIMEOUT_KINDS.get(req.reason or "")) is not None:
+                after_commit(session, TASK_TIMEOUTS.labels(kind=kind).inc)
             task = session.get(Task, req.task_id)
             if task is None:
                 raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)

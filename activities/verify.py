@@ -10,7 +10,7 @@ from sqlmodel import col, select
 from temporalio import activity
 from temporalio.client import Client
 
-from activities.batches import permanent
+from activities.batches import count_batch_transition, permanent
 from activities.legacy_ids import Suspect, running_under_legacy_id, suspects
 from activities.targets import finish_tasks, insert_tasks
 from ota.contracts import TaskRef, VerifyFinishRequest, VerifyInput, VerifyPrepared
@@ -81,5 +81,6 @@ class VerifyActivities:
                 )
             batch = session.get(Batch, req.batch_id)
             if batch is not None and batch.finished_at is None:
+                count_batch_transition(session, batch, BatchState.COMPLETED)
                 batch.state = BatchState.COMPLETED
                 batch.finished_at = utcnow()

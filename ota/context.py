@@ -7,6 +7,7 @@ from functools import cached_property
 
 from sqlalchemy import Engine
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from ota.aio import until_ready
 from ota.db.engine import make_engine
@@ -20,6 +21,9 @@ class Context:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self._temporal: Client | None = None
+        # The SDK runtime the client is made with: None is the SDK's default; the worker's
+        # exports the SDK's metrics (ota/ops/temporal_metrics.py). Set before the first connect.
+        self.temporal_runtime: Runtime | None = None
 
     @cached_property
     def engine(self) -> Engine:
@@ -34,7 +38,9 @@ class Context:
             address = self.settings.temporal_address
             options = temporal_connect_options(self.settings)
             try:
-                self._temporal = await Client.connect(address, **options)
+                self._temporal = await Client.connect(
+                    address, runtime=self.temporal_runtime, **options
+                )
             except RuntimeError as exc:  # the SDK's "Failed client connect: <why>"
                 # The SDK's reason tells a stopped server from a TLS or API-key mismatch.
                 raise Unavailable(

@@ -18,7 +18,9 @@ from prometheus_client import Counter, Histogram
 PUSHES = Counter(
     "ota_pushes",
     "Upgrade notifications the worker published or tried to, by outcome: pushed, offline "
-    "(the device was not connected), final (the task ended meanwhile), error (the publish failed).",
+    "(the device was not connected), final (the task ended meanwhile), error (the publish failed), "
+    "recheck (a device asked again before a timeout fails it, or after it reconnected on its old "
+    "version: recorded nowhere).",
     ["product", "outcome"],
 )
 TASK_TRANSITIONS = Counter(
@@ -40,6 +42,11 @@ BATCH_TRANSITIONS = Counter(
     "ota_batch_transitions",
     "Batches moved to a state (scheduled, in_progress, paused, completed, canceled).",
     ["state"],
+)
+TEMPORAL_SDK_SCRAPE_ERRORS = Counter(
+    "ota_temporal_sdk_scrape_errors",
+    "Scrapes of the worker's /metrics that left out the Temporal SDK's metrics (temporal_*): "
+    "the SDK's exporter did not answer in time (ota/ops/temporal_metrics.py).",
 )
 
 # --- the bridge ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x07A_0001  # any constant shared by every ota process
+AFTER_COMMIT = "ota_after_commit"  # Session.info key: what after_commit() holds until then
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -100,3 +101,21 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` when the session's transaction commits; dropped if it rolls back. For
+    counting what a transaction did (ota/metrics.py), not what it tried: an activity retried
+    after a rollback counts once."""
+    pending: list[Callable[[], None]] | None = session.info.get(AFTER_COMMIT)
+    if pending is None:
+        pending = session.info[AFTER_COMMIT] = []
+        event.listen(session, "after_commit", _run_after_commit)
+        event.listen(session, "after_rollback", lambda s: s.info[AFTER_COMMIT].clear())
+    pending.append(action)
+
+
+def _run_after_commit(session: Session) -> None:
+    pending = session.info[AFTER_COMMIT]
+    while pending:
+        pending.pop(0)()
