@@ -37,10 +37,10 @@ class Context:
         if self._temporal is None:
             address = self.settings.temporal_address
             options = temporal_connect_options(self.settings)
+            if self.temporal_runtime is not None:
+                options["runtime"] = self.temporal_runtime
             try:
-                self._temporal = await Client.connect(
-                    address, runtime=self.temporal_runtime, **options
-                )
+                self._temporal = await Client.connect(address, **options)
             except RuntimeError as exc:  # the SDK's "Failed client connect: <why>"
                 # The SDK's reason tells a stopped server from a TLS or API-key mismatch.
                 raise Unavailable(
