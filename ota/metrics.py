@@ -50,11 +50,13 @@ TEMPORAL_SDK_SCRAPE_ERRORS = Counter(
 )
 
 # --- the bridge ---------------------------------------------------------------------------------
+# Its own tallies (ota_bridge_messages_received_total and the rest) are read when Prometheus
+# scrapes, by the collector in ota/bridge/metrics.py.
 
 DEVICE_REPORTS = Counter(
     "ota_device_reports",
     "Device messages the bridge parsed, by kind: progress, inform (the running version), "
-    "firmware_get (a device asking for its firmware).",
+    "firmware_get (a device asking for its firmware), status (our SDK's online/offline).",
     ["kind"],
 )
 BRIDGE_FLUSH_SECONDS = Histogram(

@@ -76,6 +76,10 @@ class Inbox:
             self._resume()
         return batch
 
+    def waiting(self) -> int:
+        """Messages received and not yet handed to a flush (read by the metrics, any thread)."""
+        return len(self._messages)
+
     def ack(self, batch: list[Received]) -> None:
         """The batch's effects are committed: the broker may forget its messages."""
         for m in batch:

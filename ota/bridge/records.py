@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -73,11 +73,14 @@ class FlushResult:
     signals: list[Signal] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     unknown: list[tuple[str, str]] = field(default_factory=list)  # one entry per message
+    # Tasks moved, by (state, reason or ""): the rows the statements changed, for the metrics.
+    moved: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def extend(self, other: FlushResult) -> None:
         self.signals += other.signals
         self.replies += other.replies
         self.unknown += other.unknown
+        self.moved += other.moved
 
 
 @dataclass
@@ -152,7 +155,7 @@ def _apply(conn: Connection, messages: Sequence[protocol.Message], now: datetime
     moves = _Moves()
     for device_id, m in known:
         _judge(m, tasks.get(device_id, []), moves, result)
-    moves.write(conn, now)
+    result.moved += moves.write(conn, now)
     result.signals += moves.signals()
 
     waiting: list[_TaskView] = []
@@ -167,22 +170,25 @@ def _apply(conn: Connection, messages: Sequence[protocol.Message], now: datetime
                 waiting.append(t)  # the batch's pacer lets it push, within the rate
             else:
                 result.signals.append(device_signal(t, SIGNAL_ONLINE))
-    result.signals += _wait_for_turn(conn, waiting, now)
+    result.signals += _wait_for_turn(conn, waiting, now, result.moved)
     _attach_firmware(conn, result.replies)
     return result
 
 
-def _wait_for_turn(conn: Connection, tasks: list[_TaskView], now: datetime) -> list[Signal]:
+def _wait_for_turn(
+    conn: Connection, tasks: list[_TaskView], now: datetime, moved: Counter[tuple[str, str]]
+) -> list[Signal]:
     """Reconnected devices of paced batches: marked to wait for their turn (activities/turns.py),
     and one `devices_online` per batch so its pacer looks. After a broker outage the whole fleet
     reconnects within seconds; pushed at once, every device would download at once."""
     offline = sorted(t.id for t in tasks if t.reason == TaskReason.OFFLINE)
     for part in _chunks(offline):
-        conn.execute(
+        done = conn.execute(
             update(TASKS)
             .where(TASKS.c.id.in_(part), TASKS.c.reason == TaskReason.OFFLINE)
             .values(reason=TaskReason.RATE_LIMITED, updated_at=now)
         )
+        moved[(TaskState.TO_BE_PUSHED.value, TaskReason.RATE_LIMITED.value)] += done.rowcount
     return [
         Signal(batch_workflow_id(batch_id), SIGNAL_DEVICES_ONLINE)
         for batch_id in sorted({t.batch_id for t in tasks})
@@ -201,7 +207,10 @@ class _Moves:
         # Already updated (a redelivery, or a report again): signalled, nothing written.
         self.updated_again: list[tuple[_TaskView, str]] = []
 
-    def write(self, conn: Connection, now: datetime) -> None:
+    def write(self, conn: Connection, now: datetime) -> Counter[tuple[str, str]]:
+        """The moves, guarded by the states they start from; returns the rows each changed
+        (a task moved meanwhile by the worker changes none), by (state, reason)."""
+        moved: Counter[tuple[str, str]] = Counter()
         if self.progress:
             conn.execute(
                 update(TASKS)
@@ -214,7 +223,7 @@ class _Moves:
                 [{"tid": t, "step": s} for t, s in self.progress.items()],
             )
         for part in _chunks(sorted(self.first_progress)):
-            conn.execute(
+            done = conn.execute(
                 update(TASKS)
                 .where(
                     TASKS.c.id.in_(part),
@@ -223,12 +232,15 @@ class _Moves:
                 )
                 .values(state=TaskState.IN_UPGRADE, first_progress_at=now, updated_at=now)
             )
+            moved[(TaskState.IN_UPGRADE.value, "")] += done.rowcount
         for part in _chunks(sorted(self.updated)):
-            conn.execute(
+            done = conn.execute(
                 update(TASKS)
                 .where(TASKS.c.id.in_(part), TASKS.c.state.in_(PROGRESSING))
                 .values(state=TaskState.UPDATED, reason=None, finished_at=now, updated_at=now)
             )
+            moved[(TaskState.UPDATED.value, "")] += done.rowcount
+        return moved
 
     def signals(self) -> list[Signal]:
         # Reports name their batch: a device workflow of another batch ignores them (a task of a

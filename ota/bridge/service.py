@@ -16,11 +16,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ota import protocol
+from ota.bridge import metrics
 from ota.bridge.inbox import Inbox, Received
 from ota.bridge.reconcile import Reconciler, SessionFlag
 from ota.bridge.records import FlushResult, Reply, apply_reports
 from ota.bridge.signals import Connect, SignalClient, Signaller
 from ota.identity.accounts import ServiceRole, service_endpoint
+from ota.metrics import BRIDGE_FLUSH_SECONDS
 from ota.push import upgrade_data
 from ota.services.security import UNSIGNABLE, Signer
 from ota.settings import Settings
@@ -62,14 +64,23 @@ class Bridge:
         self._v5 = self.endpoint.v5
         self.reconciler = Reconciler(settings, engine, self.signer, self.stats, self.products)
         self._database_failing = False  # since the last flush that committed
+        self.inbox: Inbox | None = None  # the current connection's (its depth is a metric)
+        metrics.track(self)
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting with backoff when the broker or database goes."""
+        try:
+            await self._connections()
+        finally:  # cancelled: the metrics must not show a stopped bridge connected
+            self.ready.clear()
+            self.inbox = None
+
+    async def _connections(self) -> None:
         backoff = BACKOFF_MIN
         while True:
             client = self._client()
             # Before connecting: a persistent session's queued messages follow the CONNACK.
-            inbox = Inbox(client, INBOX_LIMIT_BATCHES * self.max_batch, self.stats)
+            inbox = self.inbox = Inbox(client, INBOX_LIMIT_BATCHES * self.max_batch, self.stats)
             session = SessionFlag(client)
             try:
                 async with client:
@@ -94,7 +105,9 @@ class Bridge:
                 log.error("database unavailable: %s; retrying in %.1fs", exc, backoff)
                 self._database_failing = True
             self.ready.clear()
+            self.inbox = None  # what it held is redelivered by the broker
             self.stats["reconnects"] += 1
+            metrics.RECONNECTS.inc()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -144,11 +157,13 @@ class Bridge:
         self.stats["received"] += len(batch)
         # Off the event loop: a hostile device's 64 KB of JSON takes ~12 ms to parse, and a
         # thousand of them would stall pings and acks for seconds.
-        parsed, counts = await asyncio.to_thread(self._parse, batch)
+        parsed, counts, kinds = await asyncio.to_thread(self._parse, batch)
         self.stats.update(counts)
+        metrics.count_reports(kinds)
         if parsed:
             result = await asyncio.to_thread(self._apply, parsed)
             self._database_failing = False
+            metrics.count_moves(result.moved)  # committed: apply_reports returned
             if result.unknown:
                 self.stats["unknown_device"] += len(result.unknown)
                 pk, dn = result.unknown[0]
@@ -168,17 +183,20 @@ class Bridge:
         self.stats["flushes"] += 1
         if parsed:
             self.stats["transactions"] += 1
+        took = time.monotonic() - started
+        BRIDGE_FLUSH_SECONDS.observe(took)
         log.debug(
-            "flushed %d messages (%d applied) in %.0f ms",
-            len(batch),
-            len(parsed),
-            (time.monotonic() - started) * 1000,
+            "flushed %d messages (%d applied) in %.0f ms", len(batch), len(parsed), took * 1000
         )
 
     @staticmethod
-    def _parse(batch: list[Received]) -> tuple[list[protocol.Message], Counter[str]]:
+    def _parse(
+        batch: list[Received],
+    ) -> tuple[list[protocol.Message], Counter[str], Counter[type]]:
+        """The messages to apply, the stats of those dropped, and the parsed ones by class."""
         parsed: list[protocol.Message] = []
         counts: Counter[str] = Counter()
+        kinds: Counter[type] = Counter()
         for m in batch:
             if m.retain:  # replayed on subscribe, not news
                 counts["retained_ignored"] += 1
@@ -188,7 +206,8 @@ class Bridge:
                 counts["rejected"] += 1
             else:
                 parsed.append(msg)
-        return parsed, counts
+                kinds[type(msg)] += 1
+        return parsed, counts, kinds
 
     def _apply(self, messages: list[protocol.Message]) -> FlushResult:
         """One transaction; if it fails on a bad message, isolate it and keep the others."""
@@ -200,6 +219,7 @@ class Bridge:
             self.stats["errors"] += 1
             if len(messages) == 1:
                 log.exception("dropping a message the database refused: %s", messages[0])
+                self.stats["database_refused"] += 1
                 return FlushResult()
             log.exception("a batch of %d failed; retrying its messages one by one", len(messages))
             result = FlushResult()
