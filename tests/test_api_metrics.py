@@ -19,8 +19,12 @@ from ota.db.models import Batch, Task
 from ota.domain import TaskReason, TaskState
 from ota.services.batches import list_batches, show_batch
 from ota.services.security import Signer, set_secure_update
+from ota.storage import FirmwareStore
 from ota.urls import download_url
+from tests.fixtures.prometheus import needs_prometheus, running_prometheus
 from tests.linkkit.seed import seed_fleet
+from tests.linkkit.servers import api_settings as served_settings
+from tests.linkkit.servers import serve_api
 from tests.test_api_support import api_client, api_settings, firmware, fleet
 
 # More than one CHUNK (256 KiB): the whole file streams, a short range is one read.
@@ -233,5 +237,31 @@ def test_the_signature_cache_counts_hits_and_misses(tmp_path, database_url):
         plain = seed_fleet(engine, 1, task_state=None)
         assert signer.digestsign(plain.product_key, plain.firmware) is None
         assert (count("hit") - hits, count("miss") - misses) == (2, 1)
+    finally:
+        engine.dispose()
+
+
+@needs_prometheus
+def test_a_real_prometheus_reads_the_api_as_batch_show_does(tmp_path):
+    """The API under uvicorn, scraped by Debian's Prometheus: PromQL gives show_batch's counts."""
+    settings = served_settings(
+        api_settings(tmp_path, f"sqlite:///{tmp_path / 'ota.db'}"), url_secret="s"
+    )
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        running = seed_fleet(engine, 4, content=CONTENT, store=FirmwareStore(settings))
+        set_tasks(engine, running.batch_id, running.names[:1], TaskState.FAILED, "timeout")
+        shown = show_batch(engine, running.batch_id)["counts"]
+        jobs = {"ota-api": [f"127.0.0.1:{settings.http_port}"]}
+        with serve_api(settings) as base, running_prometheus(tmp_path / "prom", jobs) as prom:
+            assert running.firmware.id is not None
+            url = download_url(settings, running.firmware.id, running.product_key, "dev-00000")
+            sent = REGISTRY.get_sample_value("ota_download_bytes_total") or 0
+            assert httpx.get(url.replace(settings.resolved_public_url, base)).content == CONTENT
+            prom.wait_scraped(jobs=1)
+            query = f'ota_batch_tasks{{batch_id="{running.batch_id}"}}'
+            assert prom.values(query, "state") == {s.value: n for s, n in _zeros(shown).items()}
+            assert prom.values('ota_batches{state="in_progress",kind="static"}', "") == {"": 1}
+            assert prom.values("ota_download_bytes_total", "") == {"": sent + len(CONTENT)}
     finally:
         engine.dispose()

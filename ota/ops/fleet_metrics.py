@@ -57,7 +57,7 @@ def read_fleet(engine: Engine) -> FleetFigures:
             task_rows = session.exec(
                 select(Task.batch_id, Task.state, Task.reason, func.count())
                 .where(col(Task.batch_id).in_(list(figures.open_batches)))
-                .group_by(Task.batch_id, Task.state, Task.reason)
+                .group_by(col(Task.batch_id), col(Task.state), col(Task.reason))
             )
             figures.tasks = {(b, s, r or ""): n for b, s, r, n in task_rows}
     return figures
@@ -109,9 +109,10 @@ def fleet_families(figures: FleetFigures) -> Iterator[Metric]:
         "Batches by state (scheduled, in_progress, paused, completed, canceled) and kind.",
         labels=["state", "kind"],
     )
-    for state in BatchState:
+    for batch_state in BatchState:
         for kind in BatchKind:
-            batches.add_metric([state, kind], figures.batches.get((state, kind), 0))
+            n = figures.batches.get((batch_state, kind), 0)
+            batches.add_metric([batch_state, kind], n)
     yield batches
     yield GaugeMetricFamily(
         "ota_active_batches",
@@ -136,7 +137,8 @@ def fleet_families(figures: FleetFigures) -> Iterator[Metric]:
         labels=["batch_id", "product", "state"],
     )
     for batch_id, product in sorted(figures.open_batches.items()):
-        for state in TaskState:
-            tasks.add_metric([batch_id, product, state], by_state.get((batch_id, state), 0))
+        for task_state in TaskState:
+            n = by_state.get((batch_id, task_state), 0)
+            tasks.add_metric([batch_id, product, task_state], n)
     yield tasks
     yield reasons
