@@ -74,11 +74,27 @@ DOWNLOADS = Counter(
     ["outcome"],
 )
 DOWNLOAD_BYTES = Counter("ota_download_bytes", "Firmware bytes sent to devices.")
+HTTP_REQUESTS = Counter(
+    "ota_http_requests",
+    "Requests the API answered, by method, route (its template, as /download/{firmware_id}; "
+    "unmatched for no route) and status code.",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "ota_http_request_seconds",
+    "Time from a request to the end of its answer (a download's last byte), by route template.",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 SIGNATURE_CACHE = Counter(
     "ota_signature_cache",
     "Secure-update signatures (digestsign) asked for, by result: hit (cached) or miss (signed).",
     ["result"],
 )
+
+# --- the fleet, read from the database when Prometheus scrapes the API (ota/ops/fleet_metrics.py):
+# ota_batches{state,kind}, ota_active_batches, ota_batch_tasks{batch_id,product,state} and
+# ota_batch_tasks_reason{batch_id,state,reason} (the last two for open batches only).
 
 # --- every MQTT client of ours ------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
 from ota import protocol
@@ -148,6 +149,12 @@ def s3_served(own_s3: OwnS3, tmp_path: Path) -> tuple[Settings, str]:
     return settings, url
 
 
+def download_errors() -> float:
+    """The in-process API's count of downloads that failed for the store's sake."""
+    found = REGISTRY.get_sample_value("ota_download_requests_total", {"outcome": "error"})
+    return found or 0.0
+
+
 def timed_get(url: str, **kw: object) -> tuple[httpx.Response, float]:
     started = time.monotonic()
     r = httpx.get(url, timeout=60, **kw)  # type: ignore[arg-type]
@@ -159,7 +166,9 @@ def test_s3_down_is_a_quick_503_logged_once_and_over_when_s3_is_back(own_s3: Own
     with serve_api(settings), outage_log().attached() as log:
         assert httpx.get(url).status_code == 200
         own_s3.kill()
+        errors = download_errors()
         answers = [timed_get(url) for _ in range(6)]
+        assert download_errors() - errors == 6  # ota_download_requests{outcome="error"}
         for r, seconds in answers:
             assert r.status_code == 503, r.text
             assert r.headers["retry-after"] == "5"
@@ -199,6 +208,7 @@ def test_a_hung_s3_is_a_503_within_the_timeouts(own_s3: OwnS3, tmp_path):
 def test_s3_dying_mid_body_truncates_the_answer_and_range_resumes(own_s3: OwnS3, tmp_path):
     settings, url = s3_served(own_s3, tmp_path)
     got = bytearray()
+    errors = download_errors()
     with serve_api(settings), outage_log().attached() as log:
         with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", url) as r:
             assert r.headers["content-length"] == str(len(CONTENT))
@@ -209,6 +219,11 @@ def test_s3_dying_mid_body_truncates_the_answer_and_range_resumes(own_s3: OwnS3,
         assert 1024 * 1024 <= len(got) < len(CONTENT)  # seen as cut short, not as a short file
         # One line for the outage; none of uvicorn's "Exception in ASGI application".
         assert [r.name for r in log.records] == ["ota.api.storage_outage"]
+        # The 200 it had begun counts as an error once its body is broken off.
+        deadline = time.monotonic() + 5
+        while download_errors() == errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert download_errors() - errors == 1
         own_s3.start()
         time.sleep(2.1)
         r = httpx.get(url, headers={"Range": f"bytes={len(got)}-"})

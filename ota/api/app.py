@@ -17,6 +17,8 @@ from ota.api import (
     devices,
     download,
     firmware,
+    http_metrics,
+    metrics_route,
     problems,
     products,
     security,
@@ -84,6 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app, _is_console)
     app.add_exception_handler(console_auth.LoginRequired, console_auth.login_redirect)  # type: ignore[arg-type]
 
+    app.add_middleware(http_metrics.HttpMetrics)
+    metrics_route.install(app)  # Prometheus: no bearer token either
     app.include_router(download.router)  # devices: its own signed URLs, no bearer token
     for area in (products, devices, firmware, verifications, batches, security):
         app.include_router(area.router)

@@ -6,6 +6,10 @@ The device SDKs need a Content-Length on 200 and 206 answers (no chunked encodin
 A store that is down (S3 unreachable, timing out, failing) is a 503 with Retry-After, which the
 devices retry, never a 404 or 500; a download whose store fails mid-body is broken off before its
 Content-Length, so the device sees it truncated and resumes with Range (storage_outage.py).
+
+Each request is counted once by outcome (ota_download_requests): full, range, refused, error; a
+streamed answer when its body ends, so one the store breaks off counts as an error. Bytes are
+counted as the server takes each chunk (ota_download_bytes).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from prometheus_client import Counter
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
@@ -27,6 +32,7 @@ from ota.api.storage_outage import RETRY_AFTER_SECONDS, StorageOutage
 from ota.context import Context
 from ota.db.models import Batch, Device, Firmware, Task
 from ota.domain import ACTIVE_TASK_STATES, TaskState
+from ota.metrics import DOWNLOAD_BYTES, DOWNLOADS
 from ota.storage import StorageUnavailable, StoreReader
 from ota.urls import check_token
 
@@ -39,6 +45,8 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # refuses, and int() of thousands of digits raises too; either was a 500.
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 _ACTIVE = {s.value for s in ACTIVE_TASK_STATES}
+# Bound once: a request costs an add, not a label lookup; every outcome is exported from 0.
+FULL, RANGE, REFUSED, ERROR = (DOWNLOADS.labels(o) for o in ("full", "range", "refused", "error"))
 
 
 # A firmware's file never changes once added, so what a download needs of its row is kept a
@@ -153,6 +161,7 @@ def content_disposition(file_name: str) -> str:
 
 
 def _refused(status: int, detail: str) -> Response:
+    REFUSED.inc()
     title = "Forbidden" if status == 403 else "Not found"
     return problem_response(status, title, detail)
 
@@ -162,31 +171,44 @@ def _forbidden() -> Response:
 
 
 def _unavailable() -> Response:
+    ERROR.inc()
     detail = "firmware storage is unavailable; try again later"
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return problem_response(503, "Service unavailable", detail, headers=headers)
 
 
-def _stream(f: StoreReader, first: bytes, length: int, outage: StorageOutage) -> Iterator[bytes]:
+def _stream(
+    f: StoreReader, first: bytes, length: int, outage: StorageOutage, status: int
+) -> Iterator[bytes]:
     """`first` was read before the answer's status went out; the rest follows. A store that
     fails now raises out of here: the server then closes the connection short of Content-Length
     (uvicorn's traceback for it is dropped: QuietBrokenDownloads), which the client sees as a
-    truncated body, never as a complete short file."""
+    truncated body, never as a complete short file. A chunk's bytes count once the server asks
+    for the next: it has taken this one (a client gone away counts what it was sent)."""
+    outcome = _answered(status)
     try:
         yield first
+        DOWNLOAD_BYTES.inc(len(first))
         length -= len(first)
         while length > 0:
             try:
                 chunk = f.read(min(CHUNK, length))
             except StorageUnavailable as exc:
                 outage.failed(str(exc))
+                outcome = ERROR
                 raise
             if not chunk:
                 break  # the file shrank under us: the client sees a short body and retries
             length -= len(chunk)
             yield chunk
+            DOWNLOAD_BYTES.inc(len(chunk))
     finally:
+        outcome.inc()
         f.close()
+
+
+def _answered(status: int) -> Counter:
+    return RANGE if status == 206 else FULL
 
 
 @router.api_route("/download/{firmware_id}", methods=["GET", "HEAD"], include_in_schema=False)
@@ -219,6 +241,7 @@ def download(
     try:
         window = parse_range(request.headers.get("range"), size)
     except Unsatisfiable:
+        REFUSED.inc()
         headers["Content-Range"] = f"bytes */{size}"
         return Response(status_code=416, headers=headers)
     start, end = window if window else (0, size - 1)
@@ -227,6 +250,7 @@ def download(
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
     if request.method == "HEAD":
+        _answered(status).inc()
         return Response(status_code=status, headers=headers)
     outage: StorageOutage = request.app.state.storage_outage
     if outage.refuse_now():
@@ -236,7 +260,8 @@ def download(
         f = ctx.store.open(firmware.storage_key)
     except FileNotFoundError:
         log.error("firmware %s: file %s is missing", firmware_id, firmware.storage_key)
-        return _refused(404, "firmware file missing")
+        ERROR.inc()  # the firmware exists, its file does not: the store is at fault
+        return problem_response(404, "Not found", "firmware file missing")
     except StorageUnavailable as exc:
         outage.failed(str(exc))
         return _unavailable()
@@ -253,5 +278,7 @@ def download(
     outage.ok()
     if len(first) >= length:
         f.close()
+        _answered(status).inc()
+        DOWNLOAD_BYTES.inc(len(first))
         return Response(first, status, headers)
-    return StreamingResponse(_stream(f, first, length, outage), status, headers)
+    return StreamingResponse(_stream(f, first, length, outage, status), status, headers)

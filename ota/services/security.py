@@ -21,6 +21,7 @@ from ota.db.engine import session_scope
 from ota.db.models import Batch, Firmware, Product, utcnow
 from ota.domain import OPEN_BATCH_STATES
 from ota.errors import Conflict, InvalidInput
+from ota.metrics import SIGNATURE_CACHE
 from ota.services.products import get_product, product_public, require_product
 from ota.settings import Settings
 
@@ -168,6 +169,7 @@ class _ProductKeys:
 
 
 UNSIGNABLE = ""  # secure update requires a signature that cannot be made now
+_CACHE_HIT, _CACHE_MISS = SIGNATURE_CACHE.labels("hit"), SIGNATURE_CACHE.labels("miss")
 
 
 class Signer:
@@ -211,10 +213,13 @@ class Signer:
         with self._lock:
             found = self._signatures.get(cache_key)
         if found is None:
+            _CACHE_MISS.inc()
             found = signing.digestsign(key, firmware.sign)
             with self._lock:
                 self._signatures[cache_key] = found
                 self.signed += 1
+        else:
+            _CACHE_HIT.inc()
         return found
 
     def digestsign_or_unsignable(self, product_key: str, firmware: Firmware) -> str | None:
