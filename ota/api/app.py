@@ -17,6 +17,7 @@ from ota.api import (
     devices,
     download,
     firmware,
+    ops,
     problems,
     products,
     security,
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(console_auth.LoginRequired, console_auth.login_redirect)  # type: ignore[arg-type]
 
     app.include_router(download.router)  # devices: its own signed URLs, no bearer token
+    app.include_router(ops.router)  # /healthz, /readyz: no token, for load balancers
     for area in (products, devices, firmware, verifications, batches, security):
         app.include_router(area.router)
     app.include_router(console_auth.router)
