@@ -20,7 +20,8 @@ from ota.devstack import mosquitto_binary, venv_binary
 from ota.errors import InvalidInput
 from ota.identity.accounts import broker_endpoint
 from ota.ops.checks import Check, run_checks
-from ota.ops.probes import Probes, reason
+from ota.ops.hints import reason
+from ota.ops.probes import Probes
 from ota.settings import Settings
 from ota.temporal import temporal_connect_options
 from starter.common import print_json

