@@ -8,11 +8,6 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import (
-    AddSearchAttributesRequest,
-    ListSearchAttributesRequest,
-)
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -23,9 +18,11 @@ from activities.tasks import TaskActivities
 from activities.verify import VerifyActivities
 from ota.aio import RESTART_FIRST_SECONDS, RESTART_MAX_SECONDS, stopped_within, until_ready
 from ota.context import Context, open_database
-from ota.contracts import SEARCH_ATTRIBUTES
 from ota.identity.accounts import ServiceRole, service_endpoint
+from ota.ops.http import serving_ops
+from ota.ops.probes import Probes
 from ota.ops.temporal_metrics import sdk_metrics_runtime
+from ota.temporal import ensure_search_attributes
 from workflows import WORKFLOWS
 
 log = logging.getLogger("ota.worker")
@@ -94,36 +91,28 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
     )
 
 
-async def ensure_search_attributes(client: Client) -> list[str]:
-    """Register OtaBatchId, OtaProductKey and OtaState if the namespace lacks them."""
-    have = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace)
-    )
-    missing = [k.name for k in SEARCH_ATTRIBUTES if k.name not in have.custom_attributes]
-    if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=client.namespace,
-                search_attributes={
-                    name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in missing
-                },
-            )
-        )
-        log.info("registered search attributes %s", ", ".join(missing))
-    return missing
-
-
 async def run_worker(context: Context | None = None) -> None:
-    """`ota worker`: run until SIGINT/SIGTERM, then finish what is in hand and stop.
+    """`ota worker`: run until SIGINT/SIGTERM, then finish what is in hand and stop; serving
+    /metrics, /healthz and /readyz on OTA_WORKER_METRICS_PORT when it is set."""
+    context = context or Context()
+    # The SDK's metrics (workflow task latency, slots, ...) on /metrics when it is served.
+    context.temporal_runtime = context.temporal_runtime or sdk_metrics_runtime(context.settings)
+    probes = Probes(context, engine=context.engine_if_open, broker_roles=(ServiceRole.WORKER,))
+    checks = probes.checks("database", "temporal", "broker")
+    async with serving_ops(
+        context.settings.metrics_host, context.settings.worker_metrics_port, checks
+    ):
+        await _serve(context)
+
+
+async def _serve(context: Context) -> None:
+    """Run the worker until SIGINT/SIGTERM, then finish what is in hand and stop.
 
     Temporal may be away when the worker starts, or go away while it runs (a server restart):
     the worker waits for it rather than exit. Its polls retry by themselves through an outage;
     a worker that still fails fatally (the namespace missing while the server starts) is
     replaced by a new one, with a growing pause, on the same client, which reconnects by itself.
     """
-    context = context or Context()
-    # The SDK's metrics (workflow task latency, slots, ...) on /metrics when it is served.
-    context.temporal_runtime = context.temporal_runtime or sdk_metrics_runtime(context.settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

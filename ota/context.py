@@ -29,6 +29,10 @@ class Context:
     def engine(self) -> Engine:
         return make_engine(self.settings.resolved_database_url)
 
+    def engine_if_open(self) -> Engine | None:
+        """The engine if made already (a health check must not open, and migrate, one)."""
+        return self.__dict__.get("engine")
+
     @cached_property
     def store(self) -> FirmwareStore:
         return FirmwareStore(self.settings)

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 15
 AUTOSAVE_SECONDS = 5
+# Where `ota dev`'s worker and bridge serve /metrics unless OTA_*_METRICS_PORT say otherwise:
+# fixed, so a local Prometheus keeps scraping across restarts (a free port if one is taken).
+DEV_METRICS_PORTS = {"worker": 9101, "bridge": 9102}
 
 
 # How `ota dev` and the benchmark run Temporal's dev server:
@@ -196,6 +199,19 @@ class DevStack:
         )
         self.child_env["OTA_BROKER_AUTH"] = "none"
         self.settings = Settings(**{**self.settings.model_dump(), "broker_auth": "none"})
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Turn on the worker's and the bridge's ops endpoints (/metrics, /healthz, /readyz):
+        the ports their settings name, else DEV_METRICS_PORTS, else free ones."""
+        ports = {}
+        for name, preferred in DEV_METRICS_PORTS.items():
+            setting = f"{name}_metrics_port"
+            port = getattr(self.settings, setting)
+            if port is None:
+                port = free_port() if answers(self.settings.metrics_host, preferred) else preferred
+            self.child_env[f"OTA_{setting.upper()}"] = str(port)
+            ports[name] = port
+        return ports
 
     def ota_service(self, name: str, command: str) -> Component:
         ready = None

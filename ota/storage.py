@@ -213,6 +213,17 @@ class FirmwareStore:
         fs.retries = 1  # s3fs's own retry loop (5 passes) would multiply botocore's attempts
         return fs
 
+    def check_root(self) -> None:
+        """Raise unless the store answers: FileNotFoundError for a missing bucket or folder,
+        StorageUnavailable for anything else (S3 silent, credentials refused). Quick (the
+        download's short timeouts): /readyz and `ota doctor` ask it."""
+        if not self.is_s3:
+            if not self.fs.isdir(self.root):
+                raise FileNotFoundError(self.root)
+            return
+        with _unavailable():
+            self._download_fs.info(self.root.split("/", 1)[0])  # HEAD on the bucket
+
     def size(self, key: str) -> int:
         return int(self.fs.size(self.path(key)))
 

@@ -1,6 +1,7 @@
-"""How we reach Temporal: the settings turned into `Client.connect`'s arguments.
+"""How we reach Temporal: the settings turned into `Client.connect`'s arguments, and what a
+namespace must hold for our workflows (the search attributes).
 
-Kept pure (no connection) so the mapping is tested without a TLS Temporal: the dev server
+The mapping is kept pure (no connection) so it is tested without a TLS Temporal: the dev server
 speaks plain gRPC only.
 
     OTA_TEMPORAL_TLS=true                   TLS, checked against the system's CAs
@@ -12,14 +13,24 @@ speaks plain gRPC only.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import TLSConfig
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client, TLSConfig
 from temporalio.service import RPCError, RPCStatusCode
 
+from ota.contracts import SEARCH_ATTRIBUTES
 from ota.errors import InvalidInput
 from ota.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def temporal_connect_options(settings: Settings) -> dict[str, Any]:
@@ -76,3 +87,55 @@ def _read(path: Path | None, setting: str) -> bytes | None:
         return path.read_bytes()
     except OSError as exc:
         raise InvalidInput(setting, f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+@dataclass
+class SearchAttributeState:
+    """Our search attributes in one namespace: which are registered, missing, or clash."""
+
+    present: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    wrong_type: dict[str, str] = field(default_factory=dict)  # name -> the type registered
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.wrong_type
+
+
+def _type_name(value: int) -> str:
+    return IndexedValueType.Name(value).removeprefix("INDEXED_VALUE_TYPE_").title()  # type: ignore[arg-type]
+
+
+async def search_attribute_state(client: Client) -> SearchAttributeState:
+    """Which of SEARCH_ATTRIBUTES the client's namespace holds, and with what type."""
+    have = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    state = SearchAttributeState()
+    for key in SEARCH_ATTRIBUTES:
+        registered = have.custom_attributes.get(key.name)
+        if registered is None:
+            state.missing.append(key.name)
+        elif registered != int(key.indexed_value_type):
+            state.wrong_type[key.name] = _type_name(registered)
+        else:
+            state.present.append(key.name)
+    return state
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Register those of OtaBatchId, OtaProductKey and OtaState the namespace lacks (idempotent);
+    the names registered. Without them a workflow's first upsert fails its workflow task, over
+    and over. `ota dev` passes them to its dev server; the worker and `ota temporal setup` add
+    them to any other cluster."""
+    state = await search_attribute_state(client)
+    if state.missing:
+        types = {k.name: int(k.indexed_value_type) for k in SEARCH_ATTRIBUTES}
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={name: types[name] for name in state.missing},  # type: ignore[misc]
+            )
+        )
+        log.info("registered search attributes %s", ", ".join(state.missing))
+    return state.missing

@@ -8,7 +8,10 @@ import typer
 
 from ota import aio
 from ota.bridge import Bridge
-from ota.context import open_database
+from ota.context import Context, open_database
+from ota.ops.checks import CheckFn
+from ota.ops.http import serving_ops
+from ota.ops.probes import Probes, connection_check
 from ota.shutdown import stop_on_signals
 from starter.common import context, setup_logging
 
@@ -21,7 +24,18 @@ async def _run() -> None:
     assert engine is not None  # no stop event: waits until the database answers
     # Temporal is connected to when the first signal is due, so reports are recorded even
     # while it is still starting.
-    await Bridge(ctx.settings, engine, ctx.temporal).run()
+    bridge = Bridge(ctx.settings, engine, ctx.temporal)
+    s = ctx.settings
+    async with serving_ops(s.metrics_host, s.bridge_metrics_port, _checks(ctx, bridge)):
+        await bridge.run()
+
+
+def _checks(ctx: Context, bridge: Bridge) -> list[tuple[str, CheckFn]]:
+    """/readyz: the database and Temporal, and the bridge's own broker session (whether it is
+    connected and subscribed: a new connection would prove less)."""
+    probes = Probes(ctx, engine=ctx.engine_if_open)
+    broker = connection_check("broker", bridge.ready, bridge.endpoint.url)
+    return [*probes.checks("database", "temporal"), ("broker", broker)]
 
 
 def bridge(

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from starter import api, batches, bridge, dev, devices, firmware, products, simulate, verify, worker
+from starter import (
+    api,
+    batches,
+    bridge,
+    dev,
+    devices,
+    doctor,
+    firmware,
+    products,
+    simulate,
+    temporal,
+    verify,
+    worker,
+)
 
 app = typer.Typer(
     help="Over-the-air firmware updates for MQTT device fleets.",
@@ -12,7 +25,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for area in (products, devices, firmware, verify, batches, bridge, api, simulate, worker, dev):
+for area in (
+    products,
+    devices,
+    firmware,
+    verify,
+    batches,
+    bridge,
+    api,
+    simulate,
+    worker,
+    dev,
+    temporal,
+    doctor,
+):
     area.register(app)
 
 

@@ -46,9 +46,10 @@ def dev(
         broker = stack.broker()
         stack.start(broker)
         _sync_broker(stack, reused=broker.reused)
+        metrics = stack.metrics_ports()
         for name in ("worker", "bridge", "api"):
             stack.start(stack.ota_service(name, name))
-        _banner(stack, token)
+        _banner(stack, token, metrics)
         if demo:
             from ota.demo import run_demo
 
@@ -83,14 +84,16 @@ def _sync_broker(stack: DevStack, reused: bool) -> None:
     log.info("broker: %d device users checked, %d changed", report.devices, report.changed)
 
 
-def _banner(stack: DevStack, token: str) -> None:
+def _banner(stack: DevStack, token: str, metrics: dict[str, int]) -> None:
     s = stack.settings
     host, port = s.temporal_address.rsplit(":", 1)
+    scrape = ", ".join(f"http://{s.metrics_host}:{p}/metrics ({n})" for n, p in metrics.items())
     typer.echo(
         "\nota is running.\n"
         f"  console and API   http://{s.http_host}:{s.http_port}/   (API token: {token})\n"
         f"  Temporal Web UI   http://{host}:{int(port) + 1000}/namespaces/{s.temporal_namespace}\n"
         f"  MQTT broker       {redact(s.mqtt_url)}\n"
+        f"  metrics           {scrape}\n"
         f"  data and logs     {stack.home}\n"
         "Press Ctrl-C to stop.\n"
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlmodel import Session, select
 
@@ -75,6 +77,12 @@ def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path, broker, st
         output = (tmp_path / "dev.log").read_text()
         assert updated >= 5, output
         assert "API token:" in output and "Temporal Web UI" in output
+        # The worker and the bridge serve /metrics (and /readyz) where the banner says.
+        scrape = re.findall(r"(http://\S+/metrics) \((worker|bridge)\)", output)
+        assert [name for _, name in scrape] == ["worker", "bridge"], output
+        for url, _ in scrape:
+            assert httpx.get(url, timeout=10).status_code == 200
+            assert httpx.get(url.replace("/metrics", "/readyz"), timeout=10).status_code == 200
         with Session(engine) as s:
             assert s.exec(select(Firmware)).one().state == "verified"
             # verification updated 2 devices; phased 50% of the 48 still on 1.0.0 is 24

@@ -19,6 +19,7 @@ from ota.api import (
     firmware,
     http_metrics,
     metrics_route,
+    ops,
     problems,
     products,
     security,
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(http_metrics.HttpMetrics)
     metrics_route.install(app)  # Prometheus: no bearer token either
     app.include_router(download.router)  # devices: its own signed URLs, no bearer token
+    app.include_router(ops.router)  # /healthz, /readyz: no token, for load balancers
     for area in (products, devices, firmware, verifications, batches, security):
         app.include_router(area.router)
     app.include_router(console_auth.router)
