@@ -25,6 +25,7 @@ from ota.aio import RESTART_FIRST_SECONDS, RESTART_MAX_SECONDS, stopped_within, 
 from ota.context import Context, open_database
 from ota.contracts import SEARCH_ATTRIBUTES
 from ota.identity.accounts import ServiceRole, service_endpoint
+from ota.ops.tracing import worker_interceptors
 from workflows import WORKFLOWS
 
 log = logging.getLogger("ota.worker")
@@ -88,6 +89,7 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
         max_concurrent_activities=ACTIVITY_THREADS,
         max_concurrent_local_activities=MAX_LOCAL_ACTIVITIES,
         workflow_runner=UnsandboxedWorkflowRunner(),
+        interceptors=worker_interceptors(client),  # tracing, when on and not on the client
         publisher=publisher,
         executor=executor,
     )

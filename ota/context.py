@@ -11,6 +11,7 @@ from temporalio.client import Client
 from ota.aio import until_ready
 from ota.db.engine import make_engine
 from ota.errors import Unavailable
+from ota.ops.tracing import temporal_interceptors
 from ota.settings import Settings, get_settings
 from ota.storage import FirmwareStore
 from ota.temporal import temporal_connect_options
@@ -34,7 +35,9 @@ class Context:
             address = self.settings.temporal_address
             options = temporal_connect_options(self.settings)
             try:
-                self._temporal = await Client.connect(address, **options)
+                self._temporal = await Client.connect(
+                    address, interceptors=temporal_interceptors(), **options
+                )
             except RuntimeError as exc:  # the SDK's "Failed client connect: <why>"
                 # The SDK's reason tells a stopped server from a TLS or API-key mismatch.
                 raise Unavailable(

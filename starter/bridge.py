@@ -10,7 +10,7 @@ from ota import aio
 from ota.bridge import Bridge
 from ota.context import open_database
 from ota.shutdown import stop_on_signals
-from starter.common import context, setup_logging
+from starter.common import context, setup_logging, setup_tracing
 
 log = logging.getLogger("ota.bridge")
 
@@ -29,6 +29,7 @@ def bridge(
 ) -> None:
     """Listen to devices over MQTT: record their reports, signal their workflows, answer them."""
     setup_logging(verbose)
+    setup_tracing("ota-bridge")
     stop_on_signals()
     try:
         aio.run(_run())
