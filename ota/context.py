@@ -34,10 +34,10 @@ class Context:
         if self._temporal is None:
             address = self.settings.temporal_address
             options = temporal_connect_options(self.settings)
+            if interceptors := temporal_interceptors():  # tracing, when on (ota/ops/tracing.py)
+                options["interceptors"] = interceptors
             try:
-                self._temporal = await Client.connect(
-                    address, interceptors=temporal_interceptors(), **options
-                )
+                self._temporal = await Client.connect(address, **options)
             except RuntimeError as exc:  # the SDK's "Failed client connect: <why>"
                 # The SDK's reason tells a stopped server from a TLS or API-key mismatch.
                 raise Unavailable(
