@@ -22,6 +22,7 @@ from ota.identity.accounts import ServiceRole, service_endpoint
 from ota.ops.http import serving_ops
 from ota.ops.probes import Probes
 from ota.ops.temporal_metrics import sdk_metrics_runtime
+from ota.ops.tracing import worker_interceptors
 from ota.temporal import ensure_search_attributes
 from workflows import WORKFLOWS
 
@@ -86,6 +87,7 @@ def build_worker(client: Client, context: Context, task_queue: str | None = None
         max_concurrent_activities=ACTIVITY_THREADS,
         max_concurrent_local_activities=MAX_LOCAL_ACTIVITIES,
         workflow_runner=UnsandboxedWorkflowRunner(),
+        interceptors=worker_interceptors(client),  # tracing, when on and not on the client
         publisher=publisher,
         executor=executor,
     )

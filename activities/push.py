@@ -21,6 +21,7 @@ from ota.db.models import Batch, Device, Firmware, Task, utcnow
 from ota.domain import ACTIVE_TASK_STATES, FINAL_TASK_STATES, PushOutcome, TaskReason, TaskState
 from ota.metrics import BROKER_RECONNECTS, PUSHES, TASK_RETRIES, TASK_TRANSITIONS
 from ota.mqtt import MqttEndpoint
+from ota.ops.tracing import span
 from ota.protocol import encode_upgrade, upgrade_topic
 from ota.push import upgrade_data
 from ota.services.security import Signer
@@ -82,6 +83,15 @@ class MqttPublisher:
             await self._drop(self._client)
 
 
+def log_fields(req: PushRequest) -> dict[str, object]:
+    """The ids a JSON log line carries (OTA_LOG_FORMAT=json), to find a device's lines."""
+    return {
+        "batch_id": req.batch_id,
+        "task_id": req.task_id,
+        "device": f"{req.product_key}/{req.device_name}",
+    }
+
+
 class PushActivities:
     def __init__(self, engine: Engine, settings: Settings, mqtt: MqttPublisher) -> None:
         self.engine = engine
@@ -117,7 +127,13 @@ class PushActivities:
             await self._publish(req, firmware_id, from_version, PUSH_RECHECK)
             # Rare (a reconnect on the old version, a timeout): worth a line, and the fault
             # harness counts these as the pushes that reconcile (bench/fault_checks.py).
-            log.info("%s: %s/%s asked again", ASKED_AGAIN, req.product_key, req.device_name)
+            log.info(
+                "%s: %s/%s asked again",
+                ASKED_AGAIN,
+                req.product_key,
+                req.device_name,
+                extra=log_fields(req),
+            )
         return result
 
     async def _publish(
@@ -145,7 +161,11 @@ class PushActivities:
             from_version=from_version,
         )
         topic = upgrade_topic(req.product_key, req.device_name)
-        await self.mqtt.publish(topic, encode_upgrade(data, next(self._msg_ids)))
+        payload = encode_upgrade(data, next(self._msg_ids))
+        # The topic names the device; the payload (a signed URL) stays out of the trace.
+        attributes = {"messaging.destination.name": topic, "ota.product": req.product_key}
+        with span("mqtt publish", attributes):
+            await self.mqtt.publish(topic, payload)
 
     @staticmethod
     def _count_push(req: PushRequest, result: PushResult) -> None:

@@ -12,6 +12,7 @@ from temporalio.runtime import Runtime
 from ota.aio import until_ready
 from ota.db.engine import make_engine
 from ota.errors import Unavailable
+from ota.ops.tracing import temporal_interceptors
 from ota.settings import Settings, get_settings
 from ota.storage import FirmwareStore
 from ota.temporal import temporal_connect_options
@@ -43,6 +44,8 @@ class Context:
             options = temporal_connect_options(self.settings)
             if self.temporal_runtime is not None:
                 options["runtime"] = self.temporal_runtime
+            if interceptors := temporal_interceptors():  # tracing, when on (ota/ops/tracing.py)
+                options["interceptors"] = interceptors
             try:
                 self._temporal = await Client.connect(address, **options)
             except RuntimeError as exc:  # the SDK's "Failed client connect: <why>"

@@ -153,6 +153,10 @@ class DevStack:
         for key in SEARCH_ATTRIBUTES:
             argv += ["--search-attribute", f"{key.name}=Keyword"]
         comp = Component("temporal", argv, ready=lambda: answers(host, port))
+        # The dev server reads OTEL_TRACES_EXPORTER too and exits on any value but otlp or none:
+        # `console`, meant for our processes (ota/ops/tracing.py), would stop it starting.
+        if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip() not in ("otlp", "none"):
+            comp.env["OTEL_TRACES_EXPORTER"] = "none"
         comp.reused = answers(host, port)
         return comp
 

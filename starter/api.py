@@ -8,7 +8,7 @@ import uvicorn
 from ota.api import access_log
 from ota.api.app import create_app
 from ota.settings import get_settings
-from starter.common import setup_logging
+from starter.common import setup_logging, setup_tracing
 
 
 def api(
@@ -16,9 +16,17 @@ def api(
 ) -> None:
     """Serve firmware downloads, the API and the console on OTA_HTTP_HOST:OTA_HTTP_PORT."""
     setup_logging(verbose)
+    setup_tracing("ota-api")
     access_log.install()  # download URLs carry their signature: keep it out of the log
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port)
+    # JSON lines: uvicorn's loggers go through ours rather than its own text handlers.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=log_config,
+    )
 
 
 def register(app: typer.Typer) -> None:

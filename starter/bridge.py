@@ -13,7 +13,7 @@ from ota.ops.checks import CheckFn
 from ota.ops.http import serving_ops
 from ota.ops.probes import Probes, connection_check
 from ota.shutdown import stop_on_signals
-from starter.common import context, setup_logging
+from starter.common import context, setup_logging, setup_tracing
 
 log = logging.getLogger("ota.bridge")
 
@@ -43,6 +43,7 @@ def bridge(
 ) -> None:
     """Listen to devices over MQTT: record their reports, signal their workflows, answer them."""
     setup_logging(verbose)
+    setup_tracing("ota-bridge")
     stop_on_signals()
     try:
         aio.run(_run())

@@ -49,7 +49,26 @@ def print_json(data: Any) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Text lines, or JSON ones with OTA_LOG_FORMAT=json (ota/ops/logs.py); secrets masked."""
+    from ota.ops.logs import log_handler
+    from ota.settings import get_settings
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[log_handler(get_settings().log_format)],
     )
+
+
+def setup_tracing(service_name: str) -> None:
+    """Tracing for `ota api`, `ota worker` and `ota bridge`, when OTEL_* ask for it."""
+    from ota.ops.tracing import setup_tracing as setup
+
+    try:
+        on = setup(service_name)
+    except InvalidInput as exc:  # an OTEL_* variable we cannot honour
+        err_console.print(f"[red]error:[/red] {exc.field}: {exc.message}")
+        raise typer.Exit(exc.exit_code) from None
+    if on:
+        logging.getLogger("ota").info(
+            "tracing on (OTEL_* variables), default service %s", service_name
+        )

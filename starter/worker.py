@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ota import aio
-from starter.common import setup_logging
+from starter.common import setup_logging, setup_tracing
 
 
 def worker(
@@ -13,6 +13,7 @@ def worker(
 ) -> None:
     """Run the workflows and activities on task queue `ota` until Ctrl-C."""
     setup_logging(verbose)
+    setup_tracing("ota-worker")
     from worker import run_worker  # the worker's imports are heavy; other commands skip them
 
     aio.run(run_worker())

@@ -28,6 +28,7 @@ from ota.api import (
 )
 from ota.api.auth import resolve_token
 from ota.context import Context
+from ota.ops.tracing import instrument_app
 from ota.settings import Settings
 from ota.storage import format_size
 
@@ -96,4 +97,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(console_auth.router)
     app.include_router(console.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    instrument_app(app)  # when tracing is on (ota/ops/tracing.py)
     return app

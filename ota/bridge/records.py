@@ -296,7 +296,8 @@ def _judge(m: protocol.Message, tasks: list[_TaskView], moves: _Moves, result: F
                 result.signals.append(device_signal(t, SIGNAL_ONLINE))
     elif isinstance(m, protocol.Progress):
         if m.step < 0:  # the device's words (our SDK says why it refused a push) are kept here
-            log.info("%s/%s: progress %d %r", m.product_key, m.device_name, m.step, m.desc[:200])
+            device = f"{m.product_key}/{m.device_name}"  # a field of JSON log lines
+            log.info("%s: progress %d %r", device, m.step, m.desc[:200], extra={"device": device})
         # A progress report without a module is the device's one ongoing update.
         for t in active:
             if m.module != t.module and m.module != DEFAULT_MODULE:
