@@ -192,17 +192,24 @@ async def _batch_through_apis(apis: list[str], token: str, pk: str, devices: int
         answer.raise_for_status()
         batch_id = answer.json()["id"]
         deadline = started + 120 + devices / 5
-        turn = 0
+        turn, unanswered = 0, Counter[str]()
+        shown: dict[str, Any] = {}
         while True:
             api = apis[turn % len(apis)]
             turn += 1
-            shown = (await http.get(f"{api}/api/v1/batches/{batch_id}")).json()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id}: {shown.get('counts')} after the deadline")
+            try:  # a proxy would try the next process: so do we, and count it
+                shown = (await http.get(f"{api}/api/v1/batches/{batch_id}")).json()
+            except httpx.TransportError as exc:
+                unanswered[api] += 1
+                log.warning("%s did not answer: %r", api, exc)
+                await asyncio.sleep(0.5)
+                continue
             if shown.get("counts", {}).get("updated", 0) >= devices or shown["state"] in (
                 "completed", "canceled",
             ):  # fmt: skip
                 break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"batch {batch_id}: {shown.get('counts')} after the deadline")
             await asyncio.sleep(0.5)
     elapsed = time.monotonic() - started
     log.info("batch %s: %d devices in %.1f s", batch_id, devices, elapsed)
@@ -213,6 +220,7 @@ async def _batch_through_apis(apis: list[str], token: str, pk: str, devices: int
         "counts_seen_by_api": shown.get("counts"),
         "api_health_status": health,
         "progress_reads": turn,
+        "progress_reads_unanswered": dict(unanswered),
     }
 
 
@@ -258,12 +266,16 @@ def _result(
         p.name: read_metric(url(port), API_DOWNLOAD_METRIC)
         for p, port in zip(_procs(stack, "api"), ports["api"], strict=True)
     }
+    # Exit codes of any process that stopped before the end (-2: someone's SIGINT).
+    exited = {p.name: p.popen.returncode for p in stack.procs if p.popen.poll() is not None}
     by_history = {
         "worker_workflow_tasks": _by_process(stack, "worker", identities["workflow_tasks"]),
         "bridge_signals": _by_process(stack, "bridge", identities["signals"]),
     }
     checks = {
         "every_device_updated": updated == devices,
+        "every_api_read_answered": not batch["progress_reads_unanswered"],
+        "no_process_exited": not exited,
         **{f"{name}_carried_load": _carried(r) for name, r in (workers | bridges).items()},
         **{f"{name}_by_history": n > 0 for part in by_history.values() for name, n in part.items()},
     }
@@ -291,6 +303,7 @@ def _result(
             name: round(s * 1000 / devices, 1) for name, s in batch["cpu_seconds"].items() if s
         },
         "peak_rss_mb": {p.name: round(p.peak_rss_mb, 1) for p in stack.procs},
+        "exited_early": exited,
         "checks": checks,
         "confirmations": confirmations,
         "missing": [r.missing for r in (workers | bridges | apis).values() if r.missing],
