@@ -173,9 +173,8 @@ async def _batch_through_apis(apis: list[str], token: str, pk: str, devices: int
     from each in turn: they share nothing but the database, S3 and their settings."""
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(headers=headers, timeout=60) as http:
-        # Noted, not judged: each process's own tests judge its health routes.
         health = {
-            f"api-{n} {path}": (await http.get(api + path)).status_code
+            f"api-{n} {path}": await _health(http, api + path)
             for n, api in enumerate(apis, start=1)
             for path in ("/healthz", "/readyz")
         }
@@ -222,6 +221,17 @@ async def _batch_through_apis(apis: list[str], token: str, pk: str, devices: int
         "progress_reads": turn,
         "progress_reads_unanswered": dict(unanswered),
     }
+
+
+async def _health(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    """Noted, not judged (each process's own tests judge its health routes): the status, and
+    what a /readyz that is not ready says is wrong."""
+    answer = await http.get(url)
+    out: dict[str, Any] = {"status": answer.status_code}
+    if answer.status_code == 503 and url.endswith("/readyz"):
+        checks = answer.json().get("checks", [])
+        out["failing"] = [c for c in checks if not c.get("ok", True)]
+    return out
 
 
 async def _history_identities(client: Client, pk: str, devices: int) -> dict[str, Counter[str]]:
@@ -360,8 +370,8 @@ def print_production(report: dict[str, Any]) -> None:
     for what, counts in report["by_history"].items():
         print(f"  by Temporal's histories, {what}: {counts}")
     print(f"  CPU ms per device: {report['cpu_ms_per_device']}")
-    for what, status in report["batch"]["api_health_status"].items():
-        print(f"  {what}: HTTP {status}")
+    for what, health in report["batch"]["api_health_status"].items():
+        print(f"  {what}: HTTP {health['status']} {health.get('failing', '')}")
     for missing in report["missing"]:
         print(f"  !! {missing}")
     failed = [name for name, ok in report["checks"].items() if ok is not True]
