@@ -49,7 +49,7 @@ COPIES = 2  # of each of ota's processes
 DEVICES_PER_SIM_PROCESS = 500
 # What shows a process carried load (the first a process exports is read).
 WORKER_METRICS = (["ota_pushes_total"], {"outcome": "pushed"})
-BRIDGE_METRICS = (["ota_bridge_messages_total", "ota_device_reports_total"], None)
+BRIDGE_METRICS = (["ota_bridge_messages_received_total", "ota_device_reports_total"], None)
 API_DOWNLOAD_METRIC = ["ota_download_requests_total"]
 COMPLETED, SIGNALED = 7, 26  # WORKFLOW_TASK_COMPLETED, WORKFLOW_EXECUTION_SIGNALED
 
