@@ -1,5 +1,6 @@
 """python -m bench [--devices N] [--sizes 1000,10000] [--quick] [--out FILE]
-python -m bench --faults [--seed N] [--runs K] [--devices N] [--rate R]  (bench/faults.py)"""
+python -m bench --faults [--seed N] [--runs K] [--devices N] [--rate R]  (bench/faults.py)
+python -m bench --profile production [--devices N] [--out FILE]  (bench/production.py)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from bench.run import new_workdir, run_size
 
 QUICK_DEVICES = 200
+PRODUCTION_DEVICES = 1000
 RATE = 1000  # the seed's top push rate
 
 
@@ -37,8 +39,10 @@ def main() -> None:
         "--mqtt-url", help="use this broker instead of starting a Mosquitto of the bench's own"
     )
     parser.add_argument(
-        "--profile", action="store_true",
-        help="py-spy the worker, bridge, api and simulator during the unthrottled batch",
+        "--profile", nargs="?", const="py-spy", choices=["py-spy", "production"],
+        help="alone (or py-spy): py-spy the worker, bridge, api and simulator during the "
+        "unthrottled batch; production: docs/deploy.md's topology (PostgreSQL, S3 with presigned "
+        f"URLs, 2 workers, 2 bridges, 2 APIs) and one batch, default {PRODUCTION_DEVICES} devices",
     )  # fmt: skip
     parser.add_argument(
         "--faults", action="store_true",
@@ -51,12 +55,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.faults:
         raise SystemExit(_faults(args))
+    if args.profile == "production":
+        raise SystemExit(_production(args))
 
     sizes = [QUICK_DEVICES] if args.quick else [args.devices or 2000]
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
     runs = [
-        asyncio.run(run_size(n, args.mqtt_url, _rate(args.rate), new_workdir(), args.profile))
+        asyncio.run(
+            run_size(n, args.mqtt_url, _rate(args.rate), new_workdir(), args.profile == "py-spy")
+        )
         for n in sizes
     ]
     report = summarize(runs)
@@ -84,6 +92,19 @@ def _faults(args: argparse.Namespace) -> int:
     )
     results = run_seeds([first + i for i in range(args.runs)], cfg, keep=args.keep)
     return 0 if all(r.passed for r in results) else 1
+
+
+def _production(args: argparse.Namespace) -> int:
+    """Run the production profile, print what it found, write it; 1 if a check failed."""
+    from bench.production import print_production, run_production
+
+    devices = QUICK_DEVICES if args.quick else args.devices or PRODUCTION_DEVICES
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per progress read otherwise
+    report = asyncio.run(run_production(devices, new_workdir()))
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print_production(report)
+    print(f"\nwritten to {args.out}")
+    return 0 if report["passed"] else 1
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

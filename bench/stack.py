@@ -56,13 +56,20 @@ class BenchStack:
     temporal_port: int = 0
     metrics_port: int = 0
 
-    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Proc:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        extra_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Proc:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
         popen = subprocess.Popen(
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env, **(extra_env or {})},
+            cwd=cwd,
             start_new_session=True,
         )
         proc = Proc(name, popen)
