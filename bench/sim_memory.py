@@ -3,7 +3,8 @@
     python -m bench.sim_memory --devices 2000 [--mqtt-url mqtt://127.0.0.1:1883]
         [--mqtt-protocol 5|3.1.1] [--connect-rate 2000]
 
-One process, on the simulator's own event loop (ota.aio: uvloop), against an anonymous broker:
+One process, on the simulator's own event loop (ota.aio: uvloop), against an anonymous broker
+(clean sessions, so the probe leaves none behind):
 RSS once everything the fleet shares exists (imports, HTTP client, TLS context), then once every
 device is connected (subscribed, "online" and its version published); the difference over the
 devices. Prints one JSON object. Each device is a socket: the broker's and this process's open
@@ -19,6 +20,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -39,6 +41,8 @@ async def measure(cfg: FleetConfig) -> dict[str, Any]:
     raise_open_files_limit(cfg.devices)
     async with httpx.AsyncClient() as http:
         fleet = Fleet(cfg, http=http)
+        # Clean sessions: on 3.1.1 a persistent one never expires, and the broker is shared.
+        fleet.mqtt_options = replace(fleet.mqtt_options, persistent=False)
         gc.collect()
         before = rss_bytes()
         started = time.monotonic()
@@ -79,7 +83,6 @@ def main() -> None:
         mqtt_url=args.mqtt_url,
         mqtt_protocol=args.mqtt_protocol,
         connect_rate=args.connect_rate,
-        session_expiry=10,  # the shared broker forgets these sessions soon after
     )
     print(json.dumps(aio.run(measure(cfg))))
 

@@ -313,6 +313,8 @@ class LeanConnection(asyncio.Protocol):
     def _keepalive_tick(self) -> None:
         """Every half keepalive: ping when nothing went out for that long; a ping unanswered
         for a whole keepalive means a dead broker or network, so the connection is dropped."""
+        if self._transport is None or self._transport.is_closing():
+            return
         now = time.monotonic()
         if self._ping_sent and now - self._ping_sent >= self.keepalive:
             self._fail(MqttError(f"no answer to a ping for {self.keepalive} s"))

@@ -23,6 +23,7 @@ from ota import protocol
 from ota.device.download import DownloadFailed, RetryPolicy, VerifyFailed
 from ota.device.lean_mqtt import ConnectRefused, LeanConnection, MqttError, connect
 from ota.device.sdk import BACKOFF_MAX, BACKOFF_MIN, Device
+from ota.device.sim_image import synth_image
 from ota.identity.credentials import device_credentials
 from ota.protocol import Upgrade
 
@@ -94,8 +95,6 @@ class SimulatedDevice(Device):
         return str(self._ids)
 
     def current_image(self, module: str) -> bytes:  # type: ignore[override]
-        from ota.device.simulator import synth_image  # one cached image per version
-
         return synth_image(module, self.versions[module], self.fleet.cfg.image_size)
 
     # -- the connection ------------------------------------------------------------------------

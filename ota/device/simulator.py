@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +35,7 @@ from ota import aio
 from ota.device.lean_mqtt import ConnectRefused, LeanOptions
 from ota.device.sdk import Device
 from ota.device.sim_device import SimulatedDevice
+from ota.device.sim_image import IMAGE_MIN, synth_image  # noqa: F401 (their home before)
 from ota.domain import DEFAULT_MODULE
 from ota.mqtt import MqttEndpoint
 from ota.protocol import Upgrade
@@ -104,31 +103,6 @@ class FleetConfig:
 
 def device_name(prefix: str, index: int) -> str:
     return f"{prefix}{index:05d}"
-
-
-IMAGE_CHANGES = 8  # regions a version rewrites: localized changes, as between two real builds
-IMAGE_CHANGE_BYTES = 512
-
-
-IMAGE_MIN = 4096
-
-
-@functools.lru_cache(maxsize=16)
-def synth_image(module: str, version: str, size: int = 256 * 1024) -> bytes:
-    """A deterministic pseudo-firmware: a base per module with a few regions rewritten per
-    version, so two versions differ the way two builds do and a diff between them is small.
-    Upload two of them (`ota simulate` devices run them) to try differential packages."""
-    size = max(size, IMAGE_MIN)
-    image = bytearray(random.Random(f"image:{module}").randbytes(size))
-    rng = random.Random(f"image:{module}:{version}")
-    for _ in range(IMAGE_CHANGES):
-        at = rng.randrange(0, size - IMAGE_CHANGE_BYTES)
-        image[at : at + IMAGE_CHANGE_BYTES] = rng.randbytes(IMAGE_CHANGE_BYTES)
-    # Real images carry their version, and often a checksum trailer over the rest.
-    tag = f"ota-sim {module} {version}".encode()[:256]
-    image[: len(tag)] = tag
-    image[-32:] = hashlib.sha256(image[:-32]).digest()
-    return bytes(image)
 
 
 class Fleet:
