@@ -73,14 +73,10 @@ class MqttError(Exception):
 class ConnectRefused(MqttError):
     """The broker answered CONNECT with a refusal (wrong credentials, not authorized...)."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, auth: bool) -> None:
         super().__init__(f"the broker refused the connection: {reason} (code {code:#04x})")
-        self.code, self.reason = code, reason
-
-    @property
-    def auth(self) -> bool:
-        """Credentials were refused: the device's secret or the broker's users are wrong."""
-        return self.reason in ("bad username or password", "not authorized")
+        # `auth`: the credentials were refused (the device's secret or the broker's users).
+        self.code, self.reason, self.auth = code, reason, auth
 
 
 @dataclass(frozen=True)
@@ -258,10 +254,12 @@ class LeanConnection(asyncio.Protocol):
     def _on_connack(self, body: memoryview) -> None:
         code = body[1]
         if code:
-            reason = _V5_REASONS.get(code) if self.v5 else _V311_REFUSALS.get(code)
-            if self.v5 and len(body) > 2:
-                reason = _properties(body, 2).get(PROP_REASON_STRING) or reason
-            self.connack.set_exception(ConnectRefused(code, str(reason or "unknown reason")))
+            reason = (_V5_REASONS if self.v5 else _V311_REFUSALS).get(code, "unknown reason")
+            said = _properties(body, 2).get(PROP_REASON_STRING) if self.v5 else None
+            if said:
+                reason += f" ({said})"
+            auth = code in ((0x86, 0x87) if self.v5 else (4, 5))
+            self.connack.set_exception(ConnectRefused(code, reason, auth))
             return
         if self.v5 and len(body) > 2:
             server_keepalive = _properties(body, 2).get(PROP_SERVER_KEEPALIVE)
@@ -437,9 +435,10 @@ def _varint(data: memoryview, at: int) -> tuple[int, int]:
 
 
 def _properties(data: memoryview, at: int) -> dict[int, int | str]:
-    """v5 properties at `at`: numbers as ints, strings as text (binary and pairs skipped)."""
+    """v5 properties at `at`: numbers as ints, the rest as text (a pair: its value)."""
     length, at = _varint(data, at)
-    end, found = at + length, {}
+    end = at + length
+    found: dict[int, int | str] = {}
     while at < end:
         prop = data[at]
         at += 1

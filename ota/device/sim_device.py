@@ -47,7 +47,7 @@ class SimulatedDevice(Device):
         self.secret = secret
         self.versions = {fleet.cfg.module: fleet.cfg.version}
         self.connects = 0
-        self._ids = 0
+        self._msg_ids = 0  # an int, not the SDK's itertools.count
         self._conn: LeanConnection | None = None
         self._reconnected: asyncio.Future[None] | None = None  # made only when someone waits
         self._updates: dict[str, asyncio.Task[int]] = {}
@@ -91,8 +91,8 @@ class SimulatedDevice(Device):
         return self._conn is not None
 
     def _next_id(self) -> str:
-        self._ids += 1
-        return str(self._ids)
+        self._msg_ids += 1
+        return str(self._msg_ids)
 
     def current_image(self, module: str) -> bytes:  # type: ignore[override]
         return synth_image(module, self.versions[module], self.fleet.cfg.image_size)

@@ -50,8 +50,8 @@ RESULT_NAMES = {100: "updated", -1: "failed_update", -2: "failed_download"}
 RESULT_NAMES |= {-3: "failed_verify", -4: "failed_install"}
 # What the devices saw, in the summary: pushes (and duplicates among them: a version already
 # run, or a push while updating), finished downloads, connections made and lost, refusals.
-SEEN = ("pushes", "duplicates", "downloads", "download_retries", "connects", "disconnects")
-SEEN += ("refused", "flaps", "dropped_reports")
+SEEN: tuple[str, ...] = ("pushes", "duplicates", "downloads", "download_retries", "connects")
+SEEN += ("disconnects", "refused", "flaps", "dropped_reports")
 AUTH_HINT = (
     "are the devices registered with their secrets (`ota simulate --register`), and"
     " OTA_BROKER_AUTH the broker's?"
