@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,7 @@ import typer
 from ota import signing
 from ota.device.simulator import (
     IMAGE_MIN,
+    SEEN,
     FleetConfig,
     device_name,
     run_fleet_processes,
@@ -75,6 +77,26 @@ def simulate(
             help="On stopping, write the versions each device runs (JSON) to this file.",
         ),
     ] = None,
+    report_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--report-file",
+            help="On stopping, write what the devices saw (the summary, JSON) to this file.",
+        ),
+    ] = None,
+    connect_rate: float | None = typer.Option(
+        None,
+        "--connect-rate",
+        min=1,
+        help="Connections opened per second by the whole fleet, reconnects included"
+        " (jittered); default: 500 a process.",
+    ),
+    flapping: int = typer.Option(
+        0, "--flapping", min=0, help="Devices whose network flaps (they drop and reconnect)."
+    ),
+    flap_seconds: float = typer.Option(
+        60.0, "--flap-seconds", min=1, help="How often each flapping device drops, about."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run simulated devices that take updates like real ones; prints a summary at the end."""
@@ -127,6 +149,9 @@ def simulate(
         public_key=pem,
         image_size=image_size,
         state_file=_path(state_file),
+        connect_rate=connect_rate,
+        flapping=min(flapping, devices),
+        flap_seconds=flap_seconds,
     )
     summary = run_fleet_processes(cfg, min(processes, devices))
     failed = sum(v for k, v in summary.items() if k.startswith("failed_"))
@@ -135,6 +160,20 @@ def simulate(
         f"updated {summary.get('updated', 0)}, failed {failed}"
         + "".join(f", {k} {v}" for k, v in sorted(summary.items()) if k.startswith("failed_"))
     )
+    typer.echo(_seen(summary))
+    if report_file is not None:
+        report_file.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def _seen(summary: dict[str, float]) -> str:
+    """What the devices saw: pushes, duplicates, downloads, connections, push-to-install."""
+    line = ", ".join(f"{name} {summary.get(name, 0)}" for name in SEEN)
+    if "install_p50_s" in summary:
+        line += (
+            f"; push to install p50 {summary['install_p50_s']:.2f} s,"
+            f" p99 {summary['install_p99_s']:.2f} s"
+        )
+    return line
 
 
 def _path(path: Path | None) -> str | None:

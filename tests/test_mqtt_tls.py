@@ -153,9 +153,7 @@ async def test_the_sdk_and_the_services_send_the_client_certificate_from_their_s
         )
     )
     running_fleet = asyncio.create_task(fleet.run())
-    await until(
-        lambda: len(fleet.devices) == 2 and all(d.connected.is_set() for d in fleet.devices)
-    )
+    await until(lambda: len(fleet.devices) == 2 and all(d.is_connected for d in fleet.devices))
     fleet.stop.set()
     assert (await running_fleet)["connected_once"] == 2
     settings = bridge_settings(

@@ -48,7 +48,7 @@ async def test_a_fleet_updates_and_fails_as_configured(
     with serve_api(settings):
         async with running(bridge):
             run = asyncio.create_task(fleet.run())
-            await until(lambda: sum(d.connected.is_set() for d in fleet.devices) == n, 30)
+            await until(lambda: sum(d.is_connected for d in fleet.devices) == n, 30)
             async with publisher(mqtt_url) as client:
                 for dn in f.names:
                     data = upgrade_data(settings, f.firmware, f.product_key, dn)
