@@ -15,8 +15,9 @@ from ota.db.engine import session_scope
 from ota.errors import InvalidInput
 from ota.services import batch_preview, batch_signals, batches
 from ota.services.batch_preview import BatchPreview
+from ota.services.paging import PAGE_MAX
 from starter.batch_flags import cli_names, with_batch_options
-from starter.common import console, context, handle_errors, print_json
+from starter.common import console, context, err_console, handle_errors, print_json
 
 batch_app = typer.Typer(
     help="Update batches: create, list, show, tasks, cancel, pause, resume, promote."
@@ -138,11 +139,18 @@ def tasks(
         str | None,
         typer.Option(help="Only tasks there for this reason: offline, timeout, busy, ..."),
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 1000,
+    limit: Annotated[int, typer.Option(help=f"At most this many (up to {PAGE_MAX}).")] = PAGE_MAX,
+    after_id: Annotated[
+        int, typer.Option(help="Those after this id: the previous list's next page.")
+    ] = 0,
     json: JsonOpt = False,
 ) -> None:
-    """The batch's devices and their states (with the reason: offline, timing, busy, ...)."""
-    rows = batches.list_tasks(context().engine, batch, state, limit, reason=reason)
+    """The batch's devices and their states (with the reason: offline, timing, busy, ...), a
+    page at a time."""
+    page = batches.task_page(context().engine, batch, state, reason, limit, after_id)
+    rows = page.items
+    if page.next_after_id is not None:  # on stderr: the JSON on stdout stays the list
+        err_console.print(f"more: --after-id {page.next_after_id}", markup=False)
     if json:
         print_json(rows)
         return

@@ -13,8 +13,9 @@ from ota.domain import DEFAULT_MODULE
 from ota.errors import InvalidInput
 from ota.identity.registry import OFF, SYNCED
 from ota.services import devices
+from ota.services.paging import PAGE_MAX
 from starter import identity
-from starter.common import console, context, handle_errors, print_json
+from starter.common import console, context, err_console, handle_errors, print_json
 
 device_app = typer.Typer(help="Devices: registration and the versions they reported.")
 
@@ -85,10 +86,17 @@ def list_(
     product: Annotated[
         str | None, typer.Option("--product", "-p", help="Only this product.")
     ] = None,
+    limit: Annotated[int, typer.Option(help=f"At most this many (up to {PAGE_MAX}).")] = PAGE_MAX,
+    after_id: Annotated[
+        int, typer.Option(help="Those after this id: the previous list's next page.")
+    ] = 0,
     json: JsonOpt = False,
 ) -> None:
-    """List devices with each module's version and whether they are online."""
-    found = devices.list_devices(context().engine, product)
+    """List devices with each module's version and whether they are online, a page at a time."""
+    page = devices.device_page(context().engine, product, limit=limit, after_id=after_id)
+    found = page.items
+    if page.next_after_id is not None:  # on stderr: the JSON on stdout stays the list
+        err_console.print(f"more: --after-id {page.next_after_id}", markup=False)
     if json:
         print_json([d.to_dict() for d in found])
         return

@@ -114,6 +114,21 @@ ACCEPTED = [
         )
         for op in FIRMWARE
     ),
+    *(
+        Accepted(
+            op,
+            "RejectedPositiveData",
+            422,
+            "before_id",
+            r"give after_id or before_id, not both",
+            "a page is read forward from after_id or back from before_id: a rule between "
+            "fields, which JSON Schema cannot state",
+        )
+        for op in (
+            "GET /api/v1/products/{product_key}/devices",
+            "GET /api/v1/batches/{batch_id}/tasks",
+        )
+    ),
     Accepted(
         "POST /api/v1/firmware/{firmware_id}/verifications",
         "RejectedPositiveData",

@@ -321,8 +321,9 @@ async def test_products_and_devices(client):
     r = await client.post(f"/api/v1/products/{pk}/devices/import", content="dev-0102,V1\n")
     assert "line 1" in assert_problem(r, 422, "file")["detail"]
     r = await client.get(f"/api/v1/products/{pk}/devices", params={"version": ["1.0.0", "1.2.0"]})
-    assert sorted(d["name"] for d in r.json()) == ["dev-0000", "dev-0100", "dev-0101"]
-    assert r.json()[0]["versions"] == {"default": "1.0.0"}
+    listed = r.json()["items"]
+    assert sorted(d["name"] for d in listed) == ["dev-0000", "dev-0100", "dev-0101"]
+    assert listed[0]["versions"] == {"default": "1.0.0"}
     assert (await client.get(f"/api/v1/products/{pk}/modules")).json() == ["default"]
     r = await client.put(f"/api/v1/products/{pk}/secure-update", json={"enabled": True})
     assert r.status_code == 200, r.text

@@ -76,11 +76,11 @@ async def test_enabled_toggles_and_the_list_says_so(client):
         "changed": 0,
     }
     assert (await client.get(device_url(pk, tail="/credentials"))).json()["enabled"] is False
-    [listed] = (await client.get(f"/api/v1/products/{pk}/devices")).json()
+    [listed] = (await client.get(f"/api/v1/products/{pk}/devices")).json()["items"]
     assert listed["enabled"] is False and listed["online"] is False
     r = await client.put(device_url(pk, tail="/enabled"), json={"enabled": True})
     assert r.json()["enabled"] is True
-    assert (await client.get(f"/api/v1/products/{pk}/devices")).json()[0]["enabled"] is True
+    assert (await client.get(f"/api/v1/products/{pk}/devices")).json()["items"][0]["enabled"]
 
     for body in ({}, {"enabled": "perhaps"}):
         assert_problem(await client.put(device_url(pk, tail="/enabled"), json=body), 422, "enabled")
@@ -117,7 +117,8 @@ async def test_delete_is_refused_while_a_task_is_active_and_done_otherwise(clien
     r = await client.delete(device_url(pk))
     assert r.status_code == 200, r.text
     assert r.json() == {"product_key": pk, "device_name": DN, "deleted": True}
-    assert (await client.get(f"/api/v1/products/{pk}/devices")).json() == []
+    listed = (await client.get(f"/api/v1/products/{pk}/devices")).json()
+    assert listed == {"items": [], "next_after_id": None, "prev_before_id": None}
     assert_problem(await client.get(device_url(pk, tail="/credentials")), 404)
     assert_problem(await client.delete(device_url(pk)), 404)
 

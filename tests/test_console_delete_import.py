@@ -134,7 +134,8 @@ def test_devices_are_imported_from_a_csv_all_or_none(
     tmp_path: Path,
 ):
     def registered() -> list[str]:
-        return sorted(d["name"] for d in api.get(f"/api/v1/products/{PK}/devices").json())
+        listed = api.get(f"/api/v1/products/{PK}/devices").json()["items"]
+        return sorted(d["name"] for d in listed)
 
     def csv(name: str, text: str) -> Path:
         path = tmp_path / name

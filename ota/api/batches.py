@@ -9,7 +9,7 @@ from fastapi import Body, Query, Response
 
 from ota.api.batch_body import BatchCreate, body_options
 from ota.api.common import UNAVAILABLE, Ctx, api_router
-from ota.api.params import AfterId, BatchId, FirmwareId, FirmwareIdQuery
+from ota.api.params import AfterId, BatchId, BeforeId, FirmwareId, FirmwareIdQuery, Limit
 from ota.api.schemas import CancelBody
 from ota.api.views import batch_view, task_view
 from ota.context import Context
@@ -19,9 +19,9 @@ from ota.services import batch_signals
 from ota.services import batches as service
 from ota.services.batch_preview import preview_batch
 from ota.services.firmware import get_firmware
+from ota.services.paging import PAGE_DEFAULT
 
 router = api_router("batches")
-PAGE_MAX = 1000
 
 
 DryRun = Annotated[
@@ -81,10 +81,13 @@ def list_tasks(
     batch_id: BatchId,
     state: TaskState | None = None,
     reason: TaskReason | None = None,
-    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
+    limit: Limit = PAGE_DEFAULT,
     after_id: AfterId = 0,
+    before_id: BeforeId = None,
 ) -> dict[str, Any]:
-    return task_page(ctx, batch_id, state, reason, limit, after_id)
+    """Tasks in id order, `limit` at a time: the next page starts after `next_after_id` (None:
+    this is the last), the previous one ends before `prev_before_id` (None: this is the first)."""
+    return task_page(ctx, batch_id, state, reason, limit, after_id, before_id)
 
 
 def task_page(
@@ -92,15 +95,22 @@ def task_page(
     batch_id: str,
     state: str | None = None,
     reason: str | None = None,
-    limit: int = 100,
+    limit: int = PAGE_DEFAULT,
     after_id: int = 0,
+    before_id: int | None = None,
+    batch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One page of a batch's tasks with the seed's labels; the API and the console show this."""
-    batch = service.show_batch(ctx.engine, batch_id)
-    rows = service.list_tasks(ctx.engine, batch_id, state, limit, after_id, reason)
-    items = [task_view(ctx.settings, t, batch) for t in rows]
-    more = len(rows) == limit
-    return {"items": items, "next_after_id": rows[-1]["id"] if more else None}
+    """One page of a batch's tasks with the seed's labels; the API and the console show this.
+    `batch`: the batch when the caller has it already (its labels' scheduled time)."""
+    page = service.task_page(ctx.engine, batch_id, state, reason, limit, after_id, before_id)
+    if batch is None:
+        batch = service.show_batch(ctx.engine, batch_id, counts=False)
+    items = [task_view(ctx.settings, t, batch) for t in page.items]
+    return {
+        "items": items,
+        "next_after_id": page.next_after_id,
+        "prev_before_id": page.prev_before_id,
+    }
 
 
 @router.post(

@@ -39,6 +39,7 @@ PAGE = 50
 # the database driver.
 FirmwareId = Annotated[int, Path(ge=ID_MIN, le=ID_MAX)]
 AfterId = Annotated[int, Query(ge=0, le=ID_MAX)]
+BeforeId = Annotated[int | None, Query(ge=0, le=ID_MAX)]
 
 
 def _render(request: Request, name: str, **context: Any) -> Response:
@@ -81,17 +82,19 @@ def firmware_detail(request: Request, firmware_id: FirmwareId) -> Response:
 
 
 def _batch_context(
-    request: Request, batch_id: str, state: str, reason: str, after_id: int
+    request: Request, batch_id: str, state: str, reason: str, after_id: int, before_id: int | None
 ) -> dict[str, Any]:
     ctx = get_ctx(request)
     batch = batch_view(ctx.settings, batches.show_batch(ctx.engine, batch_id))
-    page = task_page(ctx, batch_id, state or None, reason or None, PAGE, after_id)
+    page = task_page(ctx, batch_id, state or None, reason or None, PAGE, after_id, before_id, batch)
     return {
         "batch": batch,
         "fw": firmware.firmware_public(firmware.get_firmware(ctx.engine, batch["firmware_id"])),
         "tasks": page["items"],
         "next_after_id": page["next_after_id"],
+        "prev_before_id": page["prev_before_id"],
         "after_id": after_id,
+        "before_id": before_id,
         "state": state,
         "reason": reason,
         "state_labels": STATE_LABELS,
@@ -112,54 +115,89 @@ def _filters(state: str, reason: str) -> tuple[str, str]:
 
 @router.get("/batches/{batch_id}")
 def batch_detail(
-    request: Request, batch_id: str, state: str = "", reason: str = "", after_id: AfterId = 0
+    request: Request,
+    batch_id: str,
+    state: str = "",
+    reason: str = "",
+    after_id: AfterId = 0,
+    before_id: BeforeId = None,
 ) -> Response:
     state, reason = _filters(state, reason)
-    context = _batch_context(request, batch_id, state, reason, after_id)
+    if after_id:
+        before_id = None  # both: a hand-made address; the next page wins
+    context = _batch_context(request, batch_id, state, reason, after_id, before_id)
     reasons = {r.value: REASON_LABELS[r] for r in TaskReason}
     return _render(request, "batch_detail.html", reasons=reasons, **context)
 
 
 @router.get("/batches/{batch_id}/live")
 def batch_live(
-    request: Request, batch_id: str, state: str = "", reason: str = "", after_id: AfterId = 0
+    request: Request,
+    batch_id: str,
+    state: str = "",
+    reason: str = "",
+    after_id: AfterId = 0,
+    before_id: BeforeId = None,
 ) -> Response:
     """The part of Batch Details that changes while the batch runs; the page polls it."""
     state, reason = _filters(state, reason)
-    context = _batch_context(request, batch_id, state, reason, after_id)
+    if after_id:
+        before_id = None  # both: a hand-made address; the next page wins
+    context = _batch_context(request, batch_id, state, reason, after_id, before_id)
     return _render(request, "_batch_live.html", **context)
 
 
 @router.get("/products")
 def product_list(request: Request) -> Response:
     ctx = get_ctx(request)
-    rows = []
-    for p in products.list_products(ctx.engine):
-        views = devices.list_devices(ctx.engine, p.product_key)
-        rows.append(
-            {
-                **products.product_public(p),
-                "devices": len(views),
-                "online": sum(v.online for v in views),
-            }
-        )
+    counts = devices.fleet_counts(ctx.engine)
+    rows = [
+        {**products.product_public(p), **counts.get(p.product_key, {"devices": 0, "online": 0})}
+        for p in products.list_products(ctx.engine)
+    ]
     return _render(request, "products.html", products=rows)
 
 
+DEVICE_STATUS = {"online": True, "offline": False}
+
+
 @router.get("/products/{product_key}/devices")
-def device_list(request: Request, product_key: str, version: str = "") -> Response:
+def device_list(
+    request: Request,
+    product_key: str,
+    version: str = "",
+    status: str = "",
+    after_id: AfterId = 0,
+    before_id: BeforeId = None,
+) -> Response:
+    """One page of the product's devices; the counts are the whole filter's."""
     ctx = get_ctx(request)
     product = products.product_public(products.get_product(ctx.engine, product_key))
-    views = devices.list_devices(ctx.engine, product_key)
-    modules = sorted({m for v in views for m in v.versions})
     versions = devices.device_versions(ctx.engine, product_key)
-    shown = [v for v in views if not version or version in v.versions.values()]
+    # Unknown values are dropped rather than failing a page someone bookmarked.
+    version = version if version in versions else ""
+    status = status if status in DEVICE_STATUS else ""
+    wanted = [version] if version else None
+    page = devices.device_page(
+        ctx.engine,
+        product_key,
+        versions=wanted,
+        online=DEVICE_STATUS.get(status),
+        limit=PAGE,
+        after_id=after_id,
+        before_id=None if after_id else before_id,  # both: a hand-made address
+    )
+    counts = devices.device_counts(ctx.engine, product_key, versions=wanted)
     return _render(
         request,
         "devices.html",
         product=product,
-        devices=shown,
-        modules=modules,
+        devices=page.items,
+        next_after_id=page.next_after_id,
+        prev_before_id=page.prev_before_id,
+        counts=counts,
+        modules=devices.product_modules(ctx.engine, product_key),
         versions=versions,
         version=version,
+        status=status,
     )

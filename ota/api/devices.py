@@ -8,11 +8,13 @@ import anyio.to_thread
 from fastapi import Query, Request
 
 from ota.api.common import UNAVAILABLE, Ctx, api_router
-from ota.api.params import DeviceName, ProductKey
+from ota.api.params import AfterId, BeforeId, DeviceName, Limit, ProductKey
 from ota.api.schemas import DeviceCreate, DeviceEnabled
+from ota.domain import DEFAULT_MODULE
 from ota.errors import InvalidInput, renamed
 from ota.services import device_identity as identity
 from ota.services import devices as service
+from ota.services.paging import PAGE_DEFAULT
 
 router = api_router("devices")
 
@@ -25,26 +27,39 @@ CSV_MAX = 16 * 1024 * 1024  # about 500,000 devices
 CSV_SCHEMA = {"type": "string", "minLength": 4}
 
 
-@router.get("/products/{product_key}/devices", summary="List devices, version per module")
+@router.get("/products/{product_key}/devices", summary="List devices, version per module: one page")
 def list_devices(
     ctx: Ctx,
     product_key: ProductKey,
-    module: str = "default",
+    module: str = DEFAULT_MODULE,
     version: Annotated[
         list[str] | None, Query(description="Only devices on these versions.")
     ] = None,
     online: bool | None = None,
-) -> list[dict[str, Any]]:
+    limit: Limit = PAGE_DEFAULT,
+    after_id: AfterId = 0,
+    before_id: BeforeId = None,
+) -> dict[str, Any]:
     """`version` (repeatable) picks devices whose `module` runs one of them: the devices the
-    Validate Firmware dialog offers once versions are chosen."""
-    wanted = set(version or ())
-    views = service.list_devices(ctx.engine, product_key)
-    return [
-        v.to_dict()
-        for v in views
-        if (not wanted or v.versions.get(module) in wanted)
-        and (online is None or v.online == online)
-    ]
+    Validate Firmware dialog offers once versions are chosen. Devices in registration order;
+    the next page starts after `next_after_id` (None: this is the last), the previous one ends
+    before `prev_before_id` (None: this is the first)."""
+    with renamed(FIELDS):
+        page = service.device_page(
+            ctx.engine,
+            product_key,
+            versions=version,
+            module=module,
+            online=online,
+            limit=limit,
+            after_id=after_id,
+            before_id=before_id,
+        )
+    return {
+        "items": [v.to_dict() for v in page.items],
+        "next_after_id": page.next_after_id,
+        "prev_before_id": page.prev_before_id,
+    }
 
 
 @router.post(

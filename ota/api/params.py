@@ -14,6 +14,7 @@ from fastapi import Path, Query
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from ota.domain import BATCH_ID_RE, DEVICE_NAME_RE, ID_MAX, ID_MIN, MODULE_RE, RESERVED_DEVICE_NAMES
+from ota.services.paging import PAGE_MAX
 from ota.services.products import PRODUCT_KEY_RE
 
 
@@ -33,6 +34,23 @@ FirmwareIdQuery = Annotated[
 ]
 AfterId = Annotated[
     int, Query(ge=0, le=ID_MAX, description="The previous page's next_after_id; 0: the first.")
+]
+BeforeId = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=ID_MAX,
+        description="The next page's prev_before_id: the page before it (not with after_id).",
+    ),
+]
+Limit = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=PAGE_MAX,
+        description=f"Rows in the page, at most {PAGE_MAX}: longer lists are read a page at a "
+        "time, following next_after_id.",
+    ),
 ]
 ProductKey = Annotated[
     str, Path(description="The product's ProductKey.", json_schema_extra=matching(PRODUCT_KEY_RE))

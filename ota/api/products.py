@@ -44,8 +44,6 @@ def product_versions(ctx: Ctx, product_key: ProductKey, module: ModuleQuery = No
     summary="Modules in use: those devices report and those firmware was added for",
 )
 def product_modules(ctx: Ctx, product_key: ProductKey) -> list[str]:
-    found = {DEFAULT_MODULE}
-    for device in devices.list_devices(ctx.engine, product_key):
-        found.update(device.versions)
+    found = {DEFAULT_MODULE, *devices.product_modules(ctx.engine, product_key)}
     found.update(fw.module for fw in firmware.list_firmware(ctx.engine, product_key))
     return sorted(found)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, text
 from sqlalchemy import true as sa_true
 from sqlmodel import Field, SQLModel
 
@@ -40,7 +40,12 @@ class DeviceBase(SQLModel):
 
 class Device(DeviceBase, table=True):
     __tablename__ = "devices"
-    __table_args__ = (UniqueConstraint("product_key", "name", name="uq_device_product_name"),)
+    __table_args__ = (
+        UniqueConstraint("product_key", "name", name="uq_device_product_name"),
+        # The device list, a page at a time (ota/services/paging.py): by id, and by online.
+        Index("ix_devices_product_id", "product_key", "id"),
+        Index("ix_devices_product_online_id", "product_key", "online", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     online: bool = False
@@ -56,7 +61,11 @@ class DeviceModule(SQLModel, table=True):
     """The version a device last reported for one of its modules."""
 
     __tablename__ = "device_modules"
-    __table_args__ = (Index("ix_device_modules_module_version", "module", "version"),)
+    __table_args__ = (
+        Index("ix_device_modules_module_version", "module", "version"),
+        # The device list's version filter, walked in id order from the page's cursor.
+        Index("ix_device_modules_version_device", "version", "device_id"),
+    )
 
     device_id: int = Field(foreign_key="devices.id", primary_key=True)
     module: str = Field(primary_key=True, max_length=64)
@@ -143,6 +152,16 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_device_state", "device_id", "state"),
         # The pacer's cursor: the next to_be_pushed tasks by id (and active ones to cancel).
         Index("ix_tasks_batch_state_id", "batch_id", "state", "id"),
+        # The task list, a page at a time: unfiltered, and by reason (only tasks that have one).
+        Index("ix_tasks_batch_id", "batch_id", "id"),
+        Index(
+            "ix_tasks_batch_reason_id",
+            "batch_id",
+            "reason",
+            "id",
+            postgresql_where=text("reason IS NOT NULL"),
+            sqlite_where=text("reason IS NOT NULL"),
+        ),
         # A device workflow names its task by id: a deleted batch's ids must not come back.
         {"sqlite_autoincrement": True},
     )

@@ -28,7 +28,6 @@ from ota.db.engine import session_scope
 from ota.db.models import Batch, BatchBase, Device, DeviceModule, Firmware, Task
 from ota.domain import (
     BATCH_ID_RE,
-    ID_MAX,
     OPEN_BATCH_STATES,
     BatchKind,
     BatchState,
@@ -43,6 +42,7 @@ from ota.domain import (
 )
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.firmware import firmware_by_id
+from ota.services.paging import PAGE_DEFAULT, Page, check_cursor, check_limit, keyset, page_of
 
 # Options a batch row does not keep as such: the policy is its kind, the devices are its tasks.
 # The seed's options have columns; the others are kept in Batch.options.
@@ -349,12 +349,14 @@ def batch_public(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
     return data
 
 
-def show_batch(engine: Engine, batch_id: str) -> dict[str, Any]:
+def show_batch(engine: Engine, batch_id: str, counts: bool = True) -> dict[str, Any]:
+    """The batch with its tasks counted by state; counts=False: without (a page of its tasks
+    needs only its labels' facts, and counting reads an index entry per task)."""
     with Session(engine) as session:
         batch = batch_by_id(session, batch_id)
         if batch is None:
             raise NotFound("batch", batch_id)
-        return batch_public(batch, batch_counts(session, batch_id))
+        return batch_public(batch, batch_counts(session, batch_id) if counts else {})
 
 
 def list_batches(
@@ -386,16 +388,30 @@ def list_tasks(
     after_id: int = 0,
     reason: str | None = None,
 ) -> list[dict[str, Any]]:
+    """One page of the batch's tasks, without where the next one starts (`task_page`)."""
+    return task_page(engine, batch_id, state, reason, limit, after_id).items
+
+
+def task_page(
+    engine: Engine,
+    batch_id: str,
+    state: str | None = None,
+    reason: str | None = None,
+    limit: int = PAGE_DEFAULT,
+    after_id: int = 0,
+    before_id: int | None = None,
+) -> Page[dict[str, Any]]:
+    """The batch's tasks in id order after `after_id`, each filter served by an index
+    (ota/db/models.py: by batch and id, by batch, state and id, by batch, reason and id)."""
     # Checked before the batch is looked up: a typo fails the same way for every batch.
     state = validate_choice(TaskState, state, "state")
     reason = validate_choice(TaskReason, reason, "reason")
+    check_limit(limit)
+    check_cursor(after_id, before_id)
     with Session(engine) as session:
         batch = batch_by_id(session, batch_id)
         if batch is None:
             raise NotFound("batch", batch_id)
-        if after_id >= ID_MAX:
-            return []  # no task comes after; the database must not see the number (ID_MAX)
-        after_id = max(after_id, 0)
         # The device's version of the task's module as it reports it now, beside the record.
         query = (
             select(Task, DeviceModule.version)
@@ -404,19 +420,21 @@ def list_tasks(
                 (col(DeviceModule.device_id) == col(Task.device_id))
                 & (col(DeviceModule.module) == col(Task.module)),
             )
-            .where(Task.batch_id == batch_id, col(Task.id) > after_id)
+            .where(Task.batch_id == batch_id)
         )
         if state:
             query = query.where(Task.state == state)
         if reason:
             query = query.where(Task.reason == reason)
-        rows = session.exec(query.order_by(col(Task.id)).limit(limit))
-        return [
+        rows = list(session.exec(keyset(query, col(Task.id), limit, after_id, before_id)))
+        page = page_of(rows, limit, lambda row: row[0].id or 0, after_id, before_id)
+        items = [
             {
                 **t.model_dump(mode="json"),
                 "label": task_label(t, batch),
                 "device_version": version,
                 "note": contradiction(t.state, t.target_version, version),
             }
-            for t, version in rows
+            for t, version in page.items
         ]
+        return Page(items, page.next_after_id, page.prev_before_id)

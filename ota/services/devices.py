@@ -7,9 +7,9 @@ import io
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, case, func, insert, literal, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -25,6 +25,7 @@ from ota.domain import (
 )
 from ota.errors import Conflict, InvalidInput
 from ota.identity.registry import Registered, register_secrets
+from ota.services.paging import PAGE_DEFAULT, Page, check_cursor, check_limit, keyset, page_of
 from ota.services.products import require_product, validate_product_key
 from ota.settings import Settings
 
@@ -211,45 +212,166 @@ def _insert(
 def list_devices(
     engine: Engine, product_key: str | None = None, names: list[str] | None = None
 ) -> list[DeviceView]:
+    """Every device of a product (or named ones): for a few, such as a registration's answer.
+    A list that may be the whole fleet is read a page at a time (`device_page`)."""
     with Session(engine) as session:
         if product_key is not None:
             require_product(session, product_key)
-        query = select(Device, DeviceModule).outerjoin(
-            DeviceModule, col(DeviceModule.device_id) == col(Device.id)
-        )
+        query = select(Device)
         if product_key is not None:
             query = query.where(Device.product_key == product_key)
         if names is not None:
             query = query.where(col(Device.name).in_(names))
-        query = query.order_by(Device.product_key, Device.name, DeviceModule.module)
-        views: dict[int, DeviceView] = {}
-        for device, module in session.exec(query):
-            assert device.id is not None  # a stored row
-            view = views.get(device.id)
-            if view is None:
-                view = views[device.id] = DeviceView(
-                    device.id,
-                    device.name,
-                    device.product_key,
-                    device.online,
-                    device.last_seen,
-                    enabled=device.enabled,
-                )
-            if module is not None:
-                view.versions[module.module] = module.version
+        rows = list(session.exec(query.order_by(Device.product_key, Device.name)))
+        return _views(session, rows)
+
+
+def device_page(
+    engine: Engine,
+    product_key: str | None = None,
+    *,
+    versions: list[str] | None = None,
+    module: str | None = None,
+    online: bool | None = None,
+    limit: int = PAGE_DEFAULT,
+    after_id: int = 0,
+    before_id: int | None = None,
+) -> Page[DeviceView]:
+    """One page of devices in id (registration) order, from an index however deep the page
+    (ota/services/paging.py).
+
+    `versions`: only devices that report one of them, for `module` (None: for any module).
+    `online`: only devices online (True) or not (False)."""
+    check_limit(limit)
+    check_cursor(after_id, before_id)
+    if product_key is not None:
+        validate_product_key(product_key, "product")
+    with Session(engine) as session:
+        if product_key is not None:
+            require_product(session, product_key)
+        query = _filtered(
+            select(Device), product_key, versions, module, online, after_id, before_id
+        )
+        rows = list(session.exec(keyset(query, col(Device.id), limit, after_id, before_id)))
+        page = page_of(rows, limit, lambda d: d.id or 0, after_id, before_id)
+        return Page(_views(session, page.items), page.next_after_id, page.prev_before_id)
+
+
+def device_counts(
+    engine: Engine,
+    product_key: str,
+    *,
+    versions: list[str] | None = None,
+    module: str | None = None,
+) -> dict[str, int]:
+    """How many devices the filter matches and how many of them are online: one index scan."""
+    with Session(engine) as session:
+        on = func.coalesce(func.sum(case((col(Device.online), 1), else_=0)), 0)
+        query = _filtered(select(func.count(), on), product_key, versions, module, None)
+        total, online = session.exec(query).one()
+        return {"devices": total, "online": online}
+
+
+def fleet_counts(engine: Engine) -> dict[str, dict[str, int]]:
+    """Devices and devices online per product: one GROUP BY, not every device read."""
+    with Session(engine) as session:
+        on = func.coalesce(func.sum(case((col(Device.online), 1), else_=0)), 0)
+        rows = session.exec(
+            select(Device.product_key, func.count(), on).group_by(col(Device.product_key))
+        )
+        return {pk: {"devices": n, "online": up} for pk, n, up in rows}
+
+
+def _filtered(
+    query: Any,
+    product_key: str | None,
+    versions: list[str] | None,
+    module: str | None,
+    online: bool | None,
+    after_id: int = 0,
+    before_id: int | None = None,
+) -> Any:
+    """The device filters, each one an index can answer (ota/db/models.py). The cursor goes
+    into the version filter too: the database does not carry it across the join itself, and
+    would walk that version's devices from the first."""
+    if product_key is not None:
+        query = query.where(Device.product_key == product_key)
+    if online is not None:
+        query = query.where(col(Device.online).is_(online))
+    if versions:
+        reported = select(DeviceModule.device_id).where(col(DeviceModule.version).in_(versions))
+        if module is not None:
+            reported = reported.where(DeviceModule.module == module)
+        if after_id:
+            reported = reported.where(col(DeviceModule.device_id) > after_id)
+        if before_id is not None:
+            reported = reported.where(col(DeviceModule.device_id) < before_id)
+        query = query.where(col(Device.id).in_(reported))
+    return query
+
+
+def _views(session: Session, rows: list[Device]) -> list[DeviceView]:
+    """The devices as views, with every module's version: one query for the whole page."""
+    views = {
+        d.id: DeviceView(d.id, d.name, d.product_key, d.online, d.last_seen, enabled=d.enabled)
+        for d in rows
+        if d.id is not None
+    }
+    if views:
+        modules = session.exec(
+            select(DeviceModule)
+            .where(col(DeviceModule.device_id).in_(list(views)))
+            .order_by(col(DeviceModule.module))
+        )
+        for m in modules:
+            views[m.device_id].versions[m.module] = m.version
     return list(views.values())
+
+
+def product_modules(engine: Engine, product_key: str) -> list[str]:
+    """The modules the product's devices report."""
+    with Session(engine) as session:
+        require_product(session, product_key)
+        return sorted({m for m, _ in _reported(session, product_key)})
 
 
 def device_versions(engine: Engine, product_key: str, module: str | None = None) -> list[str]:
     """The distinct versions devices of a product reported: the seed's drop-down list."""
     with Session(engine) as session:
         require_product(session, product_key)
-        query = (
-            select(DeviceModule.version)
-            .join(Device, col(Device.id) == col(DeviceModule.device_id))
-            .where(Device.product_key == product_key)
-            .distinct()
+        found = {v for m, v in _reported(session, product_key) if module is None or m == module}
+        return sorted(found, key=version_sort_key)
+
+
+def _reported(session: Session, product_key: str) -> list[tuple[str, str]]:
+    """The (module, version) pairs the product's devices report, without reading every device:
+    a DISTINCT would read the whole fleet's rows. Instead each pair any device reports is found
+    by one seek in the (module, version) index (a handful of pairs, a seek each), and kept when
+    one of this product's devices reports it (the first row found usually is)."""
+    pairs: list[tuple[str, str]] = []
+    key = tuple_(col(DeviceModule.module), col(DeviceModule.version))
+    after: tuple[str, str] | None = None
+    while True:
+        query = select(DeviceModule.module, DeviceModule.version)
+        if after is not None:
+            query = query.where(key > tuple_(literal(after[0]), literal(after[1])))
+        query = query.order_by(col(DeviceModule.module), col(DeviceModule.version)).limit(1)
+        row = session.exec(query).first()
+        if row is None:
+            return pairs
+        after = (row[0], row[1])
+        if _reports(session, product_key, *after):
+            pairs.append(after)
+
+
+def _reports(session: Session, product_key: str, module: str, version: str) -> bool:
+    query = (
+        select(DeviceModule.device_id)
+        .join(Device, col(Device.id) == col(DeviceModule.device_id))
+        .where(
+            Device.product_key == product_key,
+            DeviceModule.module == module,
+            DeviceModule.version == version,
         )
-        if module is not None:
-            query = query.where(DeviceModule.module == module)
-        return sorted(session.exec(query), key=version_sort_key)
+    )
+    return session.exec(query.limit(1)).first() is not None

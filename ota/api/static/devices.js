@@ -99,19 +99,21 @@ devui.markRow = function (name, enabled) {
   if (!row) return;
   row.dataset.enabled = enabled ? "yes" : "no";
   row.querySelector(".js-disabled").hidden = enabled;
-  if (!enabled) {
+  if (!enabled && row.dataset.online === "yes") {
     // The broker has dropped it: the registry records it offline at once.
     row.dataset.online = "no";
     row.querySelector(".js-status").innerHTML = '<span class="dot"></span> Offline';
+    devui.recount(0, -1);
   }
-  devui.recount();
 };
 
-devui.recount = function () {
-  const rows = [...document.querySelectorAll("#device-table tbody tr[data-device]")];
-  const online = rows.filter((r) => r.dataset.online === "yes").length;
-  document.getElementById("device-counts").textContent =
-    `${rows.length} devices, ${online} online`;
+// The counts are the whole list's (the page shows only part of it): the server's, moved by
+// what this page changed.
+devui.recount = function (devices, online) {
+  const counts = document.getElementById("device-counts");
+  counts.dataset.devices = Number(counts.dataset.devices) + devices;
+  counts.dataset.online = Number(counts.dataset.online) + online;
+  counts.textContent = `${counts.dataset.devices} devices, ${counts.dataset.online} online`;
 };
 
 devui.toggleEnabled = async function () {
@@ -198,8 +200,11 @@ devui.rotate = async function (form, name) {
 devui.remove = async function (form, name) {
   await ota.api("DELETE", devui.url(name));
   form.closest("dialog").close();
-  devui.row(name)?.remove();
-  devui.recount();
+  const row = devui.row(name);
+  if (row) {
+    row.remove();
+    devui.recount(-1, row.dataset.online === "yes" ? -1 : 0);
+  }
   ota.toast(`${name} deleted`);
 };
 

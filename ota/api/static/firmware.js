@@ -8,10 +8,13 @@ fwui.productUrl = (pk, tail) => `/api/v1/products/${encodeURIComponent(pk)}/${ta
 fwui.versions = (pk, module) =>
   ota.api("GET", fwui.productUrl(pk, `versions?module=${encodeURIComponent(module)}`));
 
-fwui.devices = function (pk, module, versions) {
-  const query = new URLSearchParams({ module });
+// The first devices only: a fleet can be 100,000, and a batch selects at most 100 by name.
+fwui.DEVICES_SHOWN = 200;
+
+fwui.devices = async function (pk, module, versions) {
+  const query = new URLSearchParams({ module, limit: fwui.DEVICES_SHOWN });
   versions.forEach((v) => query.append("version", v));
-  return ota.api("GET", fwui.productUrl(pk, `devices?${query}`));
+  return (await ota.api("GET", fwui.productUrl(pk, `devices?${query}`))).items;
 };
 
 fwui.deviceChoices = (devices) =>
