@@ -16,6 +16,8 @@ from ota.metrics import TASK_TIMEOUTS
 
 # `ota_task_timeouts` by kind: which of the device workflow's timeouts failed the task.
 TIMEOUT_KINDS: dict[str, str] = {TaskReason.TIMEOUT: "upgrade", TaskReason.NO_RESPONSE: "pickup"}
+for _kind in TIMEOUT_KINDS.values():  # served as 0 from the start: rate() and alerts need a series
+    TASK_TIMEOUTS.labels(kind=_kind)
 
 
 class TaskActivities:

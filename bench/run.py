@@ -22,6 +22,13 @@ from temporalio.client import Client
 
 from bench.accounts import bench_account
 from bench.baseline import run_baseline
+from bench.instrumentation import (
+    bump_seconds,
+    counter_bumps,
+    instrumentation_cost,
+    scrape_all,
+    scrape_cpu_seconds,
+)
 from bench.measure import (
     batch_run_lengths,
     device_histories,
@@ -74,6 +81,12 @@ async def run_size(
         await asyncio.to_thread(sync_broker, ctx.engine, ctx.settings)  # the services' users
         # MQTT 3.1.1, as aiomqtt's default gave the baseline before: its numbers stay comparable.
         mqtt = replace(await asyncio.to_thread(bench_account, ctx.settings), protocol=V311)
+        # Metrics on, as deployed: the figures below include what they cost (instrumentation).
+        metrics = {"worker": free_port(), "bridge": free_port()}
+        stack.env["OTA_WORKER_METRICS_PORT"] = str(metrics["worker"])
+        stack.env["OTA_BRIDGE_METRICS_PORT"] = str(metrics["bridge"])
+        metrics_urls = {n: f"http://127.0.0.1:{port}/metrics" for n, port in metrics.items()}
+        metrics_urls["api"] = f"http://127.0.0.1:{stack.env['OTA_HTTP_PORT']}/metrics"
         for name in ("worker", "bridge", "api"):
             stack.start(name, [sys.executable, "-m", "starter", name])
         pk = f"bench{uuid.uuid4().hex[:6]}"
@@ -101,11 +114,15 @@ async def run_size(
         }
 
         fw1 = _firmware(ctx, pk, "2.0.0")
+        texts_before = await asyncio.to_thread(scrape_all, metrics_urls)
         with _costs(stack, devices) as costs:
             if profiler:
                 profiler.start()
             result["unthrottled"] = await _batch(ctx, pk, fw1, "1.0.0", devices, None)
         result["unthrottled"].update(costs)
+        result["instrumentation"] = await asyncio.to_thread(
+            _instrumentation, stack, metrics_urls, texts_before, result["unthrottled"], devices
+        )
         rss["unthrottled"] = stack.rss_mb()
         if profiler:
             result["unthrottled"]["profile"] = profiler.stop()
@@ -170,6 +187,35 @@ def _costs(stack: BenchStack, devices: int) -> Iterator[dict[str, Any]]:
     costs["cpu_seconds"] = {
         name: round(cpu - cpu_before.get(name, 0.0), 1) for name, cpu in cpu_after.items()
     }
+
+
+def _instrumentation(
+    stack: BenchStack,
+    urls: dict[str, str],
+    texts_before: dict[str, str | None],
+    batch: dict[str, Any],
+    devices: int,
+) -> dict[str, Any]:
+    """What the metrics cost each device of the unthrottled batch (bench/instrumentation.py)."""
+    bumps = counter_bumps(scrape_all(urls)) - counter_bumps(texts_before)
+    stack_cpu = sum(cpu for name, cpu in batch["cpu_seconds"].items() if name != "bench")
+    cost = instrumentation_cost(
+        devices=devices,
+        seconds=batch["seconds"],
+        bumps=bumps,
+        per_bump=bump_seconds(),
+        per_scrape=scrape_cpu_seconds(urls, stack.cpu_seconds),
+        stack_cpu_seconds=stack_cpu,
+    )
+    log.info(
+        "instrumentation: %.2f counter bumps and %.3f ms of CPU per device, %.2f%% of the "
+        "stack's %.1f ms per device",
+        cost["counter_bumps_per_device"],
+        cost["bumps_ms_per_device"] + cost["scrapes_ms_per_device"],
+        cost["share_of_cpu_per_device"] * 100,
+        cost["stack_cpu_ms_per_device"],
+    )
+    return cost
 
 
 def _mean_baseline(runs: list[dict[str, Any]]) -> dict[str, Any]:

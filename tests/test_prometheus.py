@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.fixtures.net import free_port
 from tests.fixtures.prometheus import needs_prometheus, running_prometheus
@@ -18,8 +21,34 @@ from tests.test_e2e import start_fleet_batch, task_states, wait_for
 
 pytestmark = [pytest.mark.slow, needs_prometheus]
 
+DEPLOY = Path(__file__).parent.parent / "deploy"
+METRIC_NAME = re.compile(r"\b(?:ota|temporal)_[a-z_]+\b")
 DEVICES = 12
 FINAL = ("updated", "failed", "canceled")
+
+
+def dashboard_and_alert_queries() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "ota.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    queries += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    return queries
+
+
+def check_dashboards_and_alerts(prom) -> None:  # type: ignore[no-untyped-def]
+    """Every query of the dashboard and the alerts runs on the live stack's series, and every
+    metric they name is one the stack serves; every `ota_` metric served is documented."""
+    served = set(prom.values('count by (__name__) ({__name__=~"(ota|temporal)_.+"})', "__name__"))
+    for query in dashboard_and_alert_queries():
+        prom.query(query)  # raises on a query Prometheus refuses
+        named = set(METRIC_NAME.findall(query))
+        assert named <= served, f"{query!r} names metrics nobody serves: {named - served}"
+    documented = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    for name in sorted(n for n in served if n.startswith("ota_")):
+        family = re.sub(r"_(bucket|sum|count|created|total)$", "", name)
+        assert f"`{family}`" in documented or f"`{family}_total`" in documented, (
+            f"{name} is served but not in docs/metrics.md"
+        )
 
 
 def batch_show(stack: OtaProcesses, batch_id: str) -> dict:
@@ -59,6 +88,9 @@ async def test_prometheus_sees_what_batch_show_says(
             DEVICES,
             ["--install-seconds", "0.2", "--install-fail-rate", "0.4", "--seed", "7"],
             timeout_minutes=10,
+            # Never trips (40% fail): there so the stop-rule gauge exists, as the rate's does.
+            stop_at=90,
+            rate_per_minute=60,  # 12 s of pushes: the open batch outlives the 5 s cache
         )
         # While it runs, the API's gauge of active batches holds its tasks.
         await wait_for(
@@ -66,6 +98,7 @@ async def test_prometheus_sees_what_batch_show_says(
             30,
             "the running batch's tasks in Prometheus",
         )
+        check_dashboards_and_alerts(prom)
         await wait_for(
             lambda: sum(task_states(run.ctx.engine, run.batch_id)[s] for s in FINAL) == DEVICES,
             120,

@@ -37,6 +37,8 @@ class FleetFigures:
 
     batches: dict[tuple[str, str], int] = field(default_factory=dict)  # (state, kind) -> n
     open_batches: dict[str, str] = field(default_factory=dict)  # batch id -> product key
+    stop_at: dict[str, int] = field(default_factory=dict)  # batch id -> its stop rule's percent
+    rate: dict[str, int] = field(default_factory=dict)  # batch id -> its pushes a minute
     tasks: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (id, state, reason)
 
 
@@ -48,9 +50,16 @@ def read_fleet(engine: Engine) -> FleetFigures:
         )
         figures.batches = {(state, kind): n for state, kind, n in rows}
         open_rows = session.exec(
-            select(Batch.id, Batch.product_key).where(col(Batch.state).in_(_OPEN))
-        )
-        figures.open_batches = dict(open_rows.all())
+            select(Batch.id, Batch.product_key, Batch.options, Batch.rate_per_minute).where(
+                col(Batch.state).in_(_OPEN)
+            )
+        ).all()
+        figures.open_batches = {batch_id: product for batch_id, product, _, _ in open_rows}
+        for batch_id, _, options, rate in open_rows:
+            if (options or {}).get("stop_at") is not None:
+                figures.stop_at[batch_id] = int(options["stop_at"])
+            if rate:
+                figures.rate[batch_id] = rate
         if figures.open_batches:
             # What `ota batch show` counts (services.batches.batch_counts), for every open batch
             # at once; the reason too, which the tasks' (batch_id, state) index already narrows.
@@ -142,3 +151,21 @@ def fleet_families(figures: FleetFigures) -> Iterator[Metric]:
             tasks.add_metric([batch_id, product, task_state], n)
     yield tasks
     yield reasons
+    stop = GaugeMetricFamily(
+        "ota_batch_stop_at_percent",
+        "The stop rule of each open batch that has one: the failure rate (percent of executed "
+        "devices) at which it stops pushing; what deploy/prometheus/alerts.yml compares with.",
+        labels=["batch_id"],
+    )
+    for batch_id, percent in sorted(figures.stop_at.items()):
+        stop.add_metric([batch_id], percent)
+    yield stop
+    rate = GaugeMetricFamily(
+        "ota_batch_rate_per_minute",
+        "The push rate each open batch was given (devices a minute), for batches that have one: "
+        "what the pushes' rate is drawn against on the dashboard.",
+        labels=["batch_id"],
+    )
+    for batch_id, per_minute in sorted(figures.rate.items()):
+        rate.add_metric([batch_id], per_minute)
+    yield rate
