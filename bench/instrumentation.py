@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.scrape import scrape
+from ota.api.download import CHUNK
 
 SCRAPE_INTERVAL_SECONDS = 15  # Prometheus' default, and docs/deploy.md's
 SCRAPES_TIMED = 20
@@ -35,8 +36,20 @@ def counter_bumps(texts: Mapping[str, str | None]) -> float:
                 continue
             if family.name.startswith("ota_bridge_"):
                 continue
-            total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+            value = sum(s.value for s in family.samples if s.name.endswith("_total"))
+            if family.name == "ota_download_bytes":
+                # Bytes are counted a chunk at a time: a bump per CHUNK, and one for each
+                # download's last part (a bump per request: ota_download_requests again).
+                value /= CHUNK
+                value += sum(_samples(text, "ota_download_requests_total"))
+            total += value
     return total
+
+
+def _samples(text: str, name: str) -> list[float]:
+    return [
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name
+    ]
 
 
 def scrape_all(urls: Mapping[str, str]) -> dict[str, str | None]:

@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -89,6 +90,9 @@ async def run_size(
         metrics_urls["api"] = f"http://127.0.0.1:{stack.env['OTA_HTTP_PORT']}/metrics"
         for name in ("worker", "bridge", "api"):
             stack.start(name, [sys.executable, "-m", "starter", name])
+        # Devices report their version once, on connecting: the bridge must be subscribed first.
+        ready = f"http://127.0.0.1:{metrics['bridge']}/readyz"
+        await _until(lambda: _answers_ok(ready), 60, "bridge ready")
         pk = f"bench{uuid.uuid4().hex[:6]}"
         register_seconds = await asyncio.to_thread(_register, ctx, pk, devices)
         processes = max(1, -(-devices // DEVICES_PER_SIM_PROCESS))
@@ -334,6 +338,14 @@ def _device_names(ctx: Context, pk: str) -> list[str]:
 
     with Session(ctx.engine) as s:
         return list(s.exec(select(Device.name).where(Device.product_key == pk)))
+
+
+def _answers_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, or 503 (HTTPError is an OSError)
+        return False
 
 
 async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

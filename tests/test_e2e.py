@@ -87,6 +87,8 @@ async def start_fleet(stack: OtaProcesses, product_key: str, devices: int, *extr
     """Register the product and `devices` simulated devices on 1.0.0, and wait for their reports."""
     ctx = stack.context()
     add_product(ctx.engine, product_key, "E2E product")
+    if stack.alive("bridge"):  # devices report their version once, on connecting
+        await asyncio.to_thread(stack.wait_ready, "bridge")
     stack.start(
         "sim",
         "simulate",

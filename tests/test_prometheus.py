@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.net import free_port
 from tests.fixtures.prometheus import needs_prometheus, running_prometheus
 from tests.fixtures.stack import OtaProcesses
 from tests.test_e2e import start_fleet_batch, task_states, wait_for
@@ -67,9 +66,8 @@ async def test_prometheus_sees_what_batch_show_says(
     ota_processes: OtaProcesses, mqtt_url, tmp_path
 ):
     stack = ota_processes
-    worker_port, bridge_port = free_port(), free_port()
-    stack.env["OTA_WORKER_METRICS_PORT"] = str(worker_port)
-    stack.env["OTA_BRIDGE_METRICS_PORT"] = str(bridge_port)
+    worker_port = stack.env["OTA_WORKER_METRICS_PORT"]
+    bridge_port = stack.env["OTA_BRIDGE_METRICS_PORT"]
     for name in ("worker", "bridge", "api"):
         stack.start(name)
     jobs = {
