@@ -151,6 +151,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "baseline_cpu_ms_per_device": _per_device_ms(
             last["baselines"][0]["cpu_seconds"], last["devices"]
         ),
+        # With metrics on (worker, bridge and API serving /metrics): what they cost a device.
+        "instrumentation": last.get("instrumentation"),
         "profile": un.get("profile"),
         "runs": runs,
     }
@@ -197,6 +199,11 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{'CPU seconds ' + name:42} {seconds}")
     for key in ("cpu_ms_per_device", "baseline_cpu_ms_per_device"):
         print(f"{key:42} {report[key]}")
+    if cost := report.get("instrumentation"):
+        print(f"{'metrics: counter bumps per device':42} {cost['counter_bumps_per_device']}")
+        ms = cost["bumps_ms_per_device"] + cost["scrapes_ms_per_device"]
+        share = cost["share_of_cpu_per_device"]
+        print(f"{'metrics: CPU ms per device (share)':42} {ms:.3f} ({share:.2%})")
     for name, prof in (report.get("profile") or {}).items():
         print(f"\nprofile of {name}: CPU seconds by thread {prof['thread_cpu_seconds']}")
         for function, share in prof.get("functions", {}).items():
