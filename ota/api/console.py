@@ -84,6 +84,9 @@ def firmware_detail(request: Request, firmware_id: FirmwareId) -> Response:
 def _batch_context(
     request: Request, batch_id: str, state: str, reason: str, after_id: int, before_id: int | None
 ) -> dict[str, Any]:
+    state, reason = _filters(state, reason)
+    if after_id:
+        before_id = None  # both: a hand-made address; the next page wins
     ctx = get_ctx(request)
     batch = batch_view(ctx.settings, batches.show_batch(ctx.engine, batch_id))
     page = task_page(ctx, batch_id, state or None, reason or None, PAGE, after_id, before_id, batch)
@@ -122,9 +125,6 @@ def batch_detail(
     after_id: AfterId = 0,
     before_id: BeforeId = None,
 ) -> Response:
-    state, reason = _filters(state, reason)
-    if after_id:
-        before_id = None  # both: a hand-made address; the next page wins
     context = _batch_context(request, batch_id, state, reason, after_id, before_id)
     reasons = {r.value: REASON_LABELS[r] for r in TaskReason}
     return _render(request, "batch_detail.html", reasons=reasons, **context)
@@ -140,9 +140,6 @@ def batch_live(
     before_id: BeforeId = None,
 ) -> Response:
     """The part of Batch Details that changes while the batch runs; the page polls it."""
-    state, reason = _filters(state, reason)
-    if after_id:
-        before_id = None  # both: a hand-made address; the next page wins
     context = _batch_context(request, batch_id, state, reason, after_id, before_id)
     return _render(request, "_batch_live.html", **context)
 
