@@ -97,6 +97,10 @@ async def test_prometheus_sees_what_batch_show_says(
             "the running batch's tasks in Prometheus",
         )
         check_dashboards_and_alerts(prom)
+        # The batch's own stop rule and rate, which the alert and the dashboard compare with.
+        of_batch = f'{{batch_id="{run.batch_id}"}}'
+        assert prom.values(f"max(ota_batch_stop_at_percent{of_batch})", "") == {"": 90.0}
+        assert prom.values(f"max(ota_batch_rate_per_minute{of_batch})", "") == {"": 60.0}
         await wait_for(
             lambda: sum(task_states(run.ctx.engine, run.batch_id)[s] for s in FINAL) == DEVICES,
             120,

@@ -151,21 +151,22 @@ def fleet_families(figures: FleetFigures) -> Iterator[Metric]:
             tasks.add_metric([batch_id, product, task_state], n)
     yield tasks
     yield reasons
-    stop = GaugeMetricFamily(
+    yield _per_batch(
         "ota_batch_stop_at_percent",
         "The stop rule of each open batch that has one: the failure rate (percent of executed "
         "devices) at which it stops pushing; what deploy/prometheus/alerts.yml compares with.",
-        labels=["batch_id"],
+        figures.stop_at,
     )
-    for batch_id, percent in sorted(figures.stop_at.items()):
-        stop.add_metric([batch_id], percent)
-    yield stop
-    rate = GaugeMetricFamily(
+    yield _per_batch(
         "ota_batch_rate_per_minute",
         "The push rate each open batch was given (devices a minute), for batches that have one: "
         "what the pushes' rate is drawn against on the dashboard.",
-        labels=["batch_id"],
+        figures.rate,
     )
-    for batch_id, per_minute in sorted(figures.rate.items()):
-        rate.add_metric([batch_id], per_minute)
-    yield rate
+
+
+def _per_batch(name: str, help_text: str, values: dict[str, int]) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(name, help_text, labels=["batch_id"])
+    for batch_id, value in sorted(values.items()):
+        gauge.add_metric([batch_id], value)
+    return gauge
