@@ -41,7 +41,9 @@ def ops_app(
     checks: Sequence[tuple[str, CheckFn]], registry: CollectorRegistry = REGISTRY
 ) -> Starlette:
     async def metrics(request: Request) -> Response:
-        return metrics_response(registry)
+        # Off the event loop: the worker's collector fetches the Temporal SDK's metrics over
+        # HTTP (up to 1 s when it hangs), and the worker's pushes share this loop.
+        return await asyncio.to_thread(metrics_response, registry)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"alive": True})
