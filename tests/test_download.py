@@ -264,8 +264,9 @@ def test_the_access_log_keeps_no_signature_or_token(tmp_path, monkeypatch):
     access = Records()
     secret_query = "pk=p1&dn=d1&expires=9999999999&sig=0badc0ffee&token=hunter2"
 
-    def run(app, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))  # configures logging
+    def run(app, host: str, port: int, log_config) -> None:  # type: ignore[no-untyped-def]
+        # uvicorn's Config configures logging: as `ota api` asks it to (text: uvicorn's own).
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=log_config))
         logging.getLogger("uvicorn.access").addHandler(access)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
