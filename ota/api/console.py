@@ -85,8 +85,7 @@ def _batch_context(
     request: Request, batch_id: str, state: str, reason: str, after_id: int, before_id: int | None
 ) -> dict[str, Any]:
     state, reason = _filters(state, reason)
-    if after_id:
-        before_id = None  # both: a hand-made address; the next page wins
+    before_id = _before(after_id, before_id)
     ctx = get_ctx(request)
     batch = batch_view(ctx.settings, batches.show_batch(ctx.engine, batch_id))
     page = task_page(ctx, batch_id, state or None, reason or None, PAGE, after_id, before_id, batch)
@@ -107,6 +106,11 @@ def _batch_context(
         "retry": retry_text(batch["retry_interval_minutes"], batch["max_retries"]),
         "now": datetime.now(UTC),
     }
+
+
+def _before(after_id: int, before_id: int | None) -> int | None:
+    """A page's cursor: an address with both is hand-made, and the next page wins."""
+    return None if after_id else before_id
 
 
 def _filters(state: str, reason: str) -> tuple[str, str]:
@@ -182,7 +186,7 @@ def device_list(
         online=DEVICE_STATUS.get(status),
         limit=PAGE,
         after_id=after_id,
-        before_id=None if after_id else before_id,  # both: a hand-made address
+        before_id=_before(after_id, before_id),
     )
     counts = devices.device_counts(ctx.engine, product_key, versions=wanted)
     return _render(
