@@ -29,7 +29,7 @@ ACCESS = {SEND: "publish", SUBSCRIBE: "subscribe"}
 
 def OtaAuth(endpoint: MqttEndpoint, timeout: float = 30.0) -> ControlClient:  # noqa: N802
     """An admin connection to the plugin's control topic."""
-    return ControlClient(endpoint, REQUEST_TOPIC, timeout, HINT)
+    return ControlClient(endpoint, REQUEST_TOPIC, timeout, HINT, defer_saves=True)
 
 
 def service_rules(account: Account) -> list[dict[str, str]]:

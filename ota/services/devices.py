@@ -9,12 +9,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, case, func, insert, literal, tuple_
+from sqlalchemy import Engine, case, func, literal, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from ota.db.bulk import insert_with_ids, write_rows
 from ota.db.engine import session_scope
-from ota.db.models import Device, DeviceModule, Product
+from ota.db.models import Device, DeviceModule, Product, utcnow
 from ota.domain import (
     DEFAULT_MODULE,
     DEVICE_NAME_RE,
@@ -32,6 +33,8 @@ from ota.settings import Settings
 log = logging.getLogger(__name__)
 
 CSV_HEADER = ("name", "version", "module")
+DEVICE_COLUMNS = ("product_key", "name", "secret_enc", "online", "enabled", "created_at")
+MODULE_COLUMNS = ("device_id", "module", "version", "reported_at")
 
 
 @dataclass
@@ -190,22 +193,25 @@ def register_fleet(
 def _insert(
     session: Session, settings: Settings, product_key: str, rows: list[_NewDevice]
 ) -> Registered:
-    """Bulk insert: one statement for the devices, one for their reported versions."""
+    """Bulk insert (COPY on PostgreSQL): the devices, then their reported versions."""
     registered = register_secrets(settings, product_key, [r.name for r in rows])
-    ids = session.scalars(
-        insert(Device).returning(col(Device.id), sort_by_parameter_order=True),
-        [
-            {"product_key": product_key, "name": r.name, "secret_enc": registered.stored[r.name]}
-            for r in rows
-        ],
-    ).all()
-    modules = [
-        {"device_id": device_id, "module": r.module, "version": r.version}
-        for device_id, r in zip(ids, rows, strict=True)
-        if r.version
-    ]
-    if modules:
-        session.execute(insert(DeviceModule), modules)
+    now = utcnow()
+    ids = insert_with_ids(
+        session,
+        Device.__table__,  # type: ignore[attr-defined]
+        DEVICE_COLUMNS,
+        [(product_key, r.name, registered.stored[r.name], False, True, now) for r in rows],
+    )
+    write_rows(
+        session,
+        DeviceModule.__table__,  # type: ignore[attr-defined]
+        MODULE_COLUMNS,
+        (
+            (device_id, r.module, r.version, now)
+            for device_id, r in zip(ids, rows, strict=True)
+            if r.version
+        ),
+    )
     return registered
 
 
