@@ -18,6 +18,7 @@ import pytest
 
 from ota import protocol
 from ota.context import Context
+from ota.identity import control
 from ota.identity.accounts import ServiceRole, service_endpoint
 from ota.identity.broker_setup import USERS_FILE
 from ota.identity.control import check
@@ -242,3 +243,45 @@ async def test_users_survive_a_restart_in_a_file_only_the_broker_reads(ctx, secu
     secure_broker.kill()  # no orderly shutdown: the file was saved when the user was set
     secure_broker.start()
     assert await connects(secure_broker.url, f"{dn}&{pk}", password, client_id)
+
+
+async def test_a_sync_saves_the_users_file_once_not_once_a_message(ctx, secure_broker, monkeypatch):
+    """Each save writes the whole table: saved once a message, 100,000 devices' users in 100
+    messages wrote 650 MB (bench/scale.py). A message that says deferSave is live at once and
+    saved with the next message that does not say it: a sync's last."""
+    settings = Settings(**secure_broker.settings())  # type: ignore[arg-type]
+    users_file = secure_broker.home / "mosquitto" / USERS_FILE
+    pk = new_key()
+    secret = "d" * 32
+    set_a = {"command": "setDevice", "username": f"defer1&{pk}", "secret": secret, "tag": "t"}
+    client_id, password = signed(secret, pk, "defer1", f"{pk}.defer1")
+    async with _admin(settings) as admin:
+        [response] = await _ask(
+            admin, json.dumps({"commands": [set_a], "deferSave": True}).encode()
+        )
+        assert "error" not in response
+        assert await connects(secure_broker.url, f"defer1&{pk}", password, client_id)
+        assert f"defer1&{pk}" not in users_file.read_text()  # live, not saved yet
+        assert await _ask(admin, b'{"commands": []}') == []  # a message that does not defer
+        assert f"defer1&{pk}" in users_file.read_text()
+
+    # A registration whose users take several messages: all but the last defer.
+    monkeypatch.setattr(control, "MESSAGE_BYTES", 600)  # three devices a message, about
+    sent: list[bool] = []  # for each message of setDevice commands: did it defer?
+    send = control.ControlClient._send
+
+    async def spy(self, commands, defer=False):  # type: ignore[no-untyped-def]
+        if '"setDevice"' in commands[0]:
+            sent.append(defer)
+        return await send(self, commands, defer)
+
+    monkeypatch.setattr(control.ControlClient, "_send", spy)
+    add_product(ctx.engine, pk, "deferSave test")
+    names = [f"dev{i:03d}" for i in range(12)]
+    registered = devices.import_devices(ctx.engine, ctx.settings, pk, "\n".join(names))
+    assert registered.broker == "synced"
+    assert len(sent) > 2 and sent == [True] * (len(sent) - 1) + [False]
+    saved = json.loads(users_file.read_text())
+    assert {f"{n}&{pk}" for n in names} <= {u["username"] for u in saved["users"]}
+    client_id, password = signed(registered.secrets["dev011"], pk, "dev011", f"{pk}.dev011")
+    assert await connects(secure_broker.url, f"dev011&{pk}", password, client_id)
