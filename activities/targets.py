@@ -6,16 +6,30 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
+from ota.db.bulk import write_rows
 from ota.db.engine import after_commit
 from ota.db.models import Batch, Device, DeviceModule, Task, utcnow
 from ota.domain import ACTIVE_TASK_STATES, BatchState, TaskReason, TaskState
 from ota.metrics import TASK_TRANSITIONS
 from ota.services.targets import Candidate, device_query, dynamic_filter, newer_dynamic_sources
 
-INSERT_CHUNK = 2000
+TASK_COLUMNS = (
+    "batch_id",
+    "device_id",
+    "product_key",
+    "device_name",
+    "module",
+    "from_version",
+    "target_version",
+    "state",
+    "reason",
+    "attempts",
+    "started",
+    "updated_at",
+)
 KNOWN_REASONS = frozenset(TaskReason)
 
 
@@ -63,30 +77,32 @@ def waiting_reason(batch: Batch) -> str | None:
 def insert_tasks(
     session: Session, batch: Batch, targets: Iterable[Candidate], now: datetime | None = None
 ) -> int:
-    """Bulk insert to_be_pushed tasks; 100,000 rows go in chunks, not one ORM object each."""
+    """Bulk insert to_be_pushed tasks (COPY on PostgreSQL, ota/db/bulk.py): 100,000 rows made
+    one at a time as they are written, never a list of them all."""
     now = now or utcnow()
     reason = waiting_reason(batch)
-    rows = [
-        {
-            "batch_id": batch.id,
-            "device_id": c.device_id,
-            "product_key": batch.product_key,
-            "device_name": c.name,
-            "module": batch.module,
-            "from_version": c.version,
-            "target_version": batch.target_version,
-            "state": TaskState.TO_BE_PUSHED,
-            "reason": reason,
-            "attempts": 0,
-            "started": False,
-            "updated_at": now,
-        }
+    # Plain strings: COPY would write an enum member by its name, not its value.
+    state, reason_text = str(TaskState.TO_BE_PUSHED), None if reason is None else str(reason)
+    rows = (
+        (
+            batch.id,
+            c.device_id,
+            batch.product_key,
+            c.name,
+            batch.module,
+            c.version,
+            batch.target_version,
+            state,
+            reason_text,
+            0,
+            False,
+            now,
+        )
         for c in targets
-    ]
-    for i in range(0, len(rows), INSERT_CHUNK):
-        session.exec(insert(Task), params=rows[i : i + INSERT_CHUNK])  # type: ignore[call-overload]
-    count_transitions(session, TaskState.TO_BE_PUSHED, reason, len(rows))
-    return len(rows)
+    )
+    written = write_rows(session, Task.__table__, TASK_COLUMNS, rows)  # type: ignore[attr-defined]
+    count_transitions(session, TaskState.TO_BE_PUSHED, reason, written)
+    return written
 
 
 def finish_tasks(session: Session, ids: Sequence[int], state: TaskState, reason: str | None) -> int:
