@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from ota.errors import OtaError
 from ota.identity.accounts import device_account
 from ota.identity.control import ControlError
-from ota.identity.credentials import encrypt_secret, new_device_secret
+from ota.identity.secret_pool import Made, make_secrets, make_secrets_on_cores
 from ota.identity.sync import sync_accounts
 from ota.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SYNCED, OFF = "synced", "off"
+# A registration this large has its secrets made in a process per core: below it, starting the
+# processes costs more than it saves.
+POOL_FROM = 10_000
 
 
 @dataclass
@@ -50,8 +54,18 @@ class Registered:
 def register_secrets(settings: Settings, product_key: str, names: list[str]) -> Registered:
     key_secret = settings.resolved_key_encryption_secret
     registered = Registered(product_key)
-    for name in names:
-        secret = new_device_secret()
+    for name, secret, stored in _made(key_secret, product_key, names):
         registered.secrets[name] = secret
-        registered.stored[name] = encrypt_secret(secret, key_secret, product_key, name)
+        registered.stored[name] = stored
     return registered
+
+
+def _made(key_secret: bytes, product_key: str, names: list[str]) -> list[Made]:
+    """Large registrations use every core (ota/identity/secret_pool.py)."""
+    if len(names) < POOL_FROM or (os.cpu_count() or 1) < 2:
+        return make_secrets(key_secret, product_key, names)
+    try:
+        return make_secrets_on_cores(key_secret, product_key, names)
+    except (OSError, RuntimeError) as exc:  # no helper process: one core does it all
+        log.warning("making secrets on one core: %s", exc)
+        return make_secrets(key_secret, product_key, names)
