@@ -17,6 +17,7 @@ from activities.targets import (
     count_transitions,
     drop_superseded,
     finish_tasks,
+    insert_matching_tasks,
     insert_tasks,
     new_dynamic_targets,
     throttled,
@@ -53,7 +54,7 @@ from ota.services.batches import (
     check_one_dynamic,
     resolve_batch,
 )
-from ota.services.targets import select_targets
+from ota.services.targets import every_match, select_targets, skipped_count
 
 CANCEL_PAGE = 200
 # What holds a batch's unpushed tasks back until the pacer lets go: they are pushed at its pace
@@ -90,9 +91,13 @@ class BatchActivities:
                     check_one_dynamic(session, batch)
                     session.add(batch)
                     session.flush()
-                if batch.prepared_at is None:
+                if batch.prepared_at is None and every_match(batch):
+                    batch.skipped = skipped_count(session, batch, inp.device_names)
+                    batch.total = insert_matching_tasks(session, batch, inp.device_names)
+                elif batch.prepared_at is None:
                     targets, batch.skipped = select_targets(session, batch, inp.device_names)
                     batch.total = insert_tasks(session, batch, targets)
+                if batch.prepared_at is None:
                     batch.prepared_at = utcnow()
                     activity.logger.info(
                         "batch %s: %d tasks, %d skipped", batch.id, batch.total, batch.skipped

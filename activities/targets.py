@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, update
+from sqlalchemy import String, delete, func, insert, literal, update
 from sqlmodel import Session, col, select
 
 from ota.db.bulk import write_rows
@@ -14,7 +14,13 @@ from ota.db.engine import after_commit
 from ota.db.models import Batch, Device, DeviceModule, Task, utcnow
 from ota.domain import ACTIVE_TASK_STATES, BatchState, TaskReason, TaskState
 from ota.metrics import TASK_TRANSITIONS
-from ota.services.targets import Candidate, device_query, dynamic_filter, newer_dynamic_sources
+from ota.services.targets import (
+    Candidate,
+    device_query,
+    dynamic_filter,
+    newer_dynamic_sources,
+    source_query,
+)
 
 TASK_COLUMNS = (
     "batch_id",
@@ -101,6 +107,35 @@ def insert_tasks(
         for c in targets
     )
     written = write_rows(session, Task.__table__, TASK_COLUMNS, rows)  # type: ignore[attr-defined]
+    count_transitions(session, TaskState.TO_BE_PUSHED, reason, written)
+    return written
+
+
+def insert_matching_tasks(
+    session: Session, batch: Batch, names: Sequence[str] = (), now: datetime | None = None
+) -> int:
+    """insert_tasks for a batch that targets every device its rules match (`every_match`): one
+    INSERT ... SELECT, so 100,000 tasks never pass through the worker (its memory stays flat)."""
+    now = now or utcnow()
+    reason = waiting_reason(batch)
+    matched = source_query(batch, names).subquery()
+    rows = select(
+        literal(batch.id),
+        matched.c.id,
+        literal(batch.product_key),
+        matched.c.name,
+        literal(batch.module),
+        matched.c.version,
+        literal(batch.target_version),
+        literal(str(TaskState.TO_BE_PUSHED)),
+        literal(None if reason is None else str(reason), String),
+        literal(0),
+        literal(False),
+        literal(now, Task.__table__.c.updated_at.type),  # type: ignore[attr-defined]
+    ).order_by(matched.c.id)  # task ids in device order, as the pacer pushes them
+    session.exec(insert(Task).from_select(TASK_COLUMNS, rows))  # type: ignore[call-overload]
+    # Counted: a driver may not say how many rows an INSERT ... SELECT wrote (rowcount -1).
+    written: int = session.exec(select(func.count()).where(Task.batch_id == batch.id)).one()
     count_transitions(session, TaskState.TO_BE_PUSHED, reason, written)
     return written
 

@@ -44,22 +44,35 @@ def matching_targets(
     session: Session, batch: Batch, names: Sequence[str] = ()
 ) -> tuple[list[Candidate], int]:
     """select_targets before a phased batch's sample: every device its rules match."""
-    skipped = session.exec(
-        select(func.count()).select_from(
-            device_query(batch, names)
-            .where(DeviceModule.version == batch.target_version)
-            .subquery()
-        )
-    ).one()
-    query = device_query(batch, names)
-    if batch.src_versions:
-        query = query.where(col(DeviceModule.version).in_(batch.src_versions))
-    else:  # selected devices of a full firmware: whatever they run
-        query = query.where(DeviceModule.version != batch.target_version)
+    skipped = skipped_count(session, batch, names)
+    query = source_query(batch, names)
     found = [Candidate(*row) for row in session.exec(query.order_by(col(Device.id)))]
     if batch.kind == BatchKind.DYNAMIC:
         found = dynamic_filter(session, batch, found)
     return found, skipped
+
+
+def skipped_count(session: Session, batch: Batch, names: Sequence[str] = ()) -> int:
+    """Devices of the batch's product (or named ones) that already run its target version."""
+    already = device_query(batch, names).where(DeviceModule.version == batch.target_version)
+    count: int = session.exec(select(func.count()).select_from(already.subquery())).one()
+    return count
+
+
+def source_query(batch: Batch, names: Sequence[str] = ()) -> Any:
+    """(id, name, version) of the devices the batch's rules match, before a dynamic batch's
+    filter and a phased batch's sample."""
+    query = device_query(batch, names)
+    if batch.src_versions:
+        return query.where(col(DeviceModule.version).in_(batch.src_versions))
+    # Selected devices of a full firmware: whatever they run.
+    return query.where(DeviceModule.version != batch.target_version)
+
+
+def every_match(batch: Batch) -> bool:
+    """Whether the batch targets every device its rules match: neither a phased batch's sample
+    nor a dynamic batch's filter, so its tasks can be made by the database alone."""
+    return batch.target != Target.PHASED and batch.kind != BatchKind.DYNAMIC
 
 
 def phased_sample(batch: Batch, found: list[Candidate]) -> list[Candidate]:
