@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlmodel import Session, select
+from temporalio.testing import ActivityEnvironment
 
+from activities.batches import BatchActivities
 from activities.targets import insert_tasks
+from ota.contracts import BatchInput
 from ota.db.bulk import insert_with_ids, write_rows
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Device, DeviceModule, Product, Task, utcnow
@@ -67,3 +71,33 @@ def test_tasks_are_written_with_their_states_values(engine):
         [task] = session.exec(select(Task))
         assert (task.state, task.reason) == ("to_be_pushed", TaskReason.SCHEDULED.value)
         assert (task.device_name, task.from_version, task.started) == (name, "1.0.0", False)
+
+
+def test_a_batch_of_every_matching_device_is_prepared_by_the_database(engine, monkeypatch):
+    """100,000 targets never pass through the worker: a static batch's tasks are one INSERT ...
+    SELECT, in device order (the order the pacer pushes); only a phased batch's sample (and a
+    dynamic batch's filter) reads its devices into the worker."""
+    from activities import batches as batch_activities
+
+    def through_the_worker(*args, **kwargs):  # the path that reads every target
+        raise AssertionError("a static batch's targets were read into the worker")
+
+    monkeypatch.setattr(batch_activities, "insert_tasks", through_the_worker)
+    pk, names = make_fleet(engine, 30)
+    make_fleet(engine, 3, version="2.0.0", product_key=pk, prefix="done")
+    fw = make_firmware(engine, pk)
+    acts = BatchActivities(engine, None)  # type: ignore[arg-type]
+    env = ActivityEnvironment()
+    result = env.run(acts.prepare_batch, BatchInput("s1", fw, src_versions=["1.0.0"]))
+    assert (result.total, result.skipped) == (30, 3)
+    assert env.run(acts.prepare_batch, BatchInput("s1", fw, src_versions=["1.0.0"])).total == 30
+    with Session(engine) as session:
+        tasks = list(session.exec(select(Task).where(Task.batch_id == "s1").order_by(Task.id)))
+        device_ids = [t.device_id for t in tasks]
+        assert device_ids == sorted(device_ids) and [t.device_name for t in tasks] == names
+        assert {(t.state, t.reason, t.from_version, t.target_version) for t in tasks} == {
+            ("to_be_pushed", None, "1.0.0", "2.0.0")
+        }
+    with pytest.raises(AssertionError, match="targets were read"):  # a sample needs them
+        env.run(acts.prepare_batch, BatchInput("p1", fw, src_versions=["1.0.0"],
+                                                target="phased", percent=50))  # fmt: skip
