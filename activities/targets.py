@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import String, delete, func, insert, literal, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from ota.db.bulk import write_rows
@@ -119,7 +120,7 @@ def insert_matching_tasks(
     now = now or utcnow()
     reason = waiting_reason(batch)
     matched = source_query(batch, names).subquery()
-    rows = select(
+    rows = sql_select(  # SQLAlchemy's: sqlmodel's is typed for a few columns only
         literal(batch.id),
         matched.c.id,
         literal(batch.product_key),
