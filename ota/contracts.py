@@ -29,6 +29,9 @@ SIGNAL_REPORT = "report"  # bridge -> device workflow: the device finished, or f
 SIGNAL_ONLINE = "online"  # bridge or pacer -> device workflow: the device it waits for is online
 # bridge -> batch workflow: devices of this paced batch came online and wait for their turn
 SIGNAL_DEVICES_ONLINE = "devices_online"
+# bridge -> dynamic batch workflow: devices reported one of its source versions; look now (its
+# poll, `dynamic_poll_seconds`, stays the safety net)
+SIGNAL_DEVICES_ARRIVED = "devices_arrived"
 # operator -> batch workflow: push nothing new until `resume` (pushed devices finish)
 SIGNAL_PAUSE = "pause"
 SIGNAL_RESUME = "resume"
@@ -111,6 +114,8 @@ class PacerCarry:
     turns: int = 0  # reconnected devices let push by the pacer, over all runs
     # A `devices_online` no claim has answered yet, carried across continue-as-new.
     turns_pending: bool = False
+    # A `devices_arrived` no sync has answered yet (dynamic batches), likewise.
+    arrivals_pending: bool = False
     # Paused (by the operator or the stop rule), and why; the stop rule trips once per batch:
     # a resumed batch goes on whatever its failure rate.
     paused: bool = False
