@@ -88,7 +88,9 @@ class BatchInput(BatchOptions):
     start_burst: int = 50  # device workflows started per workflow task (ENGINE.md: cap bursts)
     continue_as_new_every: int = 200  # starts per run before continuing as new
     poll_seconds: float = 5.0  # how often a batch whose starts are done re-counts its tasks
-    dynamic_poll_seconds: float = 10.0  # how often a dynamic batch looks for newly matching devices
+    # How often a dynamic batch looks for newly matching devices unasked (the bridge's
+    # `devices_arrived` makes it look at once): the safety net.
+    dynamic_poll_seconds: float = 60.0
     # Filled in by the workflow itself when it continues as new.
     carry: PacerCarry | None = None
 
