@@ -62,7 +62,7 @@ class Clock:
 def test_many_devices_coming_to_match_in_one_flush_make_one_signal(engine):
     pk, names = make_fleet(engine, 200, version="0.9.0", online=False)
     b = dynamic_batch(engine, pk, ["1.0.0"])
-    dynamic = DynamicBatches()
+    dynamic = DynamicBatches(nudge_every=0)
     # The first read sees the batch: nudged once, for devices that reported before that read.
     assert nudged(engine, dynamic, informs(pk, names[:1], "0.9.0")) == [batch_workflow_id(b)]
     assert nudged(engine, dynamic, informs(pk, names[:1], "0.9.0")) == []  # no match: nothing
@@ -80,7 +80,7 @@ def test_a_device_already_in_the_batch_or_busy_elsewhere_nudges_nothing(engine):
     other = dynamic_batch(engine, pk, [], kind="static")
     add_task(engine, b, pk, failed, "failed")  # a dynamic batch takes a device once
     add_task(engine, other, pk, busy, "pushed")  # dynamic_filter leaves it for a later sync
-    dynamic = DynamicBatches()
+    dynamic = DynamicBatches(nudge_every=0)
     nudged(engine, dynamic, informs(pk, [new], "0.9.0"))  # the first read
     assert nudged(engine, dynamic, informs(pk, [failed, busy], "1.0.0")) == []
     assert nudged(engine, dynamic, informs(pk, [failed, busy, new], "1.0.0")) == [
@@ -95,7 +95,7 @@ def test_the_latest_dynamic_batch_of_a_version_in_progress_is_the_one_nudged(eng
     dynamic_batch(engine, pk, ["1.2.0"], state="paused")  # syncs nothing until resumed
     dynamic_batch(engine, pk, ["1.3.0"], state="canceled")
     dynamic_batch(engine, pk, ["1.4.0"], kind="static")
-    dynamic = DynamicBatches()
+    dynamic = DynamicBatches(nudge_every=0)
     nudged(engine, dynamic, informs(pk, names[:1], "0.9.0"))  # the first read
     assert nudged(engine, dynamic, informs(pk, names[:1], "1.0.0")) == [batch_workflow_id(newer)]
     assert nudged(engine, dynamic, informs(pk, names[1:2], "1.1.0")) == [batch_workflow_id(older)]
@@ -108,7 +108,7 @@ def test_the_latest_dynamic_batch_of_a_version_in_progress_is_the_one_nudged(eng
 def test_the_open_batches_are_read_again_every_few_seconds(engine):
     pk, names = make_fleet(engine, 2, version="0.9.0")
     clock = Clock()
-    dynamic = DynamicBatches(refresh_seconds=3.0, clock=clock)
+    dynamic = DynamicBatches(refresh_seconds=3.0, nudge_every=0, clock=clock)
     assert nudged(engine, dynamic, informs(pk, names, "0.9.0")) == []  # read: no batch yet
     b = dynamic_batch(engine, pk, ["1.0.0"])
     clock.now = 2.9
@@ -117,3 +117,22 @@ def test_the_open_batches_are_read_again_every_few_seconds(engine):
     # Read again: the batch, seen for the first time, is nudged (the device above included).
     assert nudged(engine, dynamic, informs(pk, names[1:], "0.9.0")) == [batch_workflow_id(b)]
     assert nudged(engine, dynamic, informs(pk, names[1:], "1.0.0")) == [batch_workflow_id(b)]
+
+
+def test_a_batch_is_nudged_at_most_once_a_second_and_a_held_nudge_waits_for_it(engine):
+    pk, names = make_fleet(engine, 3, version="0.9.0")
+    a, b = dynamic_batch(engine, pk, ["1.0.0"]), dynamic_batch(engine, pk, ["1.1.0"])
+    clock = Clock()
+    dynamic = DynamicBatches(nudge_every=1.0, clock=clock)
+    both = sorted(map(batch_workflow_id, (a, b)))
+    assert nudged(engine, dynamic, informs(pk, names[:1], "0.9.0")) == both  # first seen
+    clock.now = 0.4
+    assert nudged(engine, dynamic, informs(pk, names[:1], "1.0.0")) == []  # held back
+    assert dynamic.waiting_due() == []
+    clock.now = 1.0
+    assert dynamic.waiting_due() == [a]  # its second came: the bridge sends it now
+    assert dynamic.waiting_due() == []
+    clock.now = 1.5  # held again; the next flush at its second sends it with the others
+    assert nudged(engine, dynamic, informs(pk, names[1:2], "1.0.0")) == []
+    clock.now = 2.0
+    assert nudged(engine, dynamic, informs(pk, names[2:], "1.1.0")) == both

@@ -1,12 +1,15 @@
 """Nudges for dynamic batches: a device that reports a version an open dynamic batch updates
 from, and has no task in it, makes the bridge signal that batch (`devices_arrived`), once per
-flush however many such devices the flush holds. The batch then looks for new devices at once
-instead of at its next poll (workflows/batch_arrivals.py); the poll stays the safety net, so a
-nudge lost (the bridge died after the commit, a batch this bridge has not seen yet) only
-delays a device."""
+flush however many such devices the flush holds, and at most once a second (a nudge due sooner
+waits for its second: the bridge sends it then, flush or not). The batch then looks for new
+devices at once instead of at its next poll (workflows/batch_arrivals.py); the poll stays the
+safety net, so a nudge lost (the bridge died after the commit or with a nudge waiting, a batch
+this bridge has not seen yet) only delays a device."""
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -23,6 +26,10 @@ TASKS = SQLModel.metadata.tables[Task.__tablename__]  # type: ignore[index]
 # and only in flushes that hold version reports. A batch is nudged once when first seen, for
 # the devices that reported between its prepare and that read.
 REFRESH_SECONDS = 3.0
+# A batch syncs at most once a second anyway (workflows/batch_arrivals.py): a nudge sooner
+# would only cost it a signal and a workflow task. Arrivals at 3 devices a second then cost
+# about 0.3 signals a device, at 50 a second 0.02.
+NUDGE_EVERY_SECONDS = 1.0
 CHUNK = 500
 
 # (product key, module, version)
@@ -36,13 +43,21 @@ class DynamicBatches:
     paused batch does not sync, and looks anyway when it starts or resumes."""
 
     def __init__(
-        self, refresh_seconds: float = REFRESH_SECONDS, clock: Callable[[], float] = time.monotonic
+        self,
+        refresh_seconds: float = REFRESH_SECONDS,
+        nudge_every: float = NUDGE_EVERY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.refresh_seconds = refresh_seconds
+        self.nudge_every = nudge_every
         self._clock = clock
         self._read_at: float | None = None
         self._taker: dict[Source, str] = {}  # -> the batch id
         self._seen: set[str] = set()
+        # The flush's thread and the bridge's event loop (`waiting_due`) both nudge.
+        self._lock = threading.Lock()
+        self._sent_at: dict[str, float] = {}
+        self._waiting: set[str] = set()  # nudges held back until their batch's second
 
     def nudges(
         self, conn: Connection, reports: Iterable[tuple[int, Source]], busy: set[int]
@@ -59,7 +74,25 @@ class DynamicBatches:
         for device_id, batch_id in _already_targets(conn, wanted):
             if wanted.get(device_id) == batch_id:
                 del wanted[device_id]
-        return sorted(set(wanted.values()) | first_seen)
+        return self._due(set(wanted.values()) | first_seen)
+
+    def waiting_due(self) -> list[str]:
+        """The nudges held back whose second has come (the bridge asks a few times a second)."""
+        return self._due(set()) if self._waiting else []
+
+    def _due(self, batches: set[str]) -> list[str]:
+        """Of these batches and those waiting, the ones to nudge now; the rest wait."""
+        with self._lock:
+            now = self._clock()
+            due = []
+            for batch_id in sorted(batches | self._waiting):
+                if now - self._sent_at.get(batch_id, -math.inf) >= self.nudge_every:
+                    self._sent_at[batch_id] = now
+                    self._waiting.discard(batch_id)
+                    due.append(batch_id)
+                else:
+                    self._waiting.add(batch_id)
+            return due
 
     def _refresh(self, conn: Connection) -> set[str]:
         """Re-read the open dynamic batches when stale; returns those in progress seen for the
@@ -91,6 +124,9 @@ class DynamicBatches:
         taking = set(self._taker.values())
         first_seen, self._seen = taking - self._seen, taking
         self._read_at = now
+        with self._lock:  # forget the batches no longer open
+            self._sent_at = {b: at for b, at in self._sent_at.items() if b in taking}
+            self._waiting &= taking
         return first_seen
 
 

@@ -203,10 +203,11 @@ def _nudges(
         if isinstance(m, protocol.Inform)
     ]
     busy = {d for d, ts in tasks.items() if any(t.state in ACTIVE_TASK_STATES for t in ts)}
-    return [
-        Signal(batch_workflow_id(batch_id), SIGNAL_DEVICES_ARRIVED)
-        for batch_id in dynamic.nudges(conn, reports, busy)
-    ]
+    return [nudge(batch_id) for batch_id in dynamic.nudges(conn, reports, busy)]
+
+
+def nudge(batch_id: str) -> Signal:
+    return Signal(batch_workflow_id(batch_id), SIGNAL_DEVICES_ARRIVED)
 
 
 def _wait_for_turn(

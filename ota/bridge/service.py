@@ -20,7 +20,7 @@ from ota.bridge import metrics
 from ota.bridge.arrivals import DynamicBatches
 from ota.bridge.inbox import Inbox, Received
 from ota.bridge.reconcile import Reconciler, SessionFlag
-from ota.bridge.records import FlushResult, Reply, apply_reports
+from ota.bridge.records import FlushResult, Reply, apply_reports, nudge
 from ota.bridge.signals import Connect, SignalClient, Signaller
 from ota.contracts import SIGNAL_DEVICES_ARRIVED
 from ota.identity.accounts import ServiceRole, service_endpoint
@@ -72,11 +72,22 @@ class Bridge:
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting with backoff when the broker or database goes."""
+        nudger = asyncio.create_task(self._waiting_nudges())
         try:
             await self._connections()
         finally:  # cancelled: the metrics must not show a stopped bridge connected
+            nudger.cancel()
             self.ready.clear()
             self.inbox = None
+
+    async def _waiting_nudges(self) -> None:
+        """Nudges a flush held back (a batch is nudged at most once a second: arrivals.py) go
+        out when their second comes, whether or not another flush does."""
+        while True:
+            await asyncio.sleep(self.dynamic.nudge_every / 4)
+            if due := self.dynamic.waiting_due():
+                self.stats["nudges"] += len(due)
+                await self.signaller.send([nudge(batch_id) for batch_id in due])
 
     async def _connections(self) -> None:
         backoff = BACKOFF_MIN
