@@ -44,7 +44,7 @@ from ota.services.devices import register_fleet
 
 log = logging.getLogger("bench.dynamic")
 DEVICES_PER_SIM_PROCESS = 500
-SIGNALED, TASK_COMPLETED = 26, 7  # history event types
+SIGNALED, TASK_SCHEDULED, TASK_COMPLETED = 26, 5, 7  # history event types
 
 
 class BrokerWatch:
@@ -171,7 +171,7 @@ async def _pacer_costs(
 ) -> dict[str, Any]:
     """The batch workflow's runs: events, workflow tasks and `devices_arrived` signals (each
     run's history is kept in the workdir)."""
-    events = tasks = nudges = runs = 0
+    events = tasks = nudges = woken = runs = 0
     async for wf in client.list_workflows(f'WorkflowId = "{workflow_id}"'):
         handle = client.get_workflow_handle(workflow_id, run_id=wf.run_id)
         history = await handle.fetch_history()
@@ -179,16 +179,18 @@ async def _pacer_costs(
         (workdir / f"pacer-run{runs}.json").write_text(history.to_json())
         events += len(history.events)
         tasks += sum(e.event_type == TASK_COMPLETED for e in history.events)
-        nudges += sum(
-            e.event_type == SIGNALED
-            and e.workflow_execution_signaled_event_attributes.signal_name
-            == SIGNAL_DEVICES_ARRIVED
-            for e in history.events
-        )
+        for e, after in zip(history.events, history.events[1:], strict=False):
+            attrs = e.workflow_execution_signaled_event_attributes
+            if e.event_type == SIGNALED and attrs.signal_name == SIGNAL_DEVICES_ARRIVED:
+                nudges += 1
+                # The nudge found the pacer idle: a workflow task of its own (3 events).
+                woken += after.event_type == TASK_SCHEDULED
     return {
         "pacer_runs": runs,
         "nudges": nudges,
         "nudges_per_device": round(nudges / devices, 4),
+        # Events a nudge adds: its signal, and the workflow task it wakes an idle pacer with.
+        "nudge_events_per_device": round((nudges + 3 * woken) / devices, 3),
         "pacer_events_per_device": round(events / devices, 3),
         "pacer_workflow_tasks_per_device": round(tasks / devices, 3),
     }

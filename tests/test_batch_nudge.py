@@ -69,7 +69,9 @@ async def arrivals_in(handle: WorkflowHandle) -> int:
 async def test_a_device_reporting_a_source_version_is_picked_up_within_seconds(ctx, mqtt_url):
     pk, (first,) = make_fleet(ctx.engine, 1)
     _, (other,) = make_fleet(ctx.engine, 1, version="0.5.0", product_key=pk, prefix="other")
-    _, late = make_fleet(ctx.engine, 21, version="0.9.0", product_key=pk, prefix="late", online=False)  # fmt: skip
+    _, late = make_fleet(
+        ctx.engine, 21, version="0.9.0", product_key=pk, prefix="late", online=False
+    )
     fw = make_firmware(ctx.engine, pk)
     client = await ctx.temporal()
     bridge = Bridge(ctx.settings, ctx.engine, client, products=[pk])
