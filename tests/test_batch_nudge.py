@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
+from temporalio.workflow import NondeterminismError
 
 from ota.bridge import Bridge
 from ota.bridge.records import Signal
@@ -34,6 +35,7 @@ from tests.test_workflow_support import (
 )
 from workflows import WORKFLOWS
 from workflows.batch import NUDGE_PATCH
+from workflows.batch_arrivals import NUDGE_GAP_SECONDS, sync_due
 
 HOUR = 3600.0
 
@@ -67,7 +69,9 @@ async def arrivals_in(handle: WorkflowHandle) -> int:
     return count
 
 
-async def test_a_device_reporting_a_source_version_is_picked_up_within_seconds(ctx, mqtt_url):
+async def test_a_device_reporting_a_source_version_is_picked_up_within_seconds(
+    ctx, mqtt_url, monkeypatch
+):
     pk, (first,) = make_fleet(ctx.engine, 1)
     _, (other,) = make_fleet(ctx.engine, 1, version="0.5.0", product_key=pk, prefix="other")
     _, late = make_fleet(
@@ -120,6 +124,11 @@ async def test_a_device_reporting_a_source_version_is_picked_up_within_seconds(c
     assert NUDGE_PATCH in patch_ids(history)
     replayer = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner())
     await replayer.replay_workflow(history)
+    # The patch has teeth: under another id, a nudge in the history is dropped as a worker
+    # from before would drop it, and the syncs it made no longer match.
+    monkeypatch.setattr("workflows.batch_arrivals.NUDGE_PATCH", "renamed-by-a-refactor")
+    with pytest.raises(NondeterminismError):
+        await replayer.replay_workflow(history)
 
 
 async def test_a_nudge_for_a_batch_that_is_not_open_is_harmless(ctx):
@@ -144,3 +153,11 @@ async def test_a_nudge_for_a_batch_that_is_not_open_is_harmless(ctx):
     assert (result["state"], result["counts"]) == ("canceled", {"updated": 1})
     assert new not in states_of(ctx.engine, b["id"])
     assert (stats["signals"], stats["signals_not_found"], stats["signal_errors"]) == (1, 2, 0)
+
+
+def test_a_nudged_sync_waits_a_second_after_the_last_the_poll_does_not():
+    assert not sync_due(0.5, poll_seconds=HOUR, nudged=True)
+    assert sync_due(NUDGE_GAP_SECONDS, poll_seconds=HOUR, nudged=True)
+    assert not sync_due(HOUR - 1, poll_seconds=HOUR, nudged=False)
+    assert sync_due(HOUR, poll_seconds=HOUR, nudged=False)
+    assert sync_due(0.5, poll_seconds=0.3, nudged=False)  # a poll shorter than the gap holds
