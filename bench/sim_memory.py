@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from ota import aio
 from bench.sim_tier import measure_tier
+from ota import aio
 from ota.broker_tier import leaves_for
 from ota.device.simulator import Fleet, FleetConfig, processes_for, raise_open_files_limit
 

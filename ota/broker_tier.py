@@ -170,17 +170,17 @@ def start_tier(tier: BrokerTier, timeout: float = 30.0) -> None:
     sync_accounts(tier.settings, [service_account(tier.settings, r) for r in roles])
     hub_log = tier.hub.home / "mosquitto.log"
     for i, leaf in enumerate(tier.leaves):
-        # The hub logs each bridge it accepts; nothing else on it says so without an account.
-        bridged = f"New bridge connected from 127.0.0.1:".encode()
-        name = f" as {leaf_bridge_name(i)} ".encode()
-        _wait(
-            leaf,
-            deadline,
-            lambda b: any(
-                bridged in line and name in line for line in hub_log.read_bytes().splitlines()
-            ),
-            "did not bridge to the hub",
-        )
+        _wait(leaf, deadline, lambda b, i=i: _bridged(hub_log, i), "did not bridge to the hub")
+
+
+def _bridged(hub_log: Path, index: int) -> bool:
+    """Whether the hub accepted leaf `index`'s bridge: it logs each bridge it accepts, and
+    nothing else on it says so to a client without an account for $SYS."""
+    name = f" as {leaf_bridge_name(index)} ".encode()
+    return any(
+        b"New bridge connected" in line and name in line
+        for line in hub_log.read_bytes().splitlines()
+    )
 
 
 def _wait(broker: Broker, deadline: float, ready: Callable[[Broker], bool], what: str) -> None:
