@@ -150,6 +150,14 @@ def start_tier(tier: BrokerTier, timeout: float = 30.0) -> None:
     """Start the hub, then the leaves; give each the services' accounts (`ota broker sync`
     does too) and wait until every leaf's bridge is connected (a push published before would
     reach no leaf)."""
+    try:
+        _start(tier, timeout)
+    except BaseException:
+        stop_tier(tier)
+        raise
+
+
+def _start(tier: BrokerTier, timeout: float) -> None:
     binary = mosquitto_binary()
     if binary is None:
         raise RuntimeError("a broker tier needs mosquitto (apt-get install mosquitto)")

@@ -180,8 +180,12 @@ async def _sync_tier(
     logged: a leaf that lost its users, say, shows there)."""
     hub, *leaves = tier_brokers(settings)
     await _sync(hub, accounts, full, deleted, report)
-    for leaf in leaves:
-        changed = await _sync(leaf, accounts, full, deleted, SyncReport(devices=report.devices))
+    # The leaves side by side: each is a broker process of its own.
+    reports = [SyncReport(devices=report.devices) for _ in leaves]
+    await asyncio.gather(
+        *(_sync(s, accounts, full, deleted, r) for s, r in zip(leaves, reports, strict=True))
+    )
+    for leaf, changed in zip(leaves, reports, strict=True):
         if changed.changed:
             log.info("leaf %s: %s", redact(leaf.mqtt_url), changed.to_dict())
     return report
