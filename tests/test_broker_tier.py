@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from ota import protocol
 from ota.broker_tier import (
@@ -26,12 +27,18 @@ from ota.broker_tier import (
 )
 from ota.device.lean_mqtt import LeanOptions, connect
 from ota.device.simulator import Fleet, FleetConfig, device_name
-from ota.identity.accounts import ServiceRole, device_account, service_endpoint
+from ota.identity.accounts import (
+    ServiceRole,
+    device_account,
+    service_endpoint,
+    service_password,
+)
 from ota.identity.credentials import device_credentials, new_device_secret
 from ota.identity.plugin_build import build_plugin
 from ota.identity.sync import sync_accounts
 from ota.mqtt import MqttEndpoint
 from ota.settings import Settings
+from starter.cli import app
 from tests.fixtures.mqtt import SERVICE_SECRET
 from tests.test_bridge import until
 
@@ -205,3 +212,17 @@ def test_the_sync_gives_every_leaf_the_same_users(tier: BrokerTier, tmp_path: Pa
 
     for url in tier.leaf_urls:
         asyncio.run(sign_in(url))
+
+
+def test_broker_config_prints_a_leafs_bridge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OTA_HOME", str(tmp_path))
+    monkeypatch.setenv("OTA_MQTT_SERVICE_SECRET", SERVICE_SECRET)
+    monkeypatch.setenv("OTA_BROKER_AUTH", "plugin")
+    args = ["broker", "config", str(tmp_path / "leaf"), "--leaf-of", "hub.internal:1883"]
+    out = CliRunner().invoke(app, [*args, "--leaf-name", "leaf-a"])
+    assert out.exit_code == 0, out.output
+    settings = Settings(home=tmp_path, mqtt_service_secret=SERVICE_SECRET)
+    password = service_password(settings, ServiceRole.LEAF)
+    assert bridge_lines("leaf-a", "hub.internal:1883", password) in out.output
+    bad = CliRunner().invoke(app, [*args[:3], "--leaf-of", "hub.internal"])
+    assert bad.exit_code == 2 and "leaf_of" in bad.output and "HOST:PORT" in bad.output
