@@ -25,8 +25,10 @@ from ota.broker_tier import (
     stop_tier,
     write_tier,
 )
+from ota.device import simulator
 from ota.device.lean_mqtt import LeanOptions, connect
-from ota.device.simulator import Fleet, FleetConfig, device_name
+from ota.device.simulator import Fleet, FleetConfig, device_name, processes_for
+from ota.errors import InvalidInput
 from ota.identity.accounts import (
     ServiceRole,
     device_account,
@@ -39,6 +41,7 @@ from ota.identity.sync import sync_accounts
 from ota.mqtt import MqttEndpoint
 from ota.settings import Settings
 from starter.cli import app
+from starter.simulate import _broker_urls
 from tests.fixtures.mqtt import SERVICE_SECRET
 from tests.test_bridge import until
 
@@ -226,3 +229,19 @@ def test_broker_config_prints_a_leafs_bridge(tmp_path: Path, monkeypatch: pytest
     assert bridge_lines("leaf-a", "hub.internal:1883", password) in out.output
     bad = CliRunner().invoke(app, [*args[:3], "--leaf-of", "hub.internal"])
     assert bad.exit_code == 2 and "leaf_of" in bad.output and "HOST:PORT" in bad.output
+
+
+def test_simulator_processes_stay_under_the_open_file_limit(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(simulator.resource, "getrlimit", lambda _: (1024, 20_000))
+    assert [processes_for(n) for n in (10, 17_000, 18_000, 100_000)] == [1, 1, 2, 6]
+
+
+def test_simulated_devices_go_to_the_leaves_unless_told_otherwise(tmp_path: Path):
+    hub, leaves = "mqtt://hub:1883", "mqtt://leaf0:1883, mqtt://leaf1:1883"
+    settings = Settings(home=tmp_path, mqtt_url=hub, broker_leaf_urls=leaves)
+    assert _broker_urls(None, settings) == ["mqtt://leaf0:1883", "mqtt://leaf1:1883"]
+    assert _broker_urls(["mqtt://x:1"], settings) == ["mqtt://x:1"]
+    assert _broker_urls(None, Settings(home=tmp_path, mqtt_url=hub)) == [hub]
+    with pytest.raises(InvalidInput) as bad:
+        _broker_urls(["http://x:1"], settings)
+    assert bad.value.field == "mqtt_url" and "mqtts://" in str(bad.value)
