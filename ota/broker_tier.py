@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ota import protocol
@@ -36,10 +37,10 @@ from ota.settings import Settings
 LEAF_DEVICES = 15_000
 QOS = 1  # what the platform publishes at, and what devices report at (PROTOCOL.md)
 
-# Device -> platform: what the platform's bridge subscribes to, as bridge topic patterns.
-UP = tuple(protocol.DEVICE_TOPIC_FILTERS.values())
-# Platform -> device: the worker's pushes and the bridge's replies to firmware/get.
-DOWN = (protocol.upgrade_topic("+", "+"), protocol.firmware_get_reply_topic("+", "+"))
+# Device -> platform (reports, status, firmware/get), and platform -> device (the worker's
+# pushes, the bridge's replies to firmware/get): the leaves' bridge rules, one way each.
+UP = protocol.DEVICE_TO_PLATFORM
+DOWN = protocol.PLATFORM_TO_DEVICE
 
 
 def leaves_for(devices: int, per_leaf: int = LEAF_DEVICES) -> int:
@@ -172,13 +173,13 @@ def _start(tier: BrokerTier, timeout: float) -> None:
                     start_new_session=True,
                 )
         for broker in group:
-            _wait(broker, deadline, lambda b: answers("127.0.0.1", b.port), "did not start")
+            _wait(broker, deadline, partial(answers, "127.0.0.1", broker.port), "did not start")
     # The services' accounts, the leaves' among them: until the hub has it, no leaf bridges.
     roles = (ServiceRole.BRIDGE, ServiceRole.WORKER, ServiceRole.LEAF)
     sync_accounts(tier.settings, [service_account(tier.settings, r) for r in roles])
     hub_log = tier.hub.home / "mosquitto.log"
     for i, leaf in enumerate(tier.leaves):
-        _wait(leaf, deadline, lambda b, i=i: _bridged(hub_log, i), "did not bridge to the hub")
+        _wait(leaf, deadline, partial(_bridged, hub_log, i), "did not bridge to the hub")
 
 
 def _bridged(hub_log: Path, index: int) -> bool:
@@ -191,8 +192,8 @@ def _bridged(hub_log: Path, index: int) -> bool:
     )
 
 
-def _wait(broker: Broker, deadline: float, ready: Callable[[Broker], bool], what: str) -> None:
-    while not ready(broker):
+def _wait(broker: Broker, deadline: float, ready: Callable[[], bool], what: str) -> None:
+    while not ready():
         assert broker.process is not None
         if broker.process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{broker.name} {what}; see {broker.home}/mosquitto.log")

@@ -67,9 +67,8 @@ def service_acls(role: ServiceRole) -> list[Acl]:
     if role is ServiceRole.WORKER:
         return [Acl(SEND, protocol.upgrade_topic("+", "+"))]
     if role is ServiceRole.LEAF:  # devices' messages up, the platform's down
-        up = [Acl(SEND, f) for f in protocol.DEVICE_TOPIC_FILTERS.values()]
-        down = (protocol.upgrade_topic("+", "+"), protocol.firmware_get_reply_topic("+", "+"))
-        return [*up, *(Acl(SUBSCRIBE, t) for t in down)]
+        up = [Acl(SEND, f) for f in protocol.DEVICE_TO_PLATFORM]
+        return [*up, *(Acl(SUBSCRIBE, f) for f in protocol.PLATFORM_TO_DEVICE)]
     return [Acl(SEND, CONTROL_TOPIC), Acl(RECEIVE, CONTROL_TOPIC), Acl(SUBSCRIBE, CONTROL_TOPIC)]
 
 
