@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.stack import stat_cpu_seconds
 from ota import protocol
 from ota.broker_tier import rss_mb, start_tier, stop_tier, tier_rss_mb, write_tier
 from ota.device.lean_mqtt import LeanConnection, LeanOptions, connect
@@ -181,6 +182,9 @@ async def measure_tier(
         load_after = os.getloadavg()[0]
         await asyncio.sleep(2)  # a stray second inform would show now
         informs_at_connect = sum(counter.informs.values())
+        cpu = {b.name: _cpu(b.process.pid) for b in tier.brokers if b.process}
+        cpu |= {f"sim{i}": _cpu(w.pid) for i, w in enumerate(workers)}
+        cpu["bench (registration, hub counter)"] = round(time.process_time(), 1)
         brokers = tier_rss_mb(tier)
         sims = {f"sim{i}": round(rss_mb(w.pid), 1) for i, w in enumerate(workers)}
         total = sum(brokers.values()) + sum(sims.values())
@@ -223,6 +227,8 @@ async def measure_tier(
             # machine saturated) and were retried with backoff, as a real device would.
             "failed_connect_attempts": fleet["disconnects"],
             "load_average_at_start_and_connected": [round(load_before, 1), round(load_after, 1)],
+            # Registration, the connect storm and reports: where the machine's time went.
+            "cpu_seconds_until_connected": cpu,
             "reported_at_hub": len(counter.informs),
             "informs_at_hub": informs_at_connect,
             "rss_mb": {"brokers": brokers, "brokers_idle": idle, "simulators": sims},
@@ -236,6 +242,10 @@ async def measure_tier(
             if worker.poll() is None:
                 worker.kill()
         stop_tier(tier)
+
+
+def _cpu(pid: int) -> float:
+    return round(stat_cpu_seconds(Path(f"/proc/{pid}/stat")) or 0.0, 1)
 
 
 def _stop(workers: list[subprocess.Popen[bytes]]) -> list[FleetOutcome]:
