@@ -80,7 +80,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
     parser.add_argument("--mqtt-protocol", default="5", choices=["5", "3.1.1"])
-    parser.add_argument("--connect-rate", type=float, default=2000.0)
+    parser.add_argument(
+        "--connect-rate",
+        type=float,
+        help="connects/s for the fleet; default 2000, on a tier 500 (what this machine answers"
+        " without CONNACK timeouts at 100,000: docs/bench/2026-12-01-sim-100000.json)",
+    )
     parser.add_argument("--leaves", type=int, help="default: as many as the devices need")
     parser.add_argument("--processes", type=int, help="default: as the open-file limit needs")
     parser.add_argument("--push", type=int, default=10_000, help="tier: devices pushed at once")
@@ -88,9 +93,8 @@ def main() -> None:
     leaves = leaves_for(args.devices) if args.leaves is None else args.leaves
     if leaves:
         processes = args.processes or processes_for(args.devices)
-        report = measure_tier(
-            args.devices, leaves, processes, args.connect_rate, args.mqtt_protocol, args.push
-        )
+        rate = args.connect_rate or 500.0
+        report = measure_tier(args.devices, leaves, processes, rate, args.mqtt_protocol, args.push)
         print(json.dumps(aio.run(report)))
         return
     cfg = FleetConfig(
@@ -99,7 +103,7 @@ def main() -> None:
         "1.0.0",
         mqtt_url=args.mqtt_url,
         mqtt_protocol=args.mqtt_protocol,
-        connect_rate=args.connect_rate,
+        connect_rate=args.connect_rate or 2000.0,
     )
     print(json.dumps(aio.run(measure(cfg))))
 
