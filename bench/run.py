@@ -45,7 +45,7 @@ from bench.stack import BenchStack
 from ota.context import Context
 from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.models import DeviceModule, Task
-from ota.device.simulator import device_name
+from ota.device.simulator import device_name, processes_for
 from ota.devstack import free_port
 from ota.identity.broker_setup import usable_broker_auth
 from ota.identity.sync import sync_broker
@@ -75,7 +75,7 @@ async def run_size(
         if mqtt_url is None:  # ota_auth, or dynamic-security where it cannot be built
             usable = usable_broker_auth(_settings(stack), workdir / "mosquitto")
             stack.env["OTA_BROKER_AUTH"] = usable
-        mqtt_url = mqtt_url or stack.start_mosquitto(_settings(stack))
+        mqtt_url = mqtt_url or stack.start_brokers(_settings(stack), devices)
         sampler = asyncio.create_task(_sample(stack))
         ctx = _context(stack, workdir, mqtt_url)
         client = await ctx.temporal()
@@ -95,7 +95,8 @@ async def run_size(
         await _until(lambda: _answers_ok(ready), 60, "bridge ready")
         pk = f"bench{uuid.uuid4().hex[:6]}"
         register_seconds = await asyncio.to_thread(_register, ctx, pk, devices)
-        processes = max(1, -(-devices // DEVICES_PER_SIM_PROCESS))
+        # As before up to 10,000 devices; past that the open-file limit sets the floor.
+        processes = max(processes_for(devices), min(-(-devices // DEVICES_PER_SIM_PROCESS), 20))
         stack.start(
             "simulator",
             [sys.executable, "-m", "starter", "simulate", "--product", pk,

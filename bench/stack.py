@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ota.broker_tier import leaves_for, start_tier, write_tier
 from ota.contracts import SEARCH_ATTRIBUTES
 from ota.devstack import (
     TEMPORAL_DEV_TUNING,
@@ -114,6 +115,23 @@ class BenchStack:
                 raise RuntimeError(f"mosquitto did not start; see {self.workdir}/mosquitto.log")
             time.sleep(0.1)
         return f"mqtt://127.0.0.1:{port}"
+
+    def start_brokers(self, settings: Settings, devices: int) -> str:
+        """One Mosquitto (`start_mosquitto`), or past one broker's share of devices a broker
+        tier (ota/broker_tier.py): its hub and leaves are components of the stack, and the
+        platform's processes get the leaves as OTA_BROKER_LEAF_URLS (registration writes every
+        device's user to each; `ota simulate` spreads the devices over them). Returns the URL
+        the platform connects to."""
+        leaves = leaves_for(devices)
+        if not leaves:
+            return self.start_mosquitto(settings)
+        tier = write_tier(self.workdir / "brokers", leaves, settings)
+        start_tier(tier)
+        for broker in tier.brokers:
+            assert broker.process is not None
+            self.procs.append(Proc(f"mosquitto-{broker.name}", broker.process))
+        self.env["OTA_BROKER_LEAF_URLS"] = ",".join(tier.leaf_urls)
+        return tier.hub.url
 
     def sample(self) -> None:
         for proc in self.procs:

@@ -66,6 +66,12 @@ def status_topic(pk: str, dn: str) -> str:
     return f"/ota/device/status/{pk}/{dn}"
 
 
+# Every topic by direction, as MQTT filters: what a broker tier's leaves forward to the hub (up)
+# and from it (down), and what the account of a leaf's bridge may do (ota/broker_tier.py).
+DEVICE_TO_PLATFORM = tuple(DEVICE_TOPIC_FILTERS.values())
+PLATFORM_TO_DEVICE = (upgrade_topic("+", "+"), firmware_get_reply_topic("+", "+"))
+
+
 @dataclass(frozen=True)
 class Inform:
     product_key: str

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # The services' broker passwords are derived from it; generated under home if unset.
     mqtt_service_secret: str | None = None
     broker_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A broker tier (docs/deploy.md, ota/broker_tier.py): the leaf brokers devices connect to,
+    # comma-separated, each bridged to mqtt_url (the hub). Device identity is synced to each.
+    broker_leaf_urls: str = ""
     # What devices are told to connect to (`ota device credentials`); default: mqtt_url's.
     device_mqtt_url: str | None = None
     # Which broker `ota dev` starts when none answers: mosquitto if installed, else embedded.
@@ -110,6 +113,11 @@ class Settings(BaseSettings):
     # After the broker lost the bridge's session, tasks in flight are pushed again at this pace
     # (ota/bridge/reconcile.py): a fleet's worth spread over seconds, not one burst.
     bridge_reconcile_per_second: float = Field(default=50.0, ge=0)  # 0: never reconcile
+
+    @property
+    def leaf_urls(self) -> list[str]:
+        """OTA_BROKER_LEAF_URLS as a list (empty: one broker, no tier)."""
+        return [u.strip() for u in self.broker_leaf_urls.split(",") if u.strip()]
 
     @cached_property
     def resolved_database_url(self) -> str:

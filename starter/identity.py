@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ota.broker_tier import bridge_lines
+from ota.errors import InvalidInput
+from ota.identity.accounts import ServiceRole, service_password
 from ota.identity.broker_setup import broker_security, usable_broker_auth
 from ota.services import device_identity
 from starter.common import console, context, handle_errors, print_json
@@ -93,10 +97,25 @@ def sync(json: JsonOpt = False) -> None:
 @handle_errors
 def config(
     folder: Annotated[Path, typer.Argument(help="Where Mosquitto keeps the plugin and its users.")],
+    leaf_of: Annotated[
+        str | None,
+        typer.Option(
+            "--leaf-of",
+            help="HOST:PORT of a broker tier's hub (docs/deploy.md): this broker is a leaf, and"
+            " gets the bridge to it too.",
+        ),
+    ] = None,
+    leaf_name: Annotated[
+        str, typer.Option("--leaf-name", help="With --leaf-of: this leaf's name, one per leaf.")
+    ] = "ota-leaf-0",
 ) -> None:
     """Build the ota_auth plugin into FOLDER (where it cannot be built: create the
     dynamic-security plugin's file there), and print the lines a mosquitto.conf needs. Run
     `ota broker sync` once Mosquitto runs with them."""
+    if leaf_of is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}", leaf_of):
+        raise InvalidInput("leaf_of", f"{leaf_of!r}: must be HOST:PORT of the hub")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", leaf_name):
+        raise InvalidInput("leaf_name", f"{leaf_name!r}: letters, digits, '.', '_', '-' only")
     settings = context().settings
     folder = folder.resolve()
     wanted = "plugin" if settings.broker_auth == "none" else settings.broker_auth
@@ -110,6 +129,12 @@ def config(
         highlight=False,
     )
     typer.echo(security.lines)
+    if leaf_of is not None:
+        console.print(
+            "# this leaf's bridge to the hub (set OTA_BROKER_LEAF_URLS too):", highlight=False
+        )
+        password = service_password(settings, ServiceRole.LEAF)
+        typer.echo(bridge_lines(leaf_name, leaf_of, password))
     if usable != wanted:
         console.print("# ota_auth cannot be built here (see above)", highlight=False)
     if usable == "dynsec":

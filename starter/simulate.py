@@ -15,13 +15,16 @@ from ota.device.simulator import (
     SEEN,
     FleetConfig,
     device_name,
+    processes_for,
     run_fleet_processes,
     synth_image,
 )
 from ota.domain import DEFAULT_MODULE
 from ota.errors import InvalidInput
+from ota.mqtt import MqttEndpoint
 from ota.services import device_identity
 from ota.services.devices import register_fleet
+from ota.settings import Settings
 from starter.common import context, handle_errors, setup_logging
 
 log = logging.getLogger("ota.simulate")
@@ -97,6 +100,15 @@ def simulate(
     flap_seconds: float = typer.Option(
         60.0, "--flap-seconds", min=1, help="How often each flapping device drops, about."
     ),
+    mqtt_urls: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mqtt-url",
+            help="A broker the devices connect to; repeat it to spread them over several (a"
+            " broker tier's leaves, docs/deploy.md). Default: OTA_DEVICE_MQTT_URL, else"
+            " OTA_BROKER_LEAF_URLS, else OTA_MQTT_URL.",
+        ),
+    ] = None,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run simulated devices that take updates like real ones; prints a summary at the end."""
@@ -125,13 +137,19 @@ def simulate(
     secrets = None
     if ctx.settings.broker_auth != "none":
         secrets = device_identity.secrets_of(ctx.engine, ctx.settings, product, names)
+    urls = _broker_urls(mqtt_urls, ctx.settings)
+    needed = processes_for(devices)
+    if needed > processes:  # each device is a socket; a process may open only so many
+        log.info("%d devices: %d processes (the open-file limit)", devices, needed)
+        processes = needed
     cfg = FleetConfig(
         product_key=product,
         devices=devices,
         version=version,
         module=module,
         prefix=prefix,
-        mqtt_url=ctx.settings.device_mqtt_url or ctx.settings.mqtt_url,
+        mqtt_url=urls[0],
+        mqtt_urls=tuple(urls) if len(urls) > 1 else (),
         mqtt_protocol=mqtt_protocol or ctx.settings.mqtt_protocol,
         secrets=secrets,
         ca_file=_path(ctx.settings.mqtt_ca_file),
@@ -174,6 +192,19 @@ def _seen(summary: dict[str, float]) -> str:
             f" p99 {summary['install_p99_s']:.2f} s"
         )
     return line
+
+
+def _broker_urls(given: list[str] | None, settings: Settings) -> list[str]:
+    if given:
+        for url in given:
+            try:
+                MqttEndpoint.from_url(url)
+            except ValueError as exc:
+                raise InvalidInput("mqtt_url", str(exc)) from None
+        return given
+    if settings.device_mqtt_url:
+        return [settings.device_mqtt_url]
+    return settings.leaf_urls or [settings.mqtt_url]
 
 
 def _path(path: Path | None) -> str | None:

@@ -40,9 +40,12 @@ GOODBYE_SECONDS = 2.0  # for the retained "offline" on the way out
 class SimulatedDevice(Device):
     """One simulated device; `versions` is what it runs, `is_connected` whether it is online."""
 
-    def __init__(self, fleet: Fleet, name: str, secret: str | None = None) -> None:  # noqa: D107
+    def __init__(  # noqa: D107
+        self, fleet: Fleet, name: str, secret: str | None = None, broker: int = 0
+    ) -> None:
         # Device.__init__ is skipped on purpose: see the module docstring.
         self.fleet = fleet
+        self.broker = broker  # which of the fleet's brokers it connects to
         self.device_name = name
         self.secret = secret
         self.versions = {fleet.cfg.module: fleet.cfg.version}
@@ -130,14 +133,14 @@ class SimulatedDevice(Device):
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _connect(self) -> LeanConnection:
-        pk, dn, endpoint = self.product_key, self.device_name, self.fleet.endpoint
+        pk, dn, endpoint = self.product_key, self.device_name, self.fleet.endpoints[self.broker]
         username, password = endpoint.username, endpoint.password
         client_id = f"{pk}&{dn}"
         if self.secret:
             creds = device_credentials(pk, dn, self.secret)
             username, password, client_id = creds.username, creds.password, creds.client_id
         return await connect(
-            self.fleet.mqtt_options,
+            self.fleet.mqtt_options[self.broker],
             client_id,
             self._on_publish,
             username=username,

@@ -66,6 +66,9 @@ class FleetConfig:
     module: str = DEFAULT_MODULE
     prefix: str = "sim-"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # Several brokers (a broker tier's leaves, ota/broker_tier.py): device i of the fleet
+    # connects to mqtt_urls[i % len(mqtt_urls)], always the same one. Empty: mqtt_url.
+    mqtt_urls: tuple[str, ...] = ()
     mqtt_protocol: str = "5"
     fail_rate: float = 0.0  # -1
     download_fail_rate: float = 0.0  # -2
@@ -112,17 +115,21 @@ class Fleet:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         self.http = http
-        self.endpoint = MqttEndpoint.from_url(
-            cfg.mqtt_url,
-            protocol=cfg.mqtt_protocol,
-            ca_file=cfg.ca_file,
-            cert_file=cfg.cert_file,
-            key_file=cfg.key_file,
-        )
-        # One TLS context and one set of options for every connection of the fleet.
-        self.mqtt_options = LeanOptions.from_endpoint(
-            self.endpoint, keepalive=KEEPALIVE, session_expiry=cfg.session_expiry
-        )
+        self.endpoints = [
+            MqttEndpoint.from_url(
+                url,
+                protocol=cfg.mqtt_protocol,
+                ca_file=cfg.ca_file,
+                cert_file=cfg.cert_file,
+                key_file=cfg.key_file,
+            )
+            for url in cfg.mqtt_urls or (cfg.mqtt_url,)
+        ]
+        # One TLS context and one set of options a broker, for every connection of the fleet.
+        self.mqtt_options = [
+            LeanOptions.from_endpoint(e, keepalive=KEEPALIVE, session_expiry=cfg.session_expiry)
+            for e in self.endpoints
+        ]
         self.results: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()  # every device's counts, added up
         self.install_seconds = array("d")  # push to installed, one entry per update
@@ -144,7 +151,8 @@ class Fleet:
             return
         self._refusals_logged.add(exc.reason)
         hint = f" ({AUTH_HINT})" if exc.auth else ""
-        log.error("%s on %s: %s%s", device.device_name, self.endpoint.url, exc, hint)
+        url = self.endpoints[device.broker].url
+        log.error("%s on %s: %s%s", device.device_name, url, exc, hint)
 
     async def connect_turn(self) -> None:
         """Wait for this device's turn to connect: `connect_rate` a second for the fleet,
@@ -168,7 +176,11 @@ class Fleet:
         secrets = self.cfg.secrets or {}
         try:
             late_from = self.cfg.devices - self.cfg.offline
-            self.devices = [SimulatedDevice(self, n, secrets.get(n)) for n in self.cfg.names()]
+            brokers, first = len(self.endpoints), self.cfg.first
+            self.devices = [
+                SimulatedDevice(self, n, secrets.get(n), (first + i) % brokers)
+                for i, n in enumerate(self.cfg.names())
+            ]
             for i, device in enumerate(self.devices):
                 late = self.cfg.first + i >= late_from
                 tasks.append(asyncio.create_task(self._run_device(device, late)))
@@ -234,6 +246,17 @@ def raise_open_files_limit(wanted: int) -> None:
             " use more --processes or raise the limit",
             wanted, wanted + FILES_BESIDE_DEVICES, soft,
         )  # fmt: skip
+
+
+def processes_for(devices: int) -> int:
+    """The fewest processes whose sockets fit under the hard open-file limit, which an
+    unprivileged process cannot raise: 6 for 100,000 devices at 20,000 (a tenth spare, for
+    sockets a reconnect leaves closing)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 1
+    per = max(1, int((hard - FILES_BESIDE_DEVICES) * 0.9))
+    return max(1, -(-devices // per))
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -29,6 +29,7 @@ class ServiceRole(StrEnum):
     BRIDGE = "ota-bridge"
     WORKER = "ota-worker"
     ADMIN = "ota-admin"
+    LEAF = "ota-leaf"  # a leaf broker's bridge to the hub (ota/broker_tier.py)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def service_acls(role: ServiceRole) -> list[Acl]:
         return [*reports, uptime, Acl(SEND, protocol.firmware_get_reply_topic("+", "+"))]
     if role is ServiceRole.WORKER:
         return [Acl(SEND, protocol.upgrade_topic("+", "+"))]
+    if role is ServiceRole.LEAF:  # devices' messages up, the platform's down
+        up = [Acl(SEND, f) for f in protocol.DEVICE_TO_PLATFORM]
+        return [*up, *(Acl(SUBSCRIBE, f) for f in protocol.PLATFORM_TO_DEVICE)]
     return [Acl(SEND, CONTROL_TOPIC), Acl(RECEIVE, CONTROL_TOPIC), Acl(SUBSCRIBE, CONTROL_TOPIC)]
 
 

@@ -84,7 +84,7 @@ def sync_broker(
     keys = None if devices is None else list(devices)
     report = SyncReport()
     accounts = _device_accounts(engine, settings, keys, report)
-    return _run(_sync(settings, accounts, keys is None, list(deleted), report))
+    return _run(_sync_tier(settings, accounts, keys is None, list(deleted), report))
 
 
 def sync_accounts(
@@ -94,7 +94,7 @@ def sync_accounts(
     if settings.broker_auth == "none":
         return SyncReport()
     report = SyncReport(devices=len(accounts))
-    return _run(_sync(settings, accounts, False, list(deleted), report))
+    return _run(_sync_tier(settings, accounts, False, list(deleted), report))
 
 
 def _run(coro: Any) -> Any:
@@ -162,6 +162,35 @@ def broker_users(settings: Settings) -> BrokerUsers:
     return OtaAuthUsers(admin, timeout)
 
 
+def tier_brokers(settings: Settings) -> list[Settings]:
+    """The broker OTA_MQTT_URL names and, in a broker tier, each leaf (OTA_BROKER_LEAF_URLS):
+    every one holds the same users, so a device may sign in at any leaf."""
+    leaves = [settings.model_copy(update={"mqtt_url": url}) for url in settings.leaf_urls]
+    return [settings, *leaves]
+
+
+async def _sync_tier(
+    settings: Settings,
+    accounts: list[Account],
+    full: bool,
+    deleted: list[DeviceKey],
+    report: SyncReport,
+) -> SyncReport:
+    """`_sync` on every broker of the tier; the report is the hub's (each leaf's changes are
+    logged: a leaf that lost its users, say, shows there)."""
+    hub, *leaves = tier_brokers(settings)
+    await _sync(hub, accounts, full, deleted, report)
+    # The leaves side by side: each is a broker process of its own.
+    reports = [SyncReport(devices=report.devices) for _ in leaves]
+    await asyncio.gather(
+        *(_sync(s, accounts, full, deleted, r) for s, r in zip(leaves, reports, strict=True))
+    )
+    for leaf, changed in zip(leaves, reports, strict=True):
+        if changed.changed:
+            log.info("leaf %s: %s", redact(leaf.mqtt_url), changed.to_dict())
+    return report
+
+
 async def _sync(
     settings: Settings,
     accounts: list[Account],
@@ -182,9 +211,9 @@ async def _sync(
         commands: list[Command] = []
         if full:
             commands += broker.setup()
-            services = [
-                service_account(settings, r) for r in (ServiceRole.BRIDGE, ServiceRole.WORKER)
-            ]
+            roles = [ServiceRole.BRIDGE, ServiceRole.WORKER]
+            roles += [ServiceRole.LEAF] if settings.leaf_urls else []  # the leaves' bridges
+            services = [service_account(settings, r) for r in roles]
             accounts = services + accounts
             existing = await broker.existing(None)
         else:
