@@ -18,6 +18,7 @@ from ota.services.batch_preview import BatchPreview
 from ota.services.paging import PAGE_MAX
 from starter.batch_flags import cli_names, with_batch_options
 from starter.common import console, context, err_console, handle_errors, print_json
+from starter.waiting import wait_showing_progress
 
 batch_app = typer.Typer(
     help="Update batches: create, list, show, tasks, cancel, pause, resume, promote."
@@ -65,8 +66,7 @@ async def create(
     with cli_names():
         shown = await batches.create_batch(ctx, inp)
     if wait:
-        handle = (await ctx.temporal()).get_workflow_handle(batch_workflow_id(shown["id"]))
-        await handle.result()
+        await wait_showing_progress(ctx, batch_workflow_id(shown["id"]), shown["id"])
         shown = batches.show_batch(ctx.engine, shown["id"])
     if json:
         print_json(shown)
