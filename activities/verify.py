@@ -81,6 +81,7 @@ class VerifyActivities:
                 )
             batch = session.get(Batch, req.batch_id)
             if batch is not None and batch.finished_at is None:
-                count_batch_transition(session, batch, BatchState.COMPLETED)
-                batch.state = BatchState.COMPLETED
+                state = BatchState.CANCELED if req.canceled else BatchState.COMPLETED
+                count_batch_transition(session, batch, state)
+                batch.state = state
                 batch.finished_at = utcnow()

@@ -43,9 +43,7 @@ def offline(ctx, pk: str, name: str) -> None:
 
 
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
-async def test_wait_says_offline_devices_at_once_and_shows_progress(
-    ctx, monkeypatch, terminal
-):
+async def test_wait_says_offline_devices_at_once_and_shows_progress(ctx, monkeypatch, terminal):
     pk, names = make_fleet(ctx.engine, 3)
     offline(ctx, pk, names[2])
     fw = make_firmware(ctx.engine, pk, state="unverified")
