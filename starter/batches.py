@@ -79,7 +79,8 @@ async def create(
 def list_(
     firmware: Annotated[int | None, typer.Option(help="Only this firmware's batches.")] = None,
     state: Annotated[
-        str | None, typer.Option(help="scheduled, in_progress, paused, completed or canceled.")
+        str | None,
+        typer.Option(help="scheduled, in_progress, paused, completed, canceled or failed."),
     ] = None,
     json: JsonOpt = False,
 ) -> None:

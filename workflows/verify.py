@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import workflow
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from ota.activity_stubs import cancel_tasks, claim_tasks, finish_verify, prepare_verify
@@ -73,9 +73,13 @@ class VerifyWorkflow:
     @workflow.run
     async def run(self, inp: VerifyInput) -> BatchProgress:
         self._batch_id = inp.batch_id
-        prep = await workflow.execute_activity(
-            prepare_verify, inp, start_to_close_timeout=VERIFY_PREPARE_TIMEOUT
-        )
+        try:
+            prep = await workflow.execute_activity(
+                prepare_verify, inp, start_to_close_timeout=VERIFY_PREPARE_TIMEOUT
+            )
+        except ActivityError:  # refused: the query says failed, as the batch's row does
+            self._state = BatchState.FAILED
+            raise
         self._total = len(prep.tasks)
         if workflow.info().typed_search_attributes.get(BATCH_ID) is None:  # Temporal CLI start
             workflow.upsert_search_attributes(
