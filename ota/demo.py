@@ -38,7 +38,8 @@ FINISHED_POLL_SECONDS = 2
 
 def sample_image(size: int = 256 * 1024) -> bytes:
     """A deterministic stand-in for a firmware image."""
-    blocks, seed = [], b"ota demo firmware " + TO_VERSION.encode()
+    blocks: list[bytes] = []
+    seed = b"ota demo firmware " + TO_VERSION.encode()
     while sum(map(len, blocks)) < size:
         seed = hashlib.sha256(seed).digest()
         blocks.append(seed)

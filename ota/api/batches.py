@@ -45,7 +45,7 @@ DryRun = Annotated[
 async def create_batch(
     ctx: Ctx,
     firmware_id: FirmwareId,
-    body: BatchCreate,
+    body: BatchCreate,  # type: ignore[valid-type]  # a model made from the options (batch_body)
     response: Response,
     dry_run: DryRun = False,
 ) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from ota.domain import (
 )
 from ota.errors import InvalidInput
 from ota.services.devices import DEVICE_NAME_RE
-from ota.services.firmware import FILE_NAME_MAX
+from ota.services.firmware import EXT_DATA_MAX_BYTES, EXT_KEY_MAX, FILE_NAME_MAX
 from ota.services.products import PRODUCT_KEY_RE, PRODUCT_NAME_MAX
 from ota.services.security import SIGN_WITH, SIGN_WITH_CHOICES
 from ota.services.verify import MAX_DEVICES
@@ -108,7 +108,9 @@ def one_or_more(regex: re.Pattern[str]) -> dict[str, Any]:
 
 def replace_schema(schema: dict[str, Any], **wanted: Any) -> None:
     """Pydantic's schema of the field's Python type, replaced by what the field accepts."""
-    kept = {k: schema[k] for k in ("title", "description", "default") if k in schema}
+    kept: dict[str, Any] = {
+        k: schema[k] for k in ("title", "description", "default") if k in schema
+    }
     schema.clear()
     schema.update(kept, **wanted)
 
@@ -305,7 +307,9 @@ class FirmwareFields(Body):
     ext_data: dict[str, Any] | None = Field(
         None,
         description="extData for devices: a JSON object of keys and values (in the upload form, "
-        'its JSON text, as `ota firmware add --ext KEY=VALUE` gives: `{"kind": "key"}`).',
+        'its JSON text, as `ota firmware add --ext KEY=VALUE` gives: `{"kind": "key"}`); at '
+        f"most {EXT_DATA_MAX_BYTES} bytes as JSON.",
+        json_schema_extra={"propertyNames": {"minLength": 1, "maxLength": EXT_KEY_MAX}},
     )
     sign_with: str | None = Field(
         None,
