@@ -29,6 +29,9 @@ SIGNAL_REPORT = "report"  # bridge -> device workflow: the device finished, or f
 SIGNAL_ONLINE = "online"  # bridge or pacer -> device workflow: the device it waits for is online
 # bridge -> batch workflow: devices of this paced batch came online and wait for their turn
 SIGNAL_DEVICES_ONLINE = "devices_online"
+# bridge -> dynamic batch workflow: devices reported one of its source versions; look now (its
+# poll, `dynamic_poll_seconds`, stays the safety net)
+SIGNAL_DEVICES_ARRIVED = "devices_arrived"
 # operator -> batch workflow: push nothing new until `resume` (pushed devices finish)
 SIGNAL_PAUSE = "pause"
 SIGNAL_RESUME = "resume"
@@ -85,7 +88,9 @@ class BatchInput(BatchOptions):
     start_burst: int = 50  # device workflows started per workflow task (ENGINE.md: cap bursts)
     continue_as_new_every: int = 200  # starts per run before continuing as new
     poll_seconds: float = 5.0  # how often a batch whose starts are done re-counts its tasks
-    dynamic_poll_seconds: float = 10.0  # how often a dynamic batch looks for newly matching devices
+    # How often a dynamic batch looks for newly matching devices unasked (the bridge's
+    # `devices_arrived` makes it look at once): the safety net.
+    dynamic_poll_seconds: float = 60.0
     # Filled in by the workflow itself when it continues as new.
     carry: PacerCarry | None = None
 
@@ -111,6 +116,8 @@ class PacerCarry:
     turns: int = 0  # reconnected devices let push by the pacer, over all runs
     # A `devices_online` no claim has answered yet, carried across continue-as-new.
     turns_pending: bool = False
+    # A `devices_arrived` no sync has answered yet (dynamic batches), likewise.
+    arrivals_pending: bool = False
     # Paused (by the operator or the stop rule), and why; the stop rule trips once per batch:
     # a resumed batch goes on whatever its failure rate.
     paused: bool = False

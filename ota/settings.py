@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     # (a completion in a closed run costs nothing): 200 was ~8% faster than 1,500 (bench, 2,000).
     continue_as_new_every: int = Field(default=200, ge=1)
     batch_poll_seconds: float = Field(default=5.0, gt=0)
-    dynamic_poll_seconds: float = Field(default=10.0, gt=0)
+    # A dynamic batch's safety net: the bridge nudges it when devices report a version it
+    # updates from (ota/bridge/arrivals.py); the poll finds what no report announced (a device
+    # freed by another batch, one imported with its version) and any nudge lost.
+    dynamic_poll_seconds: float = Field(default=60.0, gt=0)
     # The in-flight cap of a batch without a rate and without its own --max-in-flight: the pacer
     # starts no device workflow while this many devices are pushed or upgrading (0: no cap).
     # Unthrottled, it started every device workflow within seconds however slow the devices,

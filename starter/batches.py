@@ -83,10 +83,17 @@ def list_(
         str | None,
         typer.Option(help="scheduled, in_progress, paused, completed, canceled or failed."),
     ] = None,
+    limit: Annotated[int, typer.Option(help=f"At most this many (up to {PAGE_MAX}).")] = PAGE_MAX,
+    after_id: Annotated[
+        str | None, typer.Option(help="Those after this batch: the previous list's next page.")
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
-    """Batches, newest first, with their task counts."""
-    rows = batches.list_batches(context().engine, firmware, state)
+    """Batches, newest first, with their task counts, a page at a time."""
+    page = batches.batch_page(context().engine, firmware, state, limit, after_id)
+    rows = page.items
+    if page.next_after_id is not None:  # on stderr: the JSON on stdout stays the list
+        err_console.print(f"more: --after-id {page.next_after_id}", markup=False)
     if json:
         print_json(rows)
         return

@@ -11,8 +11,9 @@ from rich.table import Table
 
 from ota.errors import InvalidInput
 from ota.services import diff, firmware
+from ota.services.paging import PAGE_MAX
 from ota.services.security import SIGN_WITH, SIGN_WITH_CHOICES
-from starter.common import console, context, handle_errors, print_json
+from starter.common import console, context, err_console, handle_errors, print_json
 
 firmware_app = typer.Typer(help="Firmware files: add, diff, list, show, delete.")
 
@@ -154,10 +155,17 @@ def list_(
     product: Annotated[
         str | None, typer.Option("--product", "-p", help="Only this product.")
     ] = None,
+    limit: Annotated[int, typer.Option(help=f"At most this many (up to {PAGE_MAX}).")] = PAGE_MAX,
+    after_id: Annotated[
+        int, typer.Option(help="Those after this id: the previous list's next page.")
+    ] = 0,
     json: JsonOpt = False,
 ) -> None:
-    """List firmware files."""
-    found = firmware.list_firmware(context().engine, product)
+    """List firmware files, a page at a time."""
+    page = firmware.firmware_page(context().engine, product, limit, after_id)
+    found = page.items
+    if page.next_after_id is not None:  # on stderr: the JSON on stdout stays the list
+        err_console.print(f"more: --after-id {page.next_after_id}", markup=False)
     if json:
         print_json([firmware.firmware_public(fw) for fw in found])
         return

@@ -292,7 +292,7 @@ async def test_the_same_firmware_twice_is_a_409_naming_the_field(client):
     assert twin in assert_problem(r, 409, "name")["detail"]
     r = await upload(client, base)
     assert twin in assert_problem(r, 409, "name")["detail"]
-    assert len((await client.get("/api/v1/firmware")).json()) == 1
+    assert len((await client.get("/api/v1/firmware")).json()["items"]) == 1
     assert (await upload(client, {**base, "version": "2.0.1"})).status_code == 201
 
 

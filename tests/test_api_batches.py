@@ -100,7 +100,7 @@ async def test_every_batch_rule_is_a_problem_naming_the_field(client):
         f"/api/v1/firmware/{unverified['id']}/batches", json={"SrcVersion": "1.0.0"}
     )
     assert "verify it first" in assert_problem(r, 409, "firmware")["detail"]
-    assert (await client.get("/api/v1/batches")).json() == []  # nothing was created
+    assert (await client.get("/api/v1/batches")).json()["items"] == []  # nothing was created
 
 
 async def test_a_dry_run_answers_the_numbers_and_creates_nothing(client, temporal_env):
@@ -127,7 +127,7 @@ async def test_a_dry_run_answers_the_numbers_and_creates_nothing(client, tempora
     )
     assert (p["phases"], p["gates"], p["windows"]) == ([], 0, 0)
     assert p["eta"].startswith("last push ~") and p["eta_notes"] == []
-    assert (await client.get("/api/v1/batches")).json() == []
+    assert (await client.get("/api/v1/batches")).json()["items"] == []
     assert [w async for w in temporal_env.client.list_workflows(f'OtaProductKey = "{pk}"')] == []
     # What create refuses, the dry run refuses the same way, naming the same field.
     for change, field, detail in BATCH_CASES:
@@ -138,7 +138,7 @@ async def test_a_dry_run_answers_the_numbers_and_creates_nothing(client, tempora
         assert detail in problem["detail"], (change, problem)
     assert_problem(await client.post(url, json={"pickup_timeout_minutes": 0}), 422)
     assert_problem(await client.post("/api/v1/firmware/999/batches?dry_run=1", json={}), 404)
-    assert (await client.get("/api/v1/batches")).json() == []
+    assert (await client.get("/api/v1/batches")).json()["items"] == []
 
 
 async def test_a_phased_batch_by_its_cloud_names_then_cancel(client, temporal_env):
@@ -168,7 +168,7 @@ async def test_a_phased_batch_by_its_cloud_names_then_cancel(client, temporal_en
     handle = temporal_env.client.get_workflow_handle(batch["workflow_id"])
     assert (await handle.describe()).status.name == "RUNNING"
     assert (await client.get(f"/api/v1/batches/{batch['id']}")).json()["id"] == batch["id"]
-    listed = (await client.get(f"/api/v1/firmware/{fw['id']}/batches")).json()
+    listed = (await client.get(f"/api/v1/firmware/{fw['id']}/batches")).json()["items"]
     assert [b["id"] for b in listed] == [batch["id"]]
 
     cancel = f"/api/v1/batches/{batch['id']}/cancel"
@@ -322,7 +322,7 @@ async def test_without_temporal_nothing_is_registered(tmp_path, database_url):
             json={"device_names": ["dev-0000"]},
         )
         assert_problem(r, 503)
-        assert (await client.get("/api/v1/batches")).json() == []
+        assert (await client.get("/api/v1/batches")).json()["items"] == []
 
 
 async def test_pause_and_resume_signal_the_batch(client, temporal_env):

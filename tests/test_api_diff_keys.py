@@ -104,7 +104,7 @@ async def test_a_diff_refused_names_the_field_at_fault(client):
     await refused({"from_id": str(a["id"]), "to_id": b["id"]}, 422, "from_id")
     await refused({"from_id": a["id"], "to_id": b["id"], "from": 1}, 422, "from")
     # Nothing was added by the refusals.
-    listed = (await client.get("/api/v1/firmware", params={"product_key": pk})).json()
+    listed = (await client.get("/api/v1/firmware", params={"product_key": pk})).json()["items"]
     assert sorted(fw["id"] for fw in listed) == sorted(
         [a["id"], b["id"], same_version["id"], made["id"]]
     )

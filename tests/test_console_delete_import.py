@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from tests.fixtures.stack import OtaProcesses
 from tests.test_api_support import assert_problem
 from tests.test_console import CHROMIUM, browser  # noqa: F401 (fixture)
 from tests.test_console_devices import NAMES, PK, api, credentials, login, stack  # noqa: F401
+from tests.test_workflow_support import make_firmware
 
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "console-delete-import"
 
@@ -193,4 +195,54 @@ def test_devices_are_imported_from_a_csv_all_or_none(
     expect(form.locator(".js-choose")).to_be_visible()
     expect(form.locator(".js-imported")).to_be_hidden()
     expect(form.locator("[name=file]")).to_have_value("")
+    assert page.errors == [], page.errors  # type: ignore[attr-defined]
+
+
+def test_the_firmware_list_and_a_firmware_s_batches_are_read_a_page_at_a_time(
+    stack: OtaProcesses,  # noqa: F811
+    api: httpx.Client,  # noqa: F811
+    page: Page,
+):
+    """55 firmware and 55 batches of one of them: 50 rows a page (ota/api/console.py), Next,
+    Previous and First following the rows shown, the two pages disjoint and together whole."""
+    engine = stack.context().engine
+    firmware_ids = [make_firmware(engine, PK, f"2.0.{i}") for i in range(55)]
+    first = firmware_ids[0]
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    with session_scope(engine) as s:
+        for i in range(55):
+            s.add(Batch(id=f"b-page-{i:02d}", firmware_id=first, product_key=PK, module="default",
+                        target_version="2.0.0", state="completed",
+                        created_at=start + timedelta(minutes=i)))  # fmt: skip
+    engine.dispose()
+    newest = [f"b-page-{i:02d}" for i in reversed(range(55))]
+
+    def shown(table: str, attribute: str) -> list[str]:
+        rows = page.locator(f"#{table} tbody tr")
+        return [rows.nth(i).get_attribute(attribute) or "" for i in range(rows.count())]
+
+    for path, table, attribute, expected in (
+        ("/firmware", "firmware-table", "data-firmware-id", [str(i) for i in firmware_ids]),
+        (f"/firmware/{first}", "batch-table", "data-batch-id", newest),
+    ):
+        if path == "/firmware":
+            login(page, path)
+        else:
+            page.goto(path)
+        expect(page.locator(f"#{table} tbody tr")).to_have_count(50)
+        one = shown(table, attribute)
+        expect(page.locator("#prev-page")).to_have_count(0)
+        page.locator("#next-page").click()
+        expect(page.locator(f"#{table} tbody tr")).to_have_count(5)
+        two = shown(table, attribute)
+        assert one + two == expected, path  # disjoint, whole, in the list's order
+        expect(page.locator("#next-page")).to_have_count(0)
+        shot(page, f"page-2-{table}")
+        page.locator("#prev-page").click()
+        expect(page.locator(f"#{table} tbody tr")).to_have_count(50)
+        assert shown(table, attribute) == one, path
+        page.locator("#next-page").click()
+        page.locator("#first-page").click()
+        expect(page.locator(f"#{table} tbody tr")).to_have_count(50)
+        assert shown(table, attribute) == one, path
     assert page.errors == [], page.errors  # type: ignore[attr-defined]

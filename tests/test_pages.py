@@ -10,8 +10,10 @@ in id order, with no sequential scan and no sort.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -23,7 +25,7 @@ from sqlmodel import Session
 from ota.api.app import create_app
 from ota.db.models import Batch, Device, DeviceModule, Firmware, Product, Task
 from ota.errors import InvalidInput
-from ota.services import batches, devices
+from ota.services import batches, devices, firmware
 from ota.services.paging import PAGE_MAX
 from ota.settings import Settings
 from tests.fixtures.database import database_url, engine  # noqa: F401 (fixtures)
@@ -323,3 +325,252 @@ def test_each_page_walks_an_index_narrowed_to_its_filter(engine: Engine):  # noq
         narrowed = [n for n in nodes if column in n.get("Index Cond", "")]
         scans = [(n.get("Index Name"), n.get("Index Cond"), n.get("Filter")) for n in nodes]
         assert narrowed, (name, scans)
+
+
+# --- the batch list and the firmware list ---------------------------------------------------------
+
+BASE = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def fill_lists(db: Engine, n: int, ours: int = 3) -> tuple[list[int], list[tuple[datetime, str]]]:
+    """`n` firmware, one in `ours` of them PK's, and `n` batches: half of them of the first
+    firmware, a quarter in progress, created three at a time (ties broken by their random ids,
+    as two batches created in the same microsecond are). Returns the firmware ids and the batches'
+    (created_at, id) keys."""
+    with Session(db) as session:
+        for pk in (PK, OTHER):
+            session.add(Product(product_key=pk, name=pk))
+        session.flush()
+        firmware_ids = session.scalars(
+            insert(Firmware).returning(Firmware.id, sort_by_parameter_order=True),  # type: ignore[arg-type]
+            [
+                {
+                    "product_key": PK if i % ours == 0 else OTHER,
+                    "name": f"fw{i}",
+                    "module": "default",
+                    "version": f"2.0.{i}",
+                    "type": "full",
+                    "src_versions": [],
+                    "sign_method": "MD5",
+                    "file_name": "f.bin",
+                    "size": 1,
+                    "md5": "x",
+                    "sha256": "x",
+                    "storage_key": "x",
+                    "state": "verified",
+                    "need_verify": False,
+                    "ext_data": {},
+                }  # fmt: skip
+                for i in range(n)
+            ],
+        ).all()
+        keys = [(BASE + timedelta(seconds=i // 3), uuid.uuid4().hex[:12]) for i in range(n)]
+        session.execute(
+            insert(Batch),
+            [
+                {
+                    "id": batch_id,
+                    "firmware_id": firmware_ids[0] if i % 2 else firmware_ids[1 + i % (n - 1)],
+                    "product_key": PK,
+                    "module": "default",
+                    "target_version": "2.0.0",
+                    "src_versions": [],
+                    "options": {},
+                    "state": "in_progress" if i % 4 == 0 else "completed",
+                    "created_at": at,
+                }  # fmt: skip
+                for i, (at, batch_id) in enumerate(keys)
+            ],
+        )
+        session.commit()
+    return list(firmware_ids), keys
+
+
+def _newest_first(keys: list[tuple[datetime, str]]) -> list[str]:
+    return [batch_id for _, batch_id in sorted(keys, reverse=True)]
+
+
+def test_batch_and_firmware_pages_are_disjoint_complete_and_walk_back(engine: Engine):  # noqa: F811
+    firmware_ids, keys = fill_lists(engine, 130)
+    first_fw = firmware_ids[0]
+    with Session(engine) as session:
+        fw_of = dict(session.execute(text("SELECT id, firmware_id FROM batches")).all())
+        running = {
+            r[0]
+            for r in session.execute(text("SELECT id FROM batches WHERE state = 'in_progress'"))
+        }
+    newest = _newest_first(keys)
+    lists: dict[str, tuple[Callable[..., Any], list[Any]]] = {
+        "batches": (lambda **kw: batches.batch_page(engine, **kw), newest),
+        "a firmware's batches": (
+            lambda **kw: batches.batch_page(engine, first_fw, **kw),
+            [b for b in newest if fw_of[b] == first_fw],
+        ),
+        "batches in progress": (
+            lambda **kw: batches.batch_page(engine, state="in_progress", **kw),
+            [b for b in newest if b in running],
+        ),
+        "firmware": (lambda **kw: firmware.firmware_page(engine, **kw), firmware_ids),
+        "a product's firmware": (
+            lambda **kw: firmware.firmware_page(engine, PK, **kw),
+            firmware_ids[::3],
+        ),
+    }
+    for name, (fetch, expected) in lists.items():
+        pages, after = [], None
+        while True:
+            page = fetch(limit=20, **({"after_id": after} if after else {}))
+            pages.append([_id(item) for item in page.items])
+            if page.next_after_id is None:
+                break
+            after = page.next_after_id
+        assert [i for p in pages for i in p] == expected, name  # complete, in order, none twice
+        assert all(len(p) == 20 for p in pages[:-1]) and 0 < len(pages[-1]) <= 20, name
+        assert len(pages) > 1, name
+        back, before = [], fetch(limit=20, after_id=pages[-2][-1]).prev_before_id
+        while before is not None:
+            page = fetch(limit=20, before_id=before)
+            back.insert(0, [_id(x) for x in page.items])
+            before = page.prev_before_id
+        assert back == pages[:-1], name
+    # A page of batches counts each one's tasks by state (one query for the page).
+    page = batches.batch_page(engine, limit=PAGE_MAX)
+    assert len(page.items) == 130 and all(b["counts"] == {} for b in page.items)
+
+
+def test_batch_counts_come_with_each_batch_of_a_page(engine: Engine):  # noqa: F811
+    fill(engine, 50, others=10)
+    listed = {b["id"]: b["counts"] for b in batches.batch_page(engine).items}
+    assert listed == {BATCH: {"failed": 10, "updated": 40}, "bother": {"failed": 2, "updated": 8}}
+    assert batches.show_batch(engine, BATCH)["counts"] == listed[BATCH]
+
+
+def test_batch_and_firmware_limits_and_cursors_name_the_field(engine: Engine):  # noqa: F811
+    fill_lists(engine, 5)
+    for limit in (0, PAGE_MAX + 1):
+        for call in (
+            lambda n=limit: batches.batch_page(engine, limit=n),
+            lambda n=limit: firmware.firmware_page(engine, limit=n),
+        ):
+            with pytest.raises(InvalidInput, match=f"between 1 and {PAGE_MAX}") as exc:
+                call()
+            assert exc.value.field == "limit"
+    with pytest.raises(InvalidInput, match="no batch gone") as exc:
+        batches.batch_page(engine, after_id="gone")
+    assert exc.value.field == "after_id"
+    with pytest.raises(InvalidInput) as exc:
+        batches.batch_page(engine, after_id="a", before_id="b")
+    assert exc.value.field == "before_id"
+    with pytest.raises(InvalidInput) as exc:
+        firmware.firmware_page(engine, after_id=-1)
+    assert exc.value.field == "after_id"
+
+
+async def test_the_batch_and_firmware_lists_page_in_the_api_and_the_console(
+    engine: Engine,  # noqa: F811
+    tmp_path,
+):
+    firmware_ids, keys = fill_lists(engine, 70)
+    newest = _newest_first(keys)
+    with app_client(engine, tmp_path) as client:
+        seen: list[str] = []
+        params: dict[str, Any] = {"limit": 30}
+        while True:
+            body = (await client.get("/api/v1/batches", params=params)).json()
+            assert set(body) == {"items", "next_after_id", "prev_before_id"}
+            seen += [b["id"] for b in body["items"]]
+            if body["next_after_id"] is None:
+                break
+            params["after_id"] = body["next_after_id"]
+        assert seen == newest
+        fw_url = f"/api/v1/firmware/{firmware_ids[0]}/batches"
+        theirs = (await client.get(fw_url, params={"limit": 1000})).json()
+        assert len(theirs["items"]) == 35 and theirs["next_after_id"] is None
+        listed = (await client.get("/api/v1/firmware", params={"limit": 50})).json()
+        assert [f["id"] for f in listed["items"]] == firmware_ids[:50]
+        rest = await client.get("/api/v1/firmware", params={"after_id": listed["next_after_id"]})
+        assert [f["id"] for f in rest.json()["items"]] == firmware_ids[50:]
+        for url in ("/api/v1/batches", fw_url, "/api/v1/firmware"):
+            problem = assert_problem(
+                await client.get(url, params={"limit": PAGE_MAX + 1}), 422, "limit"
+            )
+            assert str(PAGE_MAX) in problem["detail"], url
+        assert_problem(
+            await client.get("/api/v1/batches", params={"after_id": "a b"}), 422, "after_id"
+        )
+        assert_problem(
+            await client.get("/api/v1/batches", params={"after_id": "gone"}), 422, "after_id"
+        )
+
+        # The console: 50 a page and the links between pages, from the rows shown.
+        await client.post("/login", data={"token": TOKEN, "next": "/firmware"})
+        page = (await client.get("/firmware")).text
+        assert page.count("<tr data-firmware-id=") == 50
+        assert f"?after_id={firmware_ids[49]}" in page and 'id="prev-page"' not in page
+        page = (await client.get("/firmware", params={"after_id": firmware_ids[49]})).text
+        assert page.count("<tr data-firmware-id=") == 20 and 'id="next-page"' not in page
+        assert f"?before_id={firmware_ids[50]}" in page
+        ours = [b for b in newest if b in {i["id"] for i in theirs["items"]}]
+        page = (await client.get(f"/firmware/{firmware_ids[0]}", params={"after_id": ours[9]})).text
+        assert page.count("<tr data-batch-id=") == 25 and 'id="next-page"' not in page
+        assert f"?before_id={ours[10]}" in page
+        # A cursor batch deleted since: the first page, not an error page.
+        page = (await client.get(f"/firmware/{firmware_ids[0]}", params={"after_id": "gone"})).text
+        assert page.count("<tr data-batch-id=") == 35
+
+
+# (the service call, given the engine, PK's first firmware and a batch id; the table whose page it
+# is; the column an Index Cond must hold: the filter's, or the cursor's)
+LISTS: dict[str, tuple[Callable[[Engine, int, str], Any], str, str]] = {
+    "batches": (lambda e, fw, b: batches.batch_page(e), "batches", ""),
+    "batches deep": (lambda e, fw, b: batches.batch_page(e, after_id=b), "batches", "created_at"),
+    "batches back": (lambda e, fw, b: batches.batch_page(e, before_id=b), "batches", "created_at"),
+    "a firmware's batches": (  # a firmware with few: its index, not the newest walked
+        lambda e, fw, b: batches.batch_page(e, fw + 1, after_id=b),
+        "batches",
+        "firmware_id",
+    ),
+    "batches in progress": (
+        lambda e, fw, b: batches.batch_page(e, state="in_progress"),
+        "batches",
+        "state",
+    ),
+    "firmware": (lambda e, fw, b: firmware.firmware_page(e), "firmware", ""),
+    "firmware deep": (
+        lambda e, fw, b: firmware.firmware_page(e, after_id=fw + 300),
+        "firmware",
+        "id",
+    ),
+    "a product's firmware": (
+        lambda e, fw, b: firmware.firmware_page(e, PK, after_id=fw),
+        "firmware",
+        "product_key",
+    ),
+}
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_batch_and_firmware_pages_and_task_counts_walk_an_index(engine: Engine):  # noqa: F811
+    """The batch list and the firmware list as the device list: no Seq Scan, no Sort, the
+    filter (or the cursor) in an Index Cond. And a batch's tasks are counted from the (batch_id,
+    state, reason) index alone: an Index Only Scan, for one batch or a page of them."""
+    firmware_ids, keys = fill_lists(engine, 3000, ours=100)  # PK's firmware: a few
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+    middle = _newest_first(keys)[1500]
+    for name, (call, table, column) in LISTS.items():
+        queries = _queries(engine, lambda c=call: c(engine, firmware_ids[0], middle))
+        nodes = _plan(engine, *_page_query(queries, table))
+        kinds = [n["Node Type"] for n in nodes]
+        assert "Seq Scan" not in kinds and "Sort" not in kinds, (name, kinds)
+        scans = [(n.get("Index Name"), n.get("Index Cond"), n.get("Filter")) for n in nodes]
+        assert any(column in (n.get("Index Cond") or "") for n in nodes), (name, scans)
+    for name, call in {
+        "a batch's counts": lambda: batches.show_batch(engine, middle),
+        "a page's counts": lambda: batches.batch_page(engine),
+    }.items():
+        [counting] = [q for q in _queries(engine, call) if "count(*)" in q[0]]
+        nodes = _plan(engine, *counting)
+        scans = [(n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]]
+        assert scans == [("Index Only Scan", "ix_tasks_batch_state_reason")], (name, scans)

@@ -27,6 +27,7 @@ from temporalio.workflow import NondeterminismError
 from ota.activity_stubs import cancel_tasks, set_batch_state
 from ota.contracts import (
     SIGNAL_CANCEL,
+    SIGNAL_DEVICES_ARRIVED,
     SIGNAL_DEVICES_ONLINE,
     SIGNAL_ONLINE,
     SIGNAL_PAUSE,
@@ -44,6 +45,7 @@ from tests.histories.record_release import SCENARIOS, expected_in
 from workflows import WORKFLOWS
 from workflows.batch import (
     CAP_PATCH,
+    NUDGE_PATCH,
     PAUSE_PATCH,
     PHASE_PATCH,
     RAMP_PATCH,
@@ -322,6 +324,14 @@ def batch_dynamic_policy_canceled(s: Story) -> None:
     assert (s.result["state"], s.result["counts"]) == ("canceled", {"updated": 2})
 
 
+def batch_dynamic_nudged(s: Story) -> None:
+    assert s.input["policy"] == "dynamic" and s.input["dynamic_poll_seconds"] == 3600
+    assert s.signal_names == [SIGNAL_DEVICES_ARRIVED, SIGNAL_CANCEL]
+    assert NUDGE_PATCH in s.patches
+    assert len(s.children) == 2  # the second joined on the nudge, not the hourly poll
+    assert (s.result["state"], s.result["counts"]) == ("canceled", {"updated": 2})
+
+
 def verify_passed(s: Story) -> None:
     assert s.activities == ["prepare_verify", "finish_verify"]
     assert len(s.children) == 2
@@ -442,6 +452,7 @@ CHECKS: dict[str, Callable[[Story], None]] = {
     "device-paced-turn": device_paced_turn,
     "batch-scheduled": batch_scheduled,
     "batch-dynamic-policy-canceled": batch_dynamic_policy_canceled,
+    "batch-dynamic-nudged": batch_dynamic_nudged,
     "verify-passed": verify_passed,
     "batch-paused-run1": batch_paused_run1,
     "batch-resumed-last": batch_resumed_last,

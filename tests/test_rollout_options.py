@@ -177,7 +177,7 @@ async def test_the_api_refuses_a_rollout_option_before_creating_anything(client,
             body = {"src_versions": ["1.0.0"], **change}
             problem = assert_problem(await client.post(url + dry, json=body), 422, field)
             assert detail in problem["detail"], (change, problem)
-    assert (await client.get("/api/v1/batches")).json() == []
+    assert (await client.get("/api/v1/batches")).json()["items"] == []
     assert [w async for w in temporal_env.client.list_workflows(f'OtaProductKey = "{pk}"')] == []
     # The same options, right, are taken (the dry run: nothing started here either).
     good = {"src_versions": ["1.0.0"], **WINDOW, "phases": "1,50", "promote_at": 90}

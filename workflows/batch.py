@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
         PRODUCT_KEY,
         QUERY_PROGRESS,
         SIGNAL_CANCEL,
+        SIGNAL_DEVICES_ARRIVED,
         SIGNAL_DEVICES_ONLINE,
         SIGNAL_PAUSE,
         SIGNAL_PROMOTE,
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         PacerCarry,
     )
     from ota.domain import ACTIVE_TASK_STATES, BatchKind, BatchState, CancelScope
+    from workflows.batch_arrivals import NUDGE_PATCH, PacerArrivals
     from workflows.batch_core import MAX_POLL
     from workflows.batch_holds import PHASE_PATCH, RAMP_PATCH, WINDOW_PATCH, PacerHolds
     from workflows.batch_pushes import PacerPushes
@@ -45,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
 __all__ = [
     "CAP_PATCH",
     "CONTINUE_AFTER_CANCEL_PATCH",
+    "NUDGE_PATCH",
     "PAUSE_PATCH",
     "PHASE_PATCH",
     "RAMP_PATCH",
@@ -62,14 +65,16 @@ CONTINUE_AFTER_CANCEL_PATCH = "pacer-continue-after-cancel"
 
 
 @workflow.defn(name="BatchWorkflow")
-class BatchWorkflow(PacerPushes, PacerSafety, PacerHolds):
+class BatchWorkflow(PacerPushes, PacerSafety, PacerHolds, PacerArrivals):
     """Phases:
     1. prepare (activity): register the batch, select targets, insert tasks (once);
     2. scheduled batches: wait for the time (a cancel now cancels every task);
     3. pace: claim the next tasks, start one DeviceUpgradeWorkflow each (ABANDON, not awaited;
        workflows/batch_pushes.py), never more than the rate in any minute; continue as new
        every N starts;
-    4. dynamic batches: keep adding devices that match later, until the policy is canceled;
+    4. dynamic batches: keep adding devices that match later, until the policy is canceled:
+       at once when the bridge's `devices_arrived` says some came to match (at most once a
+       second), else every `dynamic_poll_seconds` (workflows/batch_arrivals.py);
     5. watch the counts until no task is active, then complete.
     Paced batches: a device that was offline at its push and came back waits for its turn, which
     the claim gives out of the same budget as new starts (activities/turns.py); the bridge's
@@ -114,6 +119,10 @@ class BatchWorkflow(PacerPushes, PacerSafety, PacerHolds):
     def devices_online(self) -> None:
         self._turns_pending = True
 
+    @workflow.signal(name=SIGNAL_DEVICES_ARRIVED)
+    def devices_arrived(self) -> None:
+        self._note_arrivals()
+
     @workflow.query(name=QUERY_PROGRESS)
     def progress(self) -> BatchProgress:
         c = self._carry
@@ -136,6 +145,7 @@ class BatchWorkflow(PacerPushes, PacerSafety, PacerHolds):
         self._carry = carry = inp.carry or PacerCarry(prepared=False)
         # The signal may have come with this workflow task, before the run began.
         self._turns_pending = self._turns_pending or carry.turns_pending
+        self._arrivals_pending = self._arrivals_pending or carry.arrivals_pending
         if self._want_paused is None:  # no signal came with the first workflow task
             self._want_paused = carry.paused
         self._state = workflow.info().typed_search_attributes.get(STATE) or self._state
@@ -221,7 +231,7 @@ class BatchWorkflow(PacerPushes, PacerSafety, PacerHolds):
             ):
                 continue  # a cancel or pause came (or the window closed): see to it first
             now = workflow.now().timestamp()
-            sync = dynamic and not c.policy_canceled and now - synced_at >= inp.dynamic_poll_seconds
+            sync = dynamic and not c.policy_canceled and self._sync_due(inp, now - synced_at)
             counts = now - counted_at >= inp.poll_seconds
             stop_check = counts and self._stop_armed(inp)
             if stop_check:  # counted before the claim: a tripped rule pushes nothing more
@@ -238,6 +248,8 @@ class BatchWorkflow(PacerPushes, PacerSafety, PacerHolds):
                 waited = self._continue_as_new(inp, due=suggested)
                 continue
             limit = min(size, per_run - started_here, room_now, self._phase_room(inp))
+            if sync:  # answers the nudges so far; one that comes during the claim asks again
+                self._arrivals_pending = False
             claim = await self._claim(
                 inp,
                 limit=limit,
@@ -250,7 +262,7 @@ class BatchWorkflow(PacerPushes, PacerSafety, PacerHolds):
             if claim.tasks:
                 started_here += await self._start(inp, claim.tasks)
             elif dynamic and not c.policy_canceled:
-                await self._nap(timedelta(seconds=inp.dynamic_poll_seconds))
+                await self._await_devices(inp, synced_at)
             else:
                 return await self._watch(inp)
             waited = self._continue_as_new(

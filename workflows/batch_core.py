@@ -34,6 +34,7 @@ class PacerCore:
     def __init__(self) -> None:
         self._cancels: list[CancelRequest] = []
         self._turns_pending = False  # reconnected devices may wait for their turn
+        self._arrivals_pending = False  # a dynamic batch was nudged: devices came to match
         self._inp: BatchInput | None = None
         self._carry = PacerCarry()
         self._state = BatchState.IN_PROGRESS.value
@@ -50,12 +51,18 @@ class PacerCore:
         """A cancel, a pause or resume not followed yet, or a promote at the gate."""
         return bool(self._cancels) or self._want_paused != self._carry.paused or self._promoted
 
-    async def _nap(self, duration: timedelta, wake_on_turns: bool = False) -> bool:
-        """Sleep, waking early for a signal to see to (`_signalled`), or devices waiting for
-        their turn; True if such a signal came."""
+    async def _nap(
+        self, duration: timedelta, wake_on_turns: bool = False, wake_on_arrivals: bool = False
+    ) -> bool:
+        """Sleep, waking early for a signal to see to (`_signalled`), devices waiting for
+        their turn, or a dynamic batch's nudge; True if such a signal came."""
 
         def woken() -> bool:
-            return self._signalled() or (wake_on_turns and self._turns_pending)
+            return (
+                self._signalled()
+                or (wake_on_turns and self._turns_pending)
+                or (wake_on_arrivals and self._arrivals_pending)
+            )
 
         if duration > timedelta(0):
             with contextlib.suppress(TimeoutError):
@@ -65,11 +72,14 @@ class PacerCore:
     def _continue_as_new(self, inp: BatchInput, due: bool) -> bool:
         """Continue as new when due; True if a cancel makes it wait (the caller handles the
         cancel first: it ends the batch, or must not die with this run). Devices waiting for
-        their turn are carried."""
+        their turn, and a nudge not answered yet, are carried."""
 
         def next_input() -> BatchInput:
             carry = replace(
-                self._carry, runs=self._carry.runs + 1, turns_pending=self._turns_pending
+                self._carry,
+                runs=self._carry.runs + 1,
+                turns_pending=self._turns_pending,
+                arrivals_pending=self._arrivals_pending,
             )
             return replace(inp, carry=carry)
 

@@ -9,7 +9,16 @@ from fastapi import Body, Query, Response
 
 from ota.api.batch_body import BatchCreate, body_options
 from ota.api.common import UNAVAILABLE, Ctx, api_router
-from ota.api.params import AfterId, BatchId, BeforeId, FirmwareId, FirmwareIdQuery, Limit
+from ota.api.params import (
+    AfterBatch,
+    AfterId,
+    BatchId,
+    BeforeBatch,
+    BeforeId,
+    FirmwareId,
+    FirmwareIdQuery,
+    Limit,
+)
 from ota.api.schemas import CancelBody
 from ota.api.views import batch_view, task_view
 from ota.context import Context
@@ -56,18 +65,50 @@ async def create_batch(
     return batch_view(ctx.settings, await service.create_batch(ctx, inp))
 
 
-@router.get("/firmware/{firmware_id:int}/batches", summary="ListOTAJobByFirmware")
-def firmware_batches(ctx: Ctx, firmware_id: FirmwareId) -> list[dict[str, Any]]:
+@router.get("/firmware/{firmware_id:int}/batches", summary="ListOTAJobByFirmware: one page")
+def firmware_batches(
+    ctx: Ctx,
+    firmware_id: FirmwareId,
+    state: BatchState | None = None,
+    limit: Limit = PAGE_DEFAULT,
+    after_id: AfterBatch = None,
+    before_id: BeforeBatch = None,
+) -> dict[str, Any]:
+    """The firmware's batches, newest first, a page at a time as `GET /batches`."""
     get_firmware(ctx.engine, firmware_id)  # 404 rather than an empty list
-    return [batch_view(ctx.settings, b) for b in service.list_batches(ctx.engine, firmware_id)]
+    return batch_page(ctx, firmware_id, state, limit, after_id, before_id)
 
 
-@router.get("/batches", summary="List batches, newest first")
+@router.get("/batches", summary="List batches, newest first: one page")
 def list_batches(
-    ctx: Ctx, firmware_id: FirmwareIdQuery = None, state: BatchState | None = None
-) -> list[dict[str, Any]]:
-    rows = service.list_batches(ctx.engine, firmware_id, state.value if state else None)
-    return [batch_view(ctx.settings, b) for b in rows]
+    ctx: Ctx,
+    firmware_id: FirmwareIdQuery = None,
+    state: BatchState | None = None,
+    limit: Limit = PAGE_DEFAULT,
+    after_id: AfterBatch = None,
+    before_id: BeforeBatch = None,
+) -> dict[str, Any]:
+    """Batches newest first with their tasks counted by state, `limit` at a time: the next page
+    starts after the batch `next_after_id` (None: this is the last), the previous one ends
+    before `prev_before_id` (None: this is the first)."""
+    return batch_page(ctx, firmware_id, state, limit, after_id, before_id)
+
+
+def batch_page(
+    ctx: Context,
+    firmware_id: int | None = None,
+    state: str | None = None,
+    limit: int = PAGE_DEFAULT,
+    after_id: str | None = None,
+    before_id: str | None = None,
+) -> dict[str, Any]:
+    """One page of batches as the API and the console show them."""
+    page = service.batch_page(ctx.engine, firmware_id, state, limit, after_id, before_id)
+    return {
+        "items": [batch_view(ctx.settings, b) for b in page.items],
+        "next_after_id": page.next_after_id,
+        "prev_before_id": page.prev_before_id,
+    }
 
 
 @router.get("/batches/{batch_id}", summary="QueryOTAJob")

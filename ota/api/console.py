@@ -9,13 +9,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ota.api.batch_form import batch_form, option_facts
-from ota.api.batches import task_page
+from ota.api.batches import batch_page, task_page
 from ota.api.common import get_ctx
 from ota.api.console_auth import require_login
 from ota.api.views import BATCH_STATE_LABELS, batch_view, workflow_url
 from ota.batch_options import retry_text
 from ota.context import Context
 from ota.domain import (
+    BATCH_ID_RE,
     ID_MAX,
     ID_MIN,
     OPEN_BATCH_STATES,
@@ -23,6 +24,7 @@ from ota.domain import (
     TaskReason,
     TaskState,
 )
+from ota.errors import InvalidInput
 from ota.labels import STATE_LABELS
 from ota.services import batches, devices, firmware, products
 
@@ -40,6 +42,7 @@ PAGE = 50
 FirmwareId = Annotated[int, Path(ge=ID_MIN, le=ID_MAX)]
 AfterId = Annotated[int, Query(ge=0, le=ID_MAX)]
 BeforeId = Annotated[int | None, Query(ge=0, le=ID_MAX)]
+BatchCursor = Annotated[str, Query(pattern=f"^({BATCH_ID_RE.pattern[1:-1]})?$")]
 
 
 def _render(request: Request, name: str, **context: Any) -> Response:
@@ -54,12 +57,18 @@ def home() -> Response:
 
 
 @router.get("/firmware")
-def firmware_list(request: Request) -> Response:
+def firmware_list(request: Request, after_id: AfterId = 0, before_id: BeforeId = None) -> Response:
+    """One page of firmware, oldest first as uploaded (the API's order)."""
     ctx = get_ctx(request)
+    page = firmware.firmware_page(
+        ctx.engine, limit=PAGE, after_id=after_id, before_id=_before(after_id, before_id)
+    )
     return _render(
         request,
         "firmware_list.html",
-        firmware=[firmware.firmware_public(fw) for fw in firmware.list_firmware(ctx.engine)],
+        firmware=[firmware.firmware_public(fw) for fw in page.items],
+        next_after_id=page.next_after_id,
+        prev_before_id=page.prev_before_id,
         products=[products.product_public(p) for p in products.list_products(ctx.engine)],
         firmware_states=FIRMWARE_STATES,
         **batch_form(),
@@ -67,15 +76,27 @@ def firmware_list(request: Request) -> Response:
 
 
 @router.get("/firmware/{firmware_id}")
-def firmware_detail(request: Request, firmware_id: FirmwareId) -> Response:
+def firmware_detail(
+    request: Request,
+    firmware_id: FirmwareId,
+    after_id: BatchCursor = "",
+    before_id: BatchCursor = "",
+) -> Response:
+    """The firmware and one page of its batches, newest first."""
     ctx = get_ctx(request)
     fw = firmware.firmware_public(firmware.get_firmware(ctx.engine, firmware_id))
-    rows = [batch_view(ctx.settings, b) for b in batches.list_batches(ctx.engine, firmware_id)]
+    before = None if after_id else before_id or None
+    try:
+        page = batch_page(ctx, firmware_id, None, PAGE, after_id or None, before)
+    except InvalidInput:  # a batch deleted since the link was made: the first page instead
+        page = batch_page(ctx, firmware_id, None, PAGE)
     return _render(
         request,
         "firmware_detail.html",
         fw=fw,
-        batches=rows,
+        batches=page["items"],
+        next_after_id=page["next_after_id"],
+        prev_before_id=page["prev_before_id"],
         firmware_states=FIRMWARE_STATES,
         **batch_form(),
     )

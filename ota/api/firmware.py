@@ -9,12 +9,13 @@ import anyio.to_thread
 from fastapi import Request, Response
 
 from ota.api.common import Ctx, api_router, parse
-from ota.api.params import FirmwareId
+from ota.api.params import AfterId, BeforeId, FirmwareId, Limit
 from ota.api.schemas import DiffCreate, FirmwareCheck, FirmwareFields
 from ota.api.upload import MultipartStream, ThreadReader
 from ota.errors import InvalidInput, renamed
 from ota.services import diff
 from ota.services import firmware as service
+from ota.services.paging import PAGE_DEFAULT
 from ota.services.products import get_product
 from ota.storage import format_size
 
@@ -42,9 +43,22 @@ def _upload_schema() -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": form}}}
 
 
-@router.get("/firmware", summary="ListOTAFirmware")
-def list_firmware(ctx: Ctx, product_key: str | None = None) -> list[dict[str, Any]]:
-    return [service.firmware_public(fw) for fw in service.list_firmware(ctx.engine, product_key)]
+@router.get("/firmware", summary="ListOTAFirmware: one page")
+def list_firmware(
+    ctx: Ctx,
+    product_key: str | None = None,
+    limit: Limit = PAGE_DEFAULT,
+    after_id: AfterId = 0,
+    before_id: BeforeId = None,
+) -> dict[str, Any]:
+    """Firmware in id order, `limit` at a time: the next page starts after `next_after_id`
+    (None: this is the last), the previous one ends before `prev_before_id` (None: the first)."""
+    page = service.firmware_page(ctx.engine, product_key, limit, after_id, before_id)
+    return {
+        "items": [service.firmware_public(fw) for fw in page.items],
+        "next_after_id": page.next_after_id,
+        "prev_before_id": page.prev_before_id,
+    }
 
 
 @router.get("/firmware/{firmware_id:int}", summary="QueryOTAFirmware")

@@ -52,6 +52,21 @@ Limit = Annotated[
         "time, following next_after_id.",
     ),
 ]
+# The batch list's cursors are batch ids: it is newest first, and batch ids are random.
+AfterBatch = Annotated[
+    str | None,
+    Query(
+        pattern=BATCH_ID_RE.pattern,
+        description="The previous page's next_after_id (a batch id); none: the first page.",
+    ),
+]
+BeforeBatch = Annotated[
+    str | None,
+    Query(
+        pattern=BATCH_ID_RE.pattern,
+        description="The next page's prev_before_id: the page before it (not with after_id).",
+    ),
+]
 ProductKey = Annotated[
     str, Path(description="The product's ProductKey.", json_schema_extra=matching(PRODUCT_KEY_RE))
 ]

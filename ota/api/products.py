@@ -45,5 +45,5 @@ def product_versions(ctx: Ctx, product_key: ProductKey, module: ModuleQuery = No
 )
 def product_modules(ctx: Ctx, product_key: ProductKey) -> list[str]:
     found = {DEFAULT_MODULE, *devices.product_modules(ctx.engine, product_key)}
-    found.update(fw.module for fw in firmware.list_firmware(ctx.engine, product_key))
+    found.update(firmware.firmware_modules(ctx.engine, product_key))
     return sorted(found)

@@ -18,7 +18,9 @@ Rules it follows:
 - Signals, after the commit: `report(updated)`; `report(failed, reason)` for progress -1..-4 or a
   version `judge_version_report` calls failed (the bridge writes no failure: the workflow decides
   between retry and failed); `online` when an offline device with a waiting `to_be_pushed` task
-  shows up. Intermediate percentages are never signalled; a missing workflow is logged, not fatal.
+  shows up; `devices_arrived` to a dynamic batch (one per flush) when devices report a version
+  it updates from and have no task in it (`arrivals.py`). Intermediate percentages are never
+  signalled; a missing workflow is logged, not fatal.
   While Temporal is unreachable a flush waits for its signals (retrying, up to every 30 s) before
   acking its messages: the inbox fills and stops reading, the broker keeps the rest, and a
   bridge that dies meanwhile gets them again (`signals.py`, counted in `signal_retries`).

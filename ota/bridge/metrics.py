@@ -87,6 +87,12 @@ TALLIES = (
         label="outcome",
     ),
     Tally(
+        "ota_bridge_dynamic_nudges",
+        "devices_arrived signals to dynamic batches: a device reported one of a batch's source "
+        "versions (at most one per batch per flush and per second; also counted in signals).",
+        {"": "nudges"},
+    ),
+    Tally(
         "ota_bridge_signal_retries",
         "Signals put off because Temporal was unreachable (each is tried again until it goes).",
         {"": "signal_retries"},

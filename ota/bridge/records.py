@@ -14,7 +14,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
 from ota import protocol
+from ota.bridge.arrivals import DynamicBatches
 from ota.contracts import (
+    SIGNAL_DEVICES_ARRIVED,
     SIGNAL_DEVICES_ONLINE,
     SIGNAL_ONLINE,
     SIGNAL_REPORT,
@@ -113,15 +115,24 @@ def device_signal(task: _TaskView, name: str, arg: DeviceReport | None = None) -
 
 
 def apply_reports(
-    engine: Engine, messages: Sequence[protocol.Message], now: datetime | None = None
+    engine: Engine,
+    messages: Sequence[protocol.Message],
+    now: datetime | None = None,
+    dynamic: DynamicBatches | None = None,
 ) -> FlushResult:
-    """Record a flush's messages in one transaction; return the signals and replies to send."""
+    """Record a flush's messages in one transaction; return the signals and replies to send.
+    `dynamic`: nudge the dynamic batches devices came to match (the bridge's; None: none)."""
     now = now or utcnow()
     with session_scope(engine) as session:
-        return _apply(session.connection(), messages, now)
+        return _apply(session.connection(), messages, now, dynamic)
 
 
-def _apply(conn: Connection, messages: Sequence[protocol.Message], now: datetime) -> FlushResult:
+def _apply(
+    conn: Connection,
+    messages: Sequence[protocol.Message],
+    now: datetime,
+    dynamic: DynamicBatches | None = None,
+) -> FlushResult:
     result = FlushResult()
     devices = _load_devices(conn, {(m.product_key, m.device_name) for m in messages})
     known: list[tuple[int, protocol.Message]] = []
@@ -171,8 +182,32 @@ def _apply(conn: Connection, messages: Sequence[protocol.Message], now: datetime
             else:
                 result.signals.append(device_signal(t, SIGNAL_ONLINE))
     result.signals += _wait_for_turn(conn, waiting, now, result.moved)
+    if dynamic is not None and versions:
+        result.signals += _nudges(conn, dynamic, known, tasks)
     _attach_firmware(conn, result.replies)
     return result
+
+
+def _nudges(
+    conn: Connection,
+    dynamic: DynamicBatches,
+    known: list[tuple[int, protocol.Message]],
+    tasks: dict[int, list[_TaskView]],
+) -> list[Signal]:
+    """One `devices_arrived` per dynamic batch that devices of this flush came to match
+    (ota/bridge/arrivals.py). Judged after this flush's moves: a device that just updated in
+    another batch is free again."""
+    reports = [
+        (device_id, (m.product_key, m.module, m.version))
+        for device_id, m in known
+        if isinstance(m, protocol.Inform)
+    ]
+    busy = {d for d, ts in tasks.items() if any(t.state in ACTIVE_TASK_STATES for t in ts)}
+    return [nudge(batch_id) for batch_id in dynamic.nudges(conn, reports, busy)]
+
+
+def nudge(batch_id: str) -> Signal:
+    return Signal(batch_workflow_id(batch_id), SIGNAL_DEVICES_ARRIVED)
 
 
 def _wait_for_turn(

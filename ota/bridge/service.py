@@ -17,10 +17,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ota import protocol
 from ota.bridge import metrics
+from ota.bridge.arrivals import DynamicBatches
 from ota.bridge.inbox import Inbox, Received
 from ota.bridge.reconcile import Reconciler, SessionFlag
-from ota.bridge.records import FlushResult, Reply, apply_reports
+from ota.bridge.records import FlushResult, Reply, apply_reports, nudge
 from ota.bridge.signals import Connect, SignalClient, Signaller
+from ota.contracts import SIGNAL_DEVICES_ARRIVED
 from ota.identity.accounts import ServiceRole, service_endpoint
 from ota.metrics import BRIDGE_FLUSH_SECONDS
 from ota.push import upgrade_data
@@ -60,6 +62,7 @@ class Bridge:
         self.ready = asyncio.Event()  # set while connected and subscribed
         self._store: FirmwareStore | None = None  # for presigned S3 URLs (s3_direct_urls)
         self.signer = Signer(engine, settings)  # digestsign of replies (secure update)
+        self.dynamic = DynamicBatches()  # which dynamic batches to nudge (arrivals.py)
         self.endpoint = service_endpoint(settings, ServiceRole.BRIDGE)
         self._v5 = self.endpoint.v5
         self.reconciler = Reconciler(settings, engine, self.signer, self.stats, self.products)
@@ -69,11 +72,22 @@ class Bridge:
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting with backoff when the broker or database goes."""
+        nudger = asyncio.create_task(self._waiting_nudges())
         try:
             await self._connections()
         finally:  # cancelled: the metrics must not show a stopped bridge connected
+            nudger.cancel()
             self.ready.clear()
             self.inbox = None
+
+    async def _waiting_nudges(self) -> None:
+        """Nudges a flush held back (a batch is nudged at most once a second: arrivals.py) go
+        out when their second comes, whether or not another flush does."""
+        while True:
+            await asyncio.sleep(self.dynamic.nudge_every / 4)
+            if due := self.dynamic.waiting_due():
+                self.stats["nudges"] += len(due)
+                await self.signaller.send([nudge(batch_id) for batch_id in due])
 
     async def _connections(self) -> None:
         backoff = BACKOFF_MIN
@@ -178,6 +192,7 @@ class Bridge:
                 await self._reply(client, result.replies)
             # Waits while Temporal is away (signals.py): the acks below wait with it, so a
             # bridge that dies meanwhile gets these messages again.
+            self.stats["nudges"] += sum(s.name == SIGNAL_DEVICES_ARRIVED for s in result.signals)
             await self.signaller.send(result.signals)
         inbox.ack(batch)
         self.stats["flushes"] += 1
@@ -212,7 +227,7 @@ class Bridge:
     def _apply(self, messages: list[protocol.Message]) -> FlushResult:
         """One transaction; if it fails on a bad message, isolate it and keep the others."""
         try:
-            return apply_reports(self.engine, messages)
+            return apply_reports(self.engine, messages, dynamic=self.dynamic)
         except OperationalError:
             raise  # the database is away: reconnect, and the broker redelivers
         except Exception:

@@ -86,8 +86,12 @@ class FirmwareBase(SQLModel):
 
 class Firmware(FirmwareBase, table=True):
     __tablename__ = "firmware"
-    # Never reuse a deleted firmware's id: signed URLs and workflows name firmware by id.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        # A product's firmware list, a page at a time (ota/services/paging.py).
+        Index("ix_firmware_product_id", "product_key", "id"),
+        # Never reuse a deleted firmware's id: signed URLs and workflows name firmware by id.
+        {"sqlite_autoincrement": True},
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     file_name: str
@@ -126,6 +130,12 @@ class BatchBase(SQLModel):
 
 class Batch(BatchBase, table=True):
     __tablename__ = "batches"
+    __table_args__ = (
+        # The batch list, newest first, a page at a time: all, a firmware's, by state.
+        Index("ix_batches_created_id", "created_at", "id"),
+        Index("ix_batches_firmware_created_id", "firmware_id", "created_at", "id"),
+        Index("ix_batches_state_created_id", "state", "created_at", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     product_key: str = Field(foreign_key="products.product_key", max_length=64, index=True)
@@ -148,7 +158,8 @@ class Task(SQLModel, table=True):
     __tablename__ = "tasks"
     __table_args__ = (
         UniqueConstraint("batch_id", "device_id", name="uq_task_batch_device"),
-        Index("ix_tasks_batch_state", "batch_id", "state"),
+        # Counts by state, and by state and reason, from the index alone (index-only scans).
+        Index("ix_tasks_batch_state_reason", "batch_id", "state", "reason"),
         Index("ix_tasks_device_state", "device_id", "state"),
         # The pacer's cursor: the next to_be_pushed tasks by id (and active ones to cancel).
         Index("ix_tasks_batch_state_id", "batch_id", "state", "id"),

@@ -1,5 +1,6 @@
 """A dry run of `create_batch`: every check create makes, the devices prepare_batch would target
-counted the same way (ota.services.targets), and nothing created: no batch, no task, no workflow.
+counted by the same rules (ota.services.target_counts, by the database), and nothing created: no
+batch, no task, no workflow.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from ota.contracts import BatchInput
-from ota.db.models import Device, Task
-from ota.domain import ACTIVE_TASK_STATES, version_sort_key
+from ota.domain import version_sort_key
 from ota.services.batches import check_one_dynamic, new_batch_id, resolve_batch
 from ota.services.rollout_eta import Rollout, phase_plan, rollout_eta
-from ota.services.targets import matching_targets, phased_sample
+from ota.services.target_counts import counted_targets
 from ota.windows import WindowSpec
 
 
@@ -68,19 +68,17 @@ def preview_batch(engine: Engine, inp: BatchInput, now: datetime | None = None) 
     with Session(engine) as session:
         batch = resolve_batch(session, inp)
         check_one_dynamic(session, batch)
-        matching, skipped = matching_targets(session, batch, inp.device_names)
-        targets = phased_sample(batch, matching)
-        ids = {c.device_id for c in targets}
-        offline = _count_in(session, ids, select(Device.id).where(
-            Device.product_key == batch.product_key, col(Device.online).is_(False)
-        ))  # fmt: skip
-        # One ongoing batch per device, whatever its module (the workflow id is the device's).
-        busy = _count_in(session, ids, select(Task.device_id).where(
-            Task.product_key == batch.product_key, col(Task.state).in_(ACTIVE_TASK_STATES)
-        ).distinct())  # fmt: skip
-    versions = Counter(c.version for c in targets)
+        # Counted by the database: no device is read into Python (a fleet is 100,000).
+        matching, targets, skipped = counted_targets(session, batch, inp.device_names)
+    versions: Counter[str] = Counter()
+    for group, n in targets.items():
+        versions[group.version] += n
+    count = sum(targets.values())
+    offline = sum(n for g, n in targets.items() if not g.online)
+    # One ongoing batch per device, whatever its module (the workflow id is the device's).
+    busy = sum(n for g, n in targets.items() if g.busy)
     start = batch.scheduled_at or now or datetime.now(UTC)
-    eta = rollout_eta(_rollout(inp, len(targets), batch.rate_per_minute), start)
+    eta = rollout_eta(_rollout(inp, count, batch.rate_per_minute), start)
     return BatchPreview(
         kind=batch.kind,
         firmware_id=batch.firmware_id,
@@ -88,11 +86,11 @@ def preview_batch(engine: Engine, inp: BatchInput, now: datetime | None = None) 
         module=batch.module,
         target_version=batch.target_version,
         target=batch.target,
-        matching=len(matching),
+        matching=sum(matching.values()),
         percent=batch.percent,
-        targets=len(targets),
+        targets=count,
         by_source_version={v: versions[v] for v in sorted(versions, key=version_sort_key)},
-        phases=[asdict(p) for p in phase_plan(inp.phases, len(targets))],
+        phases=[asdict(p) for p in phase_plan(inp.phases, count)],
         skipped=skipped,
         offline=offline,
         busy=busy,
@@ -127,8 +125,3 @@ def _rollout(inp: BatchInput, targets: int, rate: int | None) -> Rollout:
 
 def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat()
-
-
-def _count_in(session: Session, ids: set[int], query: Any) -> int:
-    """How many of `ids` the query's single column returns (one query, not one per device)."""
-    return len(ids.intersection(session.exec(query))) if ids else 0

@@ -42,7 +42,17 @@ from ota.domain import (
 )
 from ota.errors import Conflict, InvalidInput, NotFound
 from ota.services.firmware import firmware_by_id
-from ota.services.paging import PAGE_DEFAULT, Page, check_cursor, check_limit, keyset, page_of
+from ota.services.paging import (
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    Page,
+    check_cursor,
+    check_limit,
+    keyset,
+    keyset_newest,
+    one_way,
+    page_of,
+)
 
 # Options a batch row does not keep as such: the policy is its kind, the devices are its tasks.
 # The seed's options have columns; the others are kept in Batch.options.
@@ -362,16 +372,70 @@ def show_batch(engine: Engine, batch_id: str, counts: bool = True) -> dict[str, 
 def list_batches(
     engine: Engine, firmware_id: int | None = None, state: str | None = None
 ) -> list[dict[str, Any]]:
+    """The newest batches (at most PAGE_MAX), without where the next page starts (`batch_page`)."""
+    return batch_page(engine, firmware_id, state, limit=PAGE_MAX).items
+
+
+def batch_page(
+    engine: Engine,
+    firmware_id: int | None = None,
+    state: str | None = None,
+    limit: int = PAGE_DEFAULT,
+    after_id: str | None = None,
+    before_id: str | None = None,
+) -> Page[dict[str, Any]]:
+    """One page of batches, newest first, each with its tasks counted by state. The cursor is a
+    batch's id (the previous page's last, or the next page's first); the page walks an index
+    from that batch's (created_at, id): by firmware, by state, or all (migration 0009)."""
     state = validate_choice(BatchState, state, "state")
+    check_limit(limit)
+    one_way(after_id, before_id)
     if firmware_id is not None and not id_in_range(firmware_id):
-        return []  # no firmware has it; the database must not see it (ID_MAX)
+        return Page()  # no firmware has it; the database must not see it (ID_MAX)
     with Session(engine) as session:
-        query = select(Batch).order_by(col(Batch.created_at).desc())
+        query = select(Batch)
         if firmware_id is not None:
             query = query.where(Batch.firmware_id == firmware_id)
         if state:
             query = query.where(Batch.state == state)
-        return [batch_public(b, batch_counts(session, b.id)) for b in session.exec(query)]
+        after = _batch_key(session, after_id, "after_id")
+        before = _batch_key(session, before_id, "before_id")
+        key = (col(Batch.created_at), col(Batch.id))
+        rows = list(session.exec(keyset_newest(query, key, limit, after, before)))
+        page = page_of(rows, limit, lambda b: b.id, after_id, before_id)
+        counts = counts_of(session, [b.id for b in page.items])
+        items = [batch_public(b, counts.get(b.id, {})) for b in page.items]
+        return Page(items, page.next_after_id, page.prev_before_id)
+
+
+def _batch_key(session: Session, batch_id: str | None, field: str) -> tuple[Any, str] | None:
+    """Where a page starts: the cursor batch's place in the list."""
+    if not batch_id:
+        return None
+    batch = batch_by_id(session, batch_id)
+    if batch is None:
+        raise InvalidInput(
+            field,
+            f"no batch {batch_id}: give a page's next_after_id or prev_before_id (a batch "
+            "deleted since: start again from the first page)",
+        )
+    return (batch.created_at, batch.id)
+
+
+def counts_of(session: Session, batch_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Tasks by state of each of the batches: one grouped query for a whole page of batches
+    (read from the tasks' (batch_id, state, reason) index alone), not one per batch."""
+    if not batch_ids:
+        return {}
+    rows = session.exec(
+        select(Task.batch_id, Task.state, func.count())
+        .where(col(Task.batch_id).in_(batch_ids))
+        .group_by(col(Task.batch_id), col(Task.state))
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for batch_id, state, n in rows:
+        counts.setdefault(batch_id, {})[state] = n
+    return counts
 
 
 def task_label(task: Task, batch: Batch) -> str:

@@ -30,6 +30,15 @@ from ota.domain import (
     validate_version,
 )
 from ota.errors import Conflict, InvalidInput, NotFound
+from ota.services.paging import (
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    Page,
+    check_cursor,
+    check_limit,
+    keyset,
+    page_of,
+)
 from ota.services.products import require_product, validate_product_key
 from ota.services.security import SIGN_WITH, check_sign_with
 from ota.settings import Settings
@@ -358,12 +367,36 @@ def _record(
 
 
 def list_firmware(engine: Engine, product_key: str | None = None) -> list[Firmware]:
+    """The first PAGE_MAX firmware, without where the next page starts (`firmware_page`)."""
+    return firmware_page(engine, product_key, limit=PAGE_MAX).items
+
+
+def firmware_page(
+    engine: Engine,
+    product_key: str | None = None,
+    limit: int = PAGE_DEFAULT,
+    after_id: int = 0,
+    before_id: int | None = None,
+) -> Page[Firmware]:
+    """One page of firmware in id (upload) order, walked from the cursor along the primary key,
+    or along (product_key, id) for one product's (migration 0009)."""
+    check_limit(limit)
+    check_cursor(after_id, before_id)
     with Session(engine) as session:
-        query = select(Firmware).order_by(col(Firmware.id))
+        query = select(Firmware)
         if product_key is not None:
             require_product(session, product_key)
             query = query.where(Firmware.product_key == product_key)
-        return list(session.exec(query))
+        rows = list(session.exec(keyset(query, col(Firmware.id), limit, after_id, before_id)))
+        return page_of(rows, limit, lambda fw: fw.id or 0, after_id, before_id)
+
+
+def firmware_modules(engine: Engine, product_key: str) -> list[str]:
+    """The modules the product's firmware was added for: one DISTINCT on (product_key, module)
+    rows, not every firmware read."""
+    with Session(engine) as session:
+        query = select(Firmware.module).where(Firmware.product_key == product_key).distinct()
+        return sorted(session.exec(query))
 
 
 def firmware_by_id(session: Session, id: int) -> Firmware | None:

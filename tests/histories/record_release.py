@@ -42,6 +42,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from ota import protocol
+from ota.bridge.arrivals import DynamicBatches
 from ota.bridge.records import apply_reports
 from ota.bridge.signals import Signaller
 from ota.context import Context
@@ -78,6 +79,7 @@ HERE = Path(__file__).resolve().parent
 MQTT_URL = "mqtt://127.0.0.1:1883"
 FIRST_RELEASE = "release-2026-11-30"
 ROLLOUT_RELEASE = "release-2026-11-30-rollout"  # the pacer's rollout controls (record_rollout.py)
+NUDGE_RELEASE = "release-2026-12-01"  # the bridge's nudge of dynamic batches (not recorded yet)
 # The server suggests continue-as-new this early for the continued device only (its own server).
 SUGGEST_CONTINUE_AFTER_EVENTS = 8
 
@@ -114,6 +116,11 @@ SCENARIOS: dict[str, Scenario] = {
         "adds a device that matches later; its policy canceled; drained, canceled"
     ),
     "verify-passed": Scenario("a verification on two devices, both updated: verified"),
+    "batch-dynamic-nudged": Scenario(
+        "polls hourly; a device reports a source version: the bridge's `devices_arrived`, "
+        "synced at once, pushed; policy canceled, drained",
+        NUDGE_RELEASE,
+    ),
     "batch-paused-run1": Scenario(
         "rate 12/min, `pause` after the first push: paused, continued as new", ROLLOUT_RELEASE
     ),
@@ -408,6 +415,34 @@ async def dynamic(rec: Recording) -> None:
     await rec.save("batch-dynamic-policy-canceled", handle)
 
 
+async def dynamic_nudged(rec: Recording) -> None:
+    """A dynamic batch that polls hourly: a device reporting a source version in a flush of the
+    bridge (apply_reports with its view of the dynamic batches, then its Signaller) is picked
+    up within seconds."""
+    ctx = rec.context("dynamic-nudged", dynamic_poll_seconds=3600.0)
+    pk = "rel-n"
+    _, (first,) = make_fleet(ctx.engine, 1, product_key=pk, prefix="n-")
+    _, (later,) = make_fleet(ctx.engine, 1, version="0.9.0", product_key=pk, prefix="later-")
+    fw = make_firmware(ctx.engine, pk)
+    client = rec.env.client
+    bridge = FakeBridge(ctx.engine, client, pk)
+    async with running_worker(client, ctx):
+        b, handle = await rec.start_batch(ctx, firmware_id=fw, policy="dynamic")
+        await until(lambda: states_of(ctx.engine, b) == {first: "pushed"})
+        report = protocol.Inform(pk, later, "1", "1.0.0")
+        flush = apply_reports(ctx.engine, [report], dynamic=DynamicBatches())
+        assert [s.workflow_id for s in flush.signals] == [batch_workflow_id(b)]
+        await Signaller(client, Counter()).send(flush.signals)
+        await until(lambda: states_of(ctx.engine, b).get(later) == "pushed", timeout=20)
+        await cancel_batch(ctx, b)  # the policy only
+        await until(lambda: batch_row(ctx.engine, b).state == "canceled")
+        for name in (first, later):
+            await bridge.updated(name)
+        result = await handle.result()
+        assert (result["state"], result["counts"]) == ("canceled", {"updated": 2}), result
+    await rec.save("batch-dynamic-nudged", handle)
+
+
 async def verification(rec: Recording) -> None:
     ctx = rec.context("verify")
     pk = "rel-v"
@@ -492,6 +527,7 @@ async def record(out: Path, home: Path) -> list[str]:
             paced_turns,
             scheduled,
             dynamic,
+            dynamic_nudged,
             verification,
             *ROLLOUT_GROUPS,
         ):
