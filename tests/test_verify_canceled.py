@@ -111,7 +111,7 @@ async def test_replay_fails_without_the_patch(monkeypatch):
 
 
 def test_verifications_canceled_before_are_stored_canceled(tmp_path):
-    """Migration 0009: a verification with canceled tasks that ended `completed` was canceled;
+    """Migration 0010: a verification with canceled tasks that ended `completed` was canceled;
     one whose devices all finished stays `completed`."""
     url = f"sqlite:///{tmp_path / 'before.db'}"
     cfg = Config()
@@ -119,7 +119,7 @@ def test_verifications_canceled_before_are_stored_canceled(tmp_path):
     old = create_engine(url)
     with old.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0008")
+        command.upgrade(cfg, "0009")
     engine = make_engine(url, migrate=False)
     pk, names = make_fleet(engine, 2)
     fw = make_firmware(engine, pk, state="verify_failed")

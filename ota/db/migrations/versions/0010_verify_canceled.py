@@ -3,16 +3,16 @@
 A canceled verification used to end `completed` (a canceled batch ends `canceled`). Its tasks
 tell it apart: a verification ends early only on a cancel, which cancels its active tasks.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-01 03:00:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
