@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.legacy_ids import Suspect, running_under_legacy_id, signal_devices, suspects
+from activities.refused import record_refused, refused_before
 from activities.targets import (
     count_transitions,
     drop_superseded,
@@ -83,10 +84,14 @@ class BatchActivities:
     def prepare_batch(self, inp: BatchInput) -> PrepareResult:
         """Register the batch if `ota batch create` did not (Temporal CLI start), select its
         targets and insert their tasks, once: a retry finds `prepared_at` set and only reads."""
+        known = True  # registered by `ota batch create` (or the API): its input was checked
         try:
             with session_scope(self.engine) as session:
                 batch = session.get(Batch, inp.batch_id)
+                if batch is not None and (refused := refused_before(batch)):
+                    raise refused
                 if batch is None:
+                    known = False
                     batch = resolve_batch(session, inp)
                     check_one_dynamic(session, batch)
                     session.add(batch)
@@ -111,6 +116,8 @@ class BatchActivities:
                     state=batch.state,
                 )
         except OtaError as exc:
+            if not known:
+                record_refused(self.engine, inp.batch_id, inp.firmware_id, inp.policy, exc)
             raise permanent(exc) from exc
 
     @activity.defn

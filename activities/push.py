@@ -148,9 +148,9 @@ class PushActivities:
         PUSHES.labels(product=req.product_key, outcome=outcome).inc()
 
     async def _send(self, req: PushRequest, firmware_id: int, from_version: str | None) -> None:
-        firmware = self._firmware_rows.get(firmware_id) or await asyncio.to_thread(
-            self._load_firmware, firmware_id
-        )
+        firmware = self._firmware_rows.get(firmware_id)
+        if firmware is None:
+            firmware = await asyncio.to_thread(self._load_firmware, firmware_id)
         data = upgrade_data(
             self.settings,
             firmware,
@@ -203,7 +203,7 @@ class PushActivities:
         The seed: a retry leaves the state as it was (pushed or in_upgrade); the timeout counts
         again from the new attempt's first progress report."""
         now = utcnow()
-        online = select(Device.id).where(col(Device.id) == Task.device_id, col(Device.online))
+        online = select(col(Device.id)).where(col(Device.id) == Task.device_id, col(Device.online))
         with self.engine.begin() as conn:
             pushed = conn.execute(
                 update(Task)
@@ -237,7 +237,13 @@ class PushActivities:
         """(what the re-check finds, the firmware to push again, the task's source version)."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(Task.state, Task.reason, Task.batch_id, Task.from_version, Device.online)
+                select(
+                    col(Task.state),
+                    col(Task.reason),
+                    col(Task.batch_id),
+                    col(Task.from_version),
+                    col(Device.online),
+                )
                 .join(Device, col(Device.id) == col(Task.device_id))
                 .where(col(Task.id) == req.task_id)
             ).first()
@@ -259,7 +265,7 @@ class PushActivities:
         pushed/in_upgrade, as the seed says); the reason tells the bridge to signal `online`
         when the device connects."""
         task = conn.execute(
-            select(Task.state, Task.reason).where(col(Task.id) == req.task_id)
+            select(col(Task.state), col(Task.reason)).where(col(Task.id) == req.task_id)
         ).first()
         if task is None:
             raise ApplicationError(f"task {req.task_id} not found", non_retryable=True)
@@ -277,7 +283,7 @@ class PushActivities:
         if req.firmware_id is not None:  # batches and verifications pass it
             return req.firmware_id
         firmware_id = conn.execute(
-            select(Batch.firmware_id).where(col(Batch.id) == batch_id)
+            select(col(Batch.firmware_id)).where(col(Batch.id) == batch_id)
         ).scalar()
         if firmware_id is None:
             raise ApplicationError(f"task {req.task_id}: no firmware", non_retryable=True)

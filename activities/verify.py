@@ -12,11 +12,12 @@ from temporalio.client import Client
 
 from activities.batches import count_batch_transition, permanent
 from activities.legacy_ids import Suspect, running_under_legacy_id, suspects
+from activities.refused import record_refused, refused_before
 from activities.targets import finish_tasks, insert_tasks
 from ota.contracts import TaskRef, VerifyFinishRequest, VerifyInput, VerifyPrepared
 from ota.db.engine import session_scope
 from ota.db.models import Batch, Firmware, Task, utcnow
-from ota.domain import BatchState, FirmwareState, TaskReason, TaskState
+from ota.domain import BatchKind, BatchState, FirmwareState, TaskReason, TaskState
 from ota.errors import OtaError
 from ota.services.targets import select_targets
 from ota.services.verify import resolve_verify
@@ -43,10 +44,14 @@ class VerifyActivities:
             finish_tasks(session, ids, TaskState.FAILED, TaskReason.BUSY)
 
     def _prepare(self, inp: VerifyInput) -> tuple[VerifyPrepared, list[Suspect]]:
+        known = True  # registered by `ota verify` (or the API): its input was checked
         try:
             with session_scope(self.engine) as session:
                 batch = session.get(Batch, inp.batch_id)
+                if batch is not None and (refused := refused_before(batch)):
+                    raise refused
                 if batch is None:
+                    known = False
                     batch = resolve_verify(session, inp)
                     session.add(batch)
                     session.flush()
@@ -69,6 +74,8 @@ class VerifyActivities:
                 )
                 return prep, suspects(session, batch.id, [t.task_id for t in prep.tasks])
         except OtaError as exc:
+            if not known:
+                record_refused(self.engine, inp.batch_id, inp.firmware_id, BatchKind.VERIFY, exc)
             raise permanent(exc) from exc
 
     @activity.defn
@@ -81,6 +88,7 @@ class VerifyActivities:
                 )
             batch = session.get(Batch, req.batch_id)
             if batch is not None and batch.finished_at is None:
-                count_batch_transition(session, batch, BatchState.COMPLETED)
-                batch.state = BatchState.COMPLETED
+                state = BatchState.CANCELED if req.canceled else BatchState.COMPLETED
+                count_batch_transition(session, batch, state)
+                batch.state = state
                 batch.finished_at = utcnow()

@@ -350,3 +350,4 @@ class VerifyFinishRequest:
     batch_id: str
     firmware_id: int
     verified: bool
+    canceled: bool = False  # the verification ends `canceled`, as a canceled batch does

@@ -9,16 +9,20 @@ import hashlib
 import io
 import logging
 import sys
+import threading
 import time
+from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from ota.context import Context
-from ota.contracts import BatchInput
+from ota.contracts import BatchInput, batch_workflow_id
 from ota.db.models import Device, DeviceModule, Firmware, Product
 from ota.devstack import Component, DevStack
-from ota.services.batches import create_batch
+from ota.domain import OPEN_BATCH_STATES, TaskState
+from ota.services.batches import create_batch, show_batch
 from ota.services.firmware import add_firmware
 from ota.services.products import add_product
 from ota.services.verify import start_verify, wait_verify
@@ -29,11 +33,13 @@ PRODUCT = "demo"
 DEVICES = 50
 FROM_VERSION, TO_VERSION = "1.0.0", "2.0.0"
 FLEET_UP_SECONDS = 60
+FINISHED_POLL_SECONDS = 2
 
 
 def sample_image(size: int = 256 * 1024) -> bytes:
     """A deterministic stand-in for a firmware image."""
-    blocks, seed = [], b"ota demo firmware " + TO_VERSION.encode()
+    blocks: list[bytes] = []
+    seed = b"ota demo firmware " + TO_VERSION.encode()
     while sum(map(len, blocks)) < size:
         seed = hashlib.sha256(seed).digest()
         blocks.append(seed)
@@ -69,7 +75,30 @@ def run_demo(stack: DevStack) -> None:
     )
     _wait_for_fleet(ctx)
     firmware_id = _sample_firmware(ctx)
-    asyncio.run(_verify_and_update(ctx, firmware_id))
+    batch_id = asyncio.run(_verify_and_update(ctx, firmware_id))
+    # The stack runs in the foreground meanwhile: a thread says when the batch is over.
+    threading.Thread(
+        target=_say_when_finished, args=(ctx, stack, batch_id), name="demo-batch", daemon=True
+    ).start()
+
+
+def _say_when_finished(ctx: Context, stack: DevStack, batch_id: str) -> None:
+    """One line when the demo batch is over: how it ended and where to look at it."""
+    while (batch := show_batch(ctx.engine, batch_id))["state"] in OPEN_BATCH_STATES:
+        time.sleep(FINISHED_POLL_SECONDS)
+    log.info("%s", finished_line(stack, batch))
+
+
+def finished_line(stack: DevStack, batch: dict[str, Any]) -> str:
+    s = stack.settings
+    counts = ", ".join(f"{batch['counts'][t]} {t}" for t in TaskState if batch["counts"].get(t))
+    workflow = quote(batch_workflow_id(batch["id"]), safe="")
+    namespace = quote(s.temporal_namespace, safe="")
+    return (
+        f"demo: batch {batch['id']} {batch['state']}: {counts or 'no devices'}. "
+        f"See it at http://{s.http_host}:{s.http_port}/batches/{batch['id']} and its workflow "
+        f"at {stack.temporal_ui()}/namespaces/{namespace}/workflows/{workflow}"
+    )
 
 
 def _wait_for_fleet(ctx: Context) -> None:
@@ -110,7 +139,8 @@ def _sample_firmware(ctx: Context) -> int:
     return fw.id
 
 
-async def _verify_and_update(ctx: Context, firmware_id: int) -> None:
+async def _verify_and_update(ctx: Context, firmware_id: int) -> str:
+    """Verify the sample firmware unless it is; start the phased batch; its id."""
     with Session(ctx.engine) as s:
         state = s.get(Firmware, firmware_id).state  # type: ignore[union-attr]
         first_two = list(
@@ -134,3 +164,4 @@ async def _verify_and_update(ctx: Context, firmware_id: int) -> None:
         "watch it with `ota batch show %s` or in the console",
         batch["id"], 50, batch["id"],
     )  # fmt: skip
+    return str(batch["id"])

@@ -137,6 +137,20 @@ class DevStack:
         self.logs = self.home / "logs"
         self.components: list[Component] = []
         self.child_env: dict[str, str] = {"OTA_HOME": str(self.home)}
+        self._temporal_ui = self._ui_of(settings)
+
+    def temporal_ui(self) -> str:
+        return self._temporal_ui
+
+    @staticmethod
+    def _ui_of(settings: Settings) -> str:
+        """The Temporal Web UI: the one the dev server serves (Temporal's port + 1000), unless
+        OTA_TEMPORAL_UI_URL says where another is (asked of the settings as given: a copy made
+        with model_dump has every field set)."""
+        if "temporal_ui_url" in settings.model_fields_set:
+            return settings.temporal_ui_url.rstrip("/")
+        host, port = host_port(settings.temporal_address, 7233)
+        return f"http://{host}:{port + 1000}"
 
     # -- the components ------------------------------------------------------------------------
 
@@ -153,6 +167,8 @@ class DevStack:
         for key in SEARCH_ATTRIBUTES:
             argv += ["--search-attribute", f"{key.name}=Keyword"]
         comp = Component("temporal", argv, ready=lambda: answers(host, port))
+        # The console links batches to their workflows in this server's UI, on whatever port.
+        self.child_env["OTA_TEMPORAL_UI_URL"] = self.temporal_ui()
         # The dev server reads OTEL_TRACES_EXPORTER too and exits on any value but otlp or none:
         # `console`, meant for our processes (ota/ops/tracing.py), would stop it starting.
         if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip() not in ("otlp", "none"):

@@ -102,6 +102,9 @@ class BatchState(StrEnum):
     PAUSED = "paused"  # pushes nothing new until resumed; pushed devices finish
     COMPLETED = "completed"
     CANCELED = "canceled"
+    # Refused by its workflow (started from the Temporal CLI with input out of range): never ran;
+    # its state_note says why.
+    FAILED = "failed"
 
 
 class StopOn(StrEnum):

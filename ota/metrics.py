@@ -40,7 +40,7 @@ TASK_TIMEOUTS = Counter(
 )
 BATCH_TRANSITIONS = Counter(
     "ota_batch_transitions",
-    "Batches moved to a state (scheduled, in_progress, paused, completed, canceled).",
+    "Batches moved to a state (scheduled, in_progress, paused, completed, canceled, failed).",
     ["state"],
 )
 TEMPORAL_SDK_SCRAPE_ERRORS = Counter(

@@ -3,6 +3,7 @@ list their tasks."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +19,7 @@ from ota.services.batch_preview import BatchPreview
 from ota.services.paging import PAGE_MAX
 from starter.batch_flags import cli_names, with_batch_options
 from starter.common import console, context, err_console, handle_errors, print_json
+from starter.waiting import wait_showing_progress
 
 batch_app = typer.Typer(
     help="Update batches: create, list, show, tasks, cancel, pause, resume, promote."
@@ -65,8 +67,7 @@ async def create(
     with cli_names():
         shown = await batches.create_batch(ctx, inp)
     if wait:
-        handle = (await ctx.temporal()).get_workflow_handle(batch_workflow_id(shown["id"]))
-        await handle.result()
+        await wait_showing_progress(ctx, batch_workflow_id(shown["id"]), shown["id"])
         shown = batches.show_batch(ctx.engine, shown["id"])
     if json:
         print_json(shown)
@@ -79,7 +80,8 @@ async def create(
 def list_(
     firmware: Annotated[int | None, typer.Option(help="Only this firmware's batches.")] = None,
     state: Annotated[
-        str | None, typer.Option(help="scheduled, in_progress, paused, completed or canceled.")
+        str | None,
+        typer.Option(help="scheduled, in_progress, paused, completed, canceled or failed."),
     ] = None,
     limit: Annotated[int, typer.Option(help=f"At most this many (up to {PAGE_MAX}).")] = PAGE_MAX,
     after_id: Annotated[
@@ -107,20 +109,15 @@ def list_(
             _counts(b["counts"]),
             b["created_at"][:19],
         )
-    if _natural_width(table) <= console.width:
-        console.print(table)
-        return
-    # Too narrow for the table (80 columns, a pipe): rich would cut "in_progress" to "in_pro…";
-    # one whole record a line instead, wrapped by the terminal rather than truncated.
-    for b in rows:
-        console.print(
+    _table_or_lines(
+        table,
+        (
             f"{b['id']} {b['kind']} {b['state']}: firmware {b['firmware_id']} -> "
             f"{b['target_version']}, {b['total']} tasks ({_counts(b['counts']) or 'none yet'}), "
-            f"created {b['created_at'][:19]}",
-            soft_wrap=True,
-            markup=False,
-            highlight=False,
-        )
+            f"created {b['created_at'][:19]}"
+            for b in rows
+        ),
+    )
 
 
 @batch_app.command("show")
@@ -171,7 +168,19 @@ def tasks(
             t["from_version"] or "",
             (t["pushed_at"] or "")[:19],
         )
-    console.print(table)
+    _table_or_lines(table, map(_task_line, rows))
+
+
+def _task_line(t: dict[str, Any]) -> str:
+    said = [t["label"] + (f" ({t['note']})" if t["note"] else "")]
+    if t["progress"] is not None:
+        said.append(f"{t['progress']}%")
+    said.append(f"{t['attempts']} attempt{'' if t['attempts'] == 1 else 's'}")
+    if t["from_version"]:
+        said.append(f"from {t['from_version']}")
+    if t["pushed_at"]:
+        said.append(f"pushed at {t['pushed_at'][:19]}")
+    return f"{t['device_name']}: " + ", ".join(said)
 
 
 @batch_app.command("cancel")
@@ -235,6 +244,17 @@ def _said(signal: str, batch: str, result: dict[str, Any], json: bool) -> None:
         print_json(result)
     else:
         console.print(f"{signal} sent to batch {batch}")
+
+
+def _table_or_lines(table: Table, lines: Iterable[str]) -> None:
+    """The table when it fits the terminal. Too narrow (80 columns, a pipe), rich would cut
+    "in_progress" to "in_pro…": one whole record a line instead, wrapped by the terminal rather
+    than truncated."""
+    if _natural_width(table) <= console.width:
+        console.print(table)
+        return
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def _natural_width(table: Table) -> int:

@@ -86,12 +86,11 @@ def _sync_broker(stack: DevStack, reused: bool) -> None:
 
 def _banner(stack: DevStack, token: str, metrics: dict[str, int]) -> None:
     s = stack.settings
-    host, port = s.temporal_address.rsplit(":", 1)
     scrape = ", ".join(f"http://{s.metrics_host}:{p}/metrics ({n})" for n, p in metrics.items())
     typer.echo(
         "\nota is running.\n"
         f"  console and API   http://{s.http_host}:{s.http_port}/   (API token: {token})\n"
-        f"  Temporal Web UI   http://{host}:{int(port) + 1000}/namespaces/{s.temporal_namespace}\n"
+        f"  Temporal Web UI   {stack.temporal_ui()}/namespaces/{s.temporal_namespace}\n"
         f"  MQTT broker       {redact(s.mqtt_url)}\n"
         f"  metrics           {scrape}\n"
         f"  data and logs     {stack.home}\n"

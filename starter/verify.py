@@ -6,8 +6,10 @@ from typing import Annotated
 
 import typer
 
+from ota.contracts import verify_workflow_id
 from ota.services import verify as verify_service
 from starter.common import console, context, handle_errors, print_json
+from starter.waiting import wait_showing_progress
 
 
 @handle_errors
@@ -24,6 +26,7 @@ async def verify(
     ctx = context()
     shown = await verify_service.start_verify(ctx, firmware, list(device), timeout)
     if wait:
+        await wait_showing_progress(ctx, verify_workflow_id(shown["id"]), shown["id"])
         shown = await verify_service.wait_verify(ctx, shown["id"])
     if json:
         print_json(shown)

@@ -139,6 +139,22 @@ ACCEPTED = [
         "one): state, not shape",
     ),
     Accepted(
+        "POST /api/v1/firmware",
+        "RejectedPositiveData",
+        422,
+        "ext_data",
+        r"must be at most \d+ bytes as JSON",
+        "ext_data's size is its JSON's, which JSON Schema cannot state of an object",
+    ),
+    Accepted(
+        "POST /api/v1/firmware",
+        "RejectedPositiveData",
+        422,
+        "sign_with",
+        r"product .+ has no previous key: .+",
+        "sign_with previous needs the product's key rotation under way: state, not shape",
+    ),
+    Accepted(
         "POST /api/v1/firmware/diff",
         "RejectedPositiveData",
         422,

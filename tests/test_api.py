@@ -182,7 +182,11 @@ async def test_openapi_lists_the_operations_and_the_cloud_names(client):
     assert not any(p.startswith("/download") for p in schema["paths"])
     promote = schema["paths"]["/api/v1/batches/{batch_id}/promote"]["post"]
     assert promote["summary"].startswith("Promote: open the phase gate")
-    assert "202" in promote["responses"]
+    # A receipt like cancel's, pause's and resume's: one status for every signal.
+    signals = ("cancel", "pause", "resume", "promote")
+    for signal in signals:
+        answers = schema["paths"][f"/api/v1/batches/{{batch_id}}/{signal}"]["post"]["responses"]
+        assert "200" in answers and "202" not in answers, signal
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     batch = schema["components"]["schemas"]["BatchCreate"]["properties"]
     assert "MaximumPerMinute" in batch["rate_per_minute"]["description"]

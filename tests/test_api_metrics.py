@@ -136,7 +136,7 @@ async def test_the_fleet_gauges_tell_what_batch_show_tells(tmp_path, database_ur
         listed = Counter((b["state"], b["kind"]) for b in list_batches(engine))
         gauge = series(samples, "ota_batches")
         assert {(dict(k)["state"], dict(k)["kind"]): v for k, v in gauge.items() if v} == listed
-        assert len(gauge) == 15  # every state and kind, zeros included
+        assert len(gauge) == 18  # every state and kind (6 x 3), zeros included
         assert value(samples, "ota_active_batches") == 2
 
         # Scrapes within the TTL are answered from the last read: no query.

@@ -209,7 +209,7 @@ def _canceled_batch(cli) -> str:
         (["batch", "tasks", "b0000001", "--state", "nonsense"], "state", TASK_STATES),
         (["batch", "tasks", "b0000001", "--reason", "gremlins"], "reason", "offline, scheduled"),
         (["batch", "tasks", "nope", "--state", "nonsense"], "state", TASK_STATES),
-        (["batch", "list", "--state", "running"], "state", "paused, completed or canceled"),
+        (["batch", "list", "--state", "running"], "state", "completed, canceled or failed"),
     ],
 )
 def test_a_filter_typo_exits_2_with_the_allowed_values(cli, args, field, allowed):
@@ -251,3 +251,17 @@ def test_batch_list_in_80_columns_keeps_every_word_whole(cli, monkeypatch):
     assert "…" not in narrow and "┃" not in narrow
     line = f"{batch} static canceled: firmware {cli.firmware} -> 2.0.0, 2 tasks "
     assert line + "(canceled 1, updated 1), created " in narrow
+
+
+def test_batch_tasks_in_80_columns_keeps_every_word_whole(cli, monkeypatch):
+    batch = _canceled_batch(cli)
+    wide = cli("batch", "tasks", batch).stdout
+    assert "┃ device" in wide  # COLUMNS=200: the table
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = cli("batch", "tasks", batch).stdout
+    assert "…" not in narrow and "┃" not in narrow
+    lines = narrow.splitlines()
+    assert len(lines) == 2 and all(line.startswith("dev") for line in lines), narrow
+    assert lines[0].startswith("dev00000: updated (the device now reports 1.0.0")  # its note too
+    assert lines[0].endswith("), 0 attempts, from 1.0.0")
+    assert lines[1] == "dev00001: canceled, 0 attempts, from 1.0.0"

@@ -87,6 +87,26 @@ def test_ota_dev_demo_runs_the_whole_flow_and_stops_cleanly(tmp_path, broker, st
             assert s.exec(select(Firmware)).one().state == "verified"
             # verification updated 2 devices; phased 50% of the 48 still on 1.0.0 is 24
             assert len(s.exec(select(Task).where(Task.batch_id == batch.id)).all()) == 24
+        # When the demo batch is over, one line says how it ended and where to look.
+        finished = re.compile(
+            r"demo: batch (\w+) completed: 24 updated\. See it at (\S+) and its workflow at (\S+)"
+        )
+        while not (said := finished.search((tmp_path / "dev.log").read_text())):
+            assert time.monotonic() < deadline + 60, (tmp_path / "dev.log").read_text()
+            time.sleep(1)
+        assert said.group(1) == batch.id
+        assert said.group(2) == f"http://127.0.0.1:{http_port}/batches/{batch.id}"
+        ui = (
+            f"http://127.0.0.1:{temporal_port + 1000}/namespaces/default/workflows/batch-{batch.id}"
+        )
+        assert said.group(3) == ui
+        token = re.search(r"API token: ([^)\s]+)", output).group(1)  # type: ignore[union-attr]
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as browser:
+            path = said.group(2).removeprefix(str(browser.base_url).rstrip("/"))
+            page = browser.post(
+                "/login", data={"token": token, "next": path}, follow_redirects=True
+            )
+        assert page.status_code == 200 and ui in page.text  # the console links that workflow
         assert all(port_open(p) for p in (temporal_port, mqtt_port, http_port))
         started = _children(dev.pid)
         assert len(started) >= 6  # temporal, broker, worker, bridge, api, simulator

@@ -6,6 +6,7 @@ identities Temporal recorded."""
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 
@@ -46,7 +47,10 @@ async def test_a_metric_is_read_summed_by_label_or_said_missing() -> None:
     PUSHES.labels(product="pkA", outcome="offline").inc(7)
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     async with serving_ops("127.0.0.1", port, []):
+        # The process's own handlers stay (ota/shutdown.py stops it, the ops server with it).
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
         pushed = await asyncio.to_thread(read_metric, url, ["ota_pushes"], {"outcome": "pushed"})
         every = await asyncio.to_thread(read_metric, url, ["ota_pushes_total"])
         fallback = await asyncio.to_thread(read_metric, url, ["ota_nothing_total", "ota_pushes"])

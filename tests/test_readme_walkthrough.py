@@ -87,6 +87,8 @@ def test_the_walkthrough_runs_as_written(ota_processes: OtaProcesses, tmp_path):
                 time.sleep(2)
             if command.startswith("ota verify"):
                 assert "verified" in run.stdout, run.stdout
+                # --wait said how far it got, on stderr (a pipe: plain lines), the outcome last
+                assert "completed: 2 of 2 done (updated 2)" in run.stderr, run.stderr
             if command.startswith("ota batch create"):
                 batch = re.match(r"batch (\S+):", run.stdout).group(1)  # type: ignore[union-attr]
             if command.startswith("ota batch cancel"):

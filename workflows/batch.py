@@ -6,6 +6,7 @@ import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from ota.activity_stubs import cancel_tasks, prepare_batch, set_batch_state
@@ -162,9 +163,15 @@ class BatchWorkflow(PacerPushes, PacerSafety, PacerHolds, PacerArrivals):
         return await self._pace(inp)
 
     async def _prepare(self, inp: BatchInput) -> None:
-        prep = await workflow.execute_activity(
-            prepare_batch, inp, start_to_close_timeout=BATCH_PREPARE_TIMEOUT
-        )
+        try:
+            prep = await workflow.execute_activity(
+                prepare_batch, inp, start_to_close_timeout=BATCH_PREPARE_TIMEOUT
+            )
+        except ActivityError:
+            # Refused (input out of range from `temporal workflow start`): the run fails with
+            # the cause, and its progress query says failed, as the batch's row does.
+            self._state = BatchState.FAILED
+            raise
         c = self._carry
         c.prepared, c.product_key, c.target_version = True, prep.product_key, prep.target_version
         c.total, c.skipped = prep.total, prep.skipped

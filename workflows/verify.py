@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import workflow
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from ota.activity_stubs import cancel_tasks, claim_tasks, finish_verify, prepare_verify
@@ -36,6 +36,9 @@ with workflow.unsafe.imports_passed_through():
     )
 
 START_BURST = 20  # a verification has at most 100 devices; bursts stay under the pending limit
+# A canceled verification ends `canceled` (its search attribute too), as a canceled batch does.
+# Runs canceled before this marker ended `completed` and replay so.
+CANCELED_STATE_PATCH = "verify-canceled-state"
 
 
 @workflow.defn(name="VerifyWorkflow")
@@ -44,7 +47,8 @@ class VerifyWorkflow:
     1. prepare (activity): register the verification, one task per chosen device, firmware
        `verifying`;
     2. start a device workflow per device and wait for every result (a cancel cancels them);
-    3. firmware `verified` if every device reported the target version, else `verify_failed`."""
+    3. firmware `verified` if every device reported the target version, else `verify_failed`;
+       the verification ends `completed`, or `canceled` if it was."""
 
     def __init__(self) -> None:
         self._batch_id = ""
@@ -69,9 +73,13 @@ class VerifyWorkflow:
     @workflow.run
     async def run(self, inp: VerifyInput) -> BatchProgress:
         self._batch_id = inp.batch_id
-        prep = await workflow.execute_activity(
-            prepare_verify, inp, start_to_close_timeout=VERIFY_PREPARE_TIMEOUT
-        )
+        try:
+            prep = await workflow.execute_activity(
+                prepare_verify, inp, start_to_close_timeout=VERIFY_PREPARE_TIMEOUT
+            )
+        except ActivityError:  # refused: the query says failed, as the batch's row does
+            self._state = BatchState.FAILED
+            raise
         self._total = len(prep.tasks)
         if workflow.info().typed_search_attributes.get(BATCH_ID) is None:  # Temporal CLI start
             workflow.upsert_search_attributes(
@@ -101,8 +109,11 @@ class VerifyWorkflow:
             and len(self._results) == len(prep.tasks) > 0
             and all(s == TaskState.UPDATED for s in self._results.values())
         )
-        await local(finish_verify, VerifyFinishRequest(inp.batch_id, inp.firmware_id, verified))
-        self._state = BatchState.COMPLETED
+        canceled = self._cancel and workflow.patched(CANCELED_STATE_PATCH)
+        await local(
+            finish_verify, VerifyFinishRequest(inp.batch_id, inp.firmware_id, verified, canceled)
+        )
+        self._state = BatchState.CANCELED if canceled else BatchState.COMPLETED
         outcome = FirmwareState.VERIFIED if verified else FirmwareState.VERIFY_FAILED
         workflow.upsert_search_attributes([STATE.value_set(self._state)])
         workflow.set_current_details(f"firmware {inp.firmware_id}: {outcome}")

@@ -54,7 +54,7 @@ DryRun = Annotated[
 async def create_batch(
     ctx: Ctx,
     firmware_id: FirmwareId,
-    body: BatchCreate,
+    body: BatchCreate,  # type: ignore[valid-type]  # a model made from the options (batch_body)
     response: Response,
     dry_run: DryRun = False,
 ) -> dict[str, Any]:
@@ -189,15 +189,15 @@ async def resume_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
 
 @router.post(
     "/batches/{batch_id}/promote",
-    status_code=202,
     summary="Promote: open the phase gate the batch waits at (its next phase is pushed)",
     responses=UNAVAILABLE,
 )
 async def promote_batch(ctx: Ctx, batch_id: BatchId) -> dict[str, Any]:
     """For a batch created with phases (`--promote manual`, or ahead of `promote_at`). 409 when
-    it has none, is over, or its pacer says it is not waiting at a gate. 202: the gate opens
-    once the workflow has the signal; `at_gate` false when no worker answered whether it waits
-    at one (sent anyway: the pacer ignores a promote away from a gate)."""
+    it has none, is over, or its pacer says it is not waiting at a gate. 200 with the receipt,
+    as cancel, pause and resume answer: the signal is delivered, and the gate opens when the
+    workflow next runs; `at_gate` false when no worker answered whether it waits at one (sent
+    anyway: the pacer ignores a promote away from a gate)."""
     return _sent(await batch_signals.promote_batch(ctx, batch_id))
 
 

@@ -43,7 +43,9 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 
 # For the operations that start or signal workflows.
-UNAVAILABLE = {503: _problem("Temporal (or another service the operation needs) does not answer")}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: _problem("Temporal (or another service the operation needs) does not answer")
+}
 
 
 def api_router(tag: str) -> APIRouter:

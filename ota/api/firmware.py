@@ -110,6 +110,7 @@ async def add_firmware(ctx: Ctx, request: Request) -> dict[str, Any]:
                 src=cast(BinaryIO, ThreadReader(stream)),  # read() is all it uses
                 file_name=file_name,
                 need_verify=form.need_verify,
+                ext_data=form.ext(),
                 **form.service_kwargs(),
             )
         )

@@ -147,7 +147,7 @@ def install(app: FastAPI, is_console: Any) -> None:
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
         response = validation_response(exc)
         if is_console(request):  # a page, saying the same as the problem would
-            detail = json.loads(response.body)["detail"]
+            detail = json.loads(bytes(response.body))["detail"]
             return await app.state.render_error(request, 422, detail)  # type: ignore[no-any-return]
         return response
 

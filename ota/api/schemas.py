@@ -8,6 +8,7 @@ generated client can check a value before it calls.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -30,8 +31,9 @@ from ota.domain import (
 )
 from ota.errors import InvalidInput
 from ota.services.devices import DEVICE_NAME_RE
-from ota.services.firmware import FILE_NAME_MAX
+from ota.services.firmware import EXT_DATA_MAX_BYTES, EXT_KEY_MAX, FILE_NAME_MAX
 from ota.services.products import PRODUCT_KEY_RE, PRODUCT_NAME_MAX
+from ota.services.security import SIGN_WITH, SIGN_WITH_CHOICES
 from ota.services.verify import MAX_DEVICES
 
 TYPE_CODES = {"0": "full", "1": "diff"}  # CreateOTAFirmware's Type
@@ -106,7 +108,9 @@ def one_or_more(regex: re.Pattern[str]) -> dict[str, Any]:
 
 def replace_schema(schema: dict[str, Any], **wanted: Any) -> None:
     """Pydantic's schema of the field's Python type, replaced by what the field accepts."""
-    kept = {k: schema[k] for k in ("title", "description", "default") if k in schema}
+    kept: dict[str, Any] = {
+        k: schema[k] for k in ("title", "description", "default") if k in schema
+    }
     schema.clear()
     schema.update(kept, **wanted)
 
@@ -299,9 +303,42 @@ class FirmwareFields(Body):
     need_verify: bool = alias(
         "need_verify", "NeedToVerify", "Validate on devices before batches.", default=True
     )
+    # `ota firmware add --ext` and `--sign-with`: step 3 of a key rotation (docs/security.md).
+    ext_data: dict[str, Any] | None = Field(
+        None,
+        description="extData for devices: a JSON object of keys and values (in the upload form, "
+        'its JSON text, as `ota firmware add --ext KEY=VALUE` gives: `{"kind": "key"}`); at '
+        f"most {EXT_DATA_MAX_BYTES} bytes as JSON.",
+        json_schema_extra={"propertyNames": {"minLength": 1, "maxLength": EXT_KEY_MAX}},
+    )
+    sign_with: str | None = Field(
+        None,
+        description="Secure update: `previous` signs this firmware with the key before the last "
+        "rotation (the firmware that carries the new public key: docs/security.md, Key "
+        "rotation); only while a rotation is under way. Default: current.",
+        json_schema_extra={"enum": list(SIGN_WITH_CHOICES)},
+    )
 
     _lists = field_validator("src_versions", mode="before")(_as_list)
     _checked = field_validator("src_versions")(_versions)
+
+    @field_validator("ext_data", mode="before")
+    @classmethod
+    def _ext_json(cls, value: Any) -> Any:
+        """A form field is text: the object's JSON."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value) if value.strip() else None
+        except ValueError:
+            raise ValueError('must be a JSON object, such as {"kind": "key"}') from None
+
+    def ext(self) -> dict[str, Any]:
+        """ext_data as add_firmware takes it: with the sign_with choice under its own key."""
+        ext = dict(self.ext_data or {})
+        if self.sign_with is not None:
+            ext[SIGN_WITH] = self.sign_with
+        return ext
 
     @field_validator("type", mode="before")
     @classmethod
@@ -310,7 +347,7 @@ class FirmwareFields(Body):
 
     def service_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of check_firmware_input and add_firmware."""
-        return self.model_dump(exclude={"need_verify", "file_size"})
+        return self.model_dump(exclude={"need_verify", "file_size", "ext_data", "sign_with"})
 
 
 class FirmwareCheck(FirmwareFields):

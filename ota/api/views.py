@@ -16,6 +16,7 @@ BATCH_STATE_LABELS = {
     "paused": "Paused",
     "completed": "Completed",
     "canceled": "Canceled",
+    "failed": "Failed",  # refused by its workflow (state_note says why)
 }
 
 

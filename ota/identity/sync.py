@@ -145,7 +145,10 @@ class _Row:
 
 
 def _devices(session: Session, keys: list[DeviceKey] | None) -> list[_Row]:
-    query = select(Device.id, Device.product_key, Device.name, Device.enabled, Device.secret_enc)
+    # sqlmodel's select is typed for up to four columns.
+    query = select(  # type: ignore[call-overload]
+        Device.id, Device.product_key, Device.name, Device.enabled, Device.secret_enc
+    )
     if keys is not None:
         if not keys:
             return []

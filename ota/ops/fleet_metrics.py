@@ -115,7 +115,7 @@ def fleet_families(figures: FleetFigures) -> Iterator[Metric]:
     missing series; reasons only where some task has one."""
     batches = GaugeMetricFamily(
         "ota_batches",
-        "Batches by state (scheduled, in_progress, paused, completed, canceled) and kind.",
+        "Batches by state (scheduled, in_progress, paused, completed, canceled, failed) and kind.",
         labels=["state", "kind"],
     )
     for batch_state in BatchState:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -60,6 +60,16 @@ def ops_app(
     )
 
 
+class _SignalFreeServer(uvicorn.Server):
+    """Leaves SIGINT and SIGTERM to the process (ota/shutdown.py), which stops this server with
+    the rest. uvicorn's own handlers (capture_signals, since 0.29; install_signal_handlers, which
+    this once replaced, is gone) would take them from the worker and the bridge while it runs."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @contextlib.asynccontextmanager
 async def serving_ops(
     host: str, port: int | None, checks: Sequence[tuple[str, CheckFn]]
@@ -71,8 +81,7 @@ async def serving_ops(
     config = uvicorn.Config(
         ops_app(checks), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours stop it
+    server = _SignalFreeServer(config)
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.01)

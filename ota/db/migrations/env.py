@@ -13,7 +13,7 @@ config = context.config
 def run() -> None:
     connection = config.attributes.get("connection")
     if connection is None:  # `alembic revision --autogenerate` from the command line
-        engine = create_engine(config.get_main_option("sqlalchemy.url"))
+        engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
         with engine.connect() as connection:
             _migrate(connection)
     else:
