@@ -91,6 +91,9 @@ BATCH_RULES = [
     ("scheduled_at", r"must include a time zone, e.g. .+"),
     ("scheduled_at", r"must be between 5 minutes and 7 days from now"),
 ]
+# The batch lists page from a batch's place (created_at, id): their cursor must name one.
+BATCH_LISTS = ("GET /api/v1/batches", "GET /api/v1/firmware/{firmware_id}/batches")
+
 ACCEPTED = [
     *(
         Accepted(BATCHES, "RejectedPositiveData", 422, field, detail, "batch option rules")
@@ -127,7 +130,22 @@ ACCEPTED = [
         for op in (
             "GET /api/v1/products/{product_key}/devices",
             "GET /api/v1/batches/{batch_id}/tasks",
+            *BATCH_LISTS,
+            "GET /api/v1/firmware",
         )
+    ),
+    *(
+        Accepted(
+            op,
+            "RejectedPositiveData",
+            422,
+            field,
+            r"no batch .+: give a page's next_after_id or prev_before_id .+",
+            "a batch list's cursor is a batch that exists (the page starts at its place in the "
+            "list, newest first): state, not shape",
+        )
+        for op in BATCH_LISTS
+        for field in ("after_id", "before_id")
     ),
     Accepted(
         "POST /api/v1/firmware/{firmware_id}/verifications",
