@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from activities.targets import TASK_COLUMNS
 from ota.db.engine import make_engine
 from ota.devstack import answers, free_port
 
@@ -133,20 +134,7 @@ def fill(url: str, rows: int, lists: int = LISTS) -> dict[str, float]:
         _copy(
             conn,
             "tasks",
-            [
-                "batch_id",
-                "device_id",
-                "product_key",
-                "device_name",
-                "module",
-                "from_version",
-                "target_version",
-                "state",
-                "reason",
-                "attempts",
-                "started",
-                "updated_at",
-            ],  # fmt: skip
+            list(TASK_COLUMNS),
             (
                 (
                     BATCH,
