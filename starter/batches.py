@@ -3,11 +3,9 @@ list their tasks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Annotated, Any
 
 import typer
-from rich.measure import Measurement
 from rich.table import Table
 
 from ota.batch_options import DEFAULTS, OPTIONS
@@ -18,14 +16,20 @@ from ota.services import batch_preview, batch_signals, batches
 from ota.services.batch_preview import BatchPreview
 from ota.services.paging import PAGE_MAX
 from starter.batch_flags import cli_names, with_batch_options
-from starter.common import console, context, err_console, handle_errors, print_json
+from starter.common import (
+    console,
+    context,
+    err_console,
+    handle_errors,
+    print_json,
+    table_or_lines,
+)
 from starter.waiting import wait_showing_progress
 
 batch_app = typer.Typer(
     help="Update batches: create, list, show, tasks, cancel, pause, resume, promote."
 )
 
-UNBOUNDED_WIDTH = 10_000  # wider than any row of a table
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
@@ -109,7 +113,7 @@ def list_(
             _counts(b["counts"]),
             b["created_at"][:19],
         )
-    _table_or_lines(
+    table_or_lines(
         table,
         (
             f"{b['id']} {b['kind']} {b['state']}: firmware {b['firmware_id']} -> "
@@ -168,7 +172,7 @@ def tasks(
             t["from_version"] or "",
             (t["pushed_at"] or "")[:19],
         )
-    _table_or_lines(table, map(_task_line, rows))
+    table_or_lines(table, map(_task_line, rows))
 
 
 def _task_line(t: dict[str, Any]) -> str:
@@ -244,24 +248,6 @@ def _said(signal: str, batch: str, result: dict[str, Any], json: bool) -> None:
         print_json(result)
     else:
         console.print(f"{signal} sent to batch {batch}")
-
-
-def _table_or_lines(table: Table, lines: Iterable[str]) -> None:
-    """The table when it fits the terminal. Too narrow (80 columns, a pipe), rich would cut
-    "in_progress" to "in_pro…": one whole record a line instead, wrapped by the terminal rather
-    than truncated."""
-    if _natural_width(table) <= console.width:
-        console.print(table)
-        return
-    for line in lines:
-        console.print(line, soft_wrap=True, markup=False, highlight=False)
-
-
-def _natural_width(table: Table) -> int:
-    """The width the table needs with no cell cut or wrapped (console.measure stops at the
-    terminal's width)."""
-    unbounded = console.options.update_width(UNBOUNDED_WIDTH)
-    return Measurement.get(console, unbounded, table).maximum
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -6,11 +6,13 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from ota.context import Context
 from ota.errors import InvalidInput, OtaError
@@ -18,6 +20,7 @@ from ota.errors import InvalidInput, OtaError
 F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True, soft_wrap=True)  # a message is one line, also in a pipe
 console = Console()
+UNBOUNDED_WIDTH = 10_000  # wider than any row of a table
 
 
 def context() -> Context:
@@ -72,3 +75,21 @@ def setup_tracing(service_name: str) -> None:
         logging.getLogger("ota").info(
             "tracing on (OTEL_* variables), default service %s", service_name
         )
+
+
+def table_or_lines(table: Table, lines: Iterable[str]) -> None:
+    """The table when it fits the terminal. Too narrow (80 columns, a pipe), rich would cut
+    "in_progress" to "in_pro…": one whole record a line instead, wrapped by the terminal rather
+    than truncated."""
+    if natural_width(table) <= console.width:
+        console.print(table)
+        return
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+def natural_width(table: Table) -> int:
+    """The width the table needs with no cell cut or wrapped (console.measure stops at the
+    terminal's width)."""
+    unbounded = console.options.update_width(UNBOUNDED_WIDTH)
+    return Measurement.get(console, unbounded, table).maximum

@@ -9,11 +9,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ota.db.models import Firmware
 from ota.errors import InvalidInput
 from ota.services import diff, firmware
 from ota.services.paging import PAGE_MAX
 from ota.services.security import SIGN_WITH, SIGN_WITH_CHOICES
-from starter.common import console, context, err_console, handle_errors, print_json
+from starter.common import (
+    console,
+    context,
+    err_console,
+    handle_errors,
+    print_json,
+    table_or_lines,
+)
 
 firmware_app = typer.Typer(help="Firmware files: add, diff, list, show, delete.")
 
@@ -173,20 +181,29 @@ def list_(
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
     for fw in found:
-        version = (
-            fw.version if fw.type == "full" else f"{','.join(fw.src_versions)} -> {fw.version}"
-        )
         table.add_row(
             str(fw.id),
             fw.product_key,
             fw.name,
             fw.module,
-            version,
+            _version(fw),
             fw.type,
             human_size(fw.size),
             fw.state,
         )
-    console.print(table)
+    table_or_lines(
+        table,
+        (
+            f"{fw.id} {fw.product_key}/{fw.module} {fw.name} {_version(fw)} ({fw.type}, "
+            f"{human_size(fw.size)}): {fw.state}"
+            for fw in found
+        ),
+    )
+
+
+def _version(fw: Firmware) -> str:
+    """A full firmware's version; a diff's sources and target."""
+    return fw.version if fw.type == "full" else f"{','.join(fw.src_versions)} -> {fw.version}"
 
 
 @firmware_app.command("show")

@@ -116,6 +116,24 @@ def test_firmware_add_json(ota, product, fw_file):
     assert "thermo_fw" in table and "2.0.0" in table
 
 
+def test_firmware_list_in_a_narrow_terminal_is_one_firmware_a_line(
+    ota, product, fw_file, monkeypatch
+):
+    """80 columns would cut "unverified" to "unver…": one whole firmware a line instead."""
+    ota(
+        "firmware", "add", fw_file, "--product", product, "--name", "thermo_fw_long_name",
+        "--version", "2.0.0-rc.1", "--module", "default",
+    )  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "200")
+    wide = ota("firmware", "list").stdout
+    assert "┃ id" in wide and "unverified" in wide
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = ota("firmware", "list").stdout
+    assert "…" not in narrow and "┃" not in narrow
+    assert f"{product}/default thermo_fw_long_name 2.0.0-rc.1 (full, " in narrow
+    assert narrow.rstrip().endswith(": unverified")
+
+
 def test_the_same_firmware_twice_exits_2_naming_the_first(ota, product, fw_file):
     """Not a second thermo_fw 2.0.0: `ota batch create thermo_fw` would not know which."""
     args = ("firmware", "add", fw_file, "--product", product, "--name", "thermo_fw")
