@@ -142,6 +142,10 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     )
     shot(page, "02-add-firmware-error")
     form.locator("[name=name]").fill("thermo_fw")
+    form.locator("[name=ext_data]").fill("notes: spring")
+    form.locator("button[type=submit]").click()
+    expect(form.locator('[data-error-for="ext_data"]')).to_contain_text("must be a JSON object")
+    form.locator("[name=ext_data]").fill('{"notes": "spring"}')
     form.locator("[name=sign_method]").select_option("SHA256")
     # A slow uplink (1 MB/s) for a moment, so the progress bar can be seen moving.
     cdp = page.context.new_cdp_session(page)
@@ -156,6 +160,9 @@ def test_upload_validate_phased_batch_and_cancel_a_scheduled_one(
     expect(row).to_contain_text("Unverified")
     expect(row).to_contain_text("3 MB")
     shot(page, "04-firmware-list")
+    token = {"Authorization": f"Bearer {stack.env['OTA_API_TOKEN']}"}
+    added = page.request.get("/api/v1/firmware", headers=token).json()["items"]
+    assert [fw.get("ext_data") for fw in added] == [{"notes": "spring"}]  # no _sign_with: current
 
     # Validate Firmware on one simulated device.
     row.locator(".js-validate").click()

@@ -67,7 +67,10 @@ fwui.addFields = function (form) {
     module: fwui.module(form),
     sign_method: form.sign_method.value,
     description: form.description.value,
+    ext_data: form.ext_data.value.trim(),
   };
+  // The default is left out, so the check and the upload see it only when an operator chose.
+  if (form.sign_with.value !== "current") fields.sign_with = form.sign_with.value;
   if (type === "full") fields.version = form.version.value.trim();
   else {
     fields.src_versions = ota.checked(form, "src_versions");
