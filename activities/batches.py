@@ -96,13 +96,13 @@ class BatchActivities:
                     check_one_dynamic(session, batch)
                     session.add(batch)
                     session.flush()
-                if batch.prepared_at is None and every_match(batch):
-                    batch.skipped = skipped_count(session, batch, inp.device_names)
-                    batch.total = insert_matching_tasks(session, batch, inp.device_names)
-                elif batch.prepared_at is None:
-                    targets, batch.skipped = select_targets(session, batch, inp.device_names)
-                    batch.total = insert_tasks(session, batch, targets)
                 if batch.prepared_at is None:
+                    if every_match(batch):  # one INSERT ... SELECT: no target in the worker
+                        batch.skipped = skipped_count(session, batch, inp.device_names)
+                        batch.total = insert_matching_tasks(session, batch, inp.device_names)
+                    else:
+                        targets, batch.skipped = select_targets(session, batch, inp.device_names)
+                        batch.total = insert_tasks(session, batch, targets)
                     batch.prepared_at = utcnow()
                     activity.logger.info(
                         "batch %s: %d tasks, %d skipped", batch.id, batch.total, batch.skipped
