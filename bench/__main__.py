@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bench.run import new_workdir, run_size
+from bench.run import PARTS, new_workdir, run_size
 
 QUICK_DEVICES = 200
 PRODUCTION_DEVICES = 1000
@@ -34,6 +34,15 @@ def main() -> None:
         help=f"the throttled batch's rate, default {RATE}; 0: skip "
         "(--faults: the batch's rate, default 200)",
     )
+    parser.add_argument(
+        "--parts", default=",".join(PARTS),
+        help="what to measure, default all: ratio (fan-out, our unthrottled batch, fan-out), "
+        "rate (the --rate batch), rules (batches with a stop rule and with phases)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-devices", type=int,
+        help="the fan-outs' size, default the fleet's (a 100,000-device fan-out takes an hour)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     parser.add_argument(
         "--mqtt-url", help="use this broker instead of starting a Mosquitto of the bench's own"
@@ -61,10 +70,21 @@ def main() -> None:
     sizes = [QUICK_DEVICES] if args.quick else [args.devices or 2000]
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    if not parts or set(parts) - set(PARTS):
+        parser.error(f"--parts: one or more of {', '.join(PARTS)}, comma-separated")
     runs = [
         asyncio.run(
-            run_size(n, args.mqtt_url, _rate(args.rate), new_workdir(), args.profile == "py-spy")
-        )
+            run_size(
+                n,
+                args.mqtt_url,
+                _rate(args.rate),
+                new_workdir(),
+                args.profile == "py-spy",
+                parts,
+                args.baseline_devices,
+            )
+        )  # fmt: skip
         for n in sizes
     ]
     report = summarize(runs)
@@ -108,53 +128,69 @@ def _production(args: argparse.Namespace) -> int:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The headline figures come from the largest fleet; every size's are kept under `runs`."""
+    """The headline figures come from the largest fleet; every size's are kept under `runs`.
+    A part a run left out (--parts) leaves its figures out."""
     last = runs[-1]
-    un = last["unthrottled"]
     rate = last.get("rate", {})
     stop = last.get("stop_rule", {})
     phased = last.get("phases", {})
-    max_batch = max((max(r["unthrottled"]["batch_run_events"]) for r in runs), default=0)
     return {
         "devices": last["devices"],
+        "parts": last.get("parts"),
         "broker_auth": last.get("broker_auth"),
         "register_seconds": last.get("register_seconds"),
-        "baseline_devices_per_s": round(last["baseline"]["devices_per_s"], 2),
-        "baseline_before_after_devices_per_s": last["baseline"]["each_devices_per_s"],
-        "devices_per_s": round(un["devices_per_s"], 2),
-        "ratio": round(un["devices_per_s"] / last["baseline"]["devices_per_s"], 3),
+        **_ratio_summary(runs),
         "rate_1000_devices_per_min": round(rate.get("updated_per_min", 0.0), 1),
         "rate_1000_pushes_per_min": round(rate.get("pacing", {}).get("pushes_per_min", 0.0), 1),
         "rate_1000_pacing_error": round(rate.get("pacing", {}).get("error", 0.0), 4),
         "rate_1000_max_pushes_in_any_minute": rate.get("pacing", {}).get("max_in_any_minute"),
-        "events_per_device": un["events_per_device"],
-        "signals_per_device": un["signals_per_device"],
-        "workflow_tasks_per_device": un["workflow_tasks_per_device"],
-        "db_ops_per_device": round(un["db_ops_per_device"], 1),
-        "pacer_events_per_device": un["pacer_events_per_device"],
+        "rate_1000_pacer_events_per_device": rate.get("pacer_events_per_device"),
         "stop_rule_devices_per_s": round(stop.get("devices_per_s", 0.0), 2),
         "stop_rule_pacer_events_per_device": stop.get("pacer_events_per_device"),
         "stop_rule_db_ops_per_device": round(stop.get("db_ops_per_device", 0.0), 1),
         "phases_devices_per_s": round(phased.get("devices_per_s", 0.0), 2),
         "phases_pacer_events_per_device": phased.get("pacer_events_per_device"),
         "phases_db_ops_per_device": round(phased.get("db_ops_per_device", 0.0), 1),
-        "baseline_db_ops_per_device": round(last["baseline"]["db_ops_per_device"], 1),
+        "peak_rss_mb": last["peak_rss_mb"],
+        "rss_mb_after": last.get("rss_mb_after"),
+        "cpu_seconds": last.get("cpu_seconds", {}),
+        # With metrics on (worker, bridge and API serving /metrics): what they cost a device.
+        "instrumentation": last.get("instrumentation"),
+        "runs": runs,
+    }
+
+
+def _ratio_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The unthrottled batch against the engine's fan-out, when the run measured them."""
+    measured = [r for r in runs if "unthrottled" in r]
+    if not measured:
+        return {}
+    last = measured[-1]
+    un, baseline = last["unthrottled"], last["baseline"]
+    return {
+        "baseline_devices": last["baselines"][0]["devices"],
+        "baseline_devices_per_s": round(baseline["devices_per_s"], 2),
+        "baseline_before_after_devices_per_s": baseline["each_devices_per_s"],
+        "devices_per_s": round(un["devices_per_s"], 2),
+        "ratio": round(un["devices_per_s"] / baseline["devices_per_s"], 3),
+        "events_per_device": un["events_per_device"],
+        "signals_per_device": un["signals_per_device"],
+        "workflow_tasks_per_device": un["workflow_tasks_per_device"],
+        "db_ops_per_device": round(un["db_ops_per_device"], 1),
+        "pacer_events_per_device": un["pacer_events_per_device"],
+        "baseline_db_ops_per_device": round(baseline["db_ops_per_device"], 1),
         "push_to_updated_p50_s": round(un["p50_s"], 3),
         "push_to_updated_p99_s": round(un["p99_s"], 3),
         "max_history_events": max(
-            max_batch, max(r["unthrottled"]["max_device_history_events"] for r in runs)
+            max(max(r["unthrottled"]["batch_run_events"]) for r in measured),
+            max(r["unthrottled"]["max_device_history_events"] for r in measured),
         ),
-        "peak_rss_mb": last["peak_rss_mb"],
-        "cpu_seconds": last.get("cpu_seconds", {}),
         # CPU per device during the unthrottled batch and during the (first) baseline.
         "cpu_ms_per_device": _per_device_ms(un["cpu_seconds"], last["devices"]),
         "baseline_cpu_ms_per_device": _per_device_ms(
-            last["baselines"][0]["cpu_seconds"], last["devices"]
+            last["baselines"][0]["cpu_seconds"], last["baselines"][0]["devices"]
         ),
-        # With metrics on (worker, bridge and API serving /metrics): what they cost a device.
-        "instrumentation": last.get("instrumentation"),
         "profile": un.get("profile"),
-        "runs": runs,
     }
 
 
@@ -175,6 +211,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("--rate 1000: pushes per minute", "rate_1000_pushes_per_min"),
         ("--rate 1000: pacing error", "rate_1000_pacing_error"),
         ("--rate 1000: most pushes in any minute", "rate_1000_max_pushes_in_any_minute"),
+        ("--rate 1000: pacer events per device", "rate_1000_pacer_events_per_device"),
         ("history events per device", "events_per_device"),
         ("signals per device", "signals_per_device"),
         ("workflow tasks per device", "workflow_tasks_per_device"),
@@ -198,7 +235,7 @@ def print_table(report: dict[str, Any]) -> None:
     for name, seconds in report["cpu_seconds"].items():
         print(f"{'CPU seconds ' + name:42} {seconds}")
     for key in ("cpu_ms_per_device", "baseline_cpu_ms_per_device"):
-        print(f"{key:42} {report[key]}")
+        print(f"{key:42} {report.get(key)}")
     if cost := report.get("instrumentation"):
         print(f"{'metrics: counter bumps per device':42} {cost['counter_bumps_per_device']}")
         ms = cost["bumps_ms_per_device"] + cost["scrapes_ms_per_device"]
@@ -210,7 +247,7 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"  {share:6.1%}  {function}")
     if len(report["runs"]) > 1:
         print("\nby fleet size: devices, baseline/s, ota/s, ratio, rss worker/bridge MB")
-        for r in report["runs"]:
+        for r in (r for r in report["runs"] if "unthrottled" in r):
             b, u = r["baseline"]["devices_per_s"], r["unthrottled"]["devices_per_s"]
             rss = r["peak_rss_mb"]
             print(f"  {r['devices']:>7} {b:8.1f} {u:8.1f} {u / b:6.2f} "

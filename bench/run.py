@@ -60,11 +60,23 @@ DEVICES_PER_SIM_PROCESS = 500
 IMAGE = os.urandom(64 * 1024)  # the firmware every simulated device downloads
 
 
+PARTS = ("ratio", "rate", "rules")  # what a run measures, in this order; all by default
+
+
 async def run_size(
-    devices: int, mqtt_url: str | None, rate: int | None, workdir: Path, profile: bool = False
+    devices: int,
+    mqtt_url: str | None,
+    rate: int | None,
+    workdir: Path,
+    profile: bool = False,
+    parts: tuple[str, ...] = PARTS,
+    baseline_devices: int | None = None,
 ) -> dict[str, Any]:
     """`mqtt_url` None: start a Mosquitto of the stack's own. `profile`: py-spy the
-    unthrottled batch (bench/profile.py)."""
+    unthrottled batch (bench/profile.py). `parts`: ratio (fan-out, our unthrottled batch,
+    fan-out), rate (the `rate` batch), rules (the batches with a stop rule and phases); a run
+    at 100,000 devices takes hours per part, so each can run alone. `baseline_devices`: the
+    fan-outs' size (default the fleet's), since the engine's fan-out keeps its pace with size."""
     stack = BenchStack(workdir)
     profiler = Profiler(stack, workdir) if profile else None
     sampler = None
@@ -112,49 +124,23 @@ async def run_size(
         rss = {"fleet_up": stack.rss_mb()}
         result: dict[str, Any] = {
             "devices": devices,
+            "parts": list(parts),
             "broker_auth": ctx.settings.broker_auth,
             "register_seconds": register_seconds,
-            "baselines": [await _baseline(stack, client, mqtt, devices)],
             "rss_mb_after": rss,
         }
-
-        fw1 = _firmware(ctx, pk, "2.0.0")
-        texts_before = await asyncio.to_thread(scrape_all, metrics_urls)
-        with _costs(stack, devices) as costs:
-            if profiler:
-                profiler.start()
-            result["unthrottled"] = await _batch(ctx, pk, fw1, "1.0.0", devices, None)
-        result["unthrottled"].update(costs)
-        result["instrumentation"] = await asyncio.to_thread(
-            _instrumentation, stack, metrics_urls, texts_before, result["unthrottled"], devices
-        )
-        rss["unthrottled"] = stack.rss_mb()
-        if profiler:
-            result["unthrottled"]["profile"] = profiler.stop()
-        names = await asyncio.to_thread(_device_names, ctx, pk)
-        result["unthrottled"].update(await device_histories(client, pk, names))
-        result["baselines"].append(await _baseline(stack, client, mqtt, devices))
-        result["baseline"] = _mean_baseline(result["baselines"])
-        source = "2.0.0"
-        if rate:
+        source = "1.0.0"
+        if "ratio" in parts:
+            await _ratio(stack, ctx, client, mqtt, pk, devices, baseline_devices or devices,
+                         metrics_urls, profiler, result)  # fmt: skip
+            source = "2.0.0"
+        if rate and "rate" in parts:
             fw2 = _firmware(ctx, pk, "3.0.0")
             result["rate"] = await _batch(ctx, pk, fw2, source, devices, rate)
             rss["rate"] = stack.rss_mb()
             source = "3.0.0"
-        # The same fan-out with a failure-rate stop rule (never tripping: nothing fails), for
-        # what the rule costs the pacer: its counts by failure reason, its events.
-        fw3 = _firmware(ctx, pk, "4.0.0")
-        with _costs(stack, devices) as costs:
-            result["stop_rule"] = await _batch(ctx, pk, fw3, source, devices, None, stop_at=50)
-        result["stop_rule"].update(costs)
-        # Again with gated phases too (10%, 50%, all; each promoted once 90% of its devices
-        # run the new version): what the gates' counts and holds cost the pacer.
-        fw4 = _firmware(ctx, pk, "5.0.0")
-        with _costs(stack, devices) as costs:
-            result["phases"] = await _batch(
-                ctx, pk, fw4, "4.0.0", devices, None, stop_at=50, phases=[10, 50], promote_at=90
-            )
-        result["phases"].update(costs)
+        if "rules" in parts:
+            await _rules(stack, ctx, pk, source, devices, result)
         stack.sample()
         result["peak_rss_mb"] = {p.name: round(p.peak_rss_mb, 1) for p in stack.procs}
         # Where the machine's two cores went (the fleet's simulation shares them with the rest).
@@ -164,6 +150,59 @@ async def run_size(
         if sampler:
             sampler.cancel()
         stack.stop()
+
+
+async def _ratio(
+    stack: BenchStack,
+    ctx: Context,
+    client: Client,
+    mqtt: MqttEndpoint,
+    pk: str,
+    devices: int,
+    baseline_devices: int,
+    metrics_urls: dict[str, str],
+    profiler: Profiler | None,
+    result: dict[str, Any],
+) -> None:
+    """The engine's fan-out, our unthrottled batch from 1.0.0 to 2.0.0, the fan-out again."""
+    rss = result["rss_mb_after"]
+    result["baselines"] = [await _baseline(stack, client, mqtt, baseline_devices)]
+    fw1 = _firmware(ctx, pk, "2.0.0")
+    texts_before = await asyncio.to_thread(scrape_all, metrics_urls)
+    with _costs(stack, devices) as costs:
+        if profiler:
+            profiler.start()
+        result["unthrottled"] = await _batch(ctx, pk, fw1, "1.0.0", devices, None)
+    result["unthrottled"].update(costs)
+    result["instrumentation"] = await asyncio.to_thread(
+        _instrumentation, stack, metrics_urls, texts_before, result["unthrottled"], devices
+    )
+    rss["unthrottled"] = stack.rss_mb()
+    if profiler:
+        result["unthrottled"]["profile"] = profiler.stop()
+    names = await asyncio.to_thread(_device_names, ctx, pk)
+    result["unthrottled"].update(await device_histories(client, pk, names))
+    result["baselines"].append(await _baseline(stack, client, mqtt, baseline_devices))
+    result["baseline"] = _mean_baseline(result["baselines"])
+
+
+async def _rules(
+    stack: BenchStack, ctx: Context, pk: str, source: str, devices: int, result: dict[str, Any]
+) -> None:
+    """The unthrottled batch again with a failure-rate stop rule (never tripping: nothing
+    fails), for what the rule costs the pacer (its counts by failure reason, its events); then
+    with gated phases too (10%, 50%, all; each promoted once 90% of its devices run the new
+    version): what the gates' counts and holds cost it."""
+    fw3 = _firmware(ctx, pk, "4.0.0")
+    with _costs(stack, devices) as costs:
+        result["stop_rule"] = await _batch(ctx, pk, fw3, source, devices, None, stop_at=50)
+    result["stop_rule"].update(costs)
+    fw4 = _firmware(ctx, pk, "5.0.0")
+    with _costs(stack, devices) as costs:
+        result["phases"] = await _batch(
+            ctx, pk, fw4, "4.0.0", devices, None, stop_at=50, phases=[10, 50], promote_at=90
+        )
+    result["phases"].update(costs)
 
 
 async def _baseline(
