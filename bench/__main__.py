@@ -84,7 +84,7 @@ def main() -> None:
                 parts,
                 args.baseline_devices,
             )
-        )  # fmt: skip
+        )
         for n in sizes
     ]
     report = summarize(runs)
@@ -129,7 +129,8 @@ def _production(args: argparse.Namespace) -> int:
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The headline figures come from the largest fleet; every size's are kept under `runs`.
-    A part a run left out (--parts) leaves its figures out."""
+    A run without the ratio part (--parts) has no ratio figures; without the rate or rules
+    part, their figures read 0, as the rate's always did with --rate 0."""
     last = runs[-1]
     rate = last.get("rate", {})
     stop = last.get("stop_rule", {})
