@@ -154,6 +154,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "phases_db_ops_per_device": round(phased.get("db_ops_per_device", 0.0), 1),
         "peak_rss_mb": last["peak_rss_mb"],
         "rss_mb_after": last.get("rss_mb_after"),
+        "pss_mb_fleet_up": last.get("pss_mb_fleet_up", {}),
         "cpu_seconds": last.get("cpu_seconds", {}),
         # With metrics on (worker, bridge and API serving /metrics): what they cost a device.
         "instrumentation": last.get("instrumentation"),
@@ -233,6 +234,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{label:42} {report.get(key)}")
     for name, mb in report["peak_rss_mb"].items():
         print(f"{'peak RSS ' + name + ' (MB)':42} {mb}")
+    for name, mb in report["pss_mb_fleet_up"].items():
+        print(f"{'PSS at fleet up ' + name + ' (MB)':42} {mb}")
     for name, seconds in report["cpu_seconds"].items():
         print(f"{'CPU seconds ' + name:42} {seconds}")
     for key in ("cpu_ms_per_device", "baseline_cpu_ms_per_device"):

@@ -128,6 +128,7 @@ async def run_size(
             "broker_auth": ctx.settings.broker_auth,
             "register_seconds": register_seconds,
             "rss_mb_after": rss,
+            "pss_mb_fleet_up": stack.pss_mb(),
         }
         source = "1.0.0"
         if "ratio" in parts:

@@ -37,6 +37,12 @@ class Proc:
     def rss_mb(self) -> float:
         return sum(_rss_mb(pid) for pid in self.pids())
 
+    def pss_mb(self) -> float:
+        """Memory with each shared page divided among its sharers: what a forking process and
+        its children take together. RSS counts the pages a child shares with its parent once in
+        each: the simulator's 20 forks at 100,000 devices read 4.0 GB of RSS, 1.6 GB of PSS."""
+        return sum(_pss_mb(pid) for pid in self.pids())
+
     def sample(self) -> None:
         """Track peak RSS and CPU time of the process and its children."""
         self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
@@ -142,6 +148,11 @@ class BenchStack:
         """Resident memory now, by component: when it grows tells what grows it."""
         return {p.name: round(p.rss_mb(), 1) for p in self.procs if p.popen.poll() is None}
 
+    def pss_mb(self) -> dict[str, float]:
+        """Proportional memory now, by component (read on demand: walking every page table
+        twice a second would take CPU from what the benchmark measures)."""
+        return {p.name: round(p.pss_mb(), 1) for p in self.procs if p.popen.poll() is None}
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds so far, by component (sampled now)."""
         self.sample()
@@ -168,6 +179,16 @@ def _rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _pss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
