@@ -176,19 +176,18 @@ def popen_dead(proc: Proc) -> bool:
 
 
 def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _proc_mb(Path(f"/proc/{pid}/status"), "VmRSS:")
 
 
 def _pss_mb(pid: int) -> float:
+    return _proc_mb(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+
+
+def _proc_mb(path: Path, field: str) -> float:
+    """The `field: N kB` line of a /proc file, in MB (0 once the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in path.read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
