@@ -178,7 +178,26 @@ def test_the_device_panel_shows_parameters_and_disables_enables_rotates_deletes(
     expect(secret).to_have_text(str(rotated["device_secret"]))
     shot(page, "05-rotated")
     panel.locator("[data-close]").click()
-    expect(panel).to_be_hidden()  # its close event has run before the address changes again
+    expect(panel).to_be_hidden()
+    expect(page).not_to_have_url(re.compile("#device="))  # the close event has run
+
+    # Closed and sent to another panel in one go: the close event runs between the two and
+    # clears the address, and the panel still opens where the link went.
+    row.locator("a", has_text=name).click()
+    expect(params.locator('code[data-cred="client_id"]')).to_have_text(str(rotated["client_id"]))
+    page.evaluate(
+        """() => {
+        document.querySelector("#device-dialog [data-close]").click();
+        location.hash = "#device=thermo-02";
+    }"""
+    )
+    expect(panel).to_be_visible()
+    expect(params.locator('code[data-cred="client_id"]')).to_have_text(
+        str(credentials(api, "thermo-02")["client_id"])
+    )
+    expect(page).to_have_url(re.compile(r"#device=thermo-02$"))
+    panel.locator("[data-close]").click()
+    expect(page).not_to_have_url(re.compile("#device="))
 
     # A bookmarked panel opens with the page.
     page.goto(f"/products/{PK}/devices#device=thermo-01")

@@ -82,6 +82,8 @@ devui.mask = function (form, masked) {
 };
 
 devui.close = function () {
+  // The close event is queued: the panel may have been opened again before it runs.
+  if (devui.form().closest("dialog").open) return;
   devui.clear(devui.form());
   history.replaceState(null, "", location.pathname + location.search);
 };
@@ -277,8 +279,11 @@ document.addEventListener("click", (event) => {
 });
 
 // A bookmarked or pasted #device=NAME opens its panel (our own links only replace the address).
-devui.fromHash = function () {
-  const linked = location.hash.match(/^#device=(.+)$/);
+// A hashchange reads the address it went to: a panel's pending close event may have cleared
+// location.hash in between.
+devui.fromHash = function (event) {
+  const hash = event && event.newURL ? new URL(event.newURL).hash : location.hash;
+  const linked = hash.match(/^#device=(.+)$/);
   if (linked && !devui.form().closest("dialog").open) devui.open(decodeURIComponent(linked[1]));
 };
 
