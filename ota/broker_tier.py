@@ -57,6 +57,12 @@ def bridge_lines(name: str, hub: str, password: str) -> str:
     """A leaf's bridge to the hub (`hub` host:port): one persistent session as `ota-leaf`,
     `UP` out and `DOWN` in, at QoS 1."""
     lines = [
+        # A leaf keeps nothing the fleet needs: a leaf that restarts drops every device on it,
+        # and each reports its version on connecting again, while pushes wait in the leaf's
+        # session at the hub. And Mosquitto 2.0.11 (Debian 12's) that restores a bridge's
+        # session from its file forwards no report up again, found by killing a leaf mid-batch
+        # (tests/test_e2e_tier_crash.py: 4 runs of 5). Last in the file, this line wins.
+        "persistence false",
         f"connection {name}",
         f"address {hub}",
         f"remote_clientid {name}",

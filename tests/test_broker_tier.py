@@ -57,6 +57,7 @@ def test_a_leaf_bridges_reports_up_and_pushes_down_only():
     assert "/sys/+/+/thing/ota/firmware/get" in UP
     assert "/sys/+/+/thing/ota/firmware/get_reply" in DOWN
     assert "cleansession false" in lines
+    assert lines[0] == "persistence false"  # a leaf keeps no state (tests/test_e2e_tier_crash.py)
     assert [leaves_for(n) for n in (1, 15_000, 15_001, 100_000)] == [0, 0, 2, 7]
 
 

@@ -124,11 +124,13 @@ def _versions(ctx: Context, pk: str) -> dict[str, str]:
     return {v.name: v.versions.get("default", "") for v in devices.list_devices(ctx.engine, pk)}
 
 
-async def test_a_device_gets_its_own_push_and_no_one_elses(ctx, secure_broker):
+# The worker pushes; the bridge pushes again after a broker lost reports (ota/bridge/reconcile.py).
+@pytest.mark.parametrize("pusher", [ServiceRole.WORKER, ServiceRole.BRIDGE])
+async def test_a_device_gets_its_own_push_and_no_one_elses(ctx, secure_broker, pusher):
     pk, secrets = register(ctx, 2)
     (a, a_secret), (b, b_secret) = secrets.items()
     received: dict[str, list[str]] = {a: [], b: []}
-    worker = service_endpoint(Settings(**secure_broker.settings()), ServiceRole.WORKER)  # type: ignore[arg-type]
+    worker = service_endpoint(Settings(**secure_broker.settings()), pusher)  # type: ignore[arg-type]
     subscribers = []
     async with contextlib.AsyncExitStack() as stack:
         for dn, secret in secrets.items():

@@ -2,8 +2,9 @@
 
 A device may publish and subscribe on its own topics only (../shared/PROTOCOL.md, `{pk}/{dn}`);
 everything else is denied by the broker's default. Services sign in with accounts of their own:
-the bridge reads every device's reports and answers firmware/get, the worker pushes upgrades,
-and the admin account (the API and the CLI) manages the broker's users.
+the bridge reads every device's reports and answers firmware/get (and pushes again after a
+broker lost reports), the worker pushes upgrades, and the admin account (the API and the CLI)
+manages the broker's users.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def service_acls(role: ServiceRole) -> list[Acl]:
         # The broker's uptime: a kept session after a broker restart may still have lost
         # reports (ota/bridge/reconcile.py).
         uptime = Acl(SUBSCRIBE, "$SYS/broker/uptime")
-        return [*reports, uptime, Acl(SEND, protocol.firmware_get_reply_topic("+", "+"))]
+        # After a broker lost reports, the bridge asks the devices in flight again with the
+        # worker's push (ota/bridge/reconcile.py). Refused, each push closed the bridge's
+        # connection, and the next connection reconciled again (tests/test_e2e_tier_crash.py).
+        pushes = Acl(SEND, protocol.upgrade_topic("+", "+"))
+        return [*reports, uptime, pushes, Acl(SEND, protocol.firmware_get_reply_topic("+", "+"))]
     if role is ServiceRole.WORKER:
         return [Acl(SEND, protocol.upgrade_topic("+", "+"))]
     if role is ServiceRole.LEAF:  # devices' messages up, the platform's down
