@@ -164,20 +164,26 @@ def start_tier(tier: BrokerTier, timeout: float = 30.0) -> None:
         raise
 
 
-def _start(tier: BrokerTier, timeout: float) -> None:
+def launch(broker: Broker) -> None:
+    """Run `broker`'s configuration (again, after a crash: on the same port and files), logging
+    to its folder; `answers` says when it listens."""
     binary = mosquitto_binary()
     if binary is None:
         raise RuntimeError("a broker tier needs mosquitto (apt-get install mosquitto)")
+    with (broker.home / "mosquitto.log").open("ab") as log:
+        broker.process = subprocess.Popen(
+            [binary, "-c", str(broker.conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _start(tier: BrokerTier, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for group in ([tier.hub], tier.leaves):
         for broker in group:
-            with (broker.home / "mosquitto.log").open("ab") as log:
-                broker.process = subprocess.Popen(
-                    [binary, "-c", str(broker.conf)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            launch(broker)
         for broker in group:
             _wait(broker, deadline, partial(answers, "127.0.0.1", broker.port), "did not start")
     # The services' accounts, the leaves' among them: until the hub has it, no leaf bridges.

@@ -21,9 +21,6 @@ from ota.broker_tier import (
     BrokerTier,
     bridge_lines,
     leaves_for,
-    start_tier,
-    stop_tier,
-    write_tier,
 )
 from ota.device import simulator
 from ota.device.lean_mqtt import LeanOptions, connect
@@ -36,13 +33,13 @@ from ota.identity.accounts import (
     service_password,
 )
 from ota.identity.credentials import device_credentials, new_device_secret
-from ota.identity.plugin_build import build_plugin
 from ota.identity.sync import sync_accounts
 from ota.mqtt import MqttEndpoint
 from ota.settings import Settings
 from starter.cli import app
 from starter.simulate import _broker_urls
 from tests.fixtures.mqtt import SERVICE_SECRET
+from tests.fixtures.tier import running_tier
 from tests.test_bridge import until
 
 PK = "tierpk"
@@ -63,16 +60,8 @@ def test_a_leaf_bridges_reports_up_and_pushes_down_only():
 
 @pytest.fixture(scope="module")
 def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerTier]:
-    home = tmp_path_factory.mktemp("tier")
-    if build_plugin(home / "hub" / "mosquitto") is None:
-        pytest.skip("the ota_auth plugin cannot be built here (scripts/test installs its headers)")
-    settings = Settings(home=home, broker_auth="plugin", mqtt_service_secret=SERVICE_SECRET)
-    tier = write_tier(home, 2, settings)
-    try:
-        start_tier(tier)
+    with running_tier(tmp_path_factory.mktemp("tier")) as tier:
         yield tier
-    finally:
-        stop_tier(tier)
 
 
 @contextlib.asynccontextmanager

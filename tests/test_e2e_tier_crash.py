@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -21,14 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from ota.broker_tier import Broker, BrokerTier, start_tier, stop_tier, write_tier
+from ota.broker_tier import Broker, BrokerTier, launch
 from ota.contracts import BatchInput
-from ota.devstack import answers, mosquitto_binary
-from ota.identity.plugin_build import build_plugin
+from ota.devstack import answers
 from ota.services.batches import create_batch
-from ota.settings import Settings
 from tests.fixtures.mqtt import SERVICE_SECRET
 from tests.fixtures.stack import OtaProcesses
+from tests.fixtures.tier import running_tier
 from tests.test_e2e import add_test_firmware, reported, start_fleet, task_states, wait_for
 
 pytestmark = pytest.mark.slow
@@ -38,16 +36,8 @@ DEVICES, RATE = 200, 200
 
 @pytest.fixture
 def tier(tmp_path: Path) -> Iterator[BrokerTier]:
-    home = tmp_path / "tier"
-    if build_plugin(home / "hub" / "mosquitto") is None:
-        pytest.skip("the ota_auth plugin cannot be built here (scripts/test installs its headers)")
-    settings = Settings(home=home, broker_auth="plugin", mqtt_service_secret=SERVICE_SECRET)
-    tier = write_tier(home, 2, settings)
-    try:
-        start_tier(tier)
+    with running_tier(tmp_path / "tier") as tier:
         yield tier
-    finally:
-        stop_tier(tier)
 
 
 def kill_and_restart(broker: Broker, down_seconds: float = 5) -> None:
@@ -56,13 +46,7 @@ def kill_and_restart(broker: Broker, down_seconds: float = 5) -> None:
     broker.process.send_signal(signal.SIGKILL)
     broker.process.wait()
     time.sleep(down_seconds)
-    binary = mosquitto_binary()
-    assert binary is not None
-    with (broker.home / "mosquitto.log").open("ab") as log:
-        broker.process = subprocess.Popen(
-            [binary, "-c", str(broker.conf)], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    launch(broker)
     deadline = time.monotonic() + 15
     while not answers("127.0.0.1", broker.port):
         assert time.monotonic() < deadline, f"{broker.name} did not start again"
