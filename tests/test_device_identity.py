@@ -20,7 +20,8 @@ from ota.db.engine import session_scope
 from ota.db.models import Device as DeviceRow
 from ota.device.sdk import Device
 from ota.errors import Conflict, Unavailable
-from ota.identity.accounts import ServiceRole, service_endpoint
+from ota.identity import accounts
+from ota.identity.accounts import SEND, Acl, ServiceRole, service_endpoint
 from ota.identity.control import Command
 from ota.identity.credentials import device_credentials
 from ota.identity.sync import broker_users, sync_broker
@@ -124,13 +125,13 @@ def _versions(ctx: Context, pk: str) -> dict[str, str]:
     return {v.name: v.versions.get("default", "") for v in devices.list_devices(ctx.engine, pk)}
 
 
-# The worker pushes; the bridge pushes again after a broker lost reports (ota/bridge/reconcile.py).
-@pytest.mark.parametrize("pusher", [ServiceRole.WORKER, ServiceRole.BRIDGE])
-async def test_a_device_gets_its_own_push_and_no_one_elses(ctx, secure_broker, pusher):
-    pk, secrets = register(ctx, 2)
-    (a, a_secret), (b, b_secret) = secrets.items()
-    received: dict[str, list[str]] = {a: [], b: []}
-    worker = service_endpoint(Settings(**secure_broker.settings()), pusher)  # type: ignore[arg-type]
+async def received_pushes(
+    secure_broker: SecureBroker, pk: str, secrets: dict[str, str], pusher: ServiceRole, to: str
+) -> dict[str, list[str]]:
+    """What each device of `secrets` receives when `pusher`'s account pushes to device `to`
+    (a refused push closes the pusher's connection: nothing arrives)."""
+    received: dict[str, list[str]] = {dn: [] for dn in secrets}
+    service = service_endpoint(Settings(**secure_broker.settings()), pusher)  # type: ignore[arg-type]
     subscribers = []
     async with contextlib.AsyncExitStack() as stack:
         for dn, secret in secrets.items():
@@ -138,8 +139,9 @@ async def test_a_device_gets_its_own_push_and_no_one_elses(ctx, secure_broker, p
             client = await stack.enter_async_context(endpoint.client(client_id))
             await client.subscribe(protocol.upgrade_topic(pk, dn), qos=1)
             subscribers.append((dn, client))
-        async with worker.client("test-worker") as push:
-            await push.publish(protocol.upgrade_topic(pk, b), b'{"for": "b"}', qos=1)
+        with contextlib.suppress(aiomqtt.MqttError):
+            async with service.client(f"test-{pusher.value}") as push:
+                await push.publish(protocol.upgrade_topic(pk, to), b'{"for": "b"}', qos=1)
 
         async def drain(dn: str, client: aiomqtt.Client) -> None:
             async for message in client.messages:
@@ -149,6 +151,41 @@ async def test_a_device_gets_its_own_push_and_no_one_elses(ctx, secure_broker, p
         await asyncio.sleep(1.0)
         for t in drains:
             t.cancel()
+    return received
+
+
+# The worker pushes; the bridge pushes again after a broker lost reports (ota/bridge/reconcile.py).
+@pytest.mark.parametrize("pusher", [ServiceRole.WORKER, ServiceRole.BRIDGE])
+async def test_a_device_gets_its_own_push_and_no_one_elses(ctx, secure_broker, pusher):
+    pk, secrets = register(ctx, 2)
+    a, b = secrets
+    received = await received_pushes(secure_broker, pk, secrets, pusher, to=b)
+    assert received == {a: [], b: [protocol.upgrade_topic(pk, b)]}
+
+
+async def test_a_full_sync_gives_an_existing_service_account_this_releases_rules(
+    ctx, secure_broker, monkeypatch
+):
+    """An installation from before the bridge could push: the broker holds its account without
+    the rule, and the next full sync (`ota broker sync`) gives it."""
+    pk, secrets = register(ctx, 2)
+    a, b = secrets
+    current, push = accounts.service_acls, Acl(SEND, protocol.upgrade_topic("+", "+"))
+    monkeypatch.setattr(
+        accounts,
+        "service_acls",
+        lambda role: [x for x in current(role) if role is not ServiceRole.BRIDGE or x != push],
+    )
+    await asyncio.to_thread(sync_broker, ctx.engine, ctx.settings)
+    if secure_broker.broker_auth == "dynsec":  # a sync adds a service role's rules, never drops
+        async with broker_users(ctx.settings) as broker:
+            drop = {"command": "removeRoleACL", "rolename": ServiceRole.BRIDGE.value}
+            broker.check(await broker.run([drop | {"acltype": SEND, "topic": push.topic}]))
+    refused = await received_pushes(secure_broker, pk, secrets, ServiceRole.BRIDGE, to=b)
+    assert refused == {a: [], b: []}
+    monkeypatch.undo()
+    await asyncio.to_thread(sync_broker, ctx.engine, ctx.settings)
+    received = await received_pushes(secure_broker, pk, secrets, ServiceRole.BRIDGE, to=b)
     assert received == {a: [], b: [protocol.upgrade_topic(pk, b)]}
 
 
