@@ -29,9 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.stack import stat_cpu_seconds
+from bench.stack import pid_rss_mb, stat_cpu_seconds
 from ota import protocol
-from ota.broker_tier import rss_mb, start_tier, stop_tier, tier_rss_mb, write_tier
+from ota.broker_tier import BrokerTier, start_tier, stop_tier, write_tier
 from ota.device.lean_mqtt import LeanConnection, LeanOptions, connect
 from ota.device.simulator import FleetConfig, FleetOutcome, device_name
 from ota.identity.accounts import ServiceRole, device_account, service_endpoint
@@ -186,7 +186,7 @@ async def measure_tier(
         cpu |= {f"sim{i}": _cpu(w.pid) for i, w in enumerate(workers)}
         cpu["bench (registration, hub counter)"] = round(time.process_time(), 1)
         brokers = tier_rss_mb(tier)
-        sims = {f"sim{i}": round(rss_mb(w.pid), 1) for i, w in enumerate(workers)}
+        sims = {f"sim{i}": round(pid_rss_mb(w.pid), 1) for i, w in enumerate(workers)}
         total = sum(brokers.values()) + sum(sims.values())
 
         burst: dict[str, Any] = {}
@@ -242,6 +242,10 @@ async def measure_tier(
             if worker.poll() is None:
                 worker.kill()
         stop_tier(tier)
+
+
+def tier_rss_mb(tier: BrokerTier) -> dict[str, float]:
+    return {b.name: round(pid_rss_mb(b.process.pid), 1) for b in tier.brokers if b.process}
 
 
 def _cpu(pid: int) -> float:

@@ -35,7 +35,7 @@ class Proc:
         return [self.popen.pid, *_children(self.popen.pid)]
 
     def rss_mb(self) -> float:
-        return sum(_rss_mb(pid) for pid in self.pids())
+        return sum(pid_rss_mb(pid) for pid in self.pids())
 
     def pss_mb(self) -> float:
         """Memory with each shared page divided among its sharers: what a forking process and
@@ -175,7 +175,8 @@ def popen_dead(proc: Proc) -> bool:
     return proc.popen.poll() is not None
 
 
-def _rss_mb(pid: int) -> float:
+def pid_rss_mb(pid: int) -> float:
+    """Resident memory of one process (0 once it is gone)."""
     return _proc_mb(Path(f"/proc/{pid}/status"), "VmRSS:")
 
 

@@ -224,19 +224,3 @@ def stop_tier(tier: BrokerTier) -> None:
         except subprocess.TimeoutExpired:
             broker.process.kill()
             broker.process.wait()
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of one process (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def tier_rss_mb(tier: BrokerTier) -> dict[str, float]:
-    return {b.name: round(rss_mb(b.process.pid), 1) for b in tier.brokers if b.process}
